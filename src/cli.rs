@@ -1,0 +1,327 @@
+//! The command line: `run` (default), `check`, `explain`, `token`.
+//!
+//! `main.rs` only parses arguments and calls these. Each command loads the one config file
+//! the same way, so `check` passing means `run` will start and `explain` answers exactly as
+//! the running proxy would.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::authn::{Authenticator, MintRequest, mint_token};
+use crate::config::Config;
+use crate::http_error::HttpError;
+use crate::pipeline::{self, RequestHead};
+use crate::policy::load_policy;
+use crate::principal::BasicRole;
+use crate::route::RouteTable;
+use crate::state::AppState;
+
+#[derive(Debug, Parser)]
+#[command(name = "datagate", version, about = "A policy sidecar for data APIs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The configuration file (also accepted after the subcommand).
+    #[arg(long, global = true, env = "DATAGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy and the admin listener (the default command).
+    Run,
+    /// Validate the config, the casbin model and the policies; exit non-zero naming the first problem.
+    Check,
+    /// Decide one request without an upstream and print the decision as JSON.
+    Explain(ExplainArgs),
+    /// Mint a JWT with the config's HMAC key (for demos and tests).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// A JWT (without `Bearer `); omit for an anonymous request.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// An API key, sent in the configured API-key header.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The request path, optionally with `?query`.
+    #[arg(long)]
+    pub path: String,
+    /// The request body (for routes that read it).
+    #[arg(long)]
+    pub body: Option<String>,
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The `sub` claim (also the username unless other username claims are set).
+    #[arg(long)]
+    pub sub: String,
+    /// Comma-separated roles, e.g. `Gamma,sql_lab`.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub teams: Vec<String>,
+    /// Basic role: Viewer, Editor or Admin.
+    #[arg(long)]
+    pub org_role: Option<BasicRole>,
+    /// Lifetime, e.g. `15m`, `1h`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Extra claims as a JSON object, e.g. `{"email":"a@example.com"}`.
+    #[arg(long)]
+    pub claims: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("`{text}`: {error}"))
+}
+
+/// A command failed; the message is printed and the process exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("no config file given: pass `--config FILE` or set DATAGATE_CONFIG")]
+    NoConfig,
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Startup(#[from] crate::state::StartupError),
+    #[error("{0}")]
+    Authn(#[from] crate::authn::AuthnError),
+    #[error("{0}")]
+    Routes(#[from] crate::route::RouteError),
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("{context}: {message}")]
+    Other { context: &'static str, message: String },
+}
+
+pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
+    let path = path.ok_or(CliError::NoConfig)?;
+    Ok(Config::load(path)?)
+}
+
+/// `datagate check`: everything `run` would build, without binding ports.
+pub fn check(config_path: Option<&Path>) -> Result<String, CliError> {
+    let config = load_config(config_path)?;
+    Authenticator::from_config(&config.auth, &config.base_dir)?;
+    RouteTable::from_config(&config.routes)?;
+    let policy = load_policy(&config.policy_model_path(), &config.policy_directory())?;
+    let mut report = format!(
+        "ok: config, model and {} policy lines are valid (digest {})",
+        policy.line_count(),
+        policy.digest()
+    );
+    if policy.uses_casbin_fallback() {
+        report.push_str("\nwarning: the casbin model is not the shape the compiled index understands; decisions will use casbin's enforcer (much slower)");
+    }
+    Ok(report)
+}
+
+/// `datagate explain`: the decision the proxy would make, as one JSON object.
+pub fn explain(config_path: Option<&Path>, args: &ExplainArgs) -> Result<serde_json::Value, CliError> {
+    let config = load_config(config_path)?;
+    let state = AppState::build(config)?;
+    Ok(explain_request(&state, args))
+}
+
+/// Shared by the CLI and (later) the admin API's explain endpoint.
+pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json::Value {
+    let snapshot = state.snapshot();
+    let (raw_path, query) = match args.path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (args.path.as_str(), None),
+    };
+    let authorization = args.token.as_ref().map(|token| format!("Bearer {token}"));
+    let head = RequestHead {
+        method: &args.method,
+        raw_path,
+        query,
+        authorization: authorization.as_deref(),
+        api_key: args.api_key.as_deref(),
+        content_type: Some(&args.content_type),
+    };
+    let mut checks = Vec::new();
+    let identified = pipeline::identify(state, &head);
+    let (result, route, principal, canonical_path) = match identified {
+        Err(refusal) => (Err(refusal), None, None, None),
+        Ok(identified) => {
+            let body = args.body.as_deref().map(str::as_bytes);
+            let oversized = identified.needs_body()
+                && body.is_some_and(|body| body.len() > state.routes.max_body_bytes());
+            let result = if oversized {
+                Err(pipeline::Refusal::BodyTooLarge {
+                    route: identified.route_name().to_string(),
+                    limit: state.routes.max_body_bytes(),
+                })
+            } else {
+                let body = if identified.needs_body() { body } else { None };
+                pipeline::authorize(&snapshot, &identified, &head, body, Some(&mut checks))
+            };
+            (
+                result,
+                Some(identified.route_name().to_string()),
+                Some(identified.principal.clone()),
+                Some(identified.canonical_path.clone()),
+            )
+        }
+    };
+    let (decision, status, reason) = match &result {
+        Ok(_) => ("allow", 200, "allowed".to_string()),
+        Err(refusal) => ("deny", HttpError::from(refusal).status, refusal.to_string()),
+    };
+    json!({
+        "decision": decision,
+        "status": status,
+        "reason": reason,
+        "route": route,
+        "canonical_path": canonical_path,
+        "principal": principal,
+        "checks": checks,
+        "policy_revision": snapshot.revision,
+    })
+}
+
+/// `datagate token`.
+pub fn token(config_path: Option<&Path>, args: &TokenArgs) -> Result<String, CliError> {
+    let config = load_config(config_path)?;
+    let extra_claims = match &args.claims {
+        None => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(CliError::Other {
+                    context: "--claims",
+                    message: "must be a JSON object".to_string(),
+                });
+            }
+            Err(error) => {
+                return Err(CliError::Other {
+                    context: "--claims",
+                    message: error.to_string(),
+                });
+            }
+        },
+    };
+    let request = MintRequest {
+        subject: args.sub.clone(),
+        roles: args.roles.clone(),
+        teams: args.teams.clone(),
+        org_role: args.org_role,
+        ttl: args.ttl,
+        extra_claims,
+    };
+    Ok(mint_token(&config.auth, &config.base_dir, &request)?)
+}
+
+/// `datagate run`: start everything and serve until a shutdown signal.
+pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
+    let config = load_config(config_path)?;
+    let upstream = crate::proxy::resolve_upstream(&config.upstream.address).map_err(|error| {
+        CliError::Other {
+            context: "upstream.address",
+            message: error.to_string(),
+        }
+    })?;
+    let state = AppState::build(config)?;
+    let snapshot = state.snapshot();
+    if snapshot.policy.uses_casbin_fallback() {
+        tracing::warn!("the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower");
+    }
+    tracing::info!(revision = snapshot.revision, digest = snapshot.policy.digest(), lines = snapshot.policy.line_count(), "policy loaded");
+
+    let _watcher = if state.config.policy.watch {
+        Some(crate::reload::watch_policy_files(state.clone()).map_err(|error| CliError::Other {
+            context: "policy.watch",
+            message: error.to_string(),
+        })?)
+    } else {
+        None
+    };
+    crate::reload::reload_on_sighup(state.clone()).map_err(|error| CliError::Other {
+        context: "SIGHUP handler",
+        message: error.to_string(),
+    })?;
+    start_admin_listener(state.clone())?;
+    run_proxy(state, upstream);
+    Ok(())
+}
+
+fn start_admin_listener(state: Arc<AppState>) -> Result<(), CliError> {
+    let address = state.config.listen.admin;
+    let listener = std::net::TcpListener::bind(address).map_err(|error| CliError::Other {
+        context: "listen.admin",
+        message: format!("cannot bind `{address}`: {error}"),
+    })?;
+    listener.set_nonblocking(true).map_err(|error| CliError::Other {
+        context: "listen.admin",
+        message: error.to_string(),
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("datagate-admin")
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::Other {
+            context: "admin runtime",
+            message: error.to_string(),
+        })?;
+    std::thread::Builder::new()
+        .name("datagate-admin".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        tracing::info!(%address, "admin listener ready");
+                        if let Err(error) = axum::serve(listener, crate::admin::router(state)).await {
+                            tracing::error!(%error, "admin listener stopped");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "admin listener failed"),
+                }
+            });
+        })
+        .map_err(|error| CliError::Other {
+            context: "admin thread",
+            message: error.to_string(),
+        })?;
+    Ok(())
+}
+
+fn run_proxy(state: Arc<AppState>, upstream: std::net::SocketAddr) {
+    let listen = &state.config.listen;
+    let threads = if listen.threads == 0 {
+        std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+    } else {
+        listen.threads
+    };
+    let server_conf = pingora::server::configuration::ServerConf {
+        threads,
+        upstream_keepalive_pool_size: state.config.upstream.keepalive_pool_size,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+    let proxy_address = listen.proxy.to_string();
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        crate::proxy::DatagateProxy::new(state, upstream),
+        "datagate-proxy",
+    );
+    service.add_tcp(&proxy_address);
+    server.add_service(service);
+    tracing::info!(address = %proxy_address, "proxy listening");
+    server.run_forever();
+}

@@ -1,0 +1,318 @@
+//! The one YAML configuration file, read once at start-up.
+//!
+//! `datagate run` and `datagate check` call [`Config::load`]; everything the request path
+//! needs is built from the validated result. Unknown keys are refused and every error names
+//! the key that is wrong, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authn::AuthConfig;
+use crate::route::RoutesConfig;
+
+/// Why the configuration could not be used. Operators read these: they name the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersConfig,
+    pub policy: PolicyConfig,
+    pub auth: AuthConfig,
+    pub routes: RoutesConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Directory relative paths are resolved against: the config file's directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Where clients (and the BI service's users) connect.
+    pub proxy: SocketAddr,
+    /// Health, readiness, metrics and the admin API. Keep it off the public network.
+    pub admin: SocketAddr,
+    /// Worker threads for the proxy; 0 means one per CPU.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of the protected service.
+    pub address: String,
+    /// Speak TLS to the upstream.
+    #[serde(default)]
+    pub tls: bool,
+    /// Server name for TLS (SNI and certificate check); defaults to the address's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the upstream's certificate (only turn off for a lab).
+    #[serde(default = "default_true")]
+    pub verify_certificate: bool,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_read_timeout", with = "humantime_serde_compat")]
+    pub read_timeout: Duration,
+    #[serde(default = "default_read_timeout", with = "humantime_serde_compat")]
+    pub write_timeout: Duration,
+    /// How long an idle upstream connection stays in the keepalive pool.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Idle upstream connections kept for reuse.
+    #[serde(default = "default_keepalive_pool_size")]
+    pub keepalive_pool_size: usize,
+}
+
+/// Headers that carry the authenticated identity to the upstream. Any copy the client sent
+/// is removed first, so the upstream can trust them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersConfig {
+    #[serde(default = "default_user_header")]
+    pub user: String,
+    #[serde(default = "default_roles_header")]
+    pub roles: String,
+    #[serde(default = "default_teams_header")]
+    pub teams: String,
+    #[serde(default = "default_basic_role_header")]
+    pub basic_role: String,
+    /// Further client headers to drop (e.g. the upstream's own remote-user header).
+    #[serde(default = "default_strip_headers")]
+    pub strip: Vec<String>,
+}
+
+impl Default for IdentityHeadersConfig {
+    fn default() -> Self {
+        IdentityHeadersConfig {
+            user: default_user_header(),
+            roles: default_roles_header(),
+            teams: default_teams_header(),
+            basic_role: default_basic_role_header(),
+            strip: default_strip_headers(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The casbin model (`casbin_model.conf`).
+    pub model: PathBuf,
+    /// Directory of `*.csv` policy files.
+    pub directory: PathBuf,
+    /// Reload when the model or a policy file changes.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Quiet period after the last file event before reloading (editors write in bursts).
+    #[serde(default = "default_debounce", with = "humantime_serde_compat")]
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `stdout` (default), `stderr`, or a file path (appended to).
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Also write one line per allowed request (refusals are always audited).
+    #[serde(default)]
+    pub log_allowed: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keepalive_pool_size() -> usize {
+    128
+}
+fn default_debounce() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_user_header() -> String {
+    "X-Datagate-User".to_string()
+}
+fn default_roles_header() -> String {
+    "X-Datagate-Roles".to_string()
+}
+fn default_teams_header() -> String {
+    "X-Datagate-Teams".to_string()
+}
+fn default_basic_role_header() -> String {
+    "X-Datagate-Org-Role".to_string()
+}
+fn default_strip_headers() -> Vec<String> {
+    ["X-Remote-User", "X-Forwarded-User", "X-Webauth-User", "Remote-User"]
+        .iter()
+        .map(|name| name.to_string())
+        .collect()
+}
+
+/// Durations are written the human way (`250ms`, `2s`, `1m`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|error| {
+            serde::de::Error::custom(format!("`{text}` is not a duration ({error}); write e.g. `250ms`, `2s`, `1m`"))
+        })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file; relative paths inside resolve against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // Absolute, so file-watcher events and relative paths in the file agree.
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let base_dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        Config::from_yaml(&text, &path.display().to_string(), base_dir)
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let mut config: Config =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let key = error.path().to_string();
+                let inner = error.into_inner();
+                let location = inner
+                    .location()
+                    .map(|at| format!(" (line {}, column {})", at.line(), at.column()))
+                    .unwrap_or_default();
+                ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: if key == "." {
+                        format!("{inner}{location}")
+                    } else {
+                        format!("key `{key}`: {inner}{location}")
+                    },
+                }
+            })?;
+        config.base_dir = base_dir;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.proxy == self.listen.admin {
+            return Err(ConfigError::invalid(
+                "listen.admin",
+                "must differ from `listen.proxy`",
+            ));
+        }
+        crate::proxy::upstream_host_port(&self.upstream.address)
+            .map_err(|message| ConfigError::invalid("upstream.address", message))?;
+        if self.upstream.keepalive_pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "upstream.keepalive_pool_size",
+                "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.read_timeout", self.upstream.read_timeout),
+            ("upstream.write_timeout", self.upstream.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+        }
+        let headers = &self.identity_headers;
+        for (key, name) in [
+            ("identity_headers.user", &headers.user),
+            ("identity_headers.roles", &headers.roles),
+            ("identity_headers.teams", &headers.teams),
+            ("identity_headers.basic_role", &headers.basic_role),
+        ] {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{name}` is not a valid HTTP header name"),
+                ));
+            }
+        }
+        for (index, name) in headers.strip.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    &format!("identity_headers.strip[{index}]"),
+                    format!("`{name}` is not a valid HTTP header name"),
+                ));
+            }
+        }
+        self.auth.validate().map_err(|error| ConfigError::Invalid {
+            key: "auth".to_string(),
+            message: error.to_string(),
+        })?;
+        self.routes.validate().map_err(|error| ConfigError::Invalid {
+            key: "routes".to_string(),
+            message: error.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn policy_model_path(&self) -> PathBuf {
+        self.resolve_path(&self.policy.model)
+    }
+
+    pub fn policy_directory(&self) -> PathBuf {
+        self.resolve_path(&self.policy.directory)
+    }
+}

@@ -1,0 +1,111 @@
+//! The one place where errors become HTTP responses.
+//!
+//! The proxy and the admin listener both render through [`HttpError`]; no other module
+//! picks a status code. Messages are the errors' own `Display` texts, which are written to
+//! be safe for clients: they name what was wrong, never secrets, file paths or other
+//! principals' grants.
+
+use serde::Serialize;
+
+use crate::authn::AuthnError;
+use crate::pipeline::Refusal;
+
+/// A status code plus the JSON body `{"message": …}` and the headers that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+    /// `WWW-Authenticate` value for 401 responses.
+    pub www_authenticate: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+}
+
+impl HttpError {
+    pub fn new(status: u16, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            message: message.into(),
+            www_authenticate: None,
+        }
+    }
+
+    fn unauthorized(message: String, token_was_invalid: bool) -> HttpError {
+        let challenge = if token_was_invalid {
+            "Bearer error=\"invalid_token\"".to_string()
+        } else {
+            "Bearer".to_string()
+        };
+        HttpError {
+            status: 401,
+            message,
+            www_authenticate: Some(challenge),
+        }
+    }
+
+    pub fn json_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody {
+            message: &self.message,
+        })
+        .unwrap_or_else(|_| b"{\"message\":\"internal error\"}".to_vec())
+    }
+}
+
+impl From<&Refusal> for HttpError {
+    fn from(refusal: &Refusal) -> HttpError {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::Authentication(AuthnError::MissingCredentials)
+            | Refusal::AuthenticationRequired { .. } => HttpError::unauthorized(message, false),
+            Refusal::Authentication(error) if error.is_config_error() => {
+                HttpError::new(500, "authentication is misconfigured")
+            }
+            Refusal::Authentication(_) => HttpError::unauthorized(message, true),
+            Refusal::BadPath(_) | Refusal::BadRequest(_) | Refusal::BodyUnreadable => {
+                HttpError::new(400, message)
+            }
+            Refusal::UnmatchedRoute { .. }
+            | Refusal::MissingPermission { .. }
+            | Refusal::MissingDatasourcePermission { .. } => HttpError::new(403, message),
+            Refusal::BodyTooLarge { .. } => HttpError::new(413, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_permission_is_403_and_names_it() {
+        let error = HttpError::from(&Refusal::MissingPermission {
+            permission: "can_read on Chart".into(),
+        });
+        assert_eq!(error.status, 403);
+        assert_eq!(
+            String::from_utf8_lossy(&error.json_body()),
+            r#"{"message":"missing permission `can_read on Chart`"}"#
+        );
+    }
+
+    #[test]
+    fn anonymous_denials_challenge_for_credentials() {
+        let error = HttpError::from(&Refusal::AuthenticationRequired {
+            reason: "x".into(),
+        });
+        assert_eq!(error.status, 401);
+        assert_eq!(error.www_authenticate.as_deref(), Some("Bearer"));
+    }
+
+    #[test]
+    fn oversized_bodies_are_413() {
+        let error = HttpError::from(&Refusal::BodyTooLarge {
+            route: "grafana-ds-query".into(),
+            limit: 65536,
+        });
+        assert_eq!(error.status, 413);
+    }
+}

@@ -1,0 +1,23 @@
+//! datagate: a policy sidecar for data APIs.
+//!
+//! It runs as a pingora reverse proxy in front of a BI or SQL-over-HTTP service and
+//! decides, for every request, who is calling ([`authn`]), which endpoint it is
+//! ([`route`]), and whether the grants allow it ([`policy`]), before any byte reaches the
+//! upstream. The request path is [`pipeline`]; [`proxy`] glues it to pingora, [`admin`]
+//! serves health, metrics and policy administration, [`state`] holds the hot-swappable
+//! policy snapshot and [`reload`] decides when to rebuild it.
+
+pub mod admin;
+pub mod audit;
+pub mod authn;
+pub mod cli;
+pub mod config;
+pub mod http_error;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod principal;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod state;

@@ -1,0 +1,80 @@
+//! Prometheus metrics, scraped from `GET /metrics` on the admin listener.
+//!
+//! The proxy counts every request by route and decision and times the decision (everything
+//! from authentication to the permit); reloads count by trigger and result. All names are
+//! prefixed `datagate_`. A private registry keeps tests and embedders independent.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// `route` is the route name (`unmatched` when none matched), `decision` allow/deny/error.
+    pub requests: IntCounterVec,
+    pub decision_seconds: HistogramVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_revision: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "datagate_requests_total",
+                "Requests seen by the proxy, by route and decision.",
+            ),
+            &["route", "decision"],
+        )
+        ?;
+        let decision_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "datagate_decision_duration_seconds",
+                "Time from request start to the admission decision (authentication, routing, authorization).",
+            )
+            .buckets(vec![
+                0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+                0.001, 0.005, 0.025, 0.1,
+            ]),
+            &["decision"],
+        )
+        ?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "datagate_policy_reloads_total",
+                "Policy reload attempts, by trigger and result (swapped, unchanged, failed).",
+            ),
+            &["trigger", "result"],
+        )
+        ?;
+        let policy_revision = IntGauge::new(
+            "datagate_policy_revision",
+            "The policy revision currently serving.",
+        )?;
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(decision_seconds.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(policy_revision.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            decision_seconds,
+            policy_reloads,
+            policy_revision,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

@@ -1,0 +1,253 @@
+//! `admit`: the request path as one straight line of plain functions, free of pingora.
+//!
+//! ```text
+//! identify(head)            authenticate → canonicalise path → resolve route
+//! (proxy reads the body, bounded, only when the route inspects it)
+//! authorize(snapshot, ..)   role permissions → datasource permissions → Permit
+//! ```
+//! The proxy, `datagate explain` and the tests all call these same functions, so what
+//! `explain` says is what the proxy does. A [`Permit`] can only be built here: holding one
+//! proves every check ran against one snapshot.
+
+use serde::Serialize;
+
+use crate::authn::AuthnError;
+use crate::principal::{Principal, PrincipalKind};
+use crate::route::{
+    Resolution, Route, RouteError, UnmatchedPolicy, canonicalize_path, extract_datasource_uids,
+};
+use crate::route::PathParams;
+use crate::state::{AppState, PolicySnapshot};
+
+/// The parts of an HTTP request the decision depends on, borrowed from whatever server
+/// received it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The path exactly as received, without the query string.
+    pub raw_path: &'a str,
+    pub query: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+}
+
+/// Why a request is refused. Rendered to HTTP only by [`crate::http_error`].
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Authentication(#[from] AuthnError),
+    #[error("authentication required: {reason}")]
+    AuthenticationRequired { reason: String },
+    #[error("invalid request path: {0}")]
+    BadPath(RouteError),
+    #[error("no route matches `{method} {path}` and unmatched requests are denied")]
+    UnmatchedRoute { method: String, path: String },
+    #[error("missing permission `{permission}`")]
+    MissingPermission { permission: String },
+    #[error("missing permission `{action}` on datasource `{uid}`")]
+    MissingDatasourcePermission { action: String, uid: String },
+    #[error("{0}")]
+    BadRequest(RouteError),
+    #[error("request body is larger than the {limit}-byte inspection limit of route `{route}`")]
+    BodyTooLarge { route: String, limit: usize },
+    #[error("request body could not be read")]
+    BodyUnreadable,
+}
+
+/// Who is calling and which route the request is. The body has not been read yet.
+pub struct Identified<'t> {
+    pub principal: Principal,
+    /// The path the route was matched on; it is also what the upstream receives.
+    pub canonical_path: String,
+    pub route: Option<(&'t Route, PathParams)>,
+    unmatched_policy: UnmatchedPolicy,
+}
+
+impl Identified<'_> {
+    pub fn route_name(&self) -> &str {
+        self.route
+            .as_ref()
+            .map(|(route, _)| route.name())
+            .unwrap_or("unmatched")
+    }
+
+    /// Whether authorization needs the request body (the route extracts from it).
+    pub fn needs_body(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|(route, _)| route.needs_body())
+    }
+}
+
+/// Proof that a request passed every check. Only [`authorize`] builds one.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    pub principal: Principal,
+    pub route: String,
+    pub canonical_path: String,
+    pub datasource_uids: Vec<String>,
+    pub policy_revision: u64,
+    _only_authorize_builds_this: (),
+}
+
+/// One check and how it went, for `explain` and the audit reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub check: String,
+    pub passed: bool,
+}
+
+/// Stage 1–3: authenticate, canonicalise, resolve. Refuses bad credentials even on routes
+/// that would allow anonymous access: a client that presents a credential must present a
+/// valid one.
+pub fn identify<'t>(state: &'t AppState, head: &RequestHead<'_>) -> Result<Identified<'t>, Refusal> {
+    let principal = state
+        .authenticator
+        .authenticate(head.authorization, head.api_key)?;
+    let canonical_path = canonicalize_path(head.raw_path).map_err(Refusal::BadPath)?;
+    let (route, unmatched_policy) = match state.routes.resolve(head.method, &canonical_path) {
+        Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
+        Resolution::Unmatched(policy) => (None, policy),
+    };
+    Ok(Identified {
+        principal,
+        canonical_path,
+        route,
+        unmatched_policy,
+    })
+}
+
+/// Stage 5: every check against one snapshot. `body` is the bounded request body when the
+/// route needs it. `trace`, when given, receives every check with its outcome.
+pub fn authorize(
+    snapshot: &PolicySnapshot,
+    identified: &Identified<'_>,
+    head: &RequestHead<'_>,
+    body: Option<&[u8]>,
+    mut trace: Option<&mut Vec<CheckOutcome>>,
+) -> Result<Permit, Refusal> {
+    let principal = &identified.principal;
+    let anonymous = principal.kind == PrincipalKind::Anonymous;
+    let mut record = |check: String, passed: bool| {
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(CheckOutcome { check, passed });
+        }
+    };
+    let Some((route, params)) = &identified.route else {
+        return match identified.unmatched_policy {
+            UnmatchedPolicy::Allow => {
+                record("unmatched route: allowed by `routes.unmatched: allow`".into(), true);
+                Ok(permit(snapshot, identified, Vec::new()))
+            }
+            UnmatchedPolicy::Authenticated if !anonymous => {
+                record("unmatched route: caller is authenticated".into(), true);
+                Ok(permit(snapshot, identified, Vec::new()))
+            }
+            UnmatchedPolicy::Authenticated => {
+                record("unmatched route: caller is authenticated".into(), false);
+                Err(Refusal::AuthenticationRequired {
+                    reason: "unmatched routes require an authenticated caller".into(),
+                })
+            }
+            UnmatchedPolicy::Deny => {
+                record("unmatched route: `routes.unmatched: deny`".into(), false);
+                Err(Refusal::UnmatchedRoute {
+                    method: head.method.to_string(),
+                    path: identified.canonical_path.clone(),
+                })
+            }
+        };
+    };
+
+    if route.requires_authentication() {
+        record("route requires an authenticated caller".into(), !anonymous);
+        if anonymous {
+            return Err(Refusal::AuthenticationRequired {
+                reason: format!("route `{}` does not allow anonymous callers", route.name()),
+            });
+        }
+    }
+
+    let subjects = principal.subjects();
+    let denied = |permission: String| {
+        if anonymous {
+            Refusal::AuthenticationRequired {
+                reason: format!("anonymous callers lack `{permission}`"),
+            }
+        } else {
+            Refusal::MissingPermission { permission }
+        }
+    };
+
+    for required in route.permissions_all_of() {
+        let passed = snapshot
+            .policy
+            .allows(&subjects, &required.view, &required.action);
+        record(format!("role permission `{required}`"), passed);
+        if !passed {
+            return Err(denied(required.to_string()));
+        }
+    }
+    let any_of = route.permissions_any_of();
+    if !any_of.is_empty() {
+        let passed = any_of.iter().any(|candidate| {
+            snapshot
+                .policy
+                .allows(&subjects, &candidate.view, &candidate.action)
+        });
+        let listed = any_of
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("` or `");
+        record(format!("role permission `{listed}`"), passed);
+        if !passed {
+            return Err(denied(listed));
+        }
+    }
+
+    let mut datasource_uids = Vec::new();
+    if let Some(requirement) = route.datasource() {
+        datasource_uids =
+            extract_datasource_uids(requirement, params, head.query, body, head.content_type)
+                .map_err(Refusal::BadRequest)?;
+        for uid in &datasource_uids {
+            let object = crate::policy::datasource_object(uid);
+            let passed = snapshot
+                .policy
+                .allows(&subjects, &object, &requirement.action);
+            record(
+                format!("datasource permission `{}` on `{uid}`", requirement.action),
+                passed,
+            );
+            if !passed {
+                return Err(if anonymous {
+                    Refusal::AuthenticationRequired {
+                        reason: format!(
+                            "anonymous callers lack `{}` on datasource `{uid}`",
+                            requirement.action
+                        ),
+                    }
+                } else {
+                    Refusal::MissingDatasourcePermission {
+                        action: requirement.action.clone(),
+                        uid: uid.clone(),
+                    }
+                });
+            }
+        }
+    }
+    Ok(permit(snapshot, identified, datasource_uids))
+}
+
+fn permit(snapshot: &PolicySnapshot, identified: &Identified<'_>, datasource_uids: Vec<String>) -> Permit {
+    Permit {
+        principal: identified.principal.clone(),
+        route: identified.route_name().to_string(),
+        canonical_path: identified.canonical_path.clone(),
+        datasource_uids,
+        policy_revision: snapshot.revision,
+        _only_authorize_builds_this: (),
+    }
+}

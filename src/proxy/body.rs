@@ -1,0 +1,52 @@
+//! Bounded request-body reading for routes that inspect bodies.
+//!
+//! pingora sends request headers upstream before any body filter runs, so a decision that
+//! depends on the body must read it in `request_filter`. What is read there reaches the
+//! upstream only through pingora's retry buffer, which holds 64 KiB; a larger body would
+//! arrive at the upstream as headers without a body (measured, DESIGN.md §4). So the limit
+//! is enforced here, before any upstream connection exists: over the limit is a 413.
+
+use bytes::{Bytes, BytesMut};
+use pingora::prelude::Session;
+
+/// pingora's retry buffer size: the largest body that can be read here and still forwarded.
+pub const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Reads the whole request body, refusing as soon as it exceeds `limit` bytes (or the
+/// declared `Content-Length` already does).
+pub async fn read_bounded(
+    session: &mut Session,
+    declared_length: Option<usize>,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let limit = limit.min(RETRY_BUFFER_BYTES);
+    if declared_length.is_some_and(|length| length > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    session.enable_retry_buffering();
+    let mut body = BytesMut::with_capacity(declared_length.unwrap_or(0));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(BodyError::Unreadable),
+        }
+    }
+    // The retry buffer is what pingora replays upstream; if it could not hold everything,
+    // forwarding would silently drop the body.
+    if session.as_downstream().retry_buffer_truncated() {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(body.freeze())
+}

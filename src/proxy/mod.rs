@@ -1,0 +1,292 @@
+//! The pingora `ProxyHttp` implementation: thin glue from pingora's phases to the pipeline.
+//!
+//! - `request_filter`: [`crate::pipeline::identify`], the bounded body read when the route
+//!   inspects bodies, [`crate::pipeline::authorize`]; a refusal is answered here, so the
+//!   upstream never sees a refused request.
+//! - `upstream_peer`: the configured upstream with its timeouts.
+//! - `upstream_request_filter`: canonical path, identity headers (client copies removed),
+//!   `X-Forwarded-For` / `-Proto`.
+//! - `logging`: metrics and the audit line.
+
+mod body;
+mod headers;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, Session};
+use pingora::{Error, ErrorType, Result};
+use pingora::proxy::ProxyHttp;
+
+use crate::audit::AuditEvent;
+use crate::http_error::HttpError;
+use crate::pipeline::{self, Permit, Refusal, RequestHead};
+use crate::state::AppState;
+
+pub use headers::encode_identity_value;
+
+/// Splits `host:port` and checks both parts; used by config validation.
+pub fn upstream_host_port(address: &str) -> std::result::Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{address}` must be `host:port`"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` in `{address}` is not a port number"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{address}` must be `host:port` with a non-zero port"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+/// Resolves the upstream once at start-up (pingora would resolve per peer, on the request path).
+pub fn resolve_upstream(address: &str) -> std::io::Result<SocketAddr> {
+    address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("upstream `{address}` resolved to no address"),
+        )
+    })
+}
+
+pub struct DatagateProxy {
+    state: Arc<AppState>,
+    upstream: SocketAddr,
+    sni: String,
+}
+
+impl DatagateProxy {
+    pub fn new(state: Arc<AppState>, upstream: SocketAddr) -> DatagateProxy {
+        let sni = state.config.upstream.sni.clone().unwrap_or_else(|| {
+            upstream_host_port(&state.config.upstream.address)
+                .map(|(host, _)| host)
+                .unwrap_or_default()
+        });
+        DatagateProxy {
+            state,
+            upstream,
+            sni,
+        }
+    }
+}
+
+/// Per-request state carried between pingora's phases.
+pub struct RequestContext {
+    started: Instant,
+    permit: Option<Permit>,
+    /// Filled for every decided request; `logging` turns it into metrics and audit.
+    outcome: Option<Outcome>,
+}
+
+struct Outcome {
+    method: String,
+    path: String,
+    route: String,
+    user: String,
+    roles: Vec<String>,
+    status: u16,
+    reason: String,
+    revision: u64,
+}
+
+#[async_trait]
+impl ProxyHttp for DatagateProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext {
+            started: Instant::now(),
+            permit: None,
+            outcome: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        let snapshot = self.state.snapshot();
+        let request = session.req_header();
+        let method = request.method.as_str().to_owned();
+        let raw_path = request.uri.path().to_owned();
+        let query = request.uri.query().map(str::to_owned);
+        let authorization = headers::header_text(request, http::header::AUTHORIZATION.as_str());
+        let api_key = headers::header_text(request, self.state.authenticator.api_key_header());
+        let content_type = headers::header_text(request, http::header::CONTENT_TYPE.as_str());
+        let declared_length = headers::content_length(request);
+        let head = RequestHead {
+            method: &method,
+            raw_path: &raw_path,
+            query: query.as_deref(),
+            authorization: authorization.as_deref(),
+            api_key: api_key.as_deref(),
+            content_type: content_type.as_deref(),
+        };
+
+        let identified = match pipeline::identify(&self.state, &head) {
+            Ok(identified) => identified,
+            Err(refusal) => {
+                let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
+                return self.refuse(session, ctx, refusal, outcome).await;
+            }
+        };
+
+        let body = if identified.needs_body() {
+            let limit = self.state.routes.max_body_bytes();
+            match body::read_bounded(session, declared_length, limit).await {
+                Ok(body) => Some(body),
+                Err(body::BodyError::TooLarge) => {
+                    let refusal = Refusal::BodyTooLarge {
+                        route: identified.route_name().to_string(),
+                        limit,
+                    };
+                    let outcome = refused_outcome(&head, &refusal, identified.route_name(), Some(&identified.principal), snapshot.revision);
+                    return self.refuse(session, ctx, refusal, outcome).await;
+                }
+                Err(body::BodyError::Unreadable) => {
+                    let refusal = Refusal::BodyUnreadable;
+                    let outcome = refused_outcome(&head, &refusal, identified.route_name(), Some(&identified.principal), snapshot.revision);
+                    return self.refuse(session, ctx, refusal, outcome).await;
+                }
+            }
+        } else {
+            None
+        };
+
+        match pipeline::authorize(&snapshot, &identified, &head, body.as_deref(), None) {
+            Ok(permit) => {
+                self.state
+                    .metrics
+                    .decision_seconds
+                    .with_label_values(&["allow"])
+                    .observe(ctx.started.elapsed().as_secs_f64());
+                ctx.outcome = Some(Outcome {
+                    method: method.clone(),
+                    path: permit.canonical_path.clone(),
+                    route: permit.route.clone(),
+                    user: permit.principal.username.clone(),
+                    roles: permit.principal.roles.clone(),
+                    status: 0,
+                    reason: "allowed".to_string(),
+                    revision: permit.policy_revision,
+                });
+                ctx.permit = Some(permit);
+                Ok(false)
+            }
+            Err(refusal) => {
+                let outcome = refused_outcome(&head, &refusal, identified.route_name(), Some(&identified.principal), snapshot.revision);
+                self.refuse(session, ctx, refusal, outcome).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestContext) -> Result<Box<HttpPeer>> {
+        // Fail closed: no permit, no upstream connection (request_filter always sets one
+        // or answers the request itself, so this is a guard against future phase changes).
+        if ctx.permit.is_none() {
+            return Err(Error::explain(ErrorType::HTTPStatus(403), "request reached upstream_peer without a permit"));
+        }
+        let upstream = &self.state.config.upstream;
+        let mut peer = HttpPeer::new(self.upstream, upstream.tls, self.sni.clone());
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.write_timeout = Some(upstream.write_timeout);
+        peer.options.idle_timeout = Some(upstream.idle_timeout);
+        peer.options.verify_cert = upstream.verify_certificate;
+        peer.options.verify_hostname = upstream.verify_certificate;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        let Some(permit) = ctx.permit.as_ref() else {
+            return Err(Error::explain(ErrorType::HTTPStatus(403), "upstream request without a permit"));
+        };
+        headers::set_canonical_path(upstream_request, &permit.canonical_path)?;
+        headers::replace_identity_headers(upstream_request, &self.state.config.identity_headers, &permit.principal)?;
+        let client_address = session
+            .client_addr()
+            .and_then(|address| address.as_inet())
+            .map(|address| address.ip().to_string());
+        headers::set_forwarded(upstream_request, client_address.as_deref())?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+        if let Some(outcome) = ctx.outcome.as_mut() {
+            outcome.status = response.status.as_u16();
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, _error: Option<&Error>, ctx: &mut RequestContext) {
+        let Some(outcome) = ctx.outcome.take() else {
+            return;
+        };
+        let allowed = ctx.permit.is_some();
+        let decision = if allowed { "allow" } else { "deny" };
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&[outcome.route.as_str(), decision])
+            .inc();
+        if self.state.audit.wants(allowed) {
+            self.state.audit.record(AuditEvent {
+                timestamp: SystemTime::now(),
+                user: outcome.user,
+                roles: outcome.roles,
+                method: outcome.method,
+                path: outcome.path,
+                route: outcome.route,
+                decision,
+                status: outcome.status,
+                reason: outcome.reason,
+                policy_revision: outcome.revision,
+            });
+        }
+    }
+}
+
+fn refused_outcome(head: &RequestHead<'_>, refusal: &Refusal, route: &str, principal: Option<&crate::principal::Principal>, revision: u64) -> Outcome {
+    Outcome {
+        method: head.method.to_string(),
+        path: head.raw_path.to_string(),
+        route: route.to_string(),
+        user: principal.map(|principal| principal.username.clone()).unwrap_or_default(),
+        roles: principal.map(|principal| principal.roles.clone()).unwrap_or_default(),
+        status: HttpError::from(refusal).status,
+        reason: refusal.to_string(),
+        revision,
+    }
+}
+
+impl DatagateProxy {
+    /// Answers a refused request; the upstream is never contacted.
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestContext, refusal: Refusal, outcome: Outcome) -> Result<bool> {
+        self.state
+            .metrics
+            .decision_seconds
+            .with_label_values(&["deny"])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        let error = HttpError::from(&refusal);
+        ctx.outcome = Some(outcome);
+        let body = Bytes::from(error.json_body());
+        let mut response = ResponseHeader::build(error.status, Some(4))?;
+        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        if let Some(challenge) = error.www_authenticate {
+            response.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;
+        }
+        // The unread body of a refused request would desynchronise a kept-alive connection.
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(response), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+}
