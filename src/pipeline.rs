@@ -80,15 +80,33 @@ impl Identified<'_> {
     }
 }
 
-/// Proof that a request passed every check. Only [`authorize`] builds one.
+/// Proof that a request passed every check. Only [`authorize`] builds one (the fields are
+/// private to this module).
 #[derive(Debug, Clone)]
 pub struct Permit {
-    pub principal: Principal,
-    pub route: String,
-    pub canonical_path: String,
-    pub datasource_uids: Vec<String>,
-    pub policy_revision: u64,
-    _only_authorize_builds_this: (),
+    principal: Principal,
+    route: String,
+    canonical_path: String,
+    datasource_uids: Vec<String>,
+    policy_revision: u64,
+}
+
+impl Permit {
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+    pub fn canonical_path(&self) -> &str {
+        &self.canonical_path
+    }
+    pub fn datasource_uids(&self) -> &[String] {
+        &self.datasource_uids
+    }
+    pub fn policy_revision(&self) -> u64 {
+        self.policy_revision
+    }
 }
 
 /// One check and how it went, for `explain` and the audit reason.
@@ -248,6 +266,5 @@ fn permit(snapshot: &PolicySnapshot, identified: &Identified<'_>, datasource_uid
         canonical_path: identified.canonical_path.clone(),
         datasource_uids,
         policy_revision: snapshot.revision,
-        _only_authorize_builds_this: (),
     }
 }

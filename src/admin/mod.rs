@@ -57,7 +57,7 @@ fn error_response(error: HttpError) -> Response {
 }
 
 /// Authenticates the caller and requires the Admin role.
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, HttpError> {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let principal = state
         .authenticator
@@ -65,16 +65,16 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, Res
             text(header::AUTHORIZATION.as_str()),
             text(state.authenticator.api_key_header()),
         )
-        .map_err(|error| error_response(HttpError::from(&Refusal::Authentication(error))))?;
+        .map_err(|error| HttpError::from(&Refusal::Authentication(error)))?;
     if principal.kind == crate::principal::PrincipalKind::Anonymous {
-        return Err(error_response(HttpError::from(&Refusal::AuthenticationRequired {
+        return Err(HttpError::from(&Refusal::AuthenticationRequired {
             reason: "the admin API requires an authenticated caller".to_string(),
-        })));
+        }));
     }
     if !principal.roles.iter().any(|role| role == ADMIN_ROLE) {
-        return Err(error_response(HttpError::from(&Refusal::MissingPermission {
+        return Err(HttpError::from(&Refusal::MissingPermission {
             permission: format!("role `{ADMIN_ROLE}`"),
-        })));
+        }));
     }
     Ok(principal)
 }
@@ -103,7 +103,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let principal = match require_admin(&state, &headers) {
         Ok(principal) => principal,
-        Err(response) => return response,
+        Err(error) => return error_response(error),
     };
     tracing::info!(user = %principal.username, "reload requested through the admin API");
     let reload_state = state.clone();
@@ -126,8 +126,8 @@ async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 }
 
 async fn policy_status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = require_admin(&state, &headers) {
-        return response;
+    if let Err(error) = require_admin(&state, &headers) {
+        return error_response(error);
     }
     (StatusCode::OK, axum::Json(state.policy_status())).into_response()
 }

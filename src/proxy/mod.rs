@@ -163,13 +163,13 @@ impl ProxyHttp for DatagateProxy {
                     .observe(ctx.started.elapsed().as_secs_f64());
                 ctx.outcome = Some(Outcome {
                     method: method.clone(),
-                    path: permit.canonical_path.clone(),
-                    route: permit.route.clone(),
-                    user: permit.principal.username.clone(),
-                    roles: permit.principal.roles.clone(),
+                    path: permit.canonical_path().to_string(),
+                    route: permit.route().to_string(),
+                    user: permit.principal().username.clone(),
+                    roles: permit.principal().roles.clone(),
                     status: 0,
                     reason: "allowed".to_string(),
-                    revision: permit.policy_revision,
+                    revision: permit.policy_revision(),
                 });
                 ctx.permit = Some(permit);
                 Ok(false)
@@ -207,8 +207,8 @@ impl ProxyHttp for DatagateProxy {
         let Some(permit) = ctx.permit.as_ref() else {
             return Err(Error::explain(ErrorType::HTTPStatus(403), "upstream request without a permit"));
         };
-        headers::set_canonical_path(upstream_request, &permit.canonical_path)?;
-        headers::replace_identity_headers(upstream_request, &self.state.config.identity_headers, &permit.principal)?;
+        headers::set_canonical_path(upstream_request, permit.canonical_path())?;
+        headers::replace_identity_headers(upstream_request, &self.state.config.identity_headers, permit.principal())?;
         let client_address = session
             .client_addr()
             .and_then(|address| address.as_inet())

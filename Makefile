@@ -1,0 +1,27 @@
+# datagate — the two commands a newcomer needs:
+#   make demo   build and run datagate in front of the demo upstream, print curl commands
+#   make test   everything CI runs: format, lints, unit, integration and differential tests
+
+CARGO ?= cargo
+
+.PHONY: demo test lint fmt bench deps
+
+deps:
+	./deploy/install-deps.sh
+
+demo: deps
+	./deploy/demo.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps lint
+	$(CARGO) test --all-targets -- --test-threads 2
+	$(CARGO) test --doc
+
+bench:
+	$(CARGO) bench --bench decision
+
+fmt:
+	$(CARGO) fmt

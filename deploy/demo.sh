@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs the demo: the SQL-over-HTTP demo upstream on 127.0.0.1:8088 and datagate with
+# deploy/datagate.example.yaml (proxy 127.0.0.1:8080, admin 127.0.0.1:9180), then prints
+# ready-to-paste curl commands. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --bins --quiet
+bin=target/debug
+config=deploy/datagate.example.yaml
+
+for port in 8080 8088 9180; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is already in use; stop whatever runs there first" >&2
+    exit 1
+  fi
+done
+
+"$bin/datagate" check --config "$config"
+
+"$bin/datagate-demo-upstream" --listen 127.0.0.1:8088 >/tmp/datagate-demo-upstream.log 2>&1 &
+upstream_pid=$!
+DATAGATE_LOG=warn "$bin/datagate" run --config "$config" >/tmp/datagate-demo-audit.log 2>/tmp/datagate-demo.log &
+datagate_pid=$!
+trap 'kill $upstream_pid $datagate_pid 2>/dev/null || true' EXIT INT TERM
+
+for _ in $(seq 1 100); do
+  curl -fsS http://127.0.0.1:9180/readyz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+alice=$("$bin/datagate" token --config "$config" --sub alice --roles Gamma,sql_lab --org-role Viewer --ttl 8h)
+bob=$("$bin/datagate" token --config "$config" --sub bob --roles Gamma --teams analysts --org-role Viewer --ttl 8h)
+admin=$("$bin/datagate" token --config "$config" --sub root --roles Admin --org-role Admin --ttl 8h)
+
+cat <<MSG
+
+datagate is running: proxy http://127.0.0.1:8080, admin http://127.0.0.1:9180
+(audit lines: /tmp/datagate-demo-audit.log, logs: /tmp/datagate-demo.log)
+
+export ALICE='$alice'
+export BOB='$bob'
+export ADMIN='$admin'
+
+# allowed: Gamma may read charts (can_read on Chart)
+curl -i http://127.0.0.1:8080/api/v1/chart/1 -H "Authorization: Bearer \$ALICE"
+
+# 403: Gamma may not delete charts (missing can_write on Chart)
+curl -i -X DELETE http://127.0.0.1:8080/api/v1/chart/1 -H "Authorization: Bearer \$ALICE"
+
+# 401: anonymous callers (Public) may not read charts; a bad token is 401 too
+curl -i http://127.0.0.1:8080/api/v1/chart/1
+curl -i http://127.0.0.1:8080/api/v1/chart/1 -H "Authorization: Bearer not-a-jwt"
+
+# Grafana-style query: every datasource in the body is checked (demo: Viewer may query 'demo')
+curl -i http://127.0.0.1:8080/api/ds/query -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \\
+  -d '{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT id, amount FROM orders"}]}'
+# 403: one of the datasources is not granted
+curl -i http://127.0.0.1:8080/api/ds/query -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \\
+  -d '{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"},{"refId":"B","datasource":{"uid":"finance"},"rawSql":"SELECT 1"}]}'
+
+# what would happen, without sending anything upstream
+$bin/datagate explain --config $config --token "\$ALICE" --method DELETE --path /api/v1/chart/1
+
+# policy status and a reload (Admin only), metrics
+curl -s http://127.0.0.1:9180/api/admin/policy/status -H "Authorization: Bearer \$ADMIN"
+curl -s -X POST http://127.0.0.1:9180/api/admin/reload -H "Authorization: Bearer \$ADMIN"
+curl -s http://127.0.0.1:9180/metrics | grep ^datagate_
+
+Edit policies/*.csv and the next request sees the new revision. Ctrl-C stops the demo.
+MSG
+wait $datagate_pid
