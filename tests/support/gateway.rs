@@ -1,0 +1,269 @@
+//! Starts a real `datagate` process for integration tests: a temporary directory with a
+//! config, the repository's model and policies (or the test's own), and the example HMAC
+//! key; free ports; readiness awaited on `/readyz`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datagate::authn::{MintRequest, mint_token};
+use datagate::config::Config;
+use datagate::principal::BasicRole;
+
+use super::{ChildProcess, free_port};
+
+pub const TEST_HMAC_SECRET: &str = "test-only-hmac-secret-0123456789abcdef-0123456789";
+
+/// Options for [`Gateway::start`].
+pub struct GatewayOptions {
+    pub upstream: SocketAddr,
+    /// YAML for the `routes:` key; the example config's routes when `None`.
+    pub routes_yaml: Option<String>,
+    /// Replace the repository's `policies/` with these files (name, contents).
+    pub policy_files: Option<Vec<(String, String)>>,
+    pub anonymous_enabled: bool,
+    pub log_allowed: bool,
+    /// Reload on file changes (off to test SIGHUP and the admin endpoint alone).
+    pub watch: bool,
+}
+
+impl GatewayOptions {
+    pub fn new(upstream: SocketAddr) -> Self {
+        GatewayOptions {
+            upstream,
+            routes_yaml: None,
+            policy_files: None,
+            anonymous_enabled: true,
+            log_allowed: false,
+            watch: true,
+        }
+    }
+}
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub audit_path: PathBuf,
+    pub process: ChildProcess,
+    config: Config,
+}
+
+pub fn repository_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `routes:` section of the example config, so tests exercise what users run.
+pub fn example_routes_yaml() -> String {
+    let text = std::fs::read_to_string(repository_root().join("deploy/datagate.example.yaml"))
+        .unwrap();
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    serde_yaml::to_string(&value["routes"]).unwrap()
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines()
+        .map(|line| format!("{pad}{line}\n"))
+        .collect()
+}
+
+impl Gateway {
+    pub fn config_yaml(options: &GatewayOptions, proxy: SocketAddr, admin: SocketAddr) -> String {
+        let routes = options.routes_yaml.clone().unwrap_or_else(example_routes_yaml);
+        format!(
+            r#"listen:
+  proxy: {proxy}
+  admin: {admin}
+  threads: 2
+upstream:
+  address: {upstream}
+  connect_timeout: 2s
+  read_timeout: 10s
+policy:
+  model: casbin_model.conf
+  directory: policies
+  watch: {watch}
+  debounce: 100ms
+auth:
+  anonymous:
+    enabled: {anonymous}
+    roles: [Public]
+  jwt:
+    leeway_seconds: 0
+    keys:
+      - kid: test-hmac
+        algorithm: HS256
+        secret_file: hmac.secret
+    claims:
+      roles: roles
+      teams: teams
+      org_role: org_role
+routes:
+{routes}audit:
+  output: audit.log
+  log_allowed: {log_allowed}
+"#,
+            upstream = options.upstream,
+            anonymous = options.anonymous_enabled,
+            routes = indent(&routes, 2),
+            log_allowed = options.log_allowed,
+            watch = options.watch,
+        )
+    }
+
+    pub fn start(options: GatewayOptions) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hmac.secret"), TEST_HMAC_SECRET).unwrap();
+        std::fs::copy(
+            repository_root().join("casbin_model.conf"),
+            dir.path().join("casbin_model.conf"),
+        )
+        .unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        match &options.policy_files {
+            Some(files) => {
+                for (name, contents) in files {
+                    std::fs::write(policies.join(name), contents).unwrap();
+                }
+            }
+            None => {
+                for entry in std::fs::read_dir(repository_root().join("policies")).unwrap() {
+                    let entry = entry.unwrap();
+                    std::fs::copy(entry.path(), policies.join(entry.file_name())).unwrap();
+                }
+            }
+        }
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.path().join("datagate.yaml");
+        std::fs::write(&config_path, Gateway::config_yaml(&options, proxy, admin)).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_datagate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("DATAGATE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let process = ChildProcess::new(child);
+        wait_until_ready(admin, proxy);
+        Gateway {
+            audit_path: dir.path().join("audit.log"),
+            dir,
+            proxy,
+            admin,
+            config_path,
+            process,
+            config,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    pub fn token(&self, subject: &str, roles: &[&str], teams: &[&str], org_role: Option<BasicRole>) -> String {
+        mint_token(
+            &self.config.auth,
+            &self.config.base_dir,
+            &MintRequest {
+                subject: subject.to_string(),
+                roles: roles.iter().map(|role| role.to_string()).collect(),
+                teams: teams.iter().map(|team| team.to_string()).collect(),
+                org_role,
+                ttl: Duration::from_secs(600),
+                extra_claims: serde_json::Map::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token("root", &["Admin"], &[], Some(BasicRole::Admin))
+    }
+
+    /// The serving policy revision, from the status endpoint.
+    pub fn revision(&self) -> u64 {
+        let status: serde_json::Value = ureq::get(&self.admin_url("/api/admin/policy/status"))
+            .set("Authorization", &format!("Bearer {}", self.admin_token()))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        status["revision"].as_u64().unwrap()
+    }
+
+    pub fn policy_status(&self) -> serde_json::Value {
+        ureq::get(&self.admin_url("/api/admin/policy/status"))
+            .set("Authorization", &format!("Bearer {}", self.admin_token()))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+
+    /// Polls until `predicate` holds or `timeout` passes; returns whether it held.
+    pub fn eventually(timeout: Duration, mut predicate: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if predicate() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        predicate()
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    pub fn write_policy(&self, name: &str, contents: &str) {
+        write_atomically(&self.policy_dir().join(name), contents);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+}
+
+/// Writes through a temporary file and a rename, as editors and config tools do.
+pub fn write_atomically(path: &Path, contents: &str) {
+    let temporary = path.with_extension("tmp~");
+    std::fs::write(&temporary, contents).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+fn wait_until_ready(admin: SocketAddr, proxy: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let admin_ready = ureq::get(&format!("http://{admin}/readyz"))
+            .timeout(Duration::from_millis(500))
+            .call()
+            .is_ok();
+        let proxy_ready = TcpStream::connect_timeout(&proxy, Duration::from_millis(200)).is_ok();
+        if admin_ready && proxy_ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "datagate did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
