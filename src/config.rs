@@ -316,3 +316,71 @@ impl Config {
         self.resolve_path(&self.policy.directory)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen: {proxy: "127.0.0.1:8080", admin: "127.0.0.1:9180"}
+upstream: {address: "127.0.0.1:8088"}
+policy: {model: casbin_model.conf, directory: policies}
+auth: {}
+routes: {}
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, "test.yaml", PathBuf::from("/etc/datagate"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.upstream.keepalive_pool_size, 128);
+        assert_eq!(config.identity_headers.user, "X-Datagate-User");
+        assert!(config.policy.watch);
+        assert_eq!(
+            config.policy_directory(),
+            PathBuf::from("/etc/datagate/policies")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let text = MINIMAL.replace("upstream: {", "upstream: {adress: x, ");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("adress"), "{error}");
+        assert!(error.contains("upstream"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        let text = MINIMAL.replace(
+            r#"{address: "127.0.0.1:8088"}"#,
+            r#"{address: "127.0.0.1:8088", connect_timeout: soon}"#,
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("upstream.connect_timeout"), "{error}");
+        assert!(error.contains("`soon`"), "{error}");
+
+        let text = MINIMAL.replace("127.0.0.1:8088", "no-port-here");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("upstream.address"), "{error}");
+
+        let text = MINIMAL.replace("127.0.0.1:9180", "127.0.0.1:8080");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("listen.admin"), "{error}");
+
+        let text = MINIMAL.replace("routes: {}", "routes: {}\nidentity_headers: {user: \"bad header\"}");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("identity_headers.user"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_section_is_named() {
+        let text = MINIMAL.replace("routes: {}", "");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("routes"), "{error}");
+    }
+}
