@@ -64,7 +64,10 @@ impl From<&Refusal> for HttpError {
                 HttpError::new(500, "authentication is misconfigured")
             }
             Refusal::Authentication(_) => HttpError::unauthorized(message, true),
-            Refusal::BadPath(_) | Refusal::BadRequest(_) | Refusal::BodyUnreadable => {
+            Refusal::BadPath(_)
+            | Refusal::BadRequest(_)
+            | Refusal::BadBody(_)
+            | Refusal::BodyUnreadable => {
                 HttpError::new(400, message)
             }
             Refusal::UnmatchedRoute { .. }

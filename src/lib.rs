@@ -13,6 +13,7 @@ pub mod authn;
 pub mod cli;
 pub mod config;
 pub mod http_error;
+pub mod json_guard;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

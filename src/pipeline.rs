@@ -49,6 +49,8 @@ pub enum Refusal {
     MissingDatasourcePermission { action: String, uid: String },
     #[error("{0}")]
     BadRequest(RouteError),
+    #[error("{0}")]
+    BadBody(#[from] crate::json_guard::JsonGuardError),
     #[error("request body is larger than the {limit}-byte inspection limit of route `{route}`")]
     BodyTooLarge { route: String, limit: usize },
     #[error("request body could not be read")]
@@ -225,6 +227,12 @@ pub fn authorize(
         }
     }
 
+    if let Some(body) = body
+        && is_json(head.content_type)
+    {
+        crate::json_guard::reject_duplicate_keys(body)?;
+    }
+
     let mut datasource_uids = Vec::new();
     if let Some(requirement) = route.datasource() {
         datasource_uids =
@@ -257,6 +265,14 @@ pub fn authorize(
         }
     }
     Ok(permit(snapshot, identified, datasource_uids))
+}
+
+/// JSON unless declared otherwise: a body without a content type is still inspected as JSON.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_none_or(|content_type| {
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        media_type.eq_ignore_ascii_case("application/json") || media_type.to_ascii_lowercase().ends_with("+json")
+    })
 }
 
 fn permit(snapshot: &PolicySnapshot, identified: &Identified<'_>, datasource_uids: Vec<String>) -> Permit {

@@ -376,3 +376,14 @@ fn admin_listener_serves_health_readiness_metrics_and_guards_admin_endpoints() {
     let reload = reply(ureq::post(&gateway.admin_url("/api/admin/reload")).call());
     assert_eq!(reload.status, 401);
 }
+
+#[test]
+fn a_body_that_repeats_a_key_is_refused_as_ambiguous() {
+    let setup = setup();
+    let token = setup.gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let ambiguous = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo","uid":"finance"},"rawSql":"SELECT 1"}]}"#;
+    let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), ambiguous);
+    assert_eq!(response.status, 400);
+    assert!(response.json()["message"].as_str().unwrap().contains("`uid`"));
+    assert!(recorded_requests(setup.upstream).is_empty());
+}
