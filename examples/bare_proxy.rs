@@ -18,14 +18,20 @@ impl ProxyHttp for PassThrough {
 
     fn new_ctx(&self) {}
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let listen = args.next().ok_or("usage: bare_proxy LISTEN UPSTREAM THREADS")?;
+    let listen = args
+        .next()
+        .ok_or("usage: bare_proxy LISTEN UPSTREAM THREADS")?;
     let upstream: SocketAddr = args.next().ok_or("missing UPSTREAM")?.parse()?;
     let threads: usize = args.next().unwrap_or_else(|| "2".to_string()).parse()?;
     let server_conf = pingora::server::configuration::ServerConf {
@@ -34,7 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, PassThrough { upstream });
+    let mut service =
+        pingora::proxy::http_proxy_service(&server.configuration, PassThrough { upstream });
     service.add_tcp(&listen);
     server.add_service(service);
     server.run_forever();

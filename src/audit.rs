@@ -63,7 +63,9 @@ impl AuditSink {
                 for event in receiver {
                     match serde_json::to_string(&event) {
                         Ok(line) => {
-                            if let Err(error) = writeln!(output, "{line}").and_then(|()| output.flush()) {
+                            if let Err(error) =
+                                writeln!(output, "{line}").and_then(|()| output.flush())
+                            {
                                 tracing::error!(%error, "audit write failed");
                             }
                         }

@@ -103,7 +103,10 @@ pub enum CliError {
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
     #[error("{context}: {message}")]
-    Other { context: &'static str, message: String },
+    Other {
+        context: &'static str,
+        message: String,
+    },
 }
 
 pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
@@ -129,7 +132,10 @@ pub fn check(config_path: Option<&Path>) -> Result<String, CliError> {
 }
 
 /// `datagate explain`: the decision the proxy would make, as one JSON object.
-pub fn explain(config_path: Option<&Path>, args: &ExplainArgs) -> Result<serde_json::Value, CliError> {
+pub fn explain(
+    config_path: Option<&Path>,
+    args: &ExplainArgs,
+) -> Result<serde_json::Value, CliError> {
     let config = load_config(config_path)?;
     let state = AppState::build(config)?;
     Ok(explain_request(&state, args))
@@ -236,15 +242,24 @@ pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
     let state = AppState::build(config)?;
     let snapshot = state.snapshot();
     if snapshot.policy.uses_casbin_fallback() {
-        tracing::warn!("the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower");
+        tracing::warn!(
+            "the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower"
+        );
     }
-    tracing::info!(revision = snapshot.revision, digest = snapshot.policy.digest(), lines = snapshot.policy.line_count(), "policy loaded");
+    tracing::info!(
+        revision = snapshot.revision,
+        digest = snapshot.policy.digest(),
+        lines = snapshot.policy.line_count(),
+        "policy loaded"
+    );
 
     let _watcher = if state.config.policy.watch {
-        Some(crate::reload::watch_policy_files(state.clone()).map_err(|error| CliError::Other {
-            context: "policy.watch",
-            message: error.to_string(),
-        })?)
+        Some(
+            crate::reload::watch_policy_files(state.clone()).map_err(|error| CliError::Other {
+                context: "policy.watch",
+                message: error.to_string(),
+            })?,
+        )
     } else {
         None
     };
@@ -263,10 +278,12 @@ fn start_admin_listener(state: Arc<AppState>) -> Result<(), CliError> {
         context: "listen.admin",
         message: format!("cannot bind `{address}`: {error}"),
     })?;
-    listener.set_nonblocking(true).map_err(|error| CliError::Other {
-        context: "listen.admin",
-        message: error.to_string(),
-    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|error| CliError::Other {
+            context: "listen.admin",
+            message: error.to_string(),
+        })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("datagate-admin")
@@ -283,7 +300,8 @@ fn start_admin_listener(state: Arc<AppState>) -> Result<(), CliError> {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
                         tracing::info!(%address, "admin listener ready");
-                        if let Err(error) = axum::serve(listener, crate::admin::router(state)).await {
+                        if let Err(error) = axum::serve(listener, crate::admin::router(state)).await
+                        {
                             tracing::error!(%error, "admin listener stopped");
                         }
                     }
@@ -301,7 +319,9 @@ fn start_admin_listener(state: Arc<AppState>) -> Result<(), CliError> {
 fn run_proxy(state: Arc<AppState>, upstream: std::net::SocketAddr) {
     let listen = &state.config.listen;
     let threads = if listen.threads == 0 {
-        std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
     } else {
         listen.threads
     };

@@ -180,10 +180,15 @@ fn default_basic_role_header() -> String {
     "X-Datagate-Org-Role".to_string()
 }
 fn default_strip_headers() -> Vec<String> {
-    ["X-Remote-User", "X-Forwarded-User", "X-Webauth-User", "Remote-User"]
-        .iter()
-        .map(|name| name.to_string())
-        .collect()
+    [
+        "X-Remote-User",
+        "X-Forwarded-User",
+        "X-Webauth-User",
+        "Remote-User",
+    ]
+    .iter()
+    .map(|name| name.to_string())
+    .collect()
 }
 
 /// Durations are written the human way (`250ms`, `2s`, `1m`).
@@ -195,7 +200,9 @@ mod humantime_serde_compat {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!("`{text}` is not a duration ({error}); write e.g. `250ms`, `2s`, `1m`"))
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({error}); write e.g. `250ms`, `2s`, `1m`"
+            ))
         })
     }
 }
@@ -292,10 +299,12 @@ impl Config {
             key: "auth".to_string(),
             message: error.to_string(),
         })?;
-        self.routes.validate().map_err(|error| ConfigError::Invalid {
-            key: "routes".to_string(),
-            message: error.to_string(),
-        })?;
+        self.routes
+            .validate()
+            .map_err(|error| ConfigError::Invalid {
+                key: "routes".to_string(),
+                message: error.to_string(),
+            })?;
         Ok(())
     }
 
@@ -372,7 +381,10 @@ routes: {}
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.contains("listen.admin"), "{error}");
 
-        let text = MINIMAL.replace("routes: {}", "routes: {}\nidentity_headers: {user: \"bad header\"}");
+        let text = MINIMAL.replace(
+            "routes: {}",
+            "routes: {}\nidentity_headers: {user: \"bad header\"}",
+        );
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.contains("identity_headers.user"), "{error}");
     }

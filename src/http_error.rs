@@ -67,9 +67,7 @@ impl From<&Refusal> for HttpError {
             Refusal::BadPath(_)
             | Refusal::BadRequest(_)
             | Refusal::BadBody(_)
-            | Refusal::BodyUnreadable => {
-                HttpError::new(400, message)
-            }
+            | Refusal::BodyUnreadable => HttpError::new(400, message),
             Refusal::UnmatchedRoute { .. }
             | Refusal::MissingPermission { .. }
             | Refusal::MissingDatasourcePermission { .. } => HttpError::new(403, message),
@@ -96,9 +94,7 @@ mod tests {
 
     #[test]
     fn anonymous_denials_challenge_for_credentials() {
-        let error = HttpError::from(&Refusal::AuthenticationRequired {
-            reason: "x".into(),
-        });
+        let error = HttpError::from(&Refusal::AuthenticationRequired { reason: "x".into() });
         assert_eq!(error.status, 401);
         assert_eq!(error.www_authenticate.as_deref(), Some("Bearer"));
     }

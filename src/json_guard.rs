@@ -32,7 +32,10 @@ pub fn reject_duplicate_keys(body: &[u8]) -> Result<(), JsonGuardError> {
             let message = error.to_string();
             match message.strip_prefix(DUPLICATE_MARKER) {
                 Some(rest) => Err(JsonGuardError::DuplicateKey(
-                    rest.split(DUPLICATE_END).next().unwrap_or_default().to_string(),
+                    rest.split(DUPLICATE_END)
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
                 )),
                 None => Err(JsonGuardError::Malformed(message)),
             }

@@ -26,8 +26,7 @@ impl Metrics {
                 "Requests seen by the proxy, by route and decision.",
             ),
             &["route", "decision"],
-        )
-        ?;
+        )?;
         let decision_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "datagate_decision_duration_seconds",
@@ -46,8 +45,7 @@ impl Metrics {
                 "Policy reload attempts, by trigger and result (swapped, unchanged, failed).",
             ),
             &["trigger", "result"],
-        )
-        ?;
+        )?;
         let policy_revision = IntGauge::new(
             "datagate_policy_revision",
             "The policy revision currently serving.",

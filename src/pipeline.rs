@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use crate::authn::AuthnError;
 use crate::principal::{Principal, PrincipalKind};
+use crate::route::PathParams;
 use crate::route::{
     Resolution, Route, RouteError, UnmatchedPolicy, canonicalize_path, extract_datasource_uids,
 };
-use crate::route::PathParams;
 use crate::state::{AppState, PolicySnapshot};
 
 /// The parts of an HTTP request the decision depends on, borrowed from whatever server
@@ -121,7 +121,10 @@ pub struct CheckOutcome {
 /// Stage 1–3: authenticate, canonicalise, resolve. Refuses bad credentials even on routes
 /// that would allow anonymous access: a client that presents a credential must present a
 /// valid one.
-pub fn identify<'t>(state: &'t AppState, head: &RequestHead<'_>) -> Result<Identified<'t>, Refusal> {
+pub fn identify<'t>(
+    state: &'t AppState,
+    head: &RequestHead<'_>,
+) -> Result<Identified<'t>, Refusal> {
     let principal = state
         .authenticator
         .authenticate(head.authorization, head.api_key)?;
@@ -157,7 +160,10 @@ pub fn authorize(
     let Some((route, params)) = &identified.route else {
         return match identified.unmatched_policy {
             UnmatchedPolicy::Allow => {
-                record("unmatched route: allowed by `routes.unmatched: allow`".into(), true);
+                record(
+                    "unmatched route: allowed by `routes.unmatched: allow`".into(),
+                    true,
+                );
                 Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated if !anonymous => {
@@ -271,11 +277,16 @@ pub fn authorize(
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_none_or(|content_type| {
         let media_type = content_type.split(';').next().unwrap_or_default().trim();
-        media_type.eq_ignore_ascii_case("application/json") || media_type.to_ascii_lowercase().ends_with("+json")
+        media_type.eq_ignore_ascii_case("application/json")
+            || media_type.to_ascii_lowercase().ends_with("+json")
     })
 }
 
-fn permit(snapshot: &PolicySnapshot, identified: &Identified<'_>, datasource_uids: Vec<String>) -> Permit {
+fn permit(
+    snapshot: &PolicySnapshot,
+    identified: &Identified<'_>,
+    datasource_uids: Vec<String>,
+) -> Permit {
     Permit {
         principal: identified.principal.clone(),
         route: identified.route_name().to_string(),

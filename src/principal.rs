@@ -120,8 +120,16 @@ impl Principal {
             }
             PrincipalKind::Anonymous => {}
         }
-        subjects.extend(self.roles.iter().map(|role| format!("{}{role}", subject::ROLE)));
-        subjects.extend(self.teams.iter().map(|team| format!("{}{team}", subject::TEAM)));
+        subjects.extend(
+            self.roles
+                .iter()
+                .map(|role| format!("{}{role}", subject::ROLE)),
+        );
+        subjects.extend(
+            self.teams
+                .iter()
+                .map(|team| format!("{}{team}", subject::TEAM)),
+        );
         if let Some(basic_role) = self.basic_role {
             subjects.push(format!("{}{basic_role}", subject::BASIC));
         }

@@ -66,18 +66,25 @@ impl RelevantPaths {
         // A ConfigMap mount swaps `..data` (and writes `..2024_…` directories) beside the
         // model file; editors may write a temporary file and rename it over the model.
         path.parent() == Some(self.model_directory.as_path())
-            && path.file_name().and_then(|name| name.to_str()).is_some_and(|name| {
-                name.starts_with("..")
-                    || self
-                        .model_path
-                        .file_name()
-                        .and_then(|model| model.to_str())
-                        .is_some_and(|model| name.contains(model))
-            })
+            && path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| {
+                    name.starts_with("..")
+                        || self
+                            .model_path
+                            .file_name()
+                            .and_then(|model| model.to_str())
+                            .is_some_and(|model| name.contains(model))
+                })
     }
 }
 
-fn debounce_loop(state: Arc<AppState>, receiver: std::sync::mpsc::Receiver<()>, debounce: Duration) {
+fn debounce_loop(
+    state: Arc<AppState>,
+    receiver: std::sync::mpsc::Receiver<()>,
+    debounce: Duration,
+) {
     while receiver.recv().is_ok() {
         loop {
             match receiver.recv_timeout(debounce) {

@@ -166,7 +166,13 @@ impl AppState {
                         "the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower"
                     );
                 }
-                tracing::info!(revision, digest = policy.digest(), lines = policy.line_count(), trigger = trigger.as_str(), "policy reloaded");
+                tracing::info!(
+                    revision,
+                    digest = policy.digest(),
+                    lines = policy.line_count(),
+                    trigger = trigger.as_str(),
+                    "policy reloaded"
+                );
                 self.snapshot.store(Arc::new(PolicySnapshot {
                     revision,
                     policy,

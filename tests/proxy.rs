@@ -2,6 +2,8 @@
 //! datagate in front of it, and HTTP between them. Every refusal asserts the upstream
 //! received nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -51,7 +51,9 @@ fn error_response(error: HttpError) -> Response {
     if let Some(challenge) = error.www_authenticate
         && let Ok(value) = challenge.parse()
     {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
     }
     response
 }
@@ -80,7 +82,11 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, Htt
 }
 
 async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
 }
 
 /// Ready once a valid snapshot is serving. The process refuses to start without one, so
@@ -107,7 +113,8 @@ async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     };
     tracing::info!(user = %principal.username, "reload requested through the admin API");
     let reload_state = state.clone();
-    let result = tokio::task::spawn_blocking(move || reload_state.reload(ReloadTrigger::AdminApi)).await;
+    let result =
+        tokio::task::spawn_blocking(move || reload_state.reload(ReloadTrigger::AdminApi)).await;
     match result {
         Ok(Ok(outcome)) => {
             let status = state.policy_status();

@@ -52,13 +52,24 @@ pub fn replace_identity_headers(
         while request.remove_header(name.as_str()).is_some() {}
     }
     request
-        .insert_header(names.user.clone(), encode_identity_value(&principal.username))
+        .insert_header(
+            names.user.clone(),
+            encode_identity_value(&principal.username),
+        )
         .map_err(|_| internal("identity header"))?;
-    let roles: Vec<String> = principal.roles.iter().map(|role| encode_identity_value(role)).collect();
+    let roles: Vec<String> = principal
+        .roles
+        .iter()
+        .map(|role| encode_identity_value(role))
+        .collect();
     request
         .insert_header(names.roles.clone(), roles.join(","))
         .map_err(|_| internal("identity header"))?;
-    let teams: Vec<String> = principal.teams.iter().map(|team| encode_identity_value(team)).collect();
+    let teams: Vec<String> = principal
+        .teams
+        .iter()
+        .map(|team| encode_identity_value(team))
+        .collect();
     request
         .insert_header(names.teams.clone(), teams.join(","))
         .map_err(|_| internal("identity header"))?;
@@ -106,7 +117,10 @@ mod tests {
 
     #[test]
     fn identity_values_cannot_inject_headers_or_split_lists() {
-        assert_eq!(encode_identity_value("alice@example.com"), "alice@example.com");
+        assert_eq!(
+            encode_identity_value("alice@example.com"),
+            "alice@example.com"
+        );
         assert_eq!(encode_identity_value("a\r\nX-Evil: 1"), "a%0D%0AX-Evil: 1");
         assert_eq!(encode_identity_value("a,b"), "a%2Cb");
         assert_eq!(encode_identity_value("50%"), "50%25");

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
-use pingora::{Error, ErrorType, Result};
 use pingora::proxy::ProxyHttp;
+use pingora::{Error, ErrorType, Result};
 
 use crate::audit::AuditEvent;
 use crate::http_error::HttpError;
@@ -38,9 +38,16 @@ pub fn upstream_host_port(address: &str) -> std::result::Result<(String, u16), S
         .parse()
         .map_err(|_| format!("`{port}` in `{address}` is not a port number"))?;
     if host.is_empty() || port == 0 {
-        return Err(format!("`{address}` must be `host:port` with a non-zero port"));
+        return Err(format!(
+            "`{address}` must be `host:port` with a non-zero port"
+        ));
     }
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    ))
 }
 
 /// Resolves the upstream once at start-up (pingora would resolve per peer, on the request path).
@@ -105,7 +112,11 @@ impl ProxyHttp for DatagateProxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
         let snapshot = self.state.snapshot();
         let request = session.req_header();
         let method = request.method.as_str().to_owned();
@@ -127,7 +138,8 @@ impl ProxyHttp for DatagateProxy {
         let identified = match pipeline::identify(&self.state, &head) {
             Ok(identified) => identified,
             Err(refusal) => {
-                let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
+                let outcome =
+                    refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
                 return self.refuse(session, ctx, refusal, outcome).await;
             }
         };
@@ -141,12 +153,24 @@ impl ProxyHttp for DatagateProxy {
                         route: identified.route_name().to_string(),
                         limit,
                     };
-                    let outcome = refused_outcome(&head, &refusal, identified.route_name(), Some(&identified.principal), snapshot.revision);
+                    let outcome = refused_outcome(
+                        &head,
+                        &refusal,
+                        identified.route_name(),
+                        Some(&identified.principal),
+                        snapshot.revision,
+                    );
                     return self.refuse(session, ctx, refusal, outcome).await;
                 }
                 Err(body::BodyError::Unreadable) => {
                     let refusal = Refusal::BodyUnreadable;
-                    let outcome = refused_outcome(&head, &refusal, identified.route_name(), Some(&identified.principal), snapshot.revision);
+                    let outcome = refused_outcome(
+                        &head,
+                        &refusal,
+                        identified.route_name(),
+                        Some(&identified.principal),
+                        snapshot.revision,
+                    );
                     return self.refuse(session, ctx, refusal, outcome).await;
                 }
             }
@@ -175,17 +199,30 @@ impl ProxyHttp for DatagateProxy {
                 Ok(false)
             }
             Err(refusal) => {
-                let outcome = refused_outcome(&head, &refusal, identified.route_name(), Some(&identified.principal), snapshot.revision);
+                let outcome = refused_outcome(
+                    &head,
+                    &refusal,
+                    identified.route_name(),
+                    Some(&identified.principal),
+                    snapshot.revision,
+                );
                 self.refuse(session, ctx, refusal, outcome).await
             }
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestContext) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
         // Fail closed: no permit, no upstream connection (request_filter always sets one
         // or answers the request itself, so this is a guard against future phase changes).
         if ctx.permit.is_none() {
-            return Err(Error::explain(ErrorType::HTTPStatus(403), "request reached upstream_peer without a permit"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(403),
+                "request reached upstream_peer without a permit",
+            ));
         }
         let upstream = &self.state.config.upstream;
         let mut peer = HttpPeer::new(self.upstream, upstream.tls, self.sni.clone());
@@ -205,10 +242,17 @@ impl ProxyHttp for DatagateProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         let Some(permit) = ctx.permit.as_ref() else {
-            return Err(Error::explain(ErrorType::HTTPStatus(403), "upstream request without a permit"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(403),
+                "upstream request without a permit",
+            ));
         };
         headers::set_canonical_path(upstream_request, permit.canonical_path())?;
-        headers::replace_identity_headers(upstream_request, &self.state.config.identity_headers, permit.principal())?;
+        headers::replace_identity_headers(
+            upstream_request,
+            &self.state.config.identity_headers,
+            permit.principal(),
+        )?;
         let client_address = session
             .client_addr()
             .and_then(|address| address.as_inet())
@@ -217,14 +261,24 @@ impl ProxyHttp for DatagateProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
         if let Some(outcome) = ctx.outcome.as_mut() {
             outcome.status = response.status.as_u16();
         }
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _error: Option<&Error>, ctx: &mut RequestContext) {
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _error: Option<&Error>,
+        ctx: &mut RequestContext,
+    ) {
         let Some(outcome) = ctx.outcome.take() else {
             return;
         };
@@ -252,13 +306,23 @@ impl ProxyHttp for DatagateProxy {
     }
 }
 
-fn refused_outcome(head: &RequestHead<'_>, refusal: &Refusal, route: &str, principal: Option<&crate::principal::Principal>, revision: u64) -> Outcome {
+fn refused_outcome(
+    head: &RequestHead<'_>,
+    refusal: &Refusal,
+    route: &str,
+    principal: Option<&crate::principal::Principal>,
+    revision: u64,
+) -> Outcome {
     Outcome {
         method: head.method.to_string(),
         path: head.raw_path.to_string(),
         route: route.to_string(),
-        user: principal.map(|principal| principal.username.clone()).unwrap_or_default(),
-        roles: principal.map(|principal| principal.roles.clone()).unwrap_or_default(),
+        user: principal
+            .map(|principal| principal.username.clone())
+            .unwrap_or_default(),
+        roles: principal
+            .map(|principal| principal.roles.clone())
+            .unwrap_or_default(),
         status: HttpError::from(refusal).status,
         reason: refusal.to_string(),
         revision,
@@ -267,7 +331,13 @@ fn refused_outcome(head: &RequestHead<'_>, refusal: &Refusal, route: &str, princ
 
 impl DatagateProxy {
     /// Answers a refused request; the upstream is never contacted.
-    async fn refuse(&self, session: &mut Session, ctx: &mut RequestContext, refusal: Refusal, outcome: Outcome) -> Result<bool> {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        refusal: Refusal,
+        outcome: Outcome,
+    ) -> Result<bool> {
         self.state
             .metrics
             .decision_seconds
@@ -285,7 +355,9 @@ impl DatagateProxy {
         }
         // The unread body of a refused request would desynchronise a kept-alive connection.
         session.set_keepalive(None);
-        session.write_response_header(Box::new(response), false).await?;
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
         session.write_response_body(Some(body), true).await?;
         Ok(true)
     }
