@@ -33,15 +33,27 @@ fn example_config() -> String {
 fn config_dir(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, String) {
     let options = GatewayOptions::new("127.0.0.1:9".parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("hmac.secret"), support::gateway::TEST_HMAC_SECRET).unwrap();
-    std::fs::copy(repository_root().join("casbin_model.conf"), dir.path().join("casbin_model.conf")).unwrap();
+    std::fs::write(
+        dir.path().join("hmac.secret"),
+        support::gateway::TEST_HMAC_SECRET,
+    )
+    .unwrap();
+    std::fs::copy(
+        repository_root().join("casbin_model.conf"),
+        dir.path().join("casbin_model.conf"),
+    )
+    .unwrap();
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     for entry in std::fs::read_dir(repository_root().join("policies")).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), policies.join(entry.file_name())).unwrap();
     }
-    let yaml = Gateway::config_yaml(&options, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+    let yaml = Gateway::config_yaml(
+        &options,
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
     let path = dir.path().join("datagate.yaml");
     std::fs::write(&path, edit(&yaml)).unwrap();
     let path = path.display().to_string();
@@ -82,7 +94,8 @@ fn unknown_or_invalid_config_keys_refuse_start_up_naming_the_key() {
     assert!(stderr.contains("upstream.read_timeout"), "{stderr}");
     assert!(stderr.contains("soon"), "{stderr}");
 
-    let (_dir, config) = config_dir(|yaml| yaml.replace("leeway_seconds: 0", "leeway_seconds: 600"));
+    let (_dir, config) =
+        config_dir(|yaml| yaml.replace("leeway_seconds: 0", "leeway_seconds: 600"));
     let (code, _, stderr) = datagate(&["check", "--config", &config]);
     assert_ne!(code, 0);
     assert!(stderr.contains("leeway"), "{stderr}");
@@ -91,10 +104,20 @@ fn unknown_or_invalid_config_keys_refuse_start_up_naming_the_key() {
 #[test]
 fn explain_prints_the_decision_each_check_and_the_revision() {
     let config = example_config();
-    let (_, token, _) = datagate(&["token", "--config", &config, "--sub", "alice", "--roles", "Gamma"]);
+    let (_, token, _) = datagate(&[
+        "token", "--config", &config, "--sub", "alice", "--roles", "Gamma",
+    ]);
     let token = token.trim();
     let (code, stdout, stderr) = datagate(&[
-        "explain", "--config", &config, "--token", token, "--method", "DELETE", "--path", "/api/v1/chart/1",
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        token,
+        "--method",
+        "DELETE",
+        "--path",
+        "/api/v1/chart/1",
     ]);
     assert_eq!(code, 0, "{stderr}");
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -104,10 +127,23 @@ fn explain_prints_the_decision_each_check_and_the_revision() {
     assert_eq!(result["policy_revision"], 1);
     assert_eq!(result["reason"], "missing permission `can_write on Chart`");
     assert_eq!(result["checks"][0]["passed"], false);
-    assert!(result["checks"][0]["check"].as_str().unwrap().contains("can_write on Chart"));
+    assert!(
+        result["checks"][0]["check"]
+            .as_str()
+            .unwrap()
+            .contains("can_write on Chart")
+    );
 
     let (code, stdout, _) = datagate(&[
-        "explain", "--config", &config, "--token", token, "--method", "GET", "--path", "/api/v1/chart/1",
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        token,
+        "--method",
+        "GET",
+        "--path",
+        "/api/v1/chart/1",
     ]);
     assert_eq!(code, 0);
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -116,16 +152,45 @@ fn explain_prints_the_decision_each_check_and_the_revision() {
     assert_eq!(result["principal"]["username"], "alice");
 
     let body = r#"{"queries":[{"refId":"A","datasource":{"uid":"finance"},"rawSql":"SELECT 1"}]}"#;
-    let (_, viewer, _) = datagate(&["token", "--config", &config, "--sub", "carol", "--org-role", "Viewer"]);
+    let (_, viewer, _) = datagate(&[
+        "token",
+        "--config",
+        &config,
+        "--sub",
+        "carol",
+        "--org-role",
+        "Viewer",
+    ]);
     let (code, stdout, _) = datagate(&[
-        "explain", "--config", &config, "--token", viewer.trim(), "--method", "POST", "--path", "/api/ds/query", "--body", body,
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        viewer.trim(),
+        "--method",
+        "POST",
+        "--path",
+        "/api/ds/query",
+        "--body",
+        body,
     ]);
     assert_eq!(code, 0);
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(result["decision"], "deny");
-    assert_eq!(result["reason"], "missing permission `datasources:query` on datasource `finance`");
+    assert_eq!(
+        result["reason"],
+        "missing permission `datasources:query` on datasource `finance`"
+    );
 
-    let (code, stdout, _) = datagate(&["explain", "--config", &config, "--token", "garbage", "--path", "/api/v1/chart/1"]);
+    let (code, stdout, _) = datagate(&[
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        "garbage",
+        "--path",
+        "/api/v1/chart/1",
+    ]);
     assert_eq!(code, 0, "evaluation ran, so exit 0");
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(result["status"], 401);
@@ -139,7 +204,10 @@ fn token_without_an_hmac_key_is_a_clear_error() {
             "      - kid: rsa\n        algorithm: RS256\n        public_key_file: rsa.pub.pem\n",
         )
     });
-    let dir = std::path::Path::new(&config).parent().unwrap().to_path_buf();
+    let dir = std::path::Path::new(&config)
+        .parent()
+        .unwrap()
+        .to_path_buf();
     std::fs::copy(
         repository_root().join("tests/fixtures/authn/rsa_public.pem"),
         dir.join("rsa.pub.pem"),

@@ -75,7 +75,9 @@ fn post_json(url: &str, token: Option<&str>, body: &str) -> Reply {
 /// One raw HTTP/1.1 exchange, for requests ureq would normalise (odd paths, chunked bodies).
 fn raw_http(address: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
@@ -107,7 +109,9 @@ fn setup() -> Setup {
 #[test]
 fn allowed_request_reaches_upstream_with_trusted_identity_headers() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &["analysts"], Some(BasicRole::Viewer));
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma"], &["analysts"], Some(BasicRole::Viewer));
     let response = reply(
         ureq::get(&setup.gateway.url("/api/v1/chart/1"))
             .set("Authorization", &format!("Bearer {token}"))
@@ -155,7 +159,12 @@ fn anonymous_and_bad_credentials_are_401_and_upstream_sees_nothing() {
     let anonymous = get(&setup.gateway.url("/api/v1/chart/1"), None);
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
-    assert!(anonymous.json()["message"].as_str().unwrap().contains("can_read on Chart"));
+    assert!(
+        anonymous.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("can_read on Chart")
+    );
 
     for bad in [
         "not-a-jwt",
@@ -164,7 +173,12 @@ fn anonymous_and_bad_credentials_are_401_and_upstream_sees_nothing() {
     ] {
         let response = get(&setup.gateway.url("/api/v1/chart/1"), Some(bad));
         assert_eq!(response.status, 401, "{bad}: {}", response.body);
-        assert!(response.header("www-authenticate").unwrap().starts_with("Bearer"));
+        assert!(
+            response
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Bearer")
+        );
         assert!(response.json()["message"].is_string());
     }
     // A token signed with a different key.
@@ -173,7 +187,8 @@ fn anonymous_and_bad_credentials_are_401_and_upstream_sees_nothing() {
             kid: Some("test-hmac".into()),
             ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
         };
-        let claims = serde_json::json!({"sub": "alice", "roles": ["Admin"], "exp": 4_000_000_000u64});
+        let claims =
+            serde_json::json!({"sub": "alice", "roles": ["Admin"], "exp": 4_000_000_000u64});
         jsonwebtoken::encode(
             &header,
             &claims,
@@ -189,7 +204,8 @@ fn anonymous_and_bad_credentials_are_401_and_upstream_sees_nothing() {
             kid: Some("test-hmac".into()),
             ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
         };
-        let claims = serde_json::json!({"sub": "alice", "roles": ["Admin"], "exp": 1_000_000_000u64});
+        let claims =
+            serde_json::json!({"sub": "alice", "roles": ["Admin"], "exp": 1_000_000_000u64});
         jsonwebtoken::encode(
             &header,
             &claims,
@@ -208,20 +224,30 @@ fn unmatched_routes_are_denied_by_default() {
     let token = setup.gateway.admin_token();
     let response = get(&setup.gateway.url("/api/v1/secret-export"), Some(&token));
     assert_eq!(response.status, 403);
-    assert!(response.json()["message"].as_str().unwrap().contains("no route matches"));
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no route matches")
+    );
     assert!(recorded_requests(setup.upstream).is_empty());
 }
 
 #[test]
 fn every_datasource_in_a_grafana_query_body_must_be_allowed() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
     let allowed = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT id FROM orders"},{"refId":"B","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}]}"#;
     let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), allowed);
     assert_eq!(response.status, 200, "{}", response.body);
     let recorded = recorded_requests(setup.upstream);
     assert_eq!(recorded.len(), 1);
-    assert_eq!(recorded[0].body_text, allowed, "body must arrive byte for byte");
+    assert_eq!(
+        recorded[0].body_text, allowed,
+        "body must arrive byte for byte"
+    );
     clear_recorded(setup.upstream);
 
     let mixed = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"},{"refId":"B","datasource":{"uid":"finance"},"rawSql":"SELECT 1"}]}"#;
@@ -237,8 +263,14 @@ fn every_datasource_in_a_grafana_query_body_must_be_allowed() {
 #[test]
 fn malformed_json_on_a_body_route_is_400_and_not_forwarded() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
-    let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), r#"{"queries": [ "#);
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let response = post_json(
+        &setup.gateway.url("/api/ds/query"),
+        Some(&token),
+        r#"{"queries": [ "#,
+    );
     assert_eq!(response.status, 400);
     assert!(response.json()["message"].is_string());
     assert!(recorded_requests(setup.upstream).is_empty());
@@ -249,7 +281,9 @@ fn malformed_json_on_a_body_route_is_400_and_not_forwarded() {
 #[test]
 fn inspected_bodies_at_the_limit_arrive_whole_and_over_it_are_413() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
     let body_of = |total: usize| {
         let prefix = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}],"padding":""#;
         let suffix = r#""}"#;
@@ -268,9 +302,18 @@ fn inspected_bodies_at_the_limit_arrive_whole_and_over_it_are_413() {
         clear_recorded(setup.upstream);
     }
     for size in [65_537, 70_000, 300_000] {
-        let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), &body_of(size));
+        let response = post_json(
+            &setup.gateway.url("/api/ds/query"),
+            Some(&token),
+            &body_of(size),
+        );
         assert_eq!(response.status, 413, "size {size}");
-        assert!(response.json()["message"].as_str().unwrap().contains("65536"));
+        assert!(
+            response.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("65536")
+        );
         assert!(recorded_requests(setup.upstream).is_empty(), "size {size}");
     }
     // Chunked: no Content-Length to check up front; the running count must stop it.
@@ -314,7 +357,12 @@ fn paths_are_canonicalised_and_the_upstream_gets_the_canonical_form() {
     );
     let (status, _) = raw_http(setup.gateway.proxy, request.as_bytes());
     assert_eq!(status, 403);
-    for raw in ["/../etc/passwd", "/api/%2e%2e/%2e%2e/x", "/api/v1/chart/%zz", "/api/v1/chart/%00"] {
+    for raw in [
+        "/../etc/passwd",
+        "/api/%2e%2e/%2e%2e/x",
+        "/api/v1/chart/%zz",
+        "/api/v1/chart/%00",
+    ] {
         let request = format!(
             "GET {raw} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
         );
@@ -334,7 +382,10 @@ fn refusals_are_audited_as_json_lines() {
             .call(),
     );
     assert_eq!(response.status, 403);
-    assert!(Gateway::eventually(Duration::from_secs(5), || !setup.gateway.audit_lines().is_empty()));
+    assert!(Gateway::eventually(Duration::from_secs(5), || !setup
+        .gateway
+        .audit_lines()
+        .is_empty()));
     let lines = setup.gateway.audit_lines();
     let line = &lines[0];
     assert_eq!(line["user"], "alice");
@@ -344,7 +395,12 @@ fn refusals_are_audited_as_json_lines() {
     assert_eq!(line["route"], "superset-chart-write");
     assert_eq!(line["decision"], "deny");
     assert_eq!(line["status"], 403);
-    assert!(line["reason"].as_str().unwrap().contains("can_write on Chart"));
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .contains("can_write on Chart")
+    );
     assert_eq!(line["policy_revision"], 1);
     assert!(line["timestamp"].as_str().unwrap().contains('T'));
 }
@@ -359,18 +415,36 @@ fn admin_listener_serves_health_readiness_metrics_and_guards_admin_endpoints() {
     assert_eq!(ready.json()["policy_revision"], 1);
 
     let token = gateway.token("alice", &["Gamma"], &[], None);
-    assert_eq!(get(&gateway.url("/api/v1/chart/1"), Some(&token)).status, 200);
+    assert_eq!(
+        get(&gateway.url("/api/v1/chart/1"), Some(&token)).status,
+        200
+    );
     assert_eq!(get(&gateway.url("/nope"), Some(&token)).status, 403);
     let metrics = get(&gateway.admin_url("/metrics"), None).body;
-    assert!(metrics.contains(r#"datagate_requests_total{decision="allow",route="superset-chart-read"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"datagate_requests_total{decision="deny",route="unmatched"} 1"#), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"datagate_requests_total{decision="allow",route="superset-chart-read"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"datagate_requests_total{decision="deny",route="unmatched"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("datagate_decision_duration_seconds_bucket"));
     assert!(metrics.contains("datagate_policy_revision 1"));
-    assert!(metrics.contains(r#"datagate_policy_reloads_total{result="swapped",trigger="startup"} 1"#));
+    assert!(
+        metrics.contains(r#"datagate_policy_reloads_total{result="swapped",trigger="startup"} 1"#)
+    );
 
     // Admin endpoints: anonymous → 401, non-Admin → 403, Admin → 200.
-    assert_eq!(get(&gateway.admin_url("/api/admin/policy/status"), None).status, 401);
-    assert_eq!(get(&gateway.admin_url("/api/admin/policy/status"), Some(&token)).status, 403);
+    assert_eq!(
+        get(&gateway.admin_url("/api/admin/policy/status"), None).status,
+        401
+    );
+    assert_eq!(
+        get(&gateway.admin_url("/api/admin/policy/status"), Some(&token)).status,
+        403
+    );
     let status = gateway.policy_status();
     assert_eq!(status["revision"], 1);
     assert_eq!(status["digest"].as_str().unwrap().len(), 64);
@@ -382,10 +456,17 @@ fn admin_listener_serves_health_readiness_metrics_and_guards_admin_endpoints() {
 #[test]
 fn a_body_that_repeats_a_key_is_refused_as_ambiguous() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
     let ambiguous = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo","uid":"finance"},"rawSql":"SELECT 1"}]}"#;
     let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), ambiguous);
     assert_eq!(response.status, 400);
-    assert!(response.json()["message"].as_str().unwrap().contains("`uid`"));
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("`uid`")
+    );
     assert!(recorded_requests(setup.upstream).is_empty());
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use support::gateway::{Gateway, GatewayOptions, repository_root};
 use support::{ChildProcess, spawn_upstream};
 
-
 const ROUTES: &str = r#"
 unmatched: deny
 table:
@@ -61,7 +60,10 @@ fn status_of(gateway: &Gateway, path: &str, token: &str) -> u16 {
 
 fn admin_reload(gateway: &Gateway) -> serde_json::Value {
     let response = ureq::post(&gateway.admin_url("/api/admin/reload"))
-        .set("Authorization", &format!("Bearer {}", gateway.admin_token()))
+        .set(
+            "Authorization",
+            &format!("Bearer {}", gateway.admin_token()),
+        )
         .call();
     match response {
         Ok(response) => response.into_json().unwrap(),
@@ -108,8 +110,15 @@ fn a_bad_policy_file_is_refused_and_the_old_snapshot_keeps_serving() {
     assert!(message.contains("Queryy"), "{message}");
     assert_eq!(status["revision"], 1);
     assert_eq!(status_of(&gateway, "/api/v1/chart/1", &token), 200);
-    let metrics = ureq::get(&gateway.admin_url("/metrics")).call().unwrap().into_string().unwrap();
-    assert!(metrics.contains(r#"datagate_policy_reloads_total{result="failed",trigger="file_change"}"#), "{metrics}");
+    let metrics = ureq::get(&gateway.admin_url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"datagate_policy_reloads_total{result="failed",trigger="file_change"}"#),
+        "{metrics}"
+    );
     // The admin endpoint reports the same refusal as 422 and keeps the revision.
     let reply = admin_reload(&gateway);
     assert_eq!(reply["status"], 422, "{reply}");
@@ -117,12 +126,18 @@ fn a_bad_policy_file_is_refused_and_the_old_snapshot_keeps_serving() {
 
     // Fixing the file recovers and clears the error; the revision goes up, never back.
     gateway.write_policy("10-grants.csv", GRANTS_V2);
-    assert!(Gateway::eventually(Duration::from_secs(10), || gateway.revision() == 2));
+    assert!(Gateway::eventually(Duration::from_secs(10), || gateway
+        .revision()
+        == 2));
     assert!(gateway.policy_status()["last_error"].is_null());
     assert_eq!(status_of(&gateway, "/api/v1/dashboard/1", &token), 200);
 
     // A broken model is refused the same way.
-    std::fs::write(gateway.dir.path().join("casbin_model.conf"), "[request_definition]\nr = sub, obj\n[matchers]\nm = nonsense(((\n").unwrap();
+    std::fs::write(
+        gateway.dir.path().join("casbin_model.conf"),
+        "[request_definition]\nr = sub, obj\n[matchers]\nm = nonsense(((\n",
+    )
+    .unwrap();
     assert!(Gateway::eventually(Duration::from_secs(10), || {
         !gateway.policy_status()["last_error"].is_null()
     }));
@@ -136,12 +151,20 @@ fn sighup_and_the_admin_endpoint_reload_when_watching_is_off() {
     let token = gateway.token("alice", &["Gamma"], &[], None);
     gateway.write_policy("10-grants.csv", GRANTS_V2);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(status_of(&gateway, "/api/v1/dashboard/1", &token), 403, "no watcher: nothing changes yet");
+    assert_eq!(
+        status_of(&gateway, "/api/v1/dashboard/1", &token),
+        403,
+        "no watcher: nothing changes yet"
+    );
 
     let reply = admin_reload(&gateway);
     assert_eq!(reply["result"], "swapped", "{reply}");
     assert_eq!(reply["revision"], 2);
-    assert_eq!(status_of(&gateway, "/api/v1/dashboard/1", &token), 200, "effective when the reload returns");
+    assert_eq!(
+        status_of(&gateway, "/api/v1/dashboard/1", &token),
+        200,
+        "effective when the reload returns"
+    );
     let reply = admin_reload(&gateway);
     assert_eq!(reply["result"], "unchanged");
     assert_eq!(reply["revision"], 2);
@@ -149,7 +172,9 @@ fn sighup_and_the_admin_endpoint_reload_when_watching_is_off() {
     gateway.write_policy("10-grants.csv", GRANTS_V1);
     let killed = unsafe { libc::kill(gateway.pid() as i32, libc::SIGHUP) };
     assert_eq!(killed, 0);
-    assert!(Gateway::eventually(Duration::from_secs(10), || gateway.revision() == 3));
+    assert!(Gateway::eventually(Duration::from_secs(10), || gateway
+        .revision()
+        == 3));
     assert_eq!(status_of(&gateway, "/api/v1/dashboard/1", &token), 403);
 }
 
@@ -173,7 +198,11 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
         std::fs::rename(&temporary, policies.join(name)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(gateway.revision(), 1, "same content through symlinks: same digest");
+    assert_eq!(
+        gateway.revision(),
+        1,
+        "same content through symlinks: same digest"
+    );
 
     // The kubelet update: new directory, new ..data symlink renamed over the old one.
     let version_two = policies.join("..2026_11_22_v2");

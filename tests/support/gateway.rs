@@ -57,22 +57,23 @@ pub fn repository_root() -> PathBuf {
 
 /// The `routes:` section of the example config, so tests exercise what users run.
 pub fn example_routes_yaml() -> String {
-    let text = std::fs::read_to_string(repository_root().join("deploy/datagate.example.yaml"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(repository_root().join("deploy/datagate.example.yaml")).unwrap();
     let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     serde_yaml::to_string(&value["routes"]).unwrap()
 }
 
 fn indent(text: &str, by: usize) -> String {
     let pad = " ".repeat(by);
-    text.lines()
-        .map(|line| format!("{pad}{line}\n"))
-        .collect()
+    text.lines().map(|line| format!("{pad}{line}\n")).collect()
 }
 
 impl Gateway {
     pub fn config_yaml(options: &GatewayOptions, proxy: SocketAddr, admin: SocketAddr) -> String {
-        let routes = options.routes_yaml.clone().unwrap_or_else(example_routes_yaml);
+        let routes = options
+            .routes_yaml
+            .clone()
+            .unwrap_or_else(example_routes_yaml);
         format!(
             r#"listen:
   proxy: {proxy}
@@ -176,7 +177,13 @@ routes:
         self.dir.path().join("policies")
     }
 
-    pub fn token(&self, subject: &str, roles: &[&str], teams: &[&str], org_role: Option<BasicRole>) -> String {
+    pub fn token(
+        &self,
+        subject: &str,
+        roles: &[&str],
+        teams: &[&str],
+        org_role: Option<BasicRole>,
+    ) -> String {
         mint_token(
             &self.config.auth,
             &self.config.base_dir,

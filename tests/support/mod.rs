@@ -1,0 +1,123 @@
+//! Test support shared by the integration tests: child processes that die with the test,
+//! free ports, the demo upstream and its request recorder, and (in `gateway`) datagate.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod gateway;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// A spawned process, killed when dropped so a failing test leaves nothing running.
+pub struct ChildProcess {
+    child: Child,
+}
+
+impl ChildProcess {
+    pub fn new(child: Child) -> Self {
+        ChildProcess { child }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the demo upstream on an ephemeral port; returns it and its address.
+pub fn spawn_upstream(extra_args: &[&str]) -> (ChildProcess, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datagate-demo-upstream"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .args(extra_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let process = ChildProcess::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let address: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected upstream output: {line:?}"))
+        .parse()
+        .unwrap();
+    wait_for_http_ok(
+        &format!("http://{address}/__recorder/health"),
+        Duration::from_secs(10),
+    );
+    (process, address)
+}
+
+pub fn wait_for_http_ok(url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ureq::get(url)
+            .timeout(Duration::from_millis(500))
+            .call()
+            .is_ok()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{url} did not answer 200 within {timeout:?}");
+}
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: Option<String>,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body_text: String,
+    pub body_length: usize,
+}
+
+impl RecordedRequest {
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .flat_map(|(_, values)| values.clone())
+            .collect()
+    }
+}
+
+pub fn recorded_requests(upstream: SocketAddr) -> Vec<RecordedRequest> {
+    ureq::get(&format!("http://{upstream}/__recorder/requests"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
+pub fn clear_recorded(upstream: SocketAddr) {
+    ureq::delete(&format!("http://{upstream}/__recorder/requests"))
+        .call()
+        .unwrap();
+}
