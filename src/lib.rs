@@ -21,4 +21,5 @@ pub mod principal;
 pub mod proxy;
 pub mod reload;
 pub mod route;
+pub mod sql_location;
 pub mod state;
