@@ -15,10 +15,10 @@ use crate::authn::{Authenticator, MintRequest, mint_token};
 use crate::config::Config;
 use crate::http_error::HttpError;
 use crate::pipeline::{self, RequestHead};
-use crate::policy::load_policy;
 use crate::principal::BasicRole;
 use crate::route::RouteTable;
 use crate::state::AppState;
+use crate::state::build_snapshot_content;
 
 #[derive(Debug, Parser)]
 #[command(name = "datagate", version, about = "A policy sidecar for data APIs")]
@@ -101,7 +101,7 @@ pub enum CliError {
     #[error("{0}")]
     Routes(#[from] crate::route::RouteError),
     #[error("{0}")]
-    Policy(#[from] crate::policy::PolicyError),
+    Snapshot(#[from] crate::state::SnapshotError),
     #[error("{context}: {message}")]
     Other {
         context: &'static str,
@@ -119,13 +119,13 @@ pub fn check(config_path: Option<&Path>) -> Result<String, CliError> {
     let config = load_config(config_path)?;
     Authenticator::from_config(&config.auth, &config.base_dir)?;
     RouteTable::from_config(&config.routes)?;
-    let policy = load_policy(&config.policy_model_path(), &config.policy_directory())?;
+    let content = build_snapshot_content(&config)?;
     let mut report = format!(
-        "ok: config, model and {} policy lines are valid (digest {})",
-        policy.line_count(),
-        policy.digest()
+        "ok: config, model, {} policy lines and the RLS filters are valid (digest {})",
+        content.policy.line_count(),
+        content.digest
     );
-    if policy.uses_casbin_fallback() {
+    if content.policy.uses_casbin_fallback() {
         report.push_str("\nwarning: the casbin model is not the shape the compiled index understands; decisions will use casbin's enforcer (much slower)");
     }
     Ok(report)
@@ -158,6 +158,7 @@ pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json:
         content_type: Some(&args.content_type),
     };
     let mut checks = Vec::new();
+    let mut statements = Vec::new();
     let identified = pipeline::identify(state, &head);
     let (result, route, principal, canonical_path) = match identified {
         Err(refusal) => (Err(refusal), None, None, None),
@@ -173,6 +174,22 @@ pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json:
             } else {
                 let body = if identified.needs_body() { body } else { None };
                 pipeline::authorize(&snapshot, &identified, &head, body, Some(&mut checks))
+                    .and_then(|permit| {
+                        let limits = state.config.sql.rewrite_limits();
+                        let rewrite = pipeline::rewrite_sql(
+                            &snapshot,
+                            &identified,
+                            &permit,
+                            &head,
+                            body,
+                            limits,
+                            Some(&mut checks),
+                        )?;
+                        if let Some(rewrite) = rewrite {
+                            statements = rewrite.statements;
+                        }
+                        Ok(permit)
+                    })
             };
             (
                 result,
@@ -194,6 +211,7 @@ pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json:
         "canonical_path": canonical_path,
         "principal": principal,
         "checks": checks,
+        "sql": statements,
         "policy_revision": snapshot.revision,
     })
 }

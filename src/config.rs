@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::authn::AuthConfig;
+use crate::rls::{DatasourceConfig, RewriteLimits};
 use crate::route::RoutesConfig;
 
 /// Why the configuration could not be used. Operators read these: they name the file and key.
@@ -48,6 +49,12 @@ pub struct Config {
     pub routes: RoutesConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Datasources whose SQL datagate inspects (dialect, known tables).
+    #[serde(default)]
+    pub datasources: Vec<DatasourceConfig>,
+    /// Bounds on the SQL datagate is willing to analyse.
+    #[serde(default)]
+    pub sql: SqlLimitsConfig,
     /// Directory relative paths are resolved against: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -147,6 +154,42 @@ pub struct AuditConfig {
     /// Also write one line per allowed request (refusals are always audited).
     #[serde(default)]
     pub log_allowed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlLimitsConfig {
+    /// Larger SQL is refused (`sql_too_large`).
+    #[serde(default = "default_max_sql_bytes")]
+    pub max_bytes: usize,
+    /// Deeper nesting is refused (`too_deeply_nested`), bounding parse time and stack.
+    #[serde(default = "default_max_nesting_depth")]
+    pub max_nesting_depth: usize,
+}
+
+impl Default for SqlLimitsConfig {
+    fn default() -> Self {
+        SqlLimitsConfig {
+            max_bytes: default_max_sql_bytes(),
+            max_nesting_depth: default_max_nesting_depth(),
+        }
+    }
+}
+
+impl SqlLimitsConfig {
+    pub fn rewrite_limits(&self) -> RewriteLimits {
+        RewriteLimits {
+            max_sql_bytes: self.max_bytes,
+            max_nesting_depth: self.max_nesting_depth,
+        }
+    }
+}
+
+fn default_max_sql_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_nesting_depth() -> usize {
+    64
 }
 
 fn default_true() -> bool {
@@ -294,6 +337,27 @@ impl Config {
                     format!("`{name}` is not a valid HTTP header name"),
                 ));
             }
+        }
+        let mut seen_uids = std::collections::HashSet::new();
+        for (index, datasource) in self.datasources.iter().enumerate() {
+            if datasource.uid.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("datasources[{index}].uid"),
+                    "must not be empty",
+                ));
+            }
+            if !seen_uids.insert(datasource.uid.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("datasources[{index}].uid"),
+                    format!("`{}` is listed twice", datasource.uid),
+                ));
+            }
+        }
+        if self.sql.max_bytes == 0 || self.sql.max_nesting_depth == 0 {
+            return Err(ConfigError::invalid(
+                "sql",
+                "limits must be greater than zero",
+            ));
         }
         self.auth.validate().map_err(|error| ConfigError::Invalid {
             key: "auth".to_string(),

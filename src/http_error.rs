@@ -17,11 +17,15 @@ pub struct HttpError {
     pub message: String,
     /// `WWW-Authenticate` value for 401 responses.
     pub www_authenticate: Option<String>,
+    /// A stable machine-readable reason where one exists (SQL refusals).
+    pub kind: Option<&'static str>,
 }
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
 }
 
 impl HttpError {
@@ -30,7 +34,13 @@ impl HttpError {
             status,
             message: message.into(),
             www_authenticate: None,
+            kind: None,
         }
+    }
+
+    fn with_kind(mut self, kind: &'static str) -> HttpError {
+        self.kind = Some(kind);
+        self
     }
 
     fn unauthorized(message: String, token_was_invalid: bool) -> HttpError {
@@ -43,12 +53,14 @@ impl HttpError {
             status: 401,
             message,
             www_authenticate: Some(challenge),
+            kind: None,
         }
     }
 
     pub fn json_body(&self) -> Vec<u8> {
         serde_json::to_vec(&ErrorBody {
             message: &self.message,
+            kind: self.kind,
         })
         .unwrap_or_else(|_| b"{\"message\":\"internal error\"}".to_vec())
     }
@@ -72,6 +84,21 @@ impl From<&Refusal> for HttpError {
             | Refusal::MissingPermission { .. }
             | Refusal::MissingDatasourcePermission { .. } => HttpError::new(403, message),
             Refusal::BodyTooLarge { .. } => HttpError::new(413, message),
+            Refusal::SqlLocation(_) => HttpError::new(400, message).with_kind("bad_sql_location"),
+            Refusal::Sql { error, .. } => {
+                let kind = error.kind();
+                let status = match kind {
+                    "statement_not_allowed"
+                    | "denied_function"
+                    | "catalog_access"
+                    | "unlisted_table"
+                    | "unknown_datasource"
+                    | "missing_template_value" => 403,
+                    "verification_failed" => 422,
+                    _ => 400,
+                };
+                HttpError::new(status, message).with_kind(kind)
+            }
         }
     }
 }

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub decision_seconds: HistogramVec,
     pub policy_reloads: IntCounterVec,
     pub policy_revision: IntGauge,
+    /// `outcome`: rewritten, unchanged, refused; `kind`: the refusal kind (or `none`).
+    pub sql_rewrites: IntCounterVec,
+    pub sql_rewrite_seconds: prometheus::Histogram,
+    /// `result`: hit or miss.
+    pub sql_rewrite_cache: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,11 +55,38 @@ impl Metrics {
             "datagate_policy_revision",
             "The policy revision currently serving.",
         )?;
+        let sql_rewrites = IntCounterVec::new(
+            Opts::new(
+                "datagate_sql_rewrites_total",
+                "SQL statements through row-level security, by outcome and refusal kind.",
+            ),
+            &["outcome", "kind"],
+        )?;
+        let sql_rewrite_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "datagate_sql_rewrite_duration_seconds",
+                "Time to find, analyse, rewrite and verify a request's SQL.",
+            )
+            .buckets(vec![
+                0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+                0.001, 0.005, 0.025, 0.1,
+            ]),
+        )?;
+        let sql_rewrite_cache = IntCounterVec::new(
+            Opts::new(
+                "datagate_sql_rewrite_cache_total",
+                "Rewrite cache lookups, by result (hit, miss).",
+            ),
+            &["result"],
+        )?;
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decision_seconds.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(policy_revision.clone()),
+            Box::new(sql_rewrites.clone()),
+            Box::new(sql_rewrite_seconds.clone()),
+            Box::new(sql_rewrite_cache.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -64,6 +96,9 @@ impl Metrics {
             decision_seconds,
             policy_reloads,
             policy_revision,
+            sql_rewrites,
+            sql_rewrite_seconds,
+            sql_rewrite_cache,
         })
     }
 

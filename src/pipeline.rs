@@ -55,6 +55,13 @@ pub enum Refusal {
     BodyTooLarge { route: String, limit: usize },
     #[error("request body could not be read")]
     BodyUnreadable,
+    #[error("{0}")]
+    SqlLocation(#[from] crate::sql_location::SqlLocationError),
+    #[error("SQL at `{location}` refused: {error}")]
+    Sql {
+        location: String,
+        error: crate::rls::RlsError,
+    },
 }
 
 /// Who is calling and which route the request is. The body has not been read yet.
@@ -79,6 +86,13 @@ impl Identified<'_> {
         self.route
             .as_ref()
             .is_some_and(|(route, _)| route.needs_body())
+    }
+
+    /// Whether the route carries SQL that row-level security must see.
+    pub fn carries_sql(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|(route, _)| route.sql().is_some())
     }
 }
 
@@ -295,3 +309,99 @@ fn permit(
         policy_revision: snapshot.revision,
     }
 }
+
+/// The request after row-level security: what replaces the query string and the body
+/// (`None`: unchanged), and what was applied, for `explain` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SqlRewrite {
+    pub query: Option<String>,
+    pub body: Option<Vec<u8>>,
+    pub statements: Vec<StatementRewrite>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementRewrite {
+    pub location: String,
+    pub datasource: String,
+    pub original_sql: String,
+    pub rewritten: crate::rls::Rewritten,
+}
+
+/// Stage 6: every SQL string the route carries goes through row-level security. Each
+/// statement's datasource must itself be queryable by the caller (a body can name other
+/// datasources than the route's check saw). Any failure refuses the whole request.
+pub fn rewrite_sql(
+    snapshot: &PolicySnapshot,
+    identified: &Identified<'_>,
+    permit: &Permit,
+    head: &RequestHead<'_>,
+    body: Option<&[u8]>,
+    limits: crate::rls::RewriteLimits,
+    mut trace: Option<&mut Vec<CheckOutcome>>,
+) -> Result<Option<SqlRewrite>, Refusal> {
+    let Some((route, _)) = &identified.route else {
+        return Ok(None);
+    };
+    let Some(sql) = route.sql() else {
+        return Ok(None);
+    };
+    let items =
+        crate::sql_location::find_sql(&sql.sources, permit.datasource_uids(), head.query, body)?;
+    let subjects = permit.principal().subjects();
+    let mut rewrites = Vec::with_capacity(items.len());
+    let mut statements = Vec::with_capacity(items.len());
+    for item in &items {
+        let object = crate::policy::datasource_object(&item.datasource_uid);
+        let allowed = snapshot.policy.allows(&subjects, &object, QUERY_ACTION);
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(CheckOutcome {
+                check: format!(
+                    "datasource permission `{QUERY_ACTION}` on `{}` for SQL at `{}`",
+                    item.datasource_uid, item.location
+                ),
+                passed: allowed,
+            });
+        }
+        if !allowed {
+            return Err(Refusal::MissingDatasourcePermission {
+                action: QUERY_ACTION.to_string(),
+                uid: item.datasource_uid.clone(),
+            });
+        }
+        let rewritten = snapshot
+            .rls
+            .rewrite(&crate::rls::RewriteRequest {
+                datasource_uid: &item.datasource_uid,
+                sql: &item.sql,
+                principal: permit.principal(),
+                allow_writes: sql.allow_writes,
+                limits,
+            })
+            .map_err(|error| Refusal::Sql {
+                location: item.location.clone(),
+                error,
+            })?;
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(CheckOutcome {
+                check: format!("row-level security for SQL at `{}`", item.location),
+                passed: true,
+            });
+        }
+        rewrites.push(rewritten.changed.then(|| rewritten.sql.clone()));
+        statements.push(StatementRewrite {
+            location: item.location.clone(),
+            datasource: item.datasource_uid.clone(),
+            original_sql: item.sql.clone(),
+            rewritten,
+        });
+    }
+    let (query, body) = crate::sql_location::splice(head.query, body, &items, &rewrites);
+    Ok(Some(SqlRewrite {
+        query,
+        body,
+        statements,
+    }))
+}
+
+/// The action a SQL statement needs on its datasource.
+pub const QUERY_ACTION: &str = "datasources:query";

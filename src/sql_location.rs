@@ -12,6 +12,78 @@ use std::ops::Range;
 use json_spanned_value::spanned;
 use serde::Deserialize;
 
+/// A route's `sql:` section: where its SQL is and whether writes are allowed.
+///
+/// ```yaml
+/// sql:
+///   allow_writes: false
+///   locations:
+///     - json_pointer: /queries/*/rawSql
+///       datasource: {json_pointer: /queries/*/datasource/uid}
+///     - query_param: sql
+///       datasource: from_route
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSqlConfig {
+    pub locations: Vec<SqlLocationConfig>,
+    /// Non-query statements pass (never against protected tables). Off by default.
+    #[serde(default)]
+    pub allow_writes: bool,
+}
+
+/// One configured location; exactly one of `json_pointer`, `query_param`, `form_field`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlLocationConfig {
+    #[serde(default)]
+    pub json_pointer: Option<String>,
+    #[serde(default)]
+    pub query_param: Option<String>,
+    #[serde(default)]
+    pub form_field: Option<String>,
+    pub datasource: SqlDatasource,
+}
+
+impl RouteSqlConfig {
+    /// The locations as (source, datasource) pairs; an error names the location by index.
+    pub fn sources(&self) -> Result<Vec<(SqlSource, SqlDatasource)>, String> {
+        if self.locations.is_empty() {
+            return Err("`locations` must name at least one place the SQL is".to_string());
+        }
+        self.locations
+            .iter()
+            .enumerate()
+            .map(|(index, location)| {
+                let source = match (&location.json_pointer, &location.query_param, &location.form_field) {
+                    (Some(pointer), None, None) => {
+                        pointer_segments(pointer).map_err(|error| format!("locations[{index}]: {error}"))?;
+                        SqlSource::JsonPointer(pointer.clone())
+                    }
+                    (None, Some(name), None) => SqlSource::QueryParam(name.clone()),
+                    (None, None, Some(name)) => SqlSource::FormField(name.clone()),
+                    _ => {
+                        return Err(format!(
+                            "locations[{index}] needs exactly one of `json_pointer`, `query_param`, `form_field`"
+                        ));
+                    }
+                };
+                if let SqlDatasource::JsonPointer(pointer) = &location.datasource {
+                    pointer_segments(pointer).map_err(|error| format!("locations[{index}].datasource: {error}"))?;
+                }
+                Ok((source, location.datasource.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether any location is in the body (the proxy must then read it).
+    pub fn reads_body(&self) -> bool {
+        self.locations
+            .iter()
+            .any(|location| location.json_pointer.is_some() || location.form_field.is_some())
+    }
+}
+
 /// One place SQL can be found, as configured on a route.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]

@@ -6,6 +6,7 @@
 //! snapshot that built cleanly is swapped in; a failed build leaves the old one serving and
 //! is recorded for `GET /api/admin/policy/status`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -13,19 +14,93 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::audit::AuditSink;
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyError, load_policy};
+use crate::rls::{RlsError, RlsPolicy, parse_filter_file};
 use crate::route::RouteTable;
 
-/// One immutable policy revision.
+/// One immutable policy revision: grants and RLS filters, built and swapped together.
 pub struct PolicySnapshot {
     pub revision: u64,
     pub policy: CompiledPolicy,
+    pub rls: RlsPolicy,
+    /// sha256 over the model, the grant files and the filter files.
+    pub digest: String,
     pub loaded_at: SystemTime,
+}
+
+/// Why a snapshot could not be built; the serving one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Rls(#[from] RlsError),
+    #[error("cannot read `{path}`: {message}")]
+    Read { path: String, message: String },
+}
+
+/// The policy content of one revision, before it gets a revision number.
+pub struct SnapshotContent {
+    pub policy: CompiledPolicy,
+    pub rls: RlsPolicy,
+    pub digest: String,
+}
+
+/// RLS filter files: `*.rls.yaml` / `*.rls.yml` in the policy directory, by name; dotfiles
+/// (a ConfigMap's `..data` internals) are skipped, symlinked files followed.
+fn filter_files(directory: &Path) -> Result<Vec<(String, String)>, SnapshotError> {
+    let read_error = |message: String| SnapshotError::Read {
+        path: directory.display().to_string(),
+        message,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory).map_err(|error| read_error(error.to_string()))? {
+        let entry = entry.map_err(|error| read_error(error.to_string()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !(name.ends_with(".rls.yaml") || name.ends_with(".rls.yml")) {
+            continue;
+        }
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|error| SnapshotError::Read {
+            path: name.clone(),
+            message: error.to_string(),
+        })?;
+        files.push((name, text));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Builds everything a snapshot holds from the config's files; nothing is swapped here.
+pub fn build_snapshot_content(config: &Config) -> Result<SnapshotContent, SnapshotError> {
+    let policy_directory = config.policy_directory();
+    let policy = load_policy(&config.policy_model_path(), &policy_directory)?;
+    let files = filter_files(&policy_directory)?;
+    let mut filters = Vec::new();
+    let mut hasher = Sha256::new();
+    hasher.update(policy.digest().as_bytes());
+    for (name, text) in &files {
+        filters.extend(parse_filter_file(name, text)?);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    let rls = RlsPolicy::compile(&config.datasources, filters)?;
+    Ok(SnapshotContent {
+        policy,
+        rls,
+        digest: hex::encode(hasher.finalize()),
+    })
 }
 
 /// What asked for a reload; recorded in logs and metrics.
@@ -101,7 +176,7 @@ pub enum StartupError {
     #[error("routes config: {0}")]
     Routes(#[from] crate::route::RouteError),
     #[error("policy: {0}")]
-    Policy(#[from] PolicyError),
+    Policy(#[from] SnapshotError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("audit output: {0}")]
@@ -113,7 +188,7 @@ impl AppState {
     pub fn build(config: Config) -> Result<Arc<AppState>, StartupError> {
         let authenticator = Authenticator::from_config(&config.auth, &config.base_dir)?;
         let routes = RouteTable::from_config(&config.routes)?;
-        let policy = load_policy(&config.policy_model_path(), &config.policy_directory())?;
+        let content = build_snapshot_content(&config)?;
         let audit = AuditSink::open(&config.audit, &config.base_dir)?;
         let metrics = Metrics::new()?;
         metrics.policy_revision.set(1);
@@ -123,7 +198,9 @@ impl AppState {
             .inc();
         let snapshot = PolicySnapshot {
             revision: 1,
-            policy,
+            policy: content.policy,
+            rls: content.rls,
+            digest: content.digest,
             loaded_at: SystemTime::now(),
         };
         Ok(Arc::new(AppState {
@@ -146,21 +223,17 @@ impl AppState {
 
     /// Rebuilds the policy from disk and swaps it in if it built; the old snapshot keeps
     /// serving otherwise.
-    pub fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadOutcome, PolicyError> {
+    pub fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadOutcome, SnapshotError> {
         let _one_reload_at_a_time = self.reload_lock.lock();
-        let result = load_policy(
-            &self.config.policy_model_path(),
-            &self.config.policy_directory(),
-        );
-        match result {
-            Ok(policy) => {
+        match build_snapshot_content(&self.config) {
+            Ok(content) => {
                 *self.last_reload_error.lock() = None;
-                if policy.digest() == self.snapshot.load().policy.digest() {
+                if content.digest == self.snapshot.load().digest {
                     self.count_reload(trigger, "unchanged");
                     return Ok(ReloadOutcome::Unchanged);
                 }
                 let revision = self.next_revision.fetch_add(1, Ordering::SeqCst);
-                if policy.uses_casbin_fallback() {
+                if content.policy.uses_casbin_fallback() {
                     tracing::warn!(
                         revision,
                         "the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower"
@@ -168,14 +241,16 @@ impl AppState {
                 }
                 tracing::info!(
                     revision,
-                    digest = policy.digest(),
-                    lines = policy.line_count(),
+                    digest = %content.digest,
+                    lines = content.policy.line_count(),
                     trigger = trigger.as_str(),
                     "policy reloaded"
                 );
                 self.snapshot.store(Arc::new(PolicySnapshot {
                     revision,
-                    policy,
+                    policy: content.policy,
+                    rls: content.rls,
+                    digest: content.digest,
                     loaded_at: SystemTime::now(),
                 }));
                 self.metrics.policy_revision.set(revision as i64);
@@ -206,7 +281,7 @@ impl AppState {
         let snapshot = self.snapshot();
         PolicyStatus {
             revision: snapshot.revision,
-            digest: snapshot.policy.digest().to_string(),
+            digest: snapshot.digest.clone(),
             loaded_at: snapshot.loaded_at,
             lines: snapshot.policy.line_count(),
             engine: if snapshot.policy.uses_casbin_fallback() {

@@ -98,8 +98,13 @@ pub fn set_forwarded(request: &mut RequestHeader, client_ip: Option<&str>) -> Re
 }
 
 /// The upstream receives the path the route was matched on, so the two can never disagree.
-pub fn set_canonical_path(request: &mut RequestHeader, canonical_path: &str) -> Result<()> {
-    let path_and_query = match request.uri.query() {
+pub fn set_canonical_path(
+    request: &mut RequestHeader,
+    canonical_path: &str,
+    rewritten_query: Option<&str>,
+) -> Result<()> {
+    let query = rewritten_query.or(request.uri.query());
+    let path_and_query = match query {
         Some(query) => format!("{canonical_path}?{query}"),
         None => canonical_path.to_string(),
     };

@@ -85,6 +85,10 @@ impl DatagateProxy {
 pub struct RequestContext {
     started: Instant,
     permit: Option<Permit>,
+    /// Row-level security's replacements for the query string and the body.
+    rewritten_query: Option<String>,
+    rewritten_body: Option<Bytes>,
+    body_replaced: bool,
     /// Filled for every decided request; `logging` turns it into metrics and audit.
     outcome: Option<Outcome>,
 }
@@ -108,6 +112,9 @@ impl ProxyHttp for DatagateProxy {
         RequestContext {
             started: Instant::now(),
             permit: None,
+            rewritten_query: None,
+            rewritten_body: None,
+            body_replaced: false,
             outcome: None,
         }
     }
@@ -178,7 +185,35 @@ impl ProxyHttp for DatagateProxy {
             None
         };
 
-        match pipeline::authorize(&snapshot, &identified, &head, body.as_deref(), None) {
+        let authorized = pipeline::authorize(&snapshot, &identified, &head, body.as_deref(), None)
+            .and_then(|permit| {
+                if !identified.carries_sql() {
+                    return Ok(permit);
+                }
+                let started = Instant::now();
+                let limits = self.state.config.sql.rewrite_limits();
+                let result = pipeline::rewrite_sql(
+                    &snapshot,
+                    &identified,
+                    &permit,
+                    &head,
+                    body.as_deref(),
+                    limits,
+                    None,
+                );
+                self.state
+                    .metrics
+                    .sql_rewrite_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.count_rewrites(&result);
+                let rewrite = result?;
+                if let Some(rewrite) = rewrite {
+                    ctx.rewritten_query = rewrite.query;
+                    ctx.rewritten_body = rewrite.body.map(Bytes::from);
+                }
+                Ok(permit)
+            });
+        match authorized {
             Ok(permit) => {
                 self.state
                     .metrics
@@ -247,7 +282,19 @@ impl ProxyHttp for DatagateProxy {
                 "upstream request without a permit",
             ));
         };
-        headers::set_canonical_path(upstream_request, permit.canonical_path())?;
+        headers::set_canonical_path(
+            upstream_request,
+            permit.canonical_path(),
+            ctx.rewritten_query.as_deref(),
+        )?;
+        if let Some(body) = &ctx.rewritten_body {
+            // The rewritten body replaces the original in `request_body_filter`.
+            while upstream_request
+                .remove_header(&http::header::TRANSFER_ENCODING)
+                .is_some()
+            {}
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        }
         headers::replace_identity_headers(
             upstream_request,
             &self.state.config.identity_headers,
@@ -258,6 +305,28 @@ impl ProxyHttp for DatagateProxy {
             .and_then(|address| address.as_inet())
             .map(|address| address.ip().to_string());
         headers::set_forwarded(upstream_request, client_address.as_deref())?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        // The whole original body was read in `request_filter` and is replayed here from
+        // pingora's retry buffer; the rewritten body goes out instead, exactly once.
+        if let Some(rewritten) = ctx.rewritten_body.take() {
+            *body = Some(rewritten);
+            ctx.body_replaced = true;
+        } else if ctx.body_replaced {
+            *body = if end_of_stream {
+                None
+            } else {
+                Some(Bytes::new())
+            };
+        }
         Ok(())
     }
 
@@ -330,6 +399,45 @@ fn refused_outcome(
 }
 
 impl DatagateProxy {
+    fn count_rewrites(&self, result: &std::result::Result<Option<pipeline::SqlRewrite>, Refusal>) {
+        let metrics = &self.state.metrics;
+        match result {
+            Ok(Some(rewrite)) => {
+                for statement in &rewrite.statements {
+                    let outcome = if statement.rewritten.changed {
+                        "rewritten"
+                    } else {
+                        "unchanged"
+                    };
+                    metrics
+                        .sql_rewrites
+                        .with_label_values(&[outcome, "none"])
+                        .inc();
+                    let cache = if statement.rewritten.cache_hit {
+                        "hit"
+                    } else {
+                        "miss"
+                    };
+                    metrics.sql_rewrite_cache.with_label_values(&[cache]).inc();
+                }
+            }
+            Ok(None) => {}
+            Err(Refusal::Sql { error, .. }) => {
+                metrics
+                    .sql_rewrites
+                    .with_label_values(&["refused", error.kind()])
+                    .inc();
+            }
+            Err(Refusal::SqlLocation(_)) => {
+                metrics
+                    .sql_rewrites
+                    .with_label_values(&["refused", "bad_sql_location"])
+                    .inc();
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Answers a refused request; the upstream is never contacted.
     async fn refuse(
         &self,

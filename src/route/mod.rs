@@ -61,6 +61,9 @@ impl Route {
     pub fn requires_authentication(&self) -> bool {
         false
     }
+    pub fn sql(&self) -> Option<&CompiledSql> {
+        None
+    }
 }
 pub enum Resolution<'t> {
     Matched {
@@ -92,4 +95,11 @@ pub fn extract_datasource_uids(
     _content_type: Option<&str>,
 ) -> Result<Vec<String>, RouteError> {
     Ok(vec![])
+}
+pub struct CompiledSql {
+    pub sources: Vec<(
+        crate::sql_location::SqlSource,
+        crate::sql_location::SqlDatasource,
+    )>,
+    pub allow_writes: bool,
 }
