@@ -39,7 +39,7 @@ pub enum Refusal {
     Authentication(#[from] AuthnError),
     #[error("authentication required: {reason}")]
     AuthenticationRequired { reason: String },
-    #[error("invalid request path: {0}")]
+    #[error("{0}")]
     BadPath(RouteError),
     #[error("no route matches `{method} {path}` and unmatched requests are denied")]
     UnmatchedRoute { method: String, path: String },

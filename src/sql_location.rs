@@ -96,9 +96,10 @@ pub enum SqlSource {
     FormField(String),
 }
 
-/// Where the datasource of a SQL item comes from.
+/// Where the datasource of a SQL item comes from. Written `from_route`,
+/// `{fixed: uid}` or `{json_pointer: /queries/*/datasource/uid}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "SqlDatasourceSyntax")]
 pub enum SqlDatasource {
     /// A JSON pointer whose `*`s take the same indices as the SQL pointer's, e.g.
     /// SQL `/queries/*/rawSql` with datasource `/queries/*/datasource/uid`.
@@ -107,6 +108,42 @@ pub enum SqlDatasource {
     Fixed(String),
     /// Use the uid the route's datasource check extracted (it must be exactly one).
     FromRoute,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SqlDatasourceSyntax {
+    Keyword(String),
+    Fields {
+        #[serde(default)]
+        fixed: Option<String>,
+        #[serde(default)]
+        json_pointer: Option<String>,
+    },
+}
+
+impl TryFrom<SqlDatasourceSyntax> for SqlDatasource {
+    type Error = String;
+
+    fn try_from(syntax: SqlDatasourceSyntax) -> Result<Self, Self::Error> {
+        match syntax {
+            SqlDatasourceSyntax::Keyword(keyword) if keyword == "from_route" => {
+                Ok(SqlDatasource::FromRoute)
+            }
+            SqlDatasourceSyntax::Fields {
+                fixed: Some(uid),
+                json_pointer: None,
+            } => Ok(SqlDatasource::Fixed(uid)),
+            SqlDatasourceSyntax::Fields {
+                fixed: None,
+                json_pointer: Some(pointer),
+            } => Ok(SqlDatasource::JsonPointer(pointer)),
+            _ => Err(
+                "a SQL datasource is `from_route`, `{fixed: <uid>}` or `{json_pointer: <pointer>}`"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
