@@ -42,24 +42,39 @@ pub enum Command {
     Token(TokenArgs),
 }
 
-#[derive(Debug, clap::Args)]
+/// One request to explain; also the JSON body of `POST /api/authz/explain`.
+#[derive(Debug, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExplainArgs {
     /// A JWT (without `Bearer `); omit for an anonymous request.
     #[arg(long)]
+    #[serde(default)]
     pub token: Option<String>,
     /// An API key, sent in the configured API-key header.
     #[arg(long)]
+    #[serde(default)]
     pub api_key: Option<String>,
     #[arg(long, default_value = "GET")]
+    #[serde(default = "default_method")]
     pub method: String,
     /// The request path, optionally with `?query`.
     #[arg(long)]
     pub path: String,
     /// The request body (for routes that read it).
     #[arg(long)]
+    #[serde(default)]
     pub body: Option<String>,
     #[arg(long, default_value = "application/json")]
+    #[serde(default = "default_content_type")]
     pub content_type: String,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+fn default_content_type() -> String {
+    "application/json".to_string()
 }
 
 #[derive(Debug, clap::Args)]

@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/admin/reload", post(reload))
         .route("/api/admin/policy/status", get(policy_status))
+        .route("/api/authz/explain", post(explain))
         .fallback(not_found)
         .with_state(state)
 }
@@ -137,6 +138,31 @@ async fn policy_status(State(state): State<Arc<AppState>>, headers: HeaderMap) -
         return error_response(error);
     }
     (StatusCode::OK, axum::Json(state.policy_status())).into_response()
+}
+
+/// The same evaluation as `datagate explain`, against the serving snapshot.
+async fn explain(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(error) = require_admin(&state, &headers) {
+        return error_response(error);
+    }
+    let request: crate::cli::ExplainArgs = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return error_response(HttpError::new(
+                400,
+                format!("invalid explain request: {error}"),
+            ));
+        }
+    };
+    (
+        StatusCode::OK,
+        axum::Json(crate::cli::explain_request(&state, &request)),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
