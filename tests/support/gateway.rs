@@ -26,6 +26,8 @@ pub struct GatewayOptions {
     pub log_allowed: bool,
     /// Reload on file changes (off to test SIGHUP and the admin endpoint alone).
     pub watch: bool,
+    /// YAML for the `datasources:` key; the example config's when `None`.
+    pub datasources_yaml: Option<String>,
 }
 
 impl GatewayOptions {
@@ -37,6 +39,7 @@ impl GatewayOptions {
             anonymous_enabled: true,
             log_allowed: false,
             watch: true,
+            datasources_yaml: None,
         }
     }
 }
@@ -103,13 +106,15 @@ auth:
       teams: teams
       org_role: org_role
 routes:
-{routes}audit:
+{routes}datasources:
+{datasources}audit:
   output: audit.log
   log_allowed: {log_allowed}
 "#,
             upstream = options.upstream,
             anonymous = options.anonymous_enabled,
             routes = indent(&routes, 2),
+            datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
             watch = options.watch,
         )
