@@ -77,6 +77,10 @@ impl Gateway {
             .routes_yaml
             .clone()
             .unwrap_or_else(example_routes_yaml);
+        let datasources = options
+            .datasources_yaml
+            .clone()
+            .unwrap_or_else(|| example_section("datasources"));
         format!(
             r#"listen:
   proxy: {proxy}
