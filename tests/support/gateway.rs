@@ -59,11 +59,16 @@ pub fn repository_root() -> PathBuf {
 }
 
 /// The `routes:` section of the example config, so tests exercise what users run.
-pub fn example_routes_yaml() -> String {
+/// A section of the example config, so tests exercise what users run.
+pub fn example_section(key: &str) -> String {
     let text =
         std::fs::read_to_string(repository_root().join("deploy/datagate.example.yaml")).unwrap();
     let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    serde_yaml::to_string(&value["routes"]).unwrap()
+    serde_yaml::to_string(&value[key]).unwrap()
+}
+
+pub fn example_routes_yaml() -> String {
+    example_section("routes")
 }
 
 fn indent(text: &str, by: usize) -> String {
