@@ -161,7 +161,7 @@ routes:
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("DATAGATE_LOG", "warn")
+            .env("DATAGATE_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
