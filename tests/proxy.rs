@@ -470,3 +470,42 @@ fn a_body_that_repeats_a_key_is_refused_as_ambiguous() {
     );
     assert!(recorded_requests(setup.upstream).is_empty());
 }
+
+/// curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for the go-ahead:
+/// datagate reads inspected bodies itself, so it must answer `100 Continue` itself.
+#[test]
+fn expect_100_continue_is_answered_before_reading_an_inspected_body() {
+    let setup = setup();
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let body = format!(
+        r#"{{"queries":[{{"refId":"A","datasource":{{"uid":"demo"}},"rawSql":"SELECT 1"}}],"padding":"{}"}}"#,
+        "x".repeat(4000)
+    );
+    let mut stream = TcpStream::connect(setup.gateway.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST /api/ds/query HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 64];
+    let read = stream.read(&mut interim).unwrap();
+    assert!(
+        String::from_utf8_lossy(&interim[..read]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim[..read])
+    );
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.contains("200 OK"), "{text}");
+    let recorded = recorded_requests(setup.upstream);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].body_length, body.len());
+    assert!(recorded[0].header_values("expect").is_empty());
+}

@@ -29,6 +29,20 @@ pub async fn read_bounded(
     if declared_length.is_some_and(|length| length > limit) {
         return Err(BodyError::TooLarge);
     }
+    // A client that sent `Expect: 100-continue` waits for the go-ahead before sending the
+    // body; datagate, not the upstream, is the one reading it now.
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|_| BodyError::Unreadable)?;
+    }
     session.enable_retry_buffering();
     let mut body = BytesMut::with_capacity(declared_length.unwrap_or(0));
     loop {

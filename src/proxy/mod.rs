@@ -89,6 +89,8 @@ pub struct RequestContext {
     rewritten_query: Option<String>,
     rewritten_body: Option<Bytes>,
     body_replaced: bool,
+    /// The body was read (and any `Expect: 100-continue` answered) by datagate.
+    body_read: bool,
     /// Filled for every decided request; `logging` turns it into metrics and audit.
     outcome: Option<Outcome>,
 }
@@ -115,6 +117,7 @@ impl ProxyHttp for DatagateProxy {
             rewritten_query: None,
             rewritten_body: None,
             body_replaced: false,
+            body_read: false,
             outcome: None,
         }
     }
@@ -154,7 +157,10 @@ impl ProxyHttp for DatagateProxy {
         let body = if identified.needs_body() {
             let limit = self.state.routes.max_body_bytes();
             match body::read_bounded(session, declared_length, limit).await {
-                Ok(body) => Some(body),
+                Ok(body) => {
+                    ctx.body_read = true;
+                    Some(body)
+                }
                 Err(body::BodyError::TooLarge) => {
                     let refusal = Refusal::BodyTooLarge {
                         route: identified.route_name().to_string(),
@@ -287,6 +293,13 @@ impl ProxyHttp for DatagateProxy {
             permit.canonical_path(),
             ctx.rewritten_query.as_deref(),
         )?;
+        if ctx.body_read {
+            // Already answered to the client; the upstream gets the body without waiting.
+            while upstream_request
+                .remove_header(&http::header::EXPECT)
+                .is_some()
+            {}
+        }
         if let Some(body) = &ctx.rewritten_body {
             // The rewritten body replaces the original in `request_body_filter`.
             while upstream_request
