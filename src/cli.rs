@@ -296,6 +296,13 @@ pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
     } else {
         None
     };
+    if state.config.policy.watch {
+        crate::reload::poll_policy_files(state.clone(), state.config.policy.poll_interval)
+            .map_err(|error| CliError::Other {
+                context: "policy.poll_interval",
+                message: error.to_string(),
+            })?;
+    }
     crate::reload::reload_on_sighup(state.clone()).map_err(|error| CliError::Other {
         context: "SIGHUP handler",
         message: error.to_string(),

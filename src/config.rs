@@ -143,6 +143,13 @@ pub struct PolicyConfig {
     /// Quiet period after the last file event before reloading (editors write in bursts).
     #[serde(default = "default_debounce", with = "humantime_serde_compat")]
     pub debounce: Duration,
+    /// How often file sizes and times are compared as a safety net under the watcher.
+    #[serde(default = "default_poll_interval", with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -98,6 +98,56 @@ fn debounce_loop(
     }
 }
 
+/// A cheap fingerprint of the policy files: names, sizes and modification times of the
+/// model and of every entry of the policy directory (symlinks followed).
+fn stat_fingerprint(
+    model: &Path,
+    directory: &Path,
+) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+    let describe = |path: &Path| {
+        let metadata = std::fs::metadata(path).ok();
+        (
+            path.display().to_string(),
+            metadata
+                .as_ref()
+                .map(|metadata| metadata.len())
+                .unwrap_or(0),
+            metadata.and_then(|metadata| metadata.modified().ok()),
+        )
+    };
+    let mut fingerprint = vec![describe(model)];
+    if let Ok(entries) = std::fs::read_dir(directory) {
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        paths.sort();
+        fingerprint.extend(paths.iter().map(|path| describe(path)));
+    }
+    fingerprint
+}
+
+/// The safety net under the watcher: file systems where inotify sees nothing (NFS, some
+/// container mounts) or a policy directory replaced wholesale (which drops the watch).
+/// Every `interval` the files' sizes and times are compared, and a change reloads.
+pub fn poll_policy_files(state: Arc<AppState>, interval: Duration) -> std::io::Result<()> {
+    let model = state.config.policy_model_path();
+    let directory = state.config.policy_directory();
+    std::thread::Builder::new()
+        .name("datagate-policy-poll".to_string())
+        .spawn(move || {
+            let mut last = stat_fingerprint(&model, &directory);
+            loop {
+                std::thread::sleep(interval);
+                let current = stat_fingerprint(&model, &directory);
+                if current != last {
+                    last = current;
+                    let _ = state.reload(ReloadTrigger::FileChange);
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Reloads on every SIGHUP, on a thread of its own.
 pub fn reload_on_sighup(state: Arc<AppState>) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
