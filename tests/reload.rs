@@ -269,3 +269,21 @@ fn requests_during_repeated_swaps_never_fail() {
     assert!(completed.load(Ordering::Relaxed) > 20);
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 }
+
+/// Replacing the whole directory drops the inotify watch; the periodic check still sees it.
+#[test]
+fn a_policy_directory_replaced_wholesale_is_picked_up() {
+    let (_upstream, gateway) = start(true);
+    let token = gateway.token("alice", &["Gamma"], &[], None);
+    let policies = gateway.policy_dir();
+    let staged = gateway.dir.path().join("policies.new");
+    std::fs::create_dir(&staged).unwrap();
+    std::fs::write(staged.join("00-builtin-hierarchy.csv"), hierarchy()).unwrap();
+    std::fs::write(staged.join("10-grants.csv"), GRANTS_V2).unwrap();
+    std::fs::rename(&policies, gateway.dir.path().join("policies.old")).unwrap();
+    std::fs::rename(&staged, &policies).unwrap();
+    assert!(Gateway::eventually(Duration::from_secs(10), || {
+        status_of(&gateway, "/api/v1/dashboard/1", &token) == 200
+    }));
+    assert_eq!(gateway.revision(), 2);
+}

@@ -100,6 +100,7 @@ policy:
   directory: policies
   watch: {watch}
   debounce: 100ms
+  poll_interval: 500ms
 auth:
   anonymous:
     enabled: {anonymous}
