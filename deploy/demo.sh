@@ -30,7 +30,7 @@ for _ in $(seq 1 100); do
 done
 
 alice=$("$bin/datagate" token --config "$config" --sub alice --roles Gamma,sql_lab --org-role Viewer --ttl 8h)
-bob=$("$bin/datagate" token --config "$config" --sub bob --roles Gamma --teams analysts --org-role Viewer --ttl 8h)
+bob=$("$bin/datagate" token --config "$config" --sub bob --roles sql_lab --ttl 8h)
 admin=$("$bin/datagate" token --config "$config" --sub root --roles Admin --org-role Admin --ttl 8h)
 
 cat <<MSG
@@ -45,8 +45,8 @@ export ADMIN='$admin'
 # allowed: Gamma may read charts (can_read on Chart)
 curl -i http://127.0.0.1:8080/api/v1/chart/1 -H "Authorization: Bearer \$ALICE"
 
-# 403: Gamma may not delete charts (missing can_write on Chart)
-curl -i -X DELETE http://127.0.0.1:8080/api/v1/chart/1 -H "Authorization: Bearer \$ALICE"
+# 403: bob holds only sql_lab, which may run SQL but not delete charts (can_write on Chart)
+curl -i -X DELETE http://127.0.0.1:8080/api/v1/chart/1 -H "Authorization: Bearer \$BOB"
 
 # 401: anonymous callers (Public) may not read charts; a bad token is 401 too
 curl -i http://127.0.0.1:8080/api/v1/chart/1
@@ -60,7 +60,7 @@ curl -i http://127.0.0.1:8080/api/ds/query -H "Authorization: Bearer \$ALICE" -H
   -d '{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"},{"refId":"B","datasource":{"uid":"finance"},"rawSql":"SELECT 1"}]}'
 
 # what would happen, without sending anything upstream
-$bin/datagate explain --config $config --token "\$ALICE" --method DELETE --path /api/v1/chart/1
+$bin/datagate explain --config $config --token "\$BOB" --method DELETE --path /api/v1/chart/1
 
 # policy status and a reload (Admin only), metrics
 curl -s http://127.0.0.1:9180/api/admin/policy/status -H "Authorization: Bearer \$ADMIN"

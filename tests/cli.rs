@@ -105,7 +105,7 @@ fn unknown_or_invalid_config_keys_refuse_start_up_naming_the_key() {
 fn explain_prints_the_decision_each_check_and_the_revision() {
     let config = example_config();
     let (_, token, _) = datagate(&[
-        "token", "--config", &config, "--sub", "alice", "--roles", "Gamma",
+        "token", "--config", &config, "--sub", "alice", "--roles", "sql_lab",
     ]);
     let token = token.trim();
     let (code, stdout, stderr) = datagate(&[
@@ -134,12 +134,15 @@ fn explain_prints_the_decision_each_check_and_the_revision() {
             .contains("can_write on Chart")
     );
 
+    let (_, gamma, _) = datagate(&[
+        "token", "--config", &config, "--sub", "alice", "--roles", "Gamma",
+    ]);
     let (code, stdout, _) = datagate(&[
         "explain",
         "--config",
         &config,
         "--token",
-        token,
+        gamma.trim(),
         "--method",
         "GET",
         "--path",

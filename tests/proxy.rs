@@ -139,7 +139,8 @@ fn allowed_request_reaches_upstream_with_trusted_identity_headers() {
 #[test]
 fn missing_role_permission_is_403_naming_it_and_upstream_sees_nothing() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &[], None);
+    // sql_lab may run SQL but holds no chart permissions.
+    let token = setup.gateway.token("bob", &["sql_lab"], &[], None);
     let response = reply(
         ureq::delete(&setup.gateway.url("/api/v1/chart/1"))
             .set("Authorization", &format!("Bearer {token}"))
@@ -351,7 +352,9 @@ fn paths_are_canonicalised_and_the_upstream_gets_the_canonical_form() {
         clear_recorded(setup.upstream);
     }
     // Sneaking a write route past a read check by path tricks is impossible: DELETE on the
-    // canonical chart path needs can_write.
+    // canonical chart path needs can_write, which a Public-role caller lacks.
+    let reader = setup.gateway.token("carol", &["Public"], &[], None);
+    let token = reader;
     let request = format!(
         "DELETE /api/v1/x/../chart/7 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );
@@ -375,7 +378,7 @@ fn paths_are_canonicalised_and_the_upstream_gets_the_canonical_form() {
 #[test]
 fn refusals_are_audited_as_json_lines() {
     let setup = setup();
-    let token = setup.gateway.token("alice", &["Gamma"], &[], None);
+    let token = setup.gateway.token("bob", &["sql_lab"], &[], None);
     let response = reply(
         ureq::delete(&setup.gateway.url("/api/v1/chart/3"))
             .set("Authorization", &format!("Bearer {token}"))
@@ -388,8 +391,8 @@ fn refusals_are_audited_as_json_lines() {
         .is_empty()));
     let lines = setup.gateway.audit_lines();
     let line = &lines[0];
-    assert_eq!(line["user"], "alice");
-    assert_eq!(line["roles"], serde_json::json!(["Gamma"]));
+    assert_eq!(line["user"], "bob");
+    assert_eq!(line["roles"], serde_json::json!(["sql_lab"]));
     assert_eq!(line["method"], "DELETE");
     assert_eq!(line["path"], "/api/v1/chart/3");
     assert_eq!(line["route"], "superset-chart-write");

@@ -1,35 +1,331 @@
-//! TEMPORARY STUB — replaced by the real policy module.
+//! Authorization grants: loading, validation and the compiled decision index.
+//!
+//! Sits in the snapshot build (startup, reload, admin writes) and in the `authorize`
+//! stage of the request path. A snapshot build reads `casbin_model.conf` and the policy
+//! CSV files, validates every line (fail closed: one bad line rejects the snapshot, and
+//! the error names the file and line), builds casbin's `Enforcer` as the reference
+//! semantics, and compiles the same lines into a [`CompiledPolicy`] whose
+//! [`allows`](CompiledPolicy::allows) is a handful of hash lookups with no I/O.
+//!
+//! Policy file format (one statement per line, `#` comments, blank lines ignored):
+//! ```text
+//! p, role:Gamma, Chart, can_read                  # FAB role permission
+//! p, user:alice, datasources:uid:pg_main, Query   # datasource grant (Query ⊂ Edit ⊂ Admin)
+//! g, user:alice, team:eng                         # membership
+//! g2, Edit, Query                                 # action hierarchy
+//! ```
+
+mod index;
+mod line;
+mod reference;
+
+use std::fs;
 use std::path::Path;
+
+use casbin::Enforcer;
+use sha2::{Digest, Sha256};
+
+pub use index::{CASBIN_MAX_HIERARCHY_LEVEL, EffectiveGrant, EffectivePermissions};
+pub use line::{DATASOURCE_LEVELS, LineProblem, LineSource, PolicyLine, SourcedLine};
+pub use reference::KNOWN_MODEL;
+
+use index::DecisionIndex;
+
+/// The built-in action and basic-role hierarchies (`policies/00-builtin-hierarchy.csv`),
+/// for tests, benches and deployments that start without a policy directory.
+pub const BUILTIN_HIERARCHY_CSV: &str = include_str!("../../policies/00-builtin-hierarchy.csv");
+
+/// Why a policy snapshot could not be built. Messages are for operators: they name the
+/// policy file (never its directory) and the line.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("bad policy")]
-    Bad,
+    #[error("cannot read policy file `{name}`: {source}")]
+    Read {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("{problem} in {location}")]
+    Line {
+        location: LineSource,
+        problem: LineProblem,
+    },
+    #[error("malformed CSV in {location}: {message}")]
+    Csv {
+        location: LineSource,
+        message: String,
+    },
+    #[error("invalid casbin model in `{file}`: {message}")]
+    Model { file: String, message: String },
+    #[error("casbin rejected the policy: {0}")]
+    Casbin(String),
+    #[error(
+        "{relation} hierarchy too deep: `{from}` reaches `{to}` through more than {limit} links (casbin stops there)"
+    )]
+    HierarchyTooDeep {
+        relation: &'static str,
+        from: String,
+        to: String,
+        limit: usize,
+    },
+    #[error("policy too large: more than 2^32 distinct names")]
+    TooLarge,
 }
-pub struct CompiledPolicy {
-    digest: String,
-}
-impl CompiledPolicy {
-    pub fn allows(&self, _subjects: &[String], _object: &str, _action: &str) -> bool {
-        false
-    }
-    pub fn casbin_allows(&self, _subjects: &[String], _object: &str, _action: &str) -> bool {
-        false
-    }
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-    pub fn line_count(&self) -> usize {
-        0
-    }
-    pub fn uses_casbin_fallback(&self) -> bool {
-        false
-    }
-}
-pub fn load_policy(_model_path: &Path, _policy_dir: &Path) -> Result<CompiledPolicy, PolicyError> {
-    Ok(CompiledPolicy {
-        digest: String::new(),
-    })
-}
+
+/// The object naming one datasource in grants and requests.
 pub fn datasource_object(uid: &str) -> String {
     format!("datasources:uid:{uid}")
 }
+
+/// A validated, compiled policy revision. Immutable; shared by reference across requests.
+pub struct CompiledPolicy {
+    enforcer: Enforcer,
+    /// `None` when the model is not the shape the index implements: decisions then go
+    /// through casbin.
+    index: Option<DecisionIndex>,
+    digest: String,
+    line_count: usize,
+}
+
+impl std::fmt::Debug for CompiledPolicy {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CompiledPolicy")
+            .field("digest", &self.digest)
+            .field("line_count", &self.line_count)
+            .field("uses_casbin_fallback", &self.uses_casbin_fallback())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledPolicy {
+    /// Is any of `subjects` (e.g. `Principal::subjects()`) allowed `action` on `object`?
+    pub fn allows(&self, subjects: &[String], object: &str, action: &str) -> bool {
+        match &self.index {
+            Some(index) => index.allows(subjects, object, action),
+            None => self.casbin_allows(subjects, object, action),
+        }
+    }
+
+    /// casbin's own answer, for the differential test and `explain`. Slow: scans every
+    /// grant line per subject.
+    pub fn casbin_allows(&self, subjects: &[String], object: &str, action: &str) -> bool {
+        reference::enforce_any(&self.enforcer, subjects, object, action)
+    }
+
+    /// sha256 (hex) of the model and every policy source, in load order.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Policy lines (`p`, `g`, `g2`) loaded, duplicates included.
+    pub fn line_count(&self) -> usize {
+        self.line_count
+    }
+
+    /// True when the model is not the shape the compiled index implements, so every
+    /// decision goes through casbin's `enforce()`. The caller should warn loudly.
+    pub fn uses_casbin_fallback(&self) -> bool {
+        self.index.is_none()
+    }
+
+    /// FAB permissions and datasource grants `subjects` hold, directly or inherited.
+    /// Empty in casbin fallback mode (the model's meaning is then unknown).
+    pub fn effective_permissions(&self, subjects: &[String]) -> EffectivePermissions {
+        self.index
+            .as_ref()
+            .map(|index| index.effective_permissions(subjects))
+            .unwrap_or_default()
+    }
+}
+
+/// Loads `model_path` and every `*.csv` in `policy_dir` (by file name; dotfiles and
+/// other files ignored, symlinks followed).
+pub fn load_policy(model_path: &Path, policy_dir: &Path) -> Result<CompiledPolicy, PolicyError> {
+    let model_name = display_name(model_path);
+    let model_text = fs::read_to_string(model_path).map_err(|source| PolicyError::Read {
+        name: model_name.clone(),
+        source,
+    })?;
+    let files = read_policy_dir(policy_dir)?;
+    compile_sources(&model_name, &model_text, &files)
+}
+
+/// Like [`load_policy`], from in-memory sources: `(file name, contents)` in load order.
+pub fn load_policy_from_sources(
+    model_text: &str,
+    files: &[(String, String)],
+) -> Result<CompiledPolicy, PolicyError> {
+    compile_sources("casbin model", model_text, files)
+}
+
+/// Compiles already-parsed lines, e.g. file lines plus the admin store's grants. The
+/// digest covers the model and every line with its source.
+pub fn compile_policy(
+    model_text: &str,
+    lines: Vec<SourcedLine>,
+) -> Result<CompiledPolicy, PolicyError> {
+    let mut hasher = Sha256::new();
+    hash_framed(&mut hasher, model_text.as_bytes());
+    for sourced in &lines {
+        hash_framed(&mut hasher, sourced.source.file.as_bytes());
+        hash_framed(&mut hasher, &(sourced.source.line as u64).to_le_bytes());
+        for field in sourced.line.fields() {
+            hash_framed(&mut hasher, field.as_bytes());
+        }
+    }
+    let digest = hex::encode(hasher.finalize());
+    compile("casbin model", model_text, lines, digest)
+}
+
+/// Parses one policy file into checked lines.
+pub fn parse_policy_file(file_name: &str, contents: &str) -> Result<Vec<SourcedLine>, PolicyError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        // Record lengths differ by line type; the count is checked per type instead.
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_reader(contents.as_bytes());
+    let mut lines = Vec::new();
+    let mut record = csv::StringRecord::new();
+    let mut counted_until = 0usize;
+    let mut newlines_before_end = 0usize;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(error) => {
+                let line = error
+                    .position()
+                    .map_or(reader.position().line(), csv::Position::line);
+                return Err(PolicyError::Csv {
+                    location: LineSource::new(file_name, line as usize),
+                    message: csv_problem(&error),
+                });
+            }
+        }
+        // A record's own position is where the reader started looking, before the
+        // comments and blank lines it skipped, and csv's line counter disagrees with
+        // editors on CRLF blank lines. The byte offset just past the record is exact: the
+        // record's line is 1 + the newlines before its terminator.
+        let record_end = (reader.position().byte() as usize).saturating_sub(1);
+        newlines_before_end += contents
+            .as_bytes()
+            .get(counted_until..record_end)
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count();
+        counted_until = counted_until.max(record_end);
+        let line = newlines_before_end + 1;
+        let fields: Vec<&str> = record.iter().collect();
+        // A whitespace-only line, or a comment indented past the csv reader's notice.
+        let blank = fields.iter().all(|field| field.is_empty());
+        if blank || fields.first().is_some_and(|first| first.starts_with('#')) {
+            continue;
+        }
+        let policy_line =
+            PolicyLine::from_fields(&fields).map_err(|problem| PolicyError::Line {
+                location: LineSource::new(file_name, line),
+                problem,
+            })?;
+        lines.push(SourcedLine::new(policy_line, file_name, line));
+    }
+    Ok(lines)
+}
+
+fn csv_problem(error: &csv::Error) -> String {
+    match error.kind() {
+        csv::ErrorKind::Utf8 { .. } => "invalid UTF-8".to_string(),
+        csv::ErrorKind::Io(_) => "read error".to_string(),
+        _ => "unparseable record".to_string(),
+    }
+}
+
+fn compile_sources(
+    model_name: &str,
+    model_text: &str,
+    files: &[(String, String)],
+) -> Result<CompiledPolicy, PolicyError> {
+    let mut hasher = Sha256::new();
+    hash_framed(&mut hasher, model_text.as_bytes());
+    let mut lines = Vec::new();
+    for (name, contents) in files {
+        hash_framed(&mut hasher, name.as_bytes());
+        hash_framed(&mut hasher, contents.as_bytes());
+        lines.extend(parse_policy_file(name, contents)?);
+    }
+    let digest = hex::encode(hasher.finalize());
+    compile(model_name, model_text, lines, digest)
+}
+
+fn compile(
+    model_name: &str,
+    model_text: &str,
+    lines: Vec<SourcedLine>,
+    digest: String,
+) -> Result<CompiledPolicy, PolicyError> {
+    let (enforcer, known_shape) = reference::build_enforcer(model_name, model_text, &lines)?;
+    let index = if known_shape {
+        Some(DecisionIndex::build(&lines)?)
+    } else {
+        None
+    };
+    Ok(CompiledPolicy {
+        enforcer,
+        index,
+        digest,
+        line_count: lines.len(),
+    })
+}
+
+/// Length-prefixed, so `("ab", "c")` and `("a", "bc")` hash differently.
+fn hash_framed(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || "policy".into(),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
+
+/// `*.csv` files in `dir`, sorted by name. Entries starting with `.` are skipped:
+/// Kubernetes ConfigMap mounts hold `..data` and `..<timestamp>` directories next to the
+/// symlinked files, and editors leave dotfiles behind.
+fn read_policy_dir(dir: &Path) -> Result<Vec<(String, String)>, PolicyError> {
+    let read_error = |source| PolicyError::Read {
+        name: display_name(dir),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".csv") {
+            continue;
+        }
+        // `metadata` follows symlinks: a link to a file counts, a link to a directory not.
+        let is_file = fs::metadata(entry.path()).map_err(|source| PolicyError::Read {
+            name: name.clone(),
+            source,
+        })?;
+        if is_file.is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            fs::read_to_string(dir.join(&name))
+                .map(|contents| (name.clone(), contents))
+                .map_err(|source| PolicyError::Read { name, source })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
