@@ -1,11 +1,32 @@
-//! TEMPORARY STUB (agreed API) — replaced by the real engine.
-//! compile before the engine exists. `rewrite` returns the SQL unchanged, so filtered
-//! oracle cases are expected to FAIL against it — that proves the tests can fail.
-//! Replaced by the real engine from /work/scratch/rls-engine/src/rls/.
+//! Row-level security: every SQL string a route carries is rewritten so it can only see
+//! the rows the caller's Superset-style filters allow, or it is refused.
+//!
+//! Sits after authorization in the request path (`pipeline::rewrite_sql`). Built with
+//! each policy snapshot from `policies/*.rls.yaml` and the config's datasources:
+//! [`RlsPolicy::compile`] parses every filter clause once; [`RlsPolicy::rewrite`] parses
+//! the user's SQL with the datasource's dialect, checks it (one statement, a query unless
+//! writes are allowed, no denied functions, no catalogs, only listed tables), wraps every
+//! protected table reference in `(SELECT * FROM t WHERE <predicate>) AS <alias>`, prints
+//! it, re-parses the output and verifies every protected reference is wrapped with
+//! exactly the expected predicate. Results are cached per snapshot, keyed by the SQL and
+//! the caller's bound filter values.
+
+mod dialect;
+mod rewrite;
+mod template;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use sqlparser::ast::{BinaryOperator, Expr, Query, Statement};
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::principal::Principal;
+use template::{BoundValue, CompiledClause, LiteralMode};
 
 /// SQL dialect of a datasource; decides parsing, identifier quoting and case folding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -23,10 +44,13 @@ pub enum Dialect {
 pub struct DatasourceConfig {
     pub uid: String,
     pub dialect: Dialect,
+    /// Known tables, `[catalog.][schema.]table`.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Refuse SQL touching a table not in `tables`.
     #[serde(default)]
     pub deny_unlisted_tables: bool,
+    /// `None`: the dialect's defaults.
     #[serde(default)]
     pub denied_functions: Option<Vec<String>>,
 }
@@ -62,56 +86,63 @@ struct FilterFile {
     filters: Vec<FilterDefinition>,
 }
 
-/// Parses a filter file (`policies/*.rls.yaml`).
+/// Parses a filter file (`policies/*.rls.yaml`); errors name the file.
 pub fn parse_filter_file(file_name: &str, yaml: &str) -> Result<Vec<FilterDefinition>, RlsError> {
     serde_yaml::from_str::<FilterFile>(yaml)
         .map(|file| file.filters)
         .map_err(|error| RlsError::InvalidFilter(format!("{file_name}: {error}")))
 }
 
-/// Compiled filters + datasources for one policy snapshot.
-pub struct RlsPolicy {
-    datasources: Vec<DatasourceConfig>,
+/// Why SQL was refused (or a filter rejected at load). `kind()` is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RlsError {
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    #[error("datasource `{0}` is not configured for SQL inspection")]
+    UnknownDatasource(String),
+    #[error("SQL is larger than {0} bytes")]
+    SqlTooLarge(usize),
+    #[error("SQL is nested too deeply or has too many operators")]
+    TooDeeplyNested,
+    #[error("SQL does not parse: {0}")]
+    Parse(String),
+    #[error("exactly one statement is allowed, found {0}")]
+    MultipleStatements(usize),
+    #[error("statement not allowed here: {0}")]
+    StatementNotAllowed(String),
+    #[error("function `{0}` is not allowed")]
+    DeniedFunction(String),
+    #[error("catalog relation `{0}` is not allowed on a datasource with row-level security")]
+    CatalogAccess(String),
+    #[error("table `{0}` is not listed for this datasource")]
+    UnlistedTable(String),
+    #[error("filter `{filter}` needs `{template}`, which the caller does not have")]
+    MissingTemplateValue { filter: String, template: String },
+    #[error(
+        "filter `{filter}` cannot bind `{template}`: the value contains a character this dialect cannot carry safely"
+    )]
+    InvalidTemplateValue { filter: String, template: String },
+    #[error("the rewritten SQL failed verification at table `{0}`")]
+    VerificationFailed(String),
 }
 
-impl RlsPolicy {
-    pub fn compile(
-        datasources: &[DatasourceConfig],
-        _filters: Vec<FilterDefinition>,
-    ) -> Result<RlsPolicy, RlsError> {
-        Ok(RlsPolicy {
-            datasources: datasources.to_vec(),
-        })
-    }
-
-    pub fn empty() -> RlsPolicy {
-        RlsPolicy {
-            datasources: Vec::new(),
+impl RlsError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RlsError::InvalidFilter(_) => "invalid_filter",
+            RlsError::UnknownDatasource(_) => "unknown_datasource",
+            RlsError::SqlTooLarge(_) => "sql_too_large",
+            RlsError::TooDeeplyNested => "too_deeply_nested",
+            RlsError::Parse(_) => "parse_error",
+            RlsError::MultipleStatements(_) => "multiple_statements",
+            RlsError::StatementNotAllowed(_) => "statement_not_allowed",
+            RlsError::DeniedFunction(_) => "denied_function",
+            RlsError::CatalogAccess(_) => "catalog_access",
+            RlsError::UnlistedTable(_) => "unlisted_table",
+            RlsError::MissingTemplateValue { .. } => "missing_template_value",
+            RlsError::InvalidTemplateValue { .. } => "invalid_template_value",
+            RlsError::VerificationFailed(_) => "verification_failed",
         }
-    }
-
-    pub fn datasource(&self, uid: &str) -> Option<&DatasourceConfig> {
-        self.datasources
-            .iter()
-            .find(|datasource| datasource.uid == uid)
-    }
-
-    pub fn rewrite(&self, request: &RewriteRequest<'_>) -> Result<Rewritten, RlsError> {
-        if self.datasource(request.datasource_uid).is_none() {
-            return Err(RlsError::UnknownDatasource(
-                request.datasource_uid.to_string(),
-            ));
-        }
-        Ok(Rewritten {
-            sql: request.sql.to_string(),
-            changed: false,
-            applied: Vec::new(),
-            cache_hit: false,
-        })
-    }
-
-    pub fn cache_stats(&self) -> (u64, u64) {
-        (0, 0)
     }
 }
 
@@ -119,6 +150,7 @@ pub struct RewriteRequest<'a> {
     pub datasource_uid: &'a str,
     pub sql: &'a str,
     pub principal: &'a Principal,
+    /// The route explicitly allows non-query statements (never on protected tables).
     pub allow_writes: bool,
     pub limits: RewriteLimits,
 }
@@ -138,8 +170,13 @@ impl Default for RewriteLimits {
     }
 }
 
+/// The most operators (AND, OR, comparisons, arithmetic) one statement may hold. A long
+/// chain of them parses into an equally deep tree that every later walk recurses through.
+pub const MAX_OPERATORS: usize = 4096;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Rewritten {
+    /// What goes upstream (the original text when nothing applied).
     pub sql: String,
     pub changed: bool,
     pub applied: Vec<AppliedFilter>,
@@ -153,19 +190,466 @@ pub struct AppliedFilter {
     pub predicate: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RlsError {
-    #[error("invalid filter: {0}")]
-    InvalidFilter(String),
-    #[error("unknown datasource `{0}`")]
-    UnknownDatasource(String),
+/// A filter table pattern: lower-cased parts, matched from the right.
+#[derive(Debug, Clone)]
+struct TablePattern(Vec<String>);
+
+impl TablePattern {
+    fn parse(text: &str) -> TablePattern {
+        TablePattern(
+            text.split('.')
+                .map(|part| {
+                    part.trim()
+                        .trim_matches('"')
+                        .trim_matches('`')
+                        .to_lowercase()
+                })
+                .collect(),
+        )
+    }
+
+    /// `orders` matches `orders`, `main.orders`, `db.public.orders`; `public.orders`
+    /// matches `orders` (search path) and `public.orders` but not `other.orders`.
+    fn matches(&self, parts: &[String]) -> bool {
+        self.0
+            .iter()
+            .rev()
+            .zip(parts.iter().rev())
+            .all(|(pattern, part)| pattern == part)
+            && !parts.is_empty()
+    }
 }
 
-impl RlsError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RlsError::InvalidFilter(_) => "invalid_filter",
-            RlsError::UnknownDatasource(_) => "unknown_datasource",
+struct CompiledFilter {
+    name: String,
+    filter_type: FilterType,
+    tables: Vec<TablePattern>,
+    roles: HashSet<String>,
+    group_key: Option<String>,
+    clause: CompiledClause,
+}
+
+impl CompiledFilter {
+    fn applies_to(&self, principal: &Principal) -> bool {
+        let holds_a_role = principal.roles.iter().any(|role| self.roles.contains(role));
+        match self.filter_type {
+            FilterType::Regular => holds_a_role,
+            FilterType::Base => !holds_a_role,
         }
     }
 }
+
+struct DatasourceRules {
+    config: DatasourceConfig,
+    filters: Vec<CompiledFilter>,
+    denied_functions: HashSet<String>,
+    listed: Vec<TablePattern>,
+    wrapper: Query,
+}
+
+/// Compiled filters and datasources for one policy snapshot. Its cache lives and dies
+/// with the snapshot, so a cached rewrite can never outlive the policy it came from.
+pub struct RlsPolicy {
+    datasources: HashMap<String, DatasourceRules>,
+    cache: moka::sync::Cache<u64, Arc<CachedRewrite>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// A cache entry keeps its full key to rule out hash collisions.
+struct CachedRewrite {
+    datasource: String,
+    sql: String,
+    bindings: Vec<(String, Result<Vec<BoundValue>, RlsError>)>,
+    allow_writes: bool,
+    result: Rewritten,
+}
+
+const CACHE_ENTRIES: u64 = 10_000;
+
+fn wrapper_prototype(dialect: Dialect) -> Result<Query, RlsError> {
+    let parser_dialect = dialect.parser_dialect();
+    let mut statements = Parser::parse_sql(
+        parser_dialect.as_ref(),
+        "SELECT * FROM datagate_wrapped WHERE TRUE",
+    )
+    .map_err(|error| RlsError::InvalidFilter(format!("internal wrapper: {error}")))?;
+    match statements.pop() {
+        Some(Statement::Query(query)) => Ok(*query),
+        _ => Err(RlsError::InvalidFilter("internal wrapper".into())),
+    }
+}
+
+impl RlsPolicy {
+    pub fn empty() -> RlsPolicy {
+        RlsPolicy {
+            datasources: HashMap::new(),
+            cache: moka::sync::Cache::new(CACHE_ENTRIES),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Validates every filter (its datasource exists, its clause parses as a boolean
+    /// expression of the datasource's dialect, its templates are known).
+    pub fn compile(
+        datasources: &[DatasourceConfig],
+        filters: Vec<FilterDefinition>,
+    ) -> Result<RlsPolicy, RlsError> {
+        let mut policy = RlsPolicy::empty();
+        for datasource in datasources {
+            let denied_functions = datasource
+                .denied_functions
+                .clone()
+                .unwrap_or_else(|| datasource.dialect.default_denied_functions())
+                .into_iter()
+                .map(|name| name.to_lowercase())
+                .collect();
+            policy.datasources.insert(
+                datasource.uid.clone(),
+                DatasourceRules {
+                    config: datasource.clone(),
+                    filters: Vec::new(),
+                    denied_functions,
+                    listed: datasource
+                        .tables
+                        .iter()
+                        .map(|table| TablePattern::parse(table))
+                        .collect(),
+                    wrapper: wrapper_prototype(datasource.dialect)?,
+                },
+            );
+        }
+        let mut names = HashSet::new();
+        for filter in filters {
+            if !names.insert(filter.name.clone()) {
+                return Err(RlsError::InvalidFilter(format!(
+                    "filter `{}` is defined twice",
+                    filter.name
+                )));
+            }
+            let rules = policy
+                .datasources
+                .get_mut(&filter.datasource)
+                .ok_or_else(|| {
+                    RlsError::InvalidFilter(format!(
+                        "filter `{}` names datasource `{}`, which is not configured",
+                        filter.name, filter.datasource
+                    ))
+                })?;
+            if filter.tables.is_empty() {
+                return Err(RlsError::InvalidFilter(format!(
+                    "filter `{}` names no tables",
+                    filter.name
+                )));
+            }
+            if filter.filter_type == FilterType::Regular && filter.roles.is_empty() {
+                return Err(RlsError::InvalidFilter(format!(
+                    "regular filter `{}` names no roles, so it would never apply",
+                    filter.name
+                )));
+            }
+            let clause =
+                CompiledClause::compile(&filter.clause, rules.config.dialect, &filter.name)?;
+            rules.filters.push(CompiledFilter {
+                tables: filter
+                    .tables
+                    .iter()
+                    .map(|table| TablePattern::parse(table))
+                    .collect(),
+                roles: filter.roles.iter().cloned().collect(),
+                name: filter.name,
+                filter_type: filter.filter_type,
+                group_key: filter.group_key,
+                clause,
+            });
+        }
+        Ok(policy)
+    }
+
+    pub fn datasource(&self, uid: &str) -> Option<&DatasourceConfig> {
+        self.datasources.get(uid).map(|rules| &rules.config)
+    }
+
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn rewrite(&self, request: &RewriteRequest<'_>) -> Result<Rewritten, RlsError> {
+        let rules = self
+            .datasources
+            .get(request.datasource_uid)
+            .ok_or_else(|| RlsError::UnknownDatasource(request.datasource_uid.to_string()))?;
+        if request.sql.len() > request.limits.max_sql_bytes {
+            return Err(RlsError::SqlTooLarge(request.limits.max_sql_bytes));
+        }
+        let dialect = rules.config.dialect;
+        // The caller's applicable filters and their bound values (or why a value is
+        // missing: that only refuses if the filter's table is actually queried).
+        let applicable: Vec<&CompiledFilter> = rules
+            .filters
+            .iter()
+            .filter(|filter| filter.applies_to(request.principal))
+            .collect();
+        let bindings: Vec<(String, Result<Vec<BoundValue>, RlsError>)> = applicable
+            .iter()
+            .map(|filter| {
+                (
+                    filter.name.clone(),
+                    filter
+                        .clause
+                        .values_for(request.principal, &filter.name, dialect),
+                )
+            })
+            .collect();
+        let key = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            request.datasource_uid.hash(&mut hasher);
+            request.sql.hash(&mut hasher);
+            request.allow_writes.hash(&mut hasher);
+            for (name, values) in &bindings {
+                name.hash(&mut hasher);
+                match values {
+                    Ok(values) => values.hash(&mut hasher),
+                    Err(error) => error.kind().hash(&mut hasher),
+                }
+            }
+            hasher.finish()
+        };
+        if let Some(entry) = self.cache.get(&key)
+            && entry.datasource == request.datasource_uid
+            && entry.sql == request.sql
+            && entry.allow_writes == request.allow_writes
+            && entry.bindings == bindings
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            let mut result = entry.result.clone();
+            result.cache_hit = true;
+            return Ok(result);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let context = CallerRules {
+            rules,
+            applicable: &applicable,
+            bindings: &bindings,
+        };
+        let result = rewrite_uncached(request, &context)?;
+        self.cache.insert(
+            key,
+            Arc::new(CachedRewrite {
+                datasource: request.datasource_uid.to_string(),
+                sql: request.sql.to_string(),
+                bindings,
+                allow_writes: request.allow_writes,
+                result: result.clone(),
+            }),
+        );
+        Ok(result)
+    }
+}
+
+/// A datasource's rules seen through one caller's applicable filters.
+struct CallerRules<'c> {
+    rules: &'c DatasourceRules,
+    applicable: &'c [&'c CompiledFilter],
+    bindings: &'c [(String, Result<Vec<BoundValue>, RlsError>)],
+}
+
+impl CallerRules<'_> {
+    /// AND of: each group's filters OR'd, each ungrouped filter. Every clause and every
+    /// group is parenthesised as a node, since the printer adds no parentheses itself.
+    fn predicate(
+        &self,
+        parts: &[String],
+        mode: LiteralMode,
+    ) -> Option<Result<(Expr, Vec<String>), RlsError>> {
+        let mut groups: BTreeMap<String, Vec<Expr>> = BTreeMap::new();
+        let mut ungrouped: Vec<Expr> = Vec::new();
+        let mut names = Vec::new();
+        for (filter, (_, values)) in self.applicable.iter().zip(self.bindings.iter()) {
+            if !filter.tables.iter().any(|pattern| pattern.matches(parts)) {
+                continue;
+            }
+            let values = match values {
+                Ok(values) => values,
+                Err(error) => return Some(Err(error.clone())),
+            };
+            let clause = Expr::Nested(Box::new(filter.clause.bind(
+                values,
+                self.rules.config.dialect,
+                mode,
+            )));
+            names.push(filter.name.clone());
+            match &filter.group_key {
+                Some(group) => groups.entry(group.clone()).or_default().push(clause),
+                None => ungrouped.push(clause),
+            }
+        }
+        if names.is_empty() {
+            return None;
+        }
+        let joined = |terms: Vec<Expr>, operator: BinaryOperator| {
+            terms.into_iter().reduce(|left, right| Expr::BinaryOp {
+                left: Box::new(left),
+                op: operator.clone(),
+                right: Box::new(right),
+            })
+        };
+        let mut terms = ungrouped;
+        for (_, clauses) in groups {
+            if let Some(group) = joined(clauses, BinaryOperator::Or) {
+                terms.push(Expr::Nested(Box::new(group)));
+            }
+        }
+        joined(terms, BinaryOperator::And).map(|predicate| Ok((predicate, names)))
+    }
+
+    fn any_filter_names(&self, parts: &[String]) -> bool {
+        self.rules
+            .filters
+            .iter()
+            .any(|filter| filter.tables.iter().any(|pattern| pattern.matches(parts)))
+    }
+}
+
+impl rewrite::TableRules for CallerRules<'_> {
+    fn dialect(&self) -> Dialect {
+        self.rules.config.dialect
+    }
+    fn predicate_for(&self, parts: &[String]) -> Option<Result<Expr, RlsError>> {
+        self.predicate(parts, LiteralMode::Print)
+            .map(|result| result.map(|(predicate, _)| predicate))
+    }
+    fn expected_predicate_for(&self, parts: &[String]) -> Option<Result<Expr, RlsError>> {
+        self.predicate(parts, LiteralMode::Compare)
+            .map(|result| result.map(|(predicate, _)| predicate))
+    }
+    fn is_protected_for_anyone(&self, parts: &[String]) -> bool {
+        self.any_filter_names(parts)
+    }
+    fn is_denied_function(&self, lower_name: &str) -> bool {
+        self.rules.denied_functions.contains(lower_name)
+            || self.rules.config.dialect.denies_function_prefix(lower_name)
+    }
+    fn has_filters(&self) -> bool {
+        !self.rules.filters.is_empty()
+    }
+    fn is_listed(&self, parts: &[String]) -> bool {
+        !self.rules.config.deny_unlisted_tables
+            || self
+                .rules
+                .listed
+                .iter()
+                .any(|pattern| pattern.matches(parts))
+    }
+    fn wrapper_prototype(&self) -> &Query {
+        &self.rules.wrapper
+    }
+}
+
+fn parse(sql: &str, dialect: Dialect, limits: RewriteLimits) -> Result<Vec<Statement>, RlsError> {
+    let parser_dialect = dialect.parser_dialect();
+    let tokens = Tokenizer::new(parser_dialect.as_ref(), sql)
+        .tokenize()
+        .map_err(|error| RlsError::Parse(error.to_string()))?;
+    let operators = tokens
+        .iter()
+        .filter(|token| match token {
+            Token::Word(word) => matches!(
+                word.keyword,
+                sqlparser::keywords::Keyword::AND | sqlparser::keywords::Keyword::OR
+            ),
+            Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::StringConcat
+            | Token::Mod => true,
+            _ => false,
+        })
+        .count();
+    if operators > MAX_OPERATORS {
+        return Err(RlsError::TooDeeplyNested);
+    }
+    Parser::new(parser_dialect.as_ref())
+        .with_recursion_limit(limits.max_nesting_depth)
+        .with_tokens(tokens)
+        .parse_statements()
+        .map_err(|error| match error {
+            ParserError::RecursionLimitExceeded => RlsError::TooDeeplyNested,
+            other => RlsError::Parse(other.to_string()),
+        })
+}
+
+fn rewrite_uncached(
+    request: &RewriteRequest<'_>,
+    rules: &CallerRules<'_>,
+) -> Result<Rewritten, RlsError> {
+    let dialect = rules.rules.config.dialect;
+    let mut statements = parse(request.sql, dialect, request.limits)?;
+    if statements.len() != 1 {
+        return Err(RlsError::MultipleStatements(statements.len()));
+    }
+    let Some(statement) = statements.first_mut() else {
+        return Err(RlsError::MultipleStatements(0));
+    };
+    let wrapped = rewrite::rewrite_statement(statement, rules, request.allow_writes)?;
+    if wrapped.is_empty() {
+        return Ok(Rewritten {
+            sql: request.sql.to_string(),
+            changed: false,
+            applied: Vec::new(),
+            cache_hit: false,
+        });
+    }
+    let printed = statement.to_string();
+    let reparsed = parse(
+        &printed,
+        dialect,
+        RewriteLimits {
+            max_sql_bytes: usize::MAX,
+            max_nesting_depth: request.limits.max_nesting_depth.saturating_add(8),
+        },
+    )
+    .map_err(|_| RlsError::VerificationFailed("the rewritten SQL does not parse".into()))?;
+    match reparsed.as_slice() {
+        [statement] => rewrite::verify_statement(statement, rules)?,
+        _ => {
+            return Err(RlsError::VerificationFailed(
+                "the rewritten SQL is not one statement".into(),
+            ));
+        }
+    }
+    let mut applied: Vec<AppliedFilter> = Vec::new();
+    for parts in wrapped {
+        let table = parts.join(".");
+        if applied.iter().any(|entry| entry.table == table) {
+            continue;
+        }
+        if let Some(Ok((predicate, filters))) = rules.predicate(&parts, LiteralMode::Print) {
+            applied.push(AppliedFilter {
+                table,
+                filters,
+                predicate: predicate.to_string(),
+            });
+        }
+    }
+    Ok(Rewritten {
+        sql: printed,
+        changed: true,
+        applied,
+        cache_hit: false,
+    })
+}
+
+#[cfg(test)]
+mod tests;
