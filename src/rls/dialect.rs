@@ -28,8 +28,10 @@ impl Dialect {
         }
     }
 
-    /// Whether a CTE's own name inside its body means the CTE even without `RECURSIVE`.
-    pub(crate) fn cte_sees_itself_without_recursive(self) -> bool {
+    /// Whether a name inside a CTE body resolves against every CTE of its `WITH` (its own
+    /// and later ones), even without `RECURSIVE`; elsewhere only earlier CTEs (and its own,
+    /// with `RECURSIVE`) are visible.
+    pub(crate) fn cte_body_sees_every_cte(self) -> bool {
         matches!(self, Dialect::Sqlite)
     }
 

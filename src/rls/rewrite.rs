@@ -65,10 +65,16 @@ impl Scopes {
 
     fn enter(&mut self, query: &Query) {
         if let Some(&(frame, position)) = self.bodies.get(&(query as *const Query)) {
-            let sees_itself = self.dialect.cte_sees_itself_without_recursive();
+            let sees_whole_with = self.dialect.cte_body_sees_every_cte();
             if let Some(frame) = self.frames.get_mut(frame) {
-                frame.visible = position;
-                frame.own_visible = (frame.recursive || sees_itself).then_some(position);
+                if sees_whole_with {
+                    // SQLite resolves a name in a CTE body against every CTE of the same
+                    // WITH, its own and later ones included.
+                    frame.visible = frame.names.len();
+                } else {
+                    frame.visible = position;
+                    frame.own_visible = frame.recursive.then_some(position);
+                }
             }
         }
         if let Some(with) = &query.with {
@@ -194,6 +200,10 @@ fn check_set_expr(
     }
 }
 
+/// Keywords some databases accept in front of a table name that the parser would take as
+/// the table's name instead.
+const MODIFIER_KEYWORDS: [&str; 3] = ["ONLY", "FINAL", "STRAIGHT_JOIN"];
+
 /// Pass 1: checks and wrapping.
 struct Rewriter<'r> {
     rules: &'r dyn TableRules,
@@ -211,6 +221,19 @@ impl Rewriter<'_> {
         let parts = lower_parts(name).ok_or_else(|| {
             RlsError::StatementNotAllowed(format!("computed table name `{name}`"))
         })?;
+        // `FROM ONLY orders` is PostgreSQL's inheritance modifier, but the parser reads a
+        // table called `ONLY` aliased `orders`: the two would disagree about the table.
+        let modifier = name_parts(name).is_some_and(|idents| {
+            idents.iter().any(|ident| {
+                ident.quote_style.is_none()
+                    && MODIFIER_KEYWORDS.contains(&ident.value.to_uppercase().as_str())
+            })
+        });
+        if modifier {
+            return Err(RlsError::StatementNotAllowed(format!(
+                "table modifier `{name}`"
+            )));
+        }
         if self.rules.has_filters() && is_catalog_relation(&parts) {
             return Err(RlsError::CatalogAccess(name.to_string()));
         }

@@ -154,23 +154,20 @@ impl CompiledClause {
         struct Finder<'c> {
             templates: &'c [Template],
             found: Vec<usize>,
+            /// `IN (<roles>)` lists, and roles placeholders seen anywhere.
+            lists_in_place: usize,
+            lists_found: usize,
         }
         impl VisitorMut for Finder<'_> {
             type Break = String;
             fn pre_visit_expr(&mut self, expression: &mut Expr) -> ControlFlow<String> {
                 match expression {
                     Expr::InList { list, .. } => {
-                        for item in list.iter() {
-                            if let Expr::Identifier(ident) = item
-                                && let Some(index) = placeholder_index(&ident.value)
-                                && self.templates.get(index) == Some(&Template::Roles)
-                                && list.len() != 1
-                            {
-                                return ControlFlow::Break(
-                                    "`current_user_roles()` must be the whole list of `IN (…)`"
-                                        .into(),
-                                );
-                            }
+                        if let [Expr::Identifier(ident)] = list.as_slice()
+                            && let Some(index) = placeholder_index(&ident.value)
+                            && self.templates.get(index) == Some(&Template::Roles)
+                        {
+                            self.lists_in_place += 1;
                         }
                     }
                     Expr::Identifier(ident) => {
@@ -179,6 +176,9 @@ impl CompiledClause {
                                 return ControlFlow::Break(
                                     "a template cannot be a quoted identifier".into(),
                                 );
+                            }
+                            if self.templates.get(index) == Some(&Template::Roles) {
+                                self.lists_found += 1;
                             }
                             self.found.push(index);
                         }
@@ -203,6 +203,8 @@ impl CompiledClause {
         let mut finder = Finder {
             templates: &self.templates,
             found: Vec::new(),
+            lists_in_place: 0,
+            lists_found: 0,
         };
         let mut expression = self.expression.clone();
         if let ControlFlow::Break(message) = VisitMut::visit(&mut expression, &mut finder) {
@@ -215,13 +217,8 @@ impl CompiledClause {
         if occurrences != finder.found.len() {
             return Err("a template is in a position that cannot take a value (use it as a whole value, inside '…', or as `IN (…)`)".into());
         }
-        for (index, template) in self.templates.iter().enumerate() {
-            if *template == Template::Roles && !finder.found.contains(&index) {
-                let in_list = printed.contains(&format!("({})", placeholder(index)));
-                if !in_list {
-                    return Err("`current_user_roles()` must be the whole list of `IN (…)`".into());
-                }
-            }
+        if finder.lists_found != finder.lists_in_place {
+            return Err("`current_user_roles()` must be the whole list of `IN (…)`".into());
         }
         Ok(())
     }
@@ -333,8 +330,10 @@ impl CompiledClause {
                         }
                     }
                     Expr::Identifier(Ident { value, .. }) => {
+                        // Lists are bound by their `IN`, visited after this child.
                         if let Some(bound) =
                             placeholder_index(value).and_then(|index| self.values.get(index))
+                            && !matches!(bound, BoundValue::List(_))
                         {
                             *expression = self.literal(bound);
                         }
