@@ -240,7 +240,7 @@ fn every_datasource_in_a_grafana_query_body_must_be_allowed() {
     let token = setup
         .gateway
         .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
-    let allowed = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT id FROM orders"},{"refId":"B","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}]}"#;
+    let allowed = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT id FROM posts"},{"refId":"B","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}]}"#;
     let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), allowed);
     assert_eq!(response.status, 200, "{}", response.body);
     let recorded = recorded_requests(setup.upstream);

@@ -6,7 +6,8 @@
 //! rows the original returns on the user's oracle database.
 //!
 //! Counts: `DATAGATE_RLS_GENERATED_CASES` (default 10 000 on SQLite) and
-//! `DATAGATE_RLS_GENERATED_PG_CASES` (default 1 500, only with `DATAGATE_TEST_PG_URL`).
+//! `DATAGATE_RLS_GENERATED_PG_CASES` (default 1 500, only with `DATAGATE_TEST_PG_URL`);
+//! `DATAGATE_RLS_SHOW_DISCARDS=1` prints why each discarded query failed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -524,13 +525,17 @@ fn run_generated(corpus: &Corpus, fixture: &Fixture, dialect: Dialect, cases: u3
         ..Config::default()
     });
     let strategy = (0..users.len(), any::<u64>());
+    let show_discards = std::env::var("DATAGATE_RLS_SHOW_DISCARDS").is_ok();
     let outcome = runner.run(&strategy, |(user_index, seed)| {
         let user = &users[user_index];
         let mut tally = tally.borrow_mut();
         for attempt in 0..50u64 {
             let mut generator = Generator::new(seed.wrapping_add(attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15)), dialect);
             let (sql, _) = generator.top_query();
-            if fixture.full.run(&sql).is_err() {
+            if let Err(error) = fixture.full.run(&sql) {
+                if show_discards {
+                    eprintln!("discard [{dialect:?}]: {error}\n    {sql}");
+                }
                 tally.discarded += 1;
                 continue;
             }

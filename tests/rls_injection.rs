@@ -103,7 +103,9 @@ const QUERIES: &[&str] = &[
     "SELECT id FROM notes WHERE body <> ' OR 1=1)) AS notes -- '",
 ];
 
-const KINDS: [&str; 4] = ["username", "email", "claim", "user_id"];
+/// Which principal field carries the hostile value; `roles` = a hostile role name next to
+/// the `roles` role, read through `current_user_roles()`.
+const KINDS: [&str; 5] = ["username", "email", "claim", "user_id", "roles"];
 
 fn filters() -> Vec<CorpusFilter> {
     let filter = |name: &str, role: &str, clause: &str| CorpusFilter {
@@ -120,6 +122,11 @@ fn filters() -> Vec<CorpusFilter> {
         filter("by_email", "email", "email = '{{ current_user_email() }}'"),
         filter("by_claim", "claim", "tenant = {{ claim('tenant') }}"),
         filter("by_id", "user_id", "owner = '{{ current_user_id() }}'"),
+        filter(
+            "by_roles",
+            "roles",
+            "tenant IN ({{ current_user_roles() }})",
+        ),
         // Everyone without one of the roles above sees nothing.
         CorpusFilter {
             filter_type: FilterType::Base,
@@ -195,6 +202,7 @@ fn principal_for(kind: &str, value: &str) -> Principal {
                 serde_json::Value::String(value.to_string()),
             );
         }
+        "roles" => principal.roles.push(value.to_string()),
         _ => principal.user_id = Some(value.to_string()),
     }
     principal

@@ -46,7 +46,7 @@ fn corpus_is_large_and_contains_every_public_case() {
             "case user `{user}` is not defined"
         );
     }
-    let public = load_corpus("/work/shared/testdata/rls-corpus-public.yaml");
+    let public = load_corpus(&manifest_path("tests/rls/public-corpus.yaml"));
     for case in &public.cases {
         let ours = corpus.cases.iter().find(|mine| mine.id == case.id);
         let ours = ours.unwrap_or_else(|| panic!("public case `{}` missing", case.id));

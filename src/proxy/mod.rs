@@ -60,6 +60,9 @@ pub fn resolve_upstream(address: &str) -> std::io::Result<SocketAddr> {
     })
 }
 
+/// How long a refused request's unread body is drained before the connection closes.
+const LINGER_ON_REFUSAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct DatagateProxy {
     state: Arc<AppState>,
     upstream: SocketAddr,
@@ -226,6 +229,11 @@ impl ProxyHttp for DatagateProxy {
                     .decision_seconds
                     .with_label_values(&["allow"])
                     .observe(ctx.started.elapsed().as_secs_f64());
+                self.state
+                    .metrics
+                    .requests
+                    .with_label_values(&[permit.route(), "allow"])
+                    .inc();
                 ctx.outcome = Some(Outcome {
                     method: method.clone(),
                     path: permit.canonical_path().to_string(),
@@ -366,11 +374,6 @@ impl ProxyHttp for DatagateProxy {
         };
         let allowed = ctx.permit.is_some();
         let decision = if allowed { "allow" } else { "deny" };
-        self.state
-            .metrics
-            .requests
-            .with_label_values(&[outcome.route.as_str(), decision])
-            .inc();
         if self.state.audit.wants(allowed) {
             self.state.audit.record(AuditEvent {
                 timestamp: SystemTime::now(),
@@ -464,6 +467,12 @@ impl DatagateProxy {
             .decision_seconds
             .with_label_values(&["deny"])
             .observe(ctx.started.elapsed().as_secs_f64());
+        // Counted before answering, so a scrape right after the response sees it.
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&[outcome.route.as_str(), "deny"])
+            .inc();
         let error = HttpError::from(&refusal);
         ctx.outcome = Some(outcome);
         let body = Bytes::from(error.json_body());
@@ -480,6 +489,15 @@ impl DatagateProxy {
             .write_response_header(Box::new(response), false)
             .await?;
         session.write_response_body(Some(body), true).await?;
+        // A client still sending its body would see the connection reset before reading
+        // the answer; read and discard for a bounded time first (a lingering close).
+        if !session.as_downstream_mut().is_body_done() {
+            let _ = tokio::time::timeout(
+                LINGER_ON_REFUSAL,
+                session.as_downstream_mut().drain_request_body(),
+            )
+            .await;
+        }
         Ok(true)
     }
 }

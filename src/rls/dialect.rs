@@ -129,11 +129,13 @@ pub(crate) fn is_catalog_relation(parts: &[String]) -> bool {
         "performance_schema",
         "sys",
     ];
-    const CATALOG_TABLES: [&str; 4] = [
+    // `dbstat` (SQLite's page statistics) reveals per-table row and page counts.
+    const CATALOG_TABLES: [&str; 5] = [
         "sqlite_master",
         "sqlite_schema",
         "sqlite_temp_master",
         "sqlite_temp_schema",
+        "dbstat",
     ];
     let Some(last) = parts.last() else {
         return false;

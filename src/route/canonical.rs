@@ -1,40 +1,66 @@
-//! Path canonicalisation: the one spelling of a request path that routing matches on and
-//! that the upstream receives, so the two can never disagree about which route a request
-//! is.
+//! Path canonicalisation: the first thing routing does with a request, before
+//! [`RouteTable::resolve`](super::RouteTable::resolve). The proxy matches routes on the
+//! canonical path *and forwards that same path upstream*, so datagate and the upstream
+//! never see two different spellings of one request.
 //!
-//! Rules: percent-escapes of unreserved characters are decoded, every other escape is
-//! written in upper case; `/`, `\`, `%2F` and `%5C` all separate segments (many servers
-//! decode them, so treating them as data here would let `/a%2F..%2Fadmin` mean one thing
-//! to datagate and another upstream); empty segments merge; `.` and `..` (also escaped)
-//! resolve, and `..` above the root is refused; invalid escapes, control characters and
-//! paths over 8 KiB are refused. Escapes are decoded once, never twice: `%252F` stays
-//! `%252F`. The result is a fixed point: canonicalising it again changes nothing.
+//! The rules, and why:
+//! - Escapes of unreserved characters (`A–Z a–z 0–9 - . _ ~`) are decoded and every other
+//!   escape is written with upper-case hex: RFC 3986 says these spellings are equivalent,
+//!   so one of them must be chosen.
+//! - `/`, `\`, `%2F` and `%5C` all separate segments. Many servers (Werkzeug, Go routers
+//!   that unescape per segment, anything on Windows) decode `%2F` or treat `\` as `/`
+//!   before routing; if datagate kept `/a%2F..%2Fadmin` as one opaque segment, the
+//!   upstream could route it to `/admin` while datagate checked something else.
+//! - `.` and `..` segments, however they are escaped, are resolved; `..` above the root is
+//!   refused rather than clamped, because a client that sends it is probing. `.;x` and
+//!   `..;x` segments are refused too: servlet containers strip `;` parameters and read
+//!   them as dot segments.
+//! - Empty segments merge (`//` → `/`); a trailing slash is kept, because Superset's routes
+//!   end in `/` and Werkzeug treats `/x` and `/x/` differently.
+//! - Escapes are decoded exactly once: `%252F` is the three characters `%2F` to every
+//!   server that decodes once, so it stays `%252F` and is never treated as a separator.
+//! - Bytes outside ASCII (literal or escaped, valid UTF-8 or not) are written as
+//!   upper-case escapes, so the canonical path is always ASCII.
+//! - Invalid escapes, control characters (literal or escaped, including `%00`), `#`, `?`,
+//!   spaces and paths over [`MAX_PATH_BYTES`] are refused.
+//!
+//! The result is a fixed point: canonicalising it again returns it unchanged (tested by
+//! proptest), which is what makes forwarding it safe.
+
+use std::borrow::Cow;
 
 use super::RouteError;
 
-/// Longest raw path accepted.
+/// Longest path accepted, before and after canonicalisation. Checking the output too
+/// keeps the function idempotent: escaping non-ASCII bytes can triple a path's length.
 pub const MAX_PATH_BYTES: usize = 8 * 1024;
 
-/// One decoded byte and whether it arrived percent-encoded.
+/// One byte of the path after decoding, remembering whether it arrived as an escape: a
+/// literal `;` and an escaped `%3B` are different to RFC 3986 and stay different.
 #[derive(Clone, Copy)]
 struct PathByte {
     value: u8,
-    was_escaped: bool,
+    escaped: bool,
 }
 
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Characters RFC 3986 allows literally in a path segment besides unreserved ones.
-fn is_literal_path_character(byte: u8) -> bool {
+/// RFC 3986 `sub-delims`, `:` and `@`: allowed literally in a segment, with a meaning
+/// distinct from their escaped form, so a literal one stays literal.
+fn is_literal_segment_delimiter(byte: u8) -> bool {
     matches!(
         byte,
         b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
     )
 }
 
-fn hex_value(byte: u8) -> Option<u8> {
+fn is_control(byte: u8) -> bool {
+    byte < 0x20 || byte == 0x7f
+}
+
+pub(super) fn hex_value(byte: u8) -> Option<u8> {
     match byte {
         b'0'..=b'9' => Some(byte - b'0'),
         b'a'..=b'f' => Some(byte - b'a' + 10),
@@ -43,21 +69,81 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-fn invalid(reason: impl Into<String>) -> RouteError {
-    RouteError::InvalidPath(reason.into())
+const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escape(output: &mut String, byte: u8) {
+    output.push('%');
+    for nibble in [byte >> 4, byte & 0x0f] {
+        if let Some(&digit) = UPPER_HEX.get(usize::from(nibble)) {
+            output.push(char::from(digit));
+        }
+    }
 }
 
-/// Canonicalises the path part of a request target (no query string).
+fn invalid(reason: &'static str) -> RouteError {
+    RouteError::InvalidPath(reason)
+}
+
+/// Canonicalises the path of a request target (`raw_path` excludes the query string).
 pub fn canonicalize_path(raw_path: &str) -> Result<String, RouteError> {
     if raw_path.len() > MAX_PATH_BYTES {
-        return Err(invalid(format!(
-            "path is longer than {MAX_PATH_BYTES} bytes"
-        )));
+        return Err(invalid("path is longer than 8 KiB"));
     }
     if !raw_path.starts_with('/') {
-        return Err(invalid("path must start with `/`"));
+        return Err(invalid("path does not start with `/`"));
     }
-    let raw = raw_path.as_bytes();
+    let decoded = decode_path_bytes(raw_path.as_bytes())?;
+
+    let is_separator = |byte: &PathByte| matches!(byte.value, b'/' | b'\\');
+    // The leading `/` yields an empty first piece, which merges away like `//`.
+    let pieces: Vec<&[PathByte]> = decoded.split(is_separator).collect();
+    let names_directory = pieces.last().is_some_and(|last| {
+        matches!(
+            dot_kind(last),
+            DotKind::Empty | DotKind::Dot | DotKind::DotDot
+        )
+    });
+
+    let mut segments: Vec<&[PathByte]> = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match dot_kind(piece) {
+            DotKind::Empty | DotKind::Dot => {}
+            DotKind::DotDot => {
+                if segments.pop().is_none() {
+                    return Err(invalid("`..` climbs above the root"));
+                }
+            }
+            DotKind::DotWithParameters => {
+                return Err(invalid("`.;` and `..;` segments are refused"));
+            }
+            DotKind::Name => segments.push(piece),
+        }
+    }
+
+    let mut canonical = String::with_capacity(raw_path.len() + 8);
+    for segment in &segments {
+        canonical.push('/');
+        for byte in segment.iter() {
+            let literal = is_unreserved(byte.value)
+                || (!byte.escaped && is_literal_segment_delimiter(byte.value));
+            if literal {
+                canonical.push(char::from(byte.value));
+            } else {
+                push_escape(&mut canonical, byte.value);
+            }
+        }
+    }
+    if segments.is_empty() || names_directory {
+        canonical.push('/');
+    }
+    if canonical.len() > MAX_PATH_BYTES {
+        return Err(invalid("path is longer than 8 KiB once escaped"));
+    }
+    Ok(canonical)
+}
+
+/// Decodes every escape once, refusing anything that cannot be part of a path.
+fn decode_path_bytes(raw: &[u8]) -> Result<Vec<PathByte>, RouteError> {
     let mut decoded = Vec::with_capacity(raw.len());
     let mut index = 0;
     while let Some(&byte) = raw.get(index) {
@@ -67,73 +153,86 @@ pub fn canonicalize_path(raw_path: &str) -> Result<String, RouteError> {
             let (Some(high), Some(low)) = (high, low) else {
                 return Err(invalid("invalid percent-escape"));
             };
-            let value = high * 16 + low;
-            if value < 0x20 || value == 0x7f {
-                return Err(invalid("encoded control character"));
+            let value = (high << 4) | low;
+            if is_control(value) {
+                return Err(invalid("escaped control character"));
             }
             decoded.push(PathByte {
                 value,
-                was_escaped: true,
+                escaped: true,
             });
             index += 3;
         } else {
-            if byte < 0x20 || byte == 0x7f || byte == b'#' || byte == b'?' || byte >= 0x80 {
-                return Err(invalid("character not allowed in a path"));
+            if is_control(byte) {
+                return Err(invalid("control character"));
+            }
+            if matches!(byte, b'#' | b'?' | b' ') {
+                return Err(invalid("`#`, `?` or space in the path"));
             }
             decoded.push(PathByte {
                 value: byte,
-                was_escaped: false,
+                escaped: false,
             });
             index += 1;
         }
     }
-
-    let is_separator = |byte: &PathByte| byte.value == b'/' || byte.value == b'\\';
-    let text_of = |segment: &[PathByte]| segment.iter().map(|byte| byte.value).collect::<Vec<u8>>();
-    let raw_segments: Vec<&[PathByte]> = decoded.split(is_separator).collect();
-    // A trailing separator, or a final `.`/`..`, names a directory: keep the slash
-    // (Superset's routes end in `/`).
-    let trailing_slash = raw_segments
-        .last()
-        .is_some_and(|last| matches!(text_of(last).as_slice(), b"" | b"." | b".."));
-    let mut segments: Vec<&[PathByte]> = Vec::with_capacity(raw_segments.len());
-    for segment in raw_segments {
-        match text_of(segment).as_slice() {
-            b"" | b"." => {}
-            b".." => {
-                if segments.pop().is_none() {
-                    return Err(invalid("`..` goes above the root"));
-                }
-            }
-            _ => segments.push(segment),
-        }
-    }
-
-    let mut canonical = String::with_capacity(raw_path.len());
-    for segment in &segments {
-        canonical.push('/');
-        for byte in segment.iter() {
-            let keep_literal = is_unreserved(byte.value)
-                || (!byte.was_escaped && is_literal_path_character(byte.value));
-            if keep_literal {
-                canonical.push(char::from(byte.value));
-            } else {
-                canonical.push_str(&format!("%{:02X}", byte.value));
-            }
-        }
-    }
-    if segments.is_empty() || trailing_slash {
-        canonical.push('/');
-    }
-    Ok(canonical)
+    Ok(decoded)
 }
 
-/// Decodes one canonical segment for a path parameter; `None` when it is not UTF-8.
-pub fn decode_segment(segment: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .ok()
-        .map(|text| text.into_owned())
+enum DotKind {
+    Empty,
+    Dot,
+    DotDot,
+    /// `.;x` or `..;x`: servlet containers drop `;` parameters and see a dot segment.
+    DotWithParameters,
+    Name,
+}
+
+fn dot_kind(segment: &[PathByte]) -> DotKind {
+    let before_parameters = segment
+        .iter()
+        .position(|byte| byte.value == b';')
+        .and_then(|semicolon| segment.get(..semicolon));
+    let is_dots = |bytes: &[PathByte]| {
+        matches!(bytes.len(), 1 | 2) && bytes.iter().all(|byte| byte.value == b'.')
+    };
+    match segment.len() {
+        0 => DotKind::Empty,
+        _ if is_dots(segment) && segment.len() == 1 => DotKind::Dot,
+        _ if is_dots(segment) => DotKind::DotDot,
+        _ if before_parameters.is_some_and(is_dots) => DotKind::DotWithParameters,
+        _ => DotKind::Name,
+    }
+}
+
+/// Percent-decodes one segment of a canonical path (a route literal or parameter is
+/// compared with what the upstream decodes, not with the escaped spelling).
+pub(super) fn decode_segment(segment: &str) -> Cow<'_, [u8]> {
+    if !segment.contains('%') {
+        return Cow::Borrowed(segment.as_bytes());
+    }
+    Cow::Owned(percent_decode_lenient(segment.as_bytes()))
+}
+
+/// Decodes `%XX`; anything that is not a valid escape is kept as it is (the behaviour of
+/// Python's `unquote` and WHATWG form decoding, which upstreams share).
+pub(super) fn percent_decode_lenient(input: &[u8]) -> Vec<u8> {
+    let mut output = Vec::with_capacity(input.len());
+    let mut index = 0;
+    while let Some(&byte) = input.get(index) {
+        if byte == b'%' {
+            let high = input.get(index + 1).copied().and_then(hex_value);
+            let low = input.get(index + 2).copied().and_then(hex_value);
+            if let (Some(high), Some(low)) = (high, low) {
+                output.push((high << 4) | low);
+                index += 3;
+                continue;
+            }
+        }
+        output.push(byte);
+        index += 1;
+    }
+    output
 }
 
 #[cfg(test)]
@@ -142,102 +241,206 @@ mod tests {
     use proptest::prelude::*;
 
     fn canonical(raw: &str) -> String {
-        canonicalize_path(raw).unwrap_or_else(|error| panic!("{raw}: {error}"))
+        match canonicalize_path(raw) {
+            Ok(path) => path,
+            Err(error) => panic!("`{raw}` was refused: {error}"),
+        }
     }
 
     #[test]
-    fn table_of_tricky_paths() {
+    fn tricky_paths_have_one_spelling() {
         for (raw, expected) in [
             ("/", "/"),
             ("//a", "/a"),
+            ("/a//b", "/a/b"),
             ("/a/./b", "/a/b"),
             ("/a/../b", "/b"),
             ("/a/b/..", "/a/"),
             ("/a/b/.", "/a/b/"),
+            ("/a/..", "/"),
+            ("/a/b/../../c", "/c"),
             ("/a%2Fb", "/a/b"),
             ("/a%2fb", "/a/b"),
             ("/a%5Cb", "/a/b"),
+            ("/a%5cb", "/a/b"),
             ("/a\\b", "/a/b"),
             ("/a/%2E%2E/b", "/b"),
             ("/a/%2e%2E/b", "/b"),
+            ("/a/.%2e/b", "/b"),
             ("/a/%2E/b", "/a/b"),
-            ("/%7e%41", "/~A"),
+            ("/a%2F..%2Fb", "/b"),
+            ("/%7e", "/~"),
+            ("/%41", "/A"),
+            ("/%7e%41%2d%5f%2e%30", "/~A-_.0"),
             ("/a%3bb", "/a%3Bb"),
             ("/a;b", "/a;b"),
             ("/a%252F", "/a%252F"),
+            ("/a%252f", "/a%252f"),
+            ("/a%25", "/a%25"),
             ("/a%20b", "/a%20b"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/café", "/caf%C3%A9"),
+            ("/%ff%FE", "/%FF%FE"),
+            ("/a\"b", "/a%22b"),
+            ("/a..b/...", "/a..b/..."),
+            ("/a/...;x/;", "/a/...;x/;"),
             ("/api/v1/sqllab/execute/", "/api/v1/sqllab/execute/"),
             ("/api//v1///chart/", "/api/v1/chart/"),
-            ("/a/b/../../c", "/c"),
-            ("/a/..", "/"),
+            ("/a/b/", "/a/b/"),
+            ("/a/b//", "/a/b/"),
         ] {
-            assert_eq!(canonical(raw), expected, "{raw}");
+            assert_eq!(canonical(raw), expected, "canonical form of `{raw}`");
         }
     }
 
     #[test]
-    fn refuses_what_cannot_be_canonicalised() {
+    fn refuses_what_has_no_safe_spelling() {
         for raw in [
+            "",
+            "a/b",
+            "\\a",
+            "/..",
             "/../a",
             "/%2e%2e/x",
+            "/%2E%2E",
             "/a/../../b",
             "/a%2F..%2F..%2Fb",
+            "/a\\..\\..\\b",
+            "/..;/admin",
+            "/a/..;x/b",
+            "/a/.;/b",
+            "/a/%2E%3Bx/b",
             "/%zz",
+            "/%G1",
             "/%2",
+            "/a%",
             "/a%00b",
             "/a%0Ab",
-            "relative",
-            "",
+            "/a%7F",
+            "/a\u{1}b",
+            "/a\nb",
             "/a#b",
+            "/a?b",
+            "/a b",
         ] {
-            assert!(canonicalize_path(raw).is_err(), "{raw} should be refused");
+            assert!(
+                canonicalize_path(raw).is_err(),
+                "`{}` should be refused",
+                raw.escape_debug()
+            );
         }
+    }
+
+    #[test]
+    fn length_is_bounded_before_and_after_escaping() {
+        let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
+        assert_eq!(canonical(&longest), longest);
         assert!(canonicalize_path(&format!("/{}", "a".repeat(MAX_PATH_BYTES))).is_err());
+        // 3 000 two-byte characters fit raw (6 001 bytes) but not escaped (18 001).
+        let non_ascii = format!("/{}", "é".repeat(3000));
+        assert!(non_ascii.len() <= MAX_PATH_BYTES);
+        assert!(canonicalize_path(&non_ascii).is_err());
+    }
+
+    #[test]
+    fn decoding_a_segment_is_lenient_and_single() {
+        assert_eq!(decode_segment("a%252F").as_ref(), b"a%2F");
+        assert_eq!(decode_segment("plain").as_ref(), b"plain");
+        assert_eq!(percent_decode_lenient(b"%zz%4"), b"%zz%4".to_vec());
+        assert_eq!(percent_decode_lenient(b"%C3%A9"), "é".as_bytes().to_vec());
+    }
+
+    /// Pieces a hostile client would combine.
+    fn path_piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("/".to_string()),
+            Just("//".to_string()),
+            Just("\\".to_string()),
+            Just("%2F".to_string()),
+            Just("%2f".to_string()),
+            Just("%5C".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E%2e".to_string()),
+            Just("%25".to_string()),
+            Just("%252F".to_string()),
+            Just("%41".to_string()),
+            Just("%7e".to_string()),
+            Just("%3b".to_string()),
+            Just(";".to_string()),
+            Just("+".to_string()),
+            Just("é".to_string()),
+            Just("%c3%a9".to_string()),
+            Just("%ff".to_string()),
+            Just("\"".to_string()),
+            "[a-zA-Z0-9_~-]{1,4}",
+        ]
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
         #[test]
-        fn canonical_paths_are_fixed_points(raw in "/[a-zA-Z0-9%./\\\\;~_-]{0,40}") {
+        fn canonical_paths_are_fixed_points(
+            pieces in proptest::collection::vec(path_piece(), 0..16),
+        ) {
+            let raw = format!("/{}", pieces.concat());
             if let Ok(first) = canonicalize_path(&raw) {
-                let second = canonicalize_path(&first).unwrap();
-                prop_assert_eq!(&first, &second);
-                prop_assert!(first.starts_with('/'));
+                let second = canonicalize_path(&first);
+                prop_assert_eq!(second.as_ref(), Ok(&first), "raw `{}`", raw);
+                prop_assert!(first.is_ascii());
                 prop_assert!(!first.contains("//"));
-                prop_assert!(!first.split('/').any(|segment| segment == "." || segment == ".."));
+                prop_assert!(!first.contains('\\'));
+                let upper = first.to_ascii_uppercase();
+                prop_assert!(!upper.contains("%2F") && !upper.contains("%5C") && !upper.contains("%2E"));
+                for segment in first.split('/') {
+                    let decoded = decode_segment(segment);
+                    prop_assert!(decoded.as_ref() != b"." && decoded.as_ref() != b"..");
+                }
             }
         }
 
-        /// However dot-dots are spelled, nothing resolves above the root: either refused,
-        /// or the result stays inside the path's own segments.
         #[test]
-        fn dot_dots_never_escape_the_root(
-            parts in proptest::collection::vec(prop_oneof![
-                Just("..".to_string()), Just("%2e%2e".to_string()), Just("%2E.".to_string()),
-                Just(".".to_string()), Just("a".to_string()), Just("b".to_string()),
-            ], 0..8),
-            separators in proptest::collection::vec(prop_oneof![
-                Just("/"), Just("%2F"), Just("\\"), Just("%5c"), Just("//"),
-            ], 8),
+        fn arbitrary_strings_are_fixed_points_when_accepted(raw in "/\\PC{0,40}") {
+            if let Ok(first) = canonicalize_path(&raw) {
+                prop_assert_eq!(canonicalize_path(&first), Ok(first.clone()));
+            }
+        }
+
+        /// However dot-dots and separators are spelled, the result is exactly what a
+        /// segment stack computes, and a climb above the root is always refused.
+        #[test]
+        fn dot_dots_never_climb_above_the_root(
+            parts in proptest::collection::vec((
+                prop_oneof![
+                    Just("/"), Just("//"), Just("\\"), Just("%2F"), Just("%2f"), Just("%5c"), Just("%5C"),
+                ],
+                prop_oneof![
+                    Just(".."), Just("%2e%2e"), Just("%2E."), Just(".%2E"), Just("%2e%2E"),
+                    Just("."), Just("%2e"), Just("a"), Just("b"),
+                ],
+            ), 1..10),
         ) {
             let mut raw = String::new();
-            let mut depth: i64 = 0;
-            let mut escapes = false;
-            for (part, separator) in parts.iter().zip(separators.iter()) {
-                raw.push_str(if raw.is_empty() { "/" } else { separator });
+            let mut stack: Vec<&str> = Vec::new();
+            let mut climbs = false;
+            for (index, (separator, part)) in parts.iter().enumerate() {
+                raw.push_str(if index == 0 { "/" } else { separator });
                 raw.push_str(part);
-                match part.as_str() {
-                    "a" | "b" => depth += 1,
-                    "." => {}
-                    _ => { depth -= 1; if depth < 0 { escapes = true; } }
+                match *part {
+                    "a" | "b" => stack.push(part),
+                    "." | "%2e" => {}
+                    _ => climbs |= stack.pop().is_none(),
                 }
             }
-            if raw.is_empty() { raw.push('/'); }
             match canonicalize_path(&raw) {
                 Ok(path) => {
-                    prop_assert!(!escapes, "{} resolved to {} but climbs above the root", raw, path);
-                    prop_assert!(path.split('/').all(|segment| segment.is_empty() || segment == "a" || segment == "b"));
+                    prop_assert!(!climbs, "`{}` climbs above the root but became `{}`", raw, path);
+                    let inside: Vec<&str> = path.split('/').filter(|segment| !segment.is_empty()).collect();
+                    prop_assert_eq!(inside, stack, "`{}`", raw);
                 }
-                Err(_) => prop_assert!(escapes, "{} refused but stays inside the root", raw),
+                Err(_) => prop_assert!(climbs, "`{}` stays inside the root but was refused", raw),
             }
         }
     }

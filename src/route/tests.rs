@@ -1,294 +1,834 @@
+//! Route table tests: config validation, precedence, extraction, the example config.
+
+use proptest::prelude::*;
+
 use super::*;
 
-fn table(yaml: &str) -> Result<RouteTable, RouteError> {
-    let config: RoutesConfig = serde_yaml::from_str(yaml).unwrap();
-    RouteTable::from_config(&config)
+fn parse_config(yaml: &str) -> RoutesConfig {
+    match serde_yaml::from_str(yaml) {
+        Ok(config) => config,
+        Err(error) => panic!("test YAML does not parse: {error}"),
+    }
 }
 
-fn matched<'t>(table: &'t RouteTable, method: &str, path: &str) -> Option<(&'t str, PathParams)> {
-    match table.resolve(method, &canonicalize_path(path).unwrap()) {
-        Resolution::Matched { route, params } => Some((route.name(), params)),
+fn table(yaml: &str) -> RouteTable {
+    match RouteTable::from_config(&parse_config(yaml)) {
+        Ok(table) => table,
+        Err(error) => panic!("table does not compile: {error}"),
+    }
+}
+
+fn resolved(table: &RouteTable, method: &str, raw_path: &str) -> Option<(String, PathParams)> {
+    let canonical = match canonicalize_path(raw_path) {
+        Ok(path) => path,
+        Err(error) => panic!("`{raw_path}`: {error}"),
+    };
+    match table.resolve(method, &canonical) {
+        Resolution::Matched { route, params } => Some((route.name().to_string(), params)),
         Resolution::Unmatched(_) => None,
     }
 }
 
-const TABLE: &str = r#"
+fn route_name(table: &RouteTable, method: &str, raw_path: &str) -> Option<String> {
+    resolved(table, method, raw_path).map(|(name, _)| name)
+}
+
+fn example_table() -> RouteTable {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        routes: RoutesConfig,
+    }
+    let wrapper: Wrapper =
+        match serde_yaml::from_str(include_str!("../../deploy/routes.example.yaml")) {
+            Ok(wrapper) => wrapper,
+            Err(error) => panic!("example YAML: {error}"),
+        };
+    match RouteTable::from_config(&wrapper.routes) {
+        Ok(table) => table,
+        Err(error) => panic!("example routes: {error}"),
+    }
+}
+
+fn matched_route<'t>(table: &'t RouteTable, method: &str, path: &str) -> (&'t Route, PathParams) {
+    match table.resolve(method, path) {
+        Resolution::Matched { route, params } => (route, params),
+        Resolution::Unmatched(_) => panic!("{method} {path} should match"),
+    }
+}
+
+#[test]
+fn tables_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<RouteTable>();
+    assert_send_sync::<Route>();
+    assert_send_sync::<PathParams>();
+}
+
+// ---------------------------------------------------------------- precedence
+
+const PRECEDENCE: &str = r#"
+unmatched: authenticated
 table:
-  - {name: chart-any, methods: [GET], path: "/api/v1/chart/{pk}"}
-  - {name: chart-info, methods: [GET], path: "/api/v1/chart/_info"}
-  - {name: chart-rest, methods: ["*"], path: "/api/v1/chart/{*rest}"}
-  - {name: datasette, methods: [GET], path: "/{db}.json"}
-  - {name: datasette-table, methods: [GET], path: "/{db}/{table}.json"}
-  - {name: root-any, methods: [GET], path: "/{page}"}
-  - {name: execute, methods: [POST], path: "/api/v1/sqllab/execute/"}
+  - {name: chart-by-id, methods: [GET], path: "/api/v1/chart/{pk}"}
+  - {name: chart-any-method, methods: ["*"], path: "/api/v1/chart/{pk}"}
+  - {name: chart-info, methods: [GET], path: /api/v1/chart/_info}
+  - {name: api-rest, methods: [GET], path: "/api/v1/{*rest}"}
+  - {name: left-param, methods: [GET], path: "/m/{x}/c"}
+  - {name: left-literal, methods: [GET], path: "/m/b/{y}"}
+  - {name: bare-page, methods: [GET], path: "/{page}"}
+  - {name: db-json, methods: [GET], path: "/{db}.json"}
+  - {name: tie-first, methods: [GET, POST], path: "/t/{a}"}
+  - {name: tie-second, methods: [GET, PUT], path: "/t/{b}"}
+  - {name: no-slash, methods: [GET], path: /s}
+  - {name: with-slash, methods: [GET], path: /s/}
+  - {name: s-rest, methods: [GET], path: "/s/{*rest}"}
+  - {name: head-explicit, methods: [HEAD], path: /h}
+  - {name: head-via-get, methods: [GET], path: /h}
 "#;
 
 #[test]
-fn most_specific_template_wins() {
-    let table = table(TABLE).unwrap();
+fn literal_beats_param_beats_rest() {
+    let table = table(PRECEDENCE);
     assert_eq!(
-        matched(&table, "GET", "/api/v1/chart/_info").unwrap().0,
-        "chart-info"
-    );
-    let (name, params) = matched(&table, "GET", "/api/v1/chart/42").unwrap();
-    assert_eq!(name, "chart-any");
-    assert_eq!(params.get("pk"), Some("42"));
-    let (name, params) = matched(&table, "DELETE", "/api/v1/chart/42/data/x").unwrap();
-    assert_eq!(name, "chart-rest");
-    assert_eq!(params.get("rest"), Some("42/data/x"));
-    let (name, params) = matched(&table, "GET", "/demo.json").unwrap();
-    assert_eq!(name, "datasette");
-    assert_eq!(params.get("db"), Some("demo"));
-    assert_eq!(matched(&table, "GET", "/demo").unwrap().0, "root-any");
-    let (_, params) = matched(&table, "GET", "/demo/orders.json").unwrap();
-    assert_eq!(params.get("table"), Some("orders"));
-    assert!(
-        matched(&table, "POST", "/api/v1/sqllab/execute").is_none(),
-        "trailing slash matters"
-    );
-    assert!(
-        matched(&table, "GET", "/api/v1/sqllab/execute/").is_none(),
-        "method matters"
+        route_name(&table, "GET", "/api/v1/chart/_info").as_deref(),
+        Some("chart-info")
     );
     assert_eq!(
-        matched(&table, "POST", "/api/v1/sqllab/execute/")
-            .unwrap()
-            .0,
-        "execute"
+        route_name(&table, "GET", "/api/v1/chart/5").as_deref(),
+        Some("chart-by-id")
+    );
+    assert_eq!(
+        route_name(&table, "GET", "/api/v1/dashboard/5").as_deref(),
+        Some("api-rest")
+    );
+    assert_eq!(
+        route_name(&table, "GET", "/api/v1/chart/5/x").as_deref(),
+        Some("api-rest")
+    );
+    assert_eq!(
+        route_name(&table, "GET", "/x.json").as_deref(),
+        Some("db-json")
+    );
+    assert_eq!(
+        route_name(&table, "GET", "/x.csv").as_deref(),
+        Some("bare-page")
     );
 }
 
 #[test]
-fn parameters_are_decoded() {
-    let table = table(TABLE).unwrap();
-    let (_, params) = matched(&table, "GET", "/api/v1/chart/a%20b").unwrap();
-    assert_eq!(params.get("pk"), Some("a b"));
-    assert_ne!(
-        matched(&table, "GET", "/.json").unwrap().0,
-        "datasette",
-        "empty parameter does not match"
+fn leftmost_difference_decides() {
+    let table = table(PRECEDENCE);
+    assert_eq!(
+        route_name(&table, "GET", "/m/b/c").as_deref(),
+        Some("left-literal")
+    );
+    assert_eq!(
+        route_name(&table, "GET", "/m/z/c").as_deref(),
+        Some("left-param")
     );
 }
 
 #[test]
-fn unmatched_policy_is_reported() {
-    let table = table("unmatched: authenticated\ntable: []").unwrap();
+fn methods_named_beat_head_via_get_beat_any() {
+    let table = table(PRECEDENCE);
+    assert_eq!(
+        route_name(&table, "DELETE", "/api/v1/chart/5").as_deref(),
+        Some("chart-any-method")
+    );
+    assert_eq!(
+        route_name(&table, "HEAD", "/api/v1/chart/5").as_deref(),
+        Some("chart-by-id")
+    );
+    assert_eq!(
+        route_name(&table, "HEAD", "/h").as_deref(),
+        Some("head-explicit")
+    );
+    assert_eq!(
+        route_name(&table, "GET", "/h").as_deref(),
+        Some("head-via-get")
+    );
+    // Methods are case-sensitive: `get` is not `GET` (the `*` route still takes it).
+    assert_eq!(
+        route_name(&table, "get", "/api/v1/chart/5").as_deref(),
+        Some("chart-any-method")
+    );
+    assert_eq!(
+        route_name(&table, "get", "/api/v1/chart/_info").as_deref(),
+        Some("chart-any-method")
+    );
+    assert_eq!(route_name(&table, "get", "/api/v1/dashboard/1"), None);
+}
+
+#[test]
+fn ties_go_to_the_first_route() {
+    let table = table(PRECEDENCE);
+    assert_eq!(
+        route_name(&table, "GET", "/t/1").as_deref(),
+        Some("tie-first")
+    );
+    assert_eq!(
+        route_name(&table, "PUT", "/t/1").as_deref(),
+        Some("tie-second")
+    );
+}
+
+#[test]
+fn trailing_slash_exact_first_then_tolerant() {
+    let table = table(PRECEDENCE);
+    assert_eq!(route_name(&table, "GET", "/s").as_deref(), Some("no-slash"));
+    assert_eq!(
+        route_name(&table, "GET", "/s/").as_deref(),
+        Some("with-slash")
+    );
+    assert_eq!(route_name(&table, "GET", "/s/x").as_deref(), Some("s-rest"));
+    let only_plain = self::table("table: [{name: q, methods: [POST], path: /api/ds/query}]");
+    assert_eq!(
+        route_name(&only_plain, "POST", "/api/ds/query/").as_deref(),
+        Some("q")
+    );
+    assert_eq!(
+        route_name(&only_plain, "POST", "/api/ds//query").as_deref(),
+        Some("q")
+    );
+}
+
+#[test]
+fn unmatched_requests_carry_the_policy() {
+    let table = table(PRECEDENCE);
     assert!(matches!(
-        table.resolve("GET", "/x"),
+        table.resolve("GET", "/nothing/here"),
         Resolution::Unmatched(UnmatchedPolicy::Authenticated)
     ));
-    let table = table_default();
     assert!(matches!(
-        table.resolve("GET", "/x"),
+        self::table("table: []").resolve("GET", "/"),
         Resolution::Unmatched(UnmatchedPolicy::Deny)
     ));
 }
 
-fn table_default() -> RouteTable {
-    table("{}").unwrap()
+#[test]
+fn encoded_spellings_reach_the_same_route() {
+    let table = example_table();
+    for raw in [
+        "/api/datasources/uid/abc",
+        "/api/datasources/uid/%61bc",
+        "/api//datasources/./uid/abc",
+        "/api/x/../datasources/uid/abc",
+        "/api%2Fdatasources%2Fuid%2Fabc",
+        "/api\\datasources\\uid\\abc",
+        "/api/datasources/uid/abc/",
+    ] {
+        let found = resolved(&table, "DELETE", raw);
+        let Some((name, params)) = found else {
+            panic!("`{raw}` should match");
+        };
+        assert_eq!(name, "grafana-datasource-delete", "{raw}");
+        assert_eq!(params.get("uid"), Some("abc"), "{raw}");
+    }
+    // Escaped twice: the uid is the text `a%2Fb`, one segment, as the upstream decodes it.
+    let found = resolved(&table, "GET", "/api/datasources/uid/a%252Fb");
+    assert_eq!(
+        found.map(|(_, params)| params.get("uid").map(str::to_string)),
+        Some(Some("a%2Fb".into()))
+    );
+}
+
+// ---------------------------------------------------------------- config validation
+
+fn config_error_key(yaml: &str) -> (String, String) {
+    match RouteTable::from_config(&parse_config(yaml)) {
+        Ok(_) => panic!("config should be refused:\n{yaml}"),
+        Err(RouteError::Config { key, message }) => (key, message),
+        Err(other) => panic!("expected a config error, got {other}"),
+    }
 }
 
 #[test]
-fn config_errors_name_the_key() {
-    for (yaml, key, fragment) in [
+fn each_validation_error_names_its_key() {
+    let cases: &[(&str, &str, &str)] = &[
         (
-            "table: [{name: a, methods: [GET], path: x}]",
-            "routes.table[0].path",
-            "start with",
+            "table: [{name: a, methods: [GET], path: /a}, {name: a, methods: [GET], path: /b}]",
+            "routes.table[1].name",
+            "already the name",
         ),
         (
-            "table: [{name: a, methods: [get], path: /x}]",
-            "routes.table[0].methods[0]",
-            "get",
+            "table: [{name: ' ', methods: [GET], path: /a}]",
+            "routes.table[0].name",
+            "empty",
         ),
         (
-            "table: [{name: a, methods: [], path: /x}]",
+            "table: [{name: a, methods: [], path: /a}]",
             "routes.table[0].methods",
             "at least one",
         ),
         (
-            "table: [{name: a, methods: [GET], path: /x}, {name: a, methods: [GET], path: /y}]",
-            "routes.table[1].name",
-            "another route",
+            "table: [{name: a, methods: [GET, post], path: /a}]",
+            "routes.table[0].methods[1]",
+            "write `POST`",
         ),
         (
-            "table: [{name: a, methods: [GET], path: \"/{}\"}]",
+            "table: [{name: a, methods: [FETCH], path: /a}]",
+            "routes.table[0].methods[0]",
+            "not an HTTP method",
+        ),
+        (
+            "table: [{name: a, methods: [GET, GET], path: /a}]",
+            "routes.table[0].methods[1]",
+            "twice",
+        ),
+        (
+            "table: [{name: a, methods: [GET], path: a}]",
             "routes.table[0].path",
-            "parameter name",
+            "start with `/`",
         ),
         (
-            "table: [{name: a, methods: [GET], path: \"/{a}/{a}\"}]",
+            "table: [{name: a, methods: [GET], path: '/a/{}'}]",
+            "routes.table[0].path",
+            "empty parameter",
+        ),
+        (
+            "table: [{name: a, methods: [GET], path: '/{x}/{x}'}]",
             "routes.table[0].path",
             "twice",
         ),
         (
-            "table: [{name: a, methods: [GET], path: \"/{*rest}/x\"}]",
+            "table: [{name: a, methods: [GET], path: '/{*rest}/x'}]",
             "routes.table[0].path",
             "last segment",
         ),
         (
-            "table: [{name: a, methods: [GET], path: /x, permissions: {any_of: [read Chart]}}]",
-            "routes.table[0].permissions.any_of[0]",
+            "table: [{name: a, methods: [GET], path: /a}, {name: b, methods: [GET], path: /b}, {name: c, methods: [GET], path: /c}, {name: d, methods: [GET], path: '/d/{'}]",
+            "routes.table[3].path",
+            "unbalanced",
+        ),
+        (
+            "table: [{name: a, methods: [GET], path: /a, permissions: {any_of: ['can_read on Chart', 'read Chart']}}]",
+            "routes.table[0].permissions.any_of[1]",
             "can_<action> on <View>",
         ),
         (
-            "table: [{name: a, methods: [GET], path: /x, datasource: {action: q, uids: [{path_param: uid}]}}]",
-            "routes.table[0].datasource.uids[0]",
+            "table: [{name: a, methods: [GET], path: /a, permissions: {all_of: ['menu_access on SQL Lab']}}]",
+            "routes.table[0].permissions.all_of[0]",
+            "can_<action>",
+        ),
+        (
+            "table: [{name: a, methods: [GET], path: '/a/{id}', datasource: {action: datasources:read, uids: [{path_param: uid}]}}]",
+            "routes.table[0].datasource.uids[0].path_param",
             "not a parameter",
         ),
         (
-            "table: [{name: a, methods: [GET], path: /x, datasource: {action: q, uids: [{json_pointer: queries}]}}]",
-            "routes.table[0].datasource.uids[0]",
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: q, uids: [{query_param: ds}, {json_pointer: 'queries/*'}]}}]",
+            "routes.table[0].datasource.uids[1].json_pointer",
             "start with `/`",
         ),
         (
-            "table: [{name: a, methods: [GET], path: /x, datasource: {action: q, uids: [{json_pointer: /a~2}]}}]",
-            "routes.table[0].datasource.uids[0]",
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: q, uids: [{json_pointer: '/a~2b'}]}}]",
+            "routes.table[0].datasource.uids[0].json_pointer",
             "`~`",
         ),
         (
-            "table: [{name: a, methods: [GET], path: /x, datasource: {action: \"\", uids: [{query_param: d}]}}]",
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: q, uids: [{query_param: ds, form_field: ds}]}}]",
+            "routes.table[0].datasource.uids[0]",
+            "exactly one",
+        ),
+        (
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: q, uids: [{}]}}]",
+            "routes.table[0].datasource.uids[0]",
+            "exactly one",
+        ),
+        (
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: '', uids: [{query_param: ds}]}}]",
             "routes.table[0].datasource.action",
             "empty",
         ),
+        (
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: q, uids: []}}]",
+            "routes.table[0].datasource.uids",
+            "at least one",
+        ),
+        (
+            "table: [{name: a, methods: [POST], path: /a, datasource: {action: q, uids: [{query_param: ''}]}}]",
+            "routes.table[0].datasource.uids[0].query_param",
+            "empty",
+        ),
         ("max_body_bytes: 70000", "routes.max_body_bytes", "64 KiB"),
-    ] {
-        let error = table(yaml).unwrap_err();
-        match &error {
-            RouteError::Config { key: got, message } => {
-                assert_eq!(got, key, "{yaml}");
-                assert!(message.contains(fragment), "{yaml}: {message}");
-            }
-            other => panic!("{yaml}: {other}"),
+        ("max_body_bytes: 0", "routes.max_body_bytes", "outside"),
+        (
+            "table: [{name: a, methods: ['*'], path: '/a/{x}'}, {name: b, methods: ['*'], path: '/a/{y}'}]",
+            "routes.table[1].path",
+            "can never match",
+        ),
+    ];
+    for (yaml, key, fragment) in cases {
+        let (found_key, message) = config_error_key(yaml);
+        assert_eq!(&found_key, key, "{yaml}");
+        assert!(
+            message.contains(fragment),
+            "{yaml}: `{message}` lacks `{fragment}`"
+        );
+        let display = RouteError::Config {
+            key: found_key,
+            message,
         }
+        .to_string();
+        assert!(display.starts_with(key), "{display}");
     }
 }
 
-fn requirement(yaml: &str) -> (RouteTable, String) {
-    let table = table(yaml).unwrap();
-    let name = table.routes().next().unwrap().name().to_string();
-    (table, name)
-}
-
-fn uids(
-    table: &RouteTable,
-    path: &str,
-    query: Option<&str>,
-    body: Option<&str>,
-    content_type: Option<&str>,
-) -> Result<Vec<String>, RouteError> {
-    let Resolution::Matched { route, params } = table.resolve("POST", path) else {
-        panic!("no match for {path}");
-    };
-    extract_datasource_uids(
-        route.datasource().unwrap(),
-        &params,
-        query,
-        body.map(str::as_bytes),
-        content_type,
-    )
-}
-
 #[test]
-fn grafana_query_bodies_name_every_datasource() {
-    let (table, _) = requirement(
-        "table: [{name: q, methods: [POST], path: /api/ds/query, datasource: {action: datasources:query, uids: [{json_pointer: /queries/*/datasource/uid}]}}]",
+fn valid_variants_are_accepted() {
+    let table = table(
+        r#"
+table:
+  - {name: a, methods: [GET], path: "/a/{x}", permissions: {any_of: ["can_read on SQL Lab"]}}
+  - {name: b, methods: [POST], path: "/a/{y}"}
+  - {name: c, methods: ["*"], path: "/a/{z}"}
+  - {name: d, methods: [GET], path: /}
+"#,
     );
-    let body = r#"{"queries":[{"datasource":{"uid":"a"}},{"datasource":{"uid":"b"}},{"datasource":{"uid":"a"}},{"datasource":{"uid":7}}]}"#;
+    assert_eq!(table.routes().count(), 4);
+    assert_eq!(table.max_body_bytes(), MAX_INSPECTED_BODY_BYTES);
+    let (route, _) = matched_route(&table, "GET", "/a/1");
     assert_eq!(
-        uids(
-            &table,
-            "/api/ds/query",
-            None,
-            Some(body),
-            Some("application/json")
-        )
-        .unwrap(),
-        vec!["a", "b", "7"]
+        route.permissions_any_of()[0].to_string(),
+        "can_read on SQL Lab"
     );
-    assert!(matches!(
-        uids(&table, "/api/ds/query", None, Some(r#"{"queries":[{"datasource":{"uid":{"x":1}}}]}"#), None),
-        Err(RouteError::InvalidUid { location, .. }) if location == "/queries/0/datasource/uid"
-    ));
-    assert!(matches!(
-        uids(
-            &table,
-            "/api/ds/query",
-            None,
-            Some(r#"{"queries": ["#),
-            None
-        ),
-        Err(RouteError::MalformedJson(_))
-    ));
-    assert!(matches!(
-        uids(
-            &table,
-            "/api/ds/query",
-            None,
-            Some(r#"{"queries":[]}"#),
-            None
-        ),
-        Err(RouteError::NoDatasource(_))
-    ));
-    assert!(matches!(
-        uids(
-            &table,
-            "/api/ds/query",
-            None,
-            Some(r#"{"queries":[{"datasource":{"uid":""}}]}"#),
-            None
-        ),
-        Err(RouteError::EmptyUid(_))
-    ));
-    assert!(table.routes().next().unwrap().needs_body());
+    assert_eq!(route.path_template(), "/a/{x}");
+    assert_eq!(route.methods().collect::<Vec<_>>(), vec!["GET"]);
 }
 
 #[test]
-fn query_parameters_path_parameters_and_form_fields() {
-    let (table, _) = requirement(
-        "table: [{name: q, methods: [POST], path: \"/ds/{uid}\", datasource: {action: a, uids: [{path_param: uid}, {query_param: ds}, {form_field: ds}]}}]",
-    );
-    let found = uids(
-        &table,
-        "/ds/one",
-        Some("ds=two&ds=three+3&x=1"),
-        Some("ds=four"),
-        Some("application/x-www-form-urlencoded; charset=utf-8"),
-    )
-    .unwrap();
-    assert_eq!(found, vec!["one", "two", "three 3", "four"]);
-    let found = uids(
-        &table,
-        "/ds/one",
-        None,
-        Some("ds=four"),
-        Some("application/json"),
-    )
-    .unwrap();
-    assert_eq!(found, vec!["one"], "form fields only from form bodies");
+fn unknown_keys_are_refused_by_serde() {
+    for yaml in [
+        "unmatched: deny\nextra: 1",
+        "table: [{name: a, methods: [GET], path: /a, authenticate: true}]",
+        "table: [{name: a, methods: [GET], path: /a, datasource: {action: q, uids: [{header: x}]}}]",
+        "unmatched: sometimes",
+    ] {
+        assert!(
+            serde_yaml::from_str::<RoutesConfig>(yaml).is_err(),
+            "{yaml}"
+        );
+    }
 }
 
 #[test]
-fn role_permissions_parse_strictly() {
+fn role_permissions_parse_and_display() {
+    let parsed = RolePermission::parse("can_read on Chart");
     assert_eq!(
-        RolePermission::parse(" can_read on Chart "),
-        Some(RolePermission {
+        parsed,
+        Ok(RolePermission {
             action: "can_read".into(),
             view: "Chart".into()
         })
     );
     assert_eq!(
-        RolePermission::parse("can_read on Chart")
-            .unwrap()
-            .to_string(),
-        "can_read on Chart"
+        RolePermission::parse("can_this_table_list on Row Level Security").map(|p| p.to_string()),
+        Ok("can_this_table_list on Row Level Security".to_string())
     );
     for bad in [
+        "can_read",
+        "can_ on Chart",
         "read on Chart",
-        "can_read Chart",
         "can_read on ",
+        "can_read on  Chart",
         "can read on Chart",
+        "can_read on Chart ",
     ] {
-        assert!(RolePermission::parse(bad).is_none(), "{bad}");
+        assert!(RolePermission::parse(bad).is_err(), "`{bad}`");
+    }
+}
+
+// ---------------------------------------------------------------- extraction
+
+fn requirement_of(
+    table: &RouteTable,
+    method: &str,
+    path: &str,
+) -> (DatasourceRequirement, PathParams) {
+    let (route, params) = matched_route(table, method, path);
+    match route.datasource() {
+        Some(requirement) => (requirement.clone(), params),
+        None => panic!("route `{}` has no datasource check", route.name()),
+    }
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[test]
+fn grafana_query_body_names_every_uid() {
+    let table = example_table();
+    let (requirement, params) = requirement_of(&table, "POST", "/api/ds/query");
+    let body = br#"{"from":"now-1h","to":"now","queries":[
+        {"refId":"A","datasource":{"type":"postgres","uid":"pg-main"},"rawSql":"select 1"},
+        {"refId":"B","datasource":{"type":"mysql","uid":"mysql-sales"}},
+        {"refId":"C","datasource":{"type":"__expr__","uid":"__expr__"},"expression":"$A + $B"},
+        {"refId":"D","datasource":{"type":"postgres","uid":"pg-main"}}
+    ]}"#;
+    let uids = extract_datasource_uids(&requirement, &params, None, Some(body), JSON);
+    assert_eq!(
+        uids,
+        Ok(vec![
+            "pg-main".into(),
+            "mysql-sales".into(),
+            "__expr__".into()
+        ])
+    );
+    assert!(
+        matched_route(&table, "POST", "/api/ds/query")
+            .0
+            .needs_body()
+    );
+
+    let legacy = br#"{"queries":[{"datasource":{"uid":"ok"}},{"datasource":"secret"}]}"#;
+    assert!(matches!(
+        extract_datasource_uids(&requirement, &params, None, Some(legacy), JSON),
+        Err(RouteError::JsonShape { .. })
+    ));
+    let by_id = br#"{"queries":[{"datasource":{"uid":"ok"}},{"datasourceId":3}]}"#;
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, Some(by_id), JSON),
+        Err(RouteError::MissingUid("/queries/1/datasource".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            None,
+            Some(br#"{"queries":[]}"#),
+            JSON
+        ),
+        Err(RouteError::NoDatasource("grafana-ds-query".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, None, JSON),
+        Err(RouteError::NoDatasource("grafana-ds-query".into()))
+    );
+}
+
+#[test]
+fn malformed_json_reports_position_without_echoing_the_body() {
+    let table = example_table();
+    let (requirement, params) = requirement_of(&table, "POST", "/api/ds/query");
+    let body = b"{\"queries\": [{\"datasource\": {\"uid\": \"secret-token-value\"}";
+    match extract_datasource_uids(&requirement, &params, None, Some(body), None) {
+        Err(RouteError::MalformedJson(message)) => {
+            assert!(message.contains("line 1 column"), "{message}");
+            assert!(!message.contains("secret-token-value"), "{message}");
+        }
+        other => panic!("expected malformed JSON, got {other:?}"),
+    }
+}
+
+#[test]
+fn sqllab_database_id_is_an_integer_uid() {
+    let table = example_table();
+    let (requirement, params) = requirement_of(&table, "POST", "/api/v1/sqllab/execute/");
+    let uids = extract_datasource_uids(
+        &requirement,
+        &params,
+        None,
+        Some(br#"{"database_id": 1, "sql": "select 1"}"#),
+        Some("application/json; charset=utf-8"),
+    );
+    assert_eq!(uids, Ok(vec!["1".into()]));
+    for (body, found) in [
+        (&br#"{"database_id": 1.5}"#[..], "a non-integer number"),
+        (br#"{"database_id": true}"#, "a boolean"),
+        (br#"{"database_id": [1]}"#, "an array"),
+        (br#"{"database_id": {"id": 1}}"#, "an object"),
+    ] {
+        assert_eq!(
+            extract_datasource_uids(&requirement, &params, None, Some(body), JSON),
+            Err(RouteError::UidNotScalar {
+                location: "/database_id".into(),
+                found
+            })
+        );
+    }
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            None,
+            Some(br#"{"database_id": ""}"#),
+            JSON
+        ),
+        Err(RouteError::EmptyUid("`/database_id`".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            None,
+            Some(b"database_id=1"),
+            Some("text/plain")
+        ),
+        Err(RouteError::UnsupportedContentType("text/plain".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            None,
+            Some(b"database_id=1"),
+            Some("application/x-www-form-urlencoded")
+        ),
+        Err(RouteError::UnsupportedContentType(
+            "application/x-www-form-urlencoded".into()
+        ))
+    );
+}
+
+#[test]
+fn path_query_and_form_sources_union_in_order() {
+    let table = table(
+        r#"
+table:
+  - name: mixed
+    methods: [POST]
+    path: "/ds/{uid}"
+    datasource:
+      action: datasources:query
+      uids:
+        - path_param: uid
+        - query_param: ds
+        - form_field: ds
+        - json_pointer: /ds
+"#,
+    );
+    let (requirement, params) = requirement_of(&table, "POST", "/ds/one");
+    let form = Some("application/x-www-form-urlencoded");
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            Some("ds=two&ds=one&x=1&ds=thr%65e"),
+            Some(b"ds=four&ds=two+2"),
+            form
+        ),
+        Ok(vec![
+            "one".into(),
+            "two".into(),
+            "three".into(),
+            "four".into(),
+            "two 2".into()
+        ])
+    );
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            Some("ds=two"),
+            Some(br#"{"ds": "five"}"#),
+            JSON
+        ),
+        Ok(vec!["one".into(), "two".into(), "five".into()])
+    );
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, Some("ds="), None, None),
+        Err(RouteError::EmptyUid("query parameter `ds`".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, Some("ds=%FF"), None, None),
+        Err(RouteError::UidNotUtf8("query parameter `ds`".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, Some(b"ds=%C3"), form),
+        Err(RouteError::UidNotUtf8("form field `ds`".into()))
+    );
+    assert!(matches!(
+        extract_datasource_uids(&requirement, &params, None, Some(b"--x"), Some("multipart/form-data; boundary=x")),
+        Err(RouteError::UnsupportedContentType(kind)) if kind == "multipart/form-data"
+    ));
+    assert_eq!(
+        extract_datasource_uids(
+            &requirement,
+            &params,
+            None,
+            Some(br#"{"ds": "x"}"#),
+            Some("application/problem+json")
+        ),
+        Ok(vec!["one".into(), "x".into()])
+    );
+    // An old server splits on `;`: `secret` is checked too.
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, Some("x=1;ds=secret"), None, None),
+        Ok(vec!["one".into(), "secret".into()])
+    );
+
+    let (requirement, params) = requirement_of(&table, "POST", "/ds/%FF");
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, None, None),
+        Err(RouteError::UidNotUtf8("path parameter `uid`".into()))
+    );
+}
+
+#[test]
+fn optional_requirements_may_find_nothing() {
+    let table = table(
+        r#"
+table:
+  - name: optional
+    methods: [GET]
+    path: "/files/{*rest}"
+    datasource:
+      action: datasources:read
+      required: false
+      uids: [{query_param: ds}, {path_param: rest}]
+  - name: required
+    methods: [GET]
+    path: "/need/{*rest}"
+    datasource:
+      action: datasources:read
+      uids: [{path_param: rest}]
+"#,
+    );
+    let (requirement, params) = requirement_of(&table, "GET", "/files/");
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, Some("x=1"), None, None),
+        Ok(vec![])
+    );
+    let (requirement, params) = requirement_of(&table, "GET", "/files/a/b");
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, None, None),
+        Ok(vec!["a/b".into()])
+    );
+    let (requirement, params) = requirement_of(&table, "GET", "/need/");
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, None, None),
+        Err(RouteError::NoDatasource("required".into()))
+    );
+    assert!(!matched_route(&table, "GET", "/need/").0.needs_body());
+
+    let form_only = self::table(
+        "table: [{name: f, methods: [POST], path: /f, datasource: {action: q, uids: [{form_field: ds}]}}]",
+    );
+    let (requirement, params) = requirement_of(&form_only, "POST", "/f");
+    assert!(matched_route(&form_only, "POST", "/f").0.needs_body());
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, Some(br#"{"ds": "x"}"#), None),
+        Err(RouteError::UnsupportedContentType("(none)".into()))
+    );
+    assert_eq!(
+        extract_datasource_uids(&requirement, &params, None, Some(br#"{"ds": "x"}"#), JSON),
+        Err(RouteError::UnsupportedContentType(
+            "application/json".into()
+        ))
+    );
+}
+
+#[test]
+fn example_config_routes_as_documented() {
+    let table = example_table();
+    let cases = [
+        ("GET", "/api/v1/chart/12", Some("superset-chart-read")),
+        ("HEAD", "/api/v1/chart/12", Some("superset-chart-read")),
+        ("DELETE", "/api/v1/chart/12", None),
+        (
+            "POST",
+            "/api/v1/sqllab/execute/",
+            Some("superset-sqllab-execute"),
+        ),
+        (
+            "POST",
+            "/api/v1/sqllab/execute",
+            Some("superset-sqllab-execute"),
+        ),
+        ("POST", "/api/ds/query", Some("grafana-ds-query")),
+        (
+            "GET",
+            "/api/datasources/uid/pg",
+            Some("grafana-datasource-read"),
+        ),
+        (
+            "PUT",
+            "/api/datasources/uid/pg",
+            Some("grafana-datasource-write"),
+        ),
+        (
+            "DELETE",
+            "/api/datasources/uid/pg",
+            Some("grafana-datasource-delete"),
+        ),
+        ("PATCH", "/api/datasources/uid/pg", None),
+        ("GET", "/fixtures.json", Some("datasette-db-json")),
+        (
+            "GET",
+            "/fixtures/facetable.json",
+            Some("datasette-table-json"),
+        ),
+        ("GET", "/fixtures", None),
+    ];
+    for (method, path, expected) in cases {
+        assert_eq!(
+            route_name(&table, method, path).as_deref(),
+            expected,
+            "{method} {path}"
+        );
+    }
+    let (route, params) = matched_route(&table, "GET", "/fixtures.json");
+    assert_eq!(params.get("db"), Some("fixtures"));
+    let Some(requirement) = route.datasource() else {
+        panic!("datasette route checks the database");
+    };
+    assert_eq!(
+        extract_datasource_uids(requirement, &params, Some("sql=select+1"), None, None),
+        Ok(vec!["fixtures".into()])
+    );
+    let (chart, _) = matched_route(&table, "GET", "/api/v1/chart/12");
+    assert!(!chart.needs_body());
+    assert!(!chart.requires_authentication());
+    assert_eq!(chart.permissions_any_of().len(), 1);
+    let (sqllab, _) = matched_route(&table, "POST", "/api/v1/sqllab/execute/");
+    assert!(sqllab.requires_authentication());
+    assert_eq!(
+        sqllab.permissions_all_of()[0].to_string(),
+        "can_execute_sql_query on SQLLab"
+    );
+}
+
+/// Characters a uid may have, plus everything that needs escaping in a path.
+fn uid_strategy() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 ~._%;:@!$&'()*+,=\"<>é-]{1,12}"
+        .prop_filter("not a dot segment", |uid| uid != "." && uid != "..")
+}
+
+/// Encodes every byte of `uid`, some bytes or none, upper or lower case, as a client might.
+fn encode_randomly(uid: &str, choices: &[u8]) -> String {
+    let mut encoded = String::new();
+    for (index, byte) in uid.bytes().enumerate() {
+        let choice = choices
+            .get(index % choices.len().max(1))
+            .copied()
+            .unwrap_or(0);
+        let must_escape = !(byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte));
+        match (must_escape, choice % 3) {
+            (false, 0) => encoded.push(char::from(byte)),
+            (_, 1) => encoded.push_str(&format!("%{byte:02x}")),
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
+}
+
+proptest! {
+    /// Whatever spelling a client uses, the route sees the uid the upstream decodes.
+    #[test]
+    fn path_params_decode_to_the_client_uid(
+        uid in uid_strategy(),
+        choices in proptest::collection::vec(any::<u8>(), 1..8),
+    ) {
+        let table = example_table();
+        let raw = format!("/api/datasources/uid/{}", encode_randomly(&uid, &choices));
+        let canonical = canonicalize_path(&raw);
+        prop_assert!(canonical.is_ok(), "`{}` refused", raw);
+        let canonical = canonical.unwrap_or_default();
+        match table.resolve("GET", &canonical) {
+            Resolution::Matched { route, params } => {
+                prop_assert_eq!(route.name(), "grafana-datasource-read");
+                prop_assert_eq!(params.get("uid"), Some(uid.as_str()));
+            }
+            Resolution::Unmatched(_) => prop_assert!(false, "`{}` unmatched", raw),
+        }
     }
 }

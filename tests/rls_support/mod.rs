@@ -38,6 +38,13 @@ pub const REJECTED_PREFIX: &str = "rejected:";
 /// `Err` strings starting with [`REJECTED_PREFIX`] are refusals before the upstream.
 pub trait QueryExecutor {
     fn query(&self, user: &str, sql: &str) -> Result<Rows, String>;
+
+    /// Only meaningful on the oracle: whether `user` lacks a template value some filter
+    /// needs. Refusing such a user with `missing_template_value` is then always acceptable
+    /// (fail closed), even when the table only appears in a CTE the database never reads.
+    fn lacks_template_value(&self, _user: &str) -> bool {
+        false
+    }
 }
 
 /// The kind of a refusal, if the error is one.
@@ -747,9 +754,31 @@ impl QueryExecutor for EngineExecutor {
 /// The truth: the original query on the user's oracle database.
 pub struct OracleExecutor {
     pub databases: BTreeMap<String, Box<dyn Database>>,
+    /// Users with at least one protected table whose predicate cannot be bound.
+    pub lacking_values: std::collections::BTreeSet<String>,
+}
+
+/// Users for whom some protected table's predicate misses a template value.
+pub fn users_lacking_values(
+    filters: &[CorpusFilter],
+    principals: &BTreeMap<String, Principal>,
+) -> std::collections::BTreeSet<String> {
+    principals
+        .iter()
+        .filter(|(_, principal)| {
+            protected_tables(filters).iter().any(|table| {
+                permitted_predicate(filters, principal, table, PlaceholderStyle::Question).is_err()
+            })
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 impl QueryExecutor for OracleExecutor {
+    fn lacks_template_value(&self, user: &str) -> bool {
+        self.lacking_values.contains(user)
+    }
+
     fn query(&self, user: &str, sql: &str) -> Result<Rows, String> {
         let database = self
             .databases
@@ -785,6 +814,7 @@ pub fn principals(corpus: &Corpus) -> BTreeMap<String, Principal> {
 pub fn sqlite_fixture(corpus: &Corpus) -> Fixture {
     let tables = protected_tables(&corpus.filters);
     let principals = principals(corpus);
+    let lacking_values = users_lacking_values(&corpus.filters, &principals);
     let databases = principals
         .iter()
         .map(|(name, principal)| {
@@ -804,7 +834,10 @@ pub fn sqlite_fixture(corpus: &Corpus) -> Fixture {
             database: Box::new(SqliteDb::full(&corpus.schema, &corpus.rows)),
             limits: RewriteLimits::default(),
         },
-        oracle: OracleExecutor { databases },
+        oracle: OracleExecutor {
+            databases,
+            lacking_values,
+        },
         full: Box::new(SqliteDb::full(&corpus.schema, &corpus.rows)),
     }
 }
@@ -812,6 +845,7 @@ pub fn sqlite_fixture(corpus: &Corpus) -> Fixture {
 pub fn pg_fixture(server: &PgServer, corpus: &Corpus) -> Fixture {
     let tables = protected_tables(&corpus.filters);
     let principals = principals(corpus);
+    let lacking_values = users_lacking_values(&corpus.filters, &principals);
     let databases = principals
         .iter()
         .enumerate()
@@ -835,7 +869,10 @@ pub fn pg_fixture(server: &PgServer, corpus: &Corpus) -> Fixture {
             database: Box::new(full),
             limits: RewriteLimits::default(),
         },
-        oracle: OracleExecutor { databases },
+        oracle: OracleExecutor {
+            databases,
+            lacking_values,
+        },
         full: Box::new(full_reader),
     }
 }
@@ -918,7 +955,10 @@ pub fn judge(
                 } else {
                     Err(Failure {
                         leak: !extra_rows(&got_rows, &expected).is_empty(),
-                        detail: format!("known limitation returned rows that differ from the oracle: {}", short(&got_rows)),
+                        detail: format!(
+                            "known limitation returned rows that differ from the oracle: {}",
+                            short(&got_rows)
+                        ),
                     })
                 }
             }
@@ -974,9 +1014,12 @@ pub fn judge(
                         })
                     }
                 }
-                // By design a missing template value refuses the request whenever the
-                // filtered table appears in the SQL, even in a CTE the query never reads.
-                (Ok(_), Err(error)) if rejection_kind(&error) == Some("missing_template_value") => Ok(()),
+                (Ok(_), Err(error))
+                    if rejection_kind(&error) == Some("missing_template_value")
+                        && oracle.lacks_template_value(user) =>
+                {
+                    Ok(())
+                }
                 (Ok(expected), Err(error)) => Err(Failure {
                     leak: false,
                     detail: match rejection_kind(&error) {

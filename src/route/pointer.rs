@@ -1,0 +1,366 @@
+//! JSON pointers (RFC 6901) with a `*` wildcard segment, used by extraction to find
+//! datasource uids in JSON request bodies. Compiled at config load; evaluated per request
+//! on the already-parsed body.
+//!
+//! Evaluation is strict where leniency would let a request name a datasource datagate
+//! does not see: walking through a value of the wrong shape (a key into a string, `*`
+//! into an object) is an error, and under a `*` every element must name a uid. Otherwise
+//! `[{"datasource": {"uid": "allowed"}}, {"datasource": "secret"}]` (Grafana's pre-8.3
+//! string form) would be checked as `allowed` only.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::RouteError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// An object member, or an array index when the value is an array.
+    Key(String),
+    /// Every element of an array.
+    EveryElement,
+}
+
+/// A compiled pointer; displays as written in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPointer {
+    text: String,
+    steps: Vec<Step>,
+}
+
+impl fmt::Display for JsonPointer {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.text)
+    }
+}
+
+impl JsonPointer {
+    /// Parses `/queries/*/datasource/uid`; the message says what is wrong.
+    pub fn parse(text: &str) -> Result<JsonPointer, String> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(if text.is_empty() {
+                "the empty pointer names the whole body, not a uid inside it".to_string()
+            } else {
+                format!("JSON pointer `{text}` must start with `/`")
+            });
+        };
+        let steps = rest
+            .split('/')
+            .map(|segment| {
+                if segment == "*" {
+                    return Ok(Step::EveryElement);
+                }
+                unescape_segment(segment).map(Step::Key).ok_or_else(|| {
+                    format!("JSON pointer `{text}` has a `~` not followed by `0` or `1`")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JsonPointer {
+            text: text.to_string(),
+            steps,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Every uid the pointer names in `document`, with the concrete location of each.
+    pub(super) fn uids(&self, document: &Value) -> Result<Vec<(String, String)>, RouteError> {
+        let mut found = Vec::new();
+        walk(document, &self.steps, &mut String::new(), false, &mut found)?;
+        Ok(found)
+    }
+}
+
+fn unescape_segment(segment: &str) -> Option<String> {
+    let mut output = String::with_capacity(segment.len());
+    let mut characters = segment.chars();
+    while let Some(character) = characters.next() {
+        if character == '~' {
+            match characters.next() {
+                Some('0') => output.push('~'),
+                Some('1') => output.push('/'),
+                _ => return None,
+            }
+        } else {
+            output.push(character);
+        }
+    }
+    Some(output)
+}
+
+fn escape_segment(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// RFC 6901 array index: `0` or digits without a leading zero.
+fn array_index(key: &str) -> Option<usize> {
+    let canonical = key == "0" || (!key.starts_with('0') && !key.is_empty());
+    if canonical && key.bytes().all(|byte| byte.is_ascii_digit()) {
+        key.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn location_text(location: &str) -> String {
+    if location.is_empty() {
+        "/".to_string()
+    } else {
+        location.to_string()
+    }
+}
+
+/// `location` is the concrete pointer walked so far; `under_wildcard` makes a missing
+/// value an error instead of "nothing named here".
+fn walk(
+    value: &Value,
+    steps: &[Step],
+    location: &mut String,
+    under_wildcard: bool,
+    found: &mut Vec<(String, String)>,
+) -> Result<(), RouteError> {
+    let missing = |location: &str| {
+        if under_wildcard {
+            Err(RouteError::MissingUid(location_text(location)))
+        } else {
+            Ok(())
+        }
+    };
+    let Some((step, rest)) = steps.split_first() else {
+        return match value {
+            Value::String(uid) => {
+                found.push((location_text(location), uid.clone()));
+                Ok(())
+            }
+            Value::Number(number) if number.is_i64() || number.is_u64() => {
+                found.push((location_text(location), number.to_string()));
+                Ok(())
+            }
+            Value::Null => missing(location),
+            other => Err(RouteError::UidNotScalar {
+                location: location_text(location),
+                found: if other.is_number() {
+                    "a non-integer number"
+                } else {
+                    kind_of(other)
+                },
+            }),
+        };
+    };
+    let restore = location.len();
+    let result = match (step, value) {
+        (_, Value::Null) => missing(location),
+        (Step::EveryElement, Value::Array(items)) => {
+            for (index, item) in items.iter().enumerate() {
+                location.push_str(&format!("/{index}"));
+                walk(item, rest, location, true, found)?;
+                location.truncate(restore);
+            }
+            Ok(())
+        }
+        (Step::Key(key), Value::Object(members)) => {
+            location.push('/');
+            location.push_str(&escape_segment(key));
+            match members.get(key) {
+                Some(child) => walk(child, rest, location, under_wildcard, found),
+                None => missing(location),
+            }
+        }
+        (Step::Key(key), Value::Array(items)) => match array_index(key) {
+            Some(index) => {
+                location.push_str(&format!("/{index}"));
+                match items.get(index) {
+                    Some(child) => walk(child, rest, location, under_wildcard, found),
+                    None => missing(location),
+                }
+            }
+            None => Err(RouteError::JsonShape {
+                location: location_text(location),
+                expected: "an object",
+                found: "an array",
+            }),
+        },
+        (Step::EveryElement, other) => Err(RouteError::JsonShape {
+            location: location_text(location),
+            expected: "an array",
+            found: kind_of(other),
+        }),
+        (Step::Key(_), other) => Err(RouteError::JsonShape {
+            location: location_text(location),
+            expected: "an object",
+            found: kind_of(other),
+        }),
+    };
+    location.truncate(restore);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pointer(text: &str) -> JsonPointer {
+        match JsonPointer::parse(text) {
+            Ok(pointer) => pointer,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    fn uids(text: &str, document: &Value) -> Result<Vec<String>, RouteError> {
+        pointer(text)
+            .uids(document)
+            .map(|found| found.into_iter().map(|(_, uid)| uid).collect())
+    }
+
+    #[test]
+    fn parses_escapes_and_wildcards() {
+        let parsed = pointer("/a~1b/*/c~0d/");
+        assert_eq!(
+            parsed.steps,
+            vec![
+                Step::Key("a/b".into()),
+                Step::EveryElement,
+                Step::Key("c~d".into()),
+                Step::Key(String::new()),
+            ]
+        );
+        assert_eq!(parsed.to_string(), "/a~1b/*/c~0d/");
+        for bad in ["", "a/b", "/a~2", "/a~", "/~x"] {
+            assert!(
+                JsonPointer::parse(bad).is_err(),
+                "`{bad}` should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn every_element_must_name_a_uid() {
+        let body = json!({"queries": [
+            {"datasource": {"uid": "a"}},
+            {"datasource": {"uid": "b"}},
+        ]});
+        assert_eq!(
+            uids("/queries/*/datasource/uid", &body),
+            Ok(vec!["a".into(), "b".into()])
+        );
+        let legacy = json!({"queries": [
+            {"datasource": {"uid": "a"}},
+            {"datasource": "secret"},
+        ]});
+        assert_eq!(
+            uids("/queries/*/datasource/uid", &legacy),
+            Err(RouteError::JsonShape {
+                location: "/queries/1/datasource".into(),
+                expected: "an object",
+                found: "a string",
+            })
+        );
+        let by_id = json!({"queries": [{"datasource": {"uid": "a"}}, {"datasourceId": 7}]});
+        assert_eq!(
+            uids("/queries/*/datasource/uid", &by_id),
+            Err(RouteError::MissingUid("/queries/1/datasource".into()))
+        );
+        let null_uid = json!({"queries": [{"datasource": {"uid": null}}]});
+        assert_eq!(
+            uids("/queries/*/datasource/uid", &null_uid),
+            Err(RouteError::MissingUid("/queries/0/datasource/uid".into()))
+        );
+    }
+
+    #[test]
+    fn absent_outside_a_wildcard_names_nothing() {
+        assert_eq!(uids("/datasource/uid", &json!({})), Ok(vec![]));
+        assert_eq!(
+            uids("/datasource/uid", &json!({"datasource": null})),
+            Ok(vec![])
+        );
+        assert_eq!(uids("/queries/*/uid", &json!({"queries": []})), Ok(vec![]));
+        assert!(matches!(
+            uids("/datasource/uid", &json!({"datasource": "x"})),
+            Err(RouteError::JsonShape { .. })
+        ));
+        assert!(matches!(
+            uids("/queries/*/uid", &json!({"queries": {"uid": "x"}})),
+            Err(RouteError::JsonShape {
+                expected: "an array",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn array_indexes_follow_rfc_6901() {
+        let body = json!({"list": ["zero", "one"]});
+        assert_eq!(uids("/list/1", &body), Ok(vec!["one".into()]));
+        assert_eq!(uids("/list/5", &body), Ok(vec![]));
+        for not_an_index in ["/list/01", "/list/-", "/list/+1", "/list/x"] {
+            assert!(
+                matches!(uids(not_an_index, &body), Err(RouteError::JsonShape { .. })),
+                "{not_an_index}"
+            );
+        }
+        assert_eq!(
+            uids("/0", &json!({"0": "member"})),
+            Ok(vec!["member".into()])
+        );
+    }
+
+    #[test]
+    fn scalars_become_uids_and_containers_do_not() {
+        assert_eq!(uids("/id", &json!({"id": 42})), Ok(vec!["42".into()]));
+        assert_eq!(uids("/id", &json!({"id": -3})), Ok(vec!["-3".into()]));
+        let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_default();
+        assert_eq!(
+            uids("/id", &parse(r#"{"id": 18446744073709551615}"#)),
+            Ok(vec!["18446744073709551615".into()])
+        );
+        for not_integer in [
+            r#"{"id": 1e2}"#,
+            r#"{"id": 1.0}"#,
+            r#"{"id": 18446744073709551616}"#,
+        ] {
+            assert!(
+                matches!(
+                    uids("/id", &parse(not_integer)),
+                    Err(RouteError::UidNotScalar { .. })
+                ),
+                "{not_integer}"
+            );
+        }
+        for (value, found) in [
+            (json!(1.5), "a non-integer number"),
+            (json!(true), "a boolean"),
+            (json!([1]), "an array"),
+            (json!({"uid": "x"}), "an object"),
+        ] {
+            assert_eq!(
+                uids("/id", &json!({ "id": value })),
+                Err(RouteError::UidNotScalar {
+                    location: "/id".into(),
+                    found
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn locations_escape_keys() {
+        let found = pointer("/a~1b").uids(&json!({"a/b": "x"}));
+        assert_eq!(found, Ok(vec![("/a~1b".to_string(), "x".to_string())]));
+    }
+}
