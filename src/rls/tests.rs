@@ -1,1 +1,208 @@
+use super::*;
+use crate::principal::PrincipalKind;
 
+fn policy(dialect: Dialect) -> RlsPolicy {
+    RlsPolicy::compile(
+        &[DatasourceConfig {
+            uid: "d".into(),
+            dialect,
+            tables: vec![],
+            deny_unlisted_tables: false,
+            denied_functions: None,
+        }],
+        vec![FilterDefinition {
+            name: "own".into(),
+            filter_type: FilterType::Regular,
+            datasource: "d".into(),
+            tables: vec!["orders".into()],
+            roles: vec!["Gamma".into()],
+            group_key: None,
+            clause: "tenant_id = '{{ current_username() }}'".into(),
+            description: None,
+        }],
+    )
+    .unwrap()
+}
+
+fn alice() -> Principal {
+    let mut principal = Principal::anonymous(vec!["Gamma".into()]);
+    principal.kind = PrincipalKind::User;
+    principal.username = "alice".into();
+    principal
+}
+
+fn rewrite(dialect: Dialect, sql: &str) -> Result<Rewritten, RlsError> {
+    policy(dialect).rewrite(&RewriteRequest {
+        datasource_uid: "d",
+        sql,
+        principal: &alice(),
+        allow_writes: false,
+        limits: RewriteLimits::default(),
+    })
+}
+
+const WRAPPED: &str = "(SELECT * FROM orders WHERE (tenant_id = 'alice'))";
+
+#[test]
+fn aliases_are_kept_or_the_table_name_is_used() {
+    assert_eq!(
+        rewrite(Dialect::Postgres, "SELECT o.id FROM orders AS o")
+            .unwrap()
+            .sql,
+        format!("SELECT o.id FROM {WRAPPED} AS o")
+    );
+    assert_eq!(
+        rewrite(Dialect::Postgres, "SELECT orders.id FROM orders")
+            .unwrap()
+            .sql,
+        format!("SELECT orders.id FROM {WRAPPED} AS orders")
+    );
+}
+
+#[test]
+fn postgres_cte_scoping() {
+    // Without RECURSIVE the CTE's own name in its body is the real table; outside, the CTE.
+    let rewritten = rewrite(
+        Dialect::Postgres,
+        "WITH orders AS (SELECT * FROM orders) SELECT * FROM orders",
+    )
+    .unwrap();
+    assert_eq!(
+        rewritten.sql,
+        format!("WITH orders AS (SELECT * FROM {WRAPPED} AS orders) SELECT * FROM orders")
+    );
+    // A schema-qualified name is never the CTE.
+    let rewritten = rewrite(
+        Dialect::Postgres,
+        "WITH orders AS (SELECT 1 AS id) SELECT * FROM public.orders",
+    )
+    .unwrap();
+    assert!(
+        rewritten
+            .sql
+            .contains("(SELECT * FROM public.orders WHERE (tenant_id = 'alice')) AS orders"),
+        "{}",
+        rewritten.sql
+    );
+    // A CTE declared later is not visible to an earlier body.
+    let rewritten = rewrite(
+        Dialect::Postgres,
+        "WITH a AS (SELECT * FROM orders), orders AS (SELECT 1) SELECT * FROM a",
+    )
+    .unwrap();
+    assert!(rewritten.sql.contains(WRAPPED), "{}", rewritten.sql);
+}
+
+#[test]
+fn unprotected_sql_passes_unchanged() {
+    let rewritten = rewrite(Dialect::Sqlite, "SELECT * FROM posts -- note").unwrap();
+    assert!(!rewritten.changed);
+    assert_eq!(rewritten.sql, "SELECT * FROM posts -- note");
+}
+
+#[test]
+fn refusals_carry_their_kind() {
+    for (sql, kind) in [
+        ("SELECT 1; SELECT 2", "multiple_statements"),
+        ("DELETE FROM orders", "statement_not_allowed"),
+        ("SELECT * INTO x FROM orders", "statement_not_allowed"),
+        (
+            "SELECT query_to_xml('select * from orders', true, true, '')",
+            "denied_function",
+        ),
+        ("SELECT * FROM pg_catalog.pg_class", "catalog_access"),
+        ("SELECT * FROM ONLY orders", "statement_not_allowed"),
+        ("SELEKT 1", "parse_error"),
+    ] {
+        assert_eq!(
+            rewrite(Dialect::Postgres, sql).unwrap_err().kind(),
+            kind,
+            "{sql}"
+        );
+    }
+    let nested = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
+    assert_eq!(
+        rewrite(Dialect::Postgres, &nested).unwrap_err().kind(),
+        "too_deeply_nested"
+    );
+    let chain = format!(
+        "SELECT * FROM orders WHERE {}",
+        vec!["id = 1"; 5000].join(" OR ")
+    );
+    assert_eq!(
+        rewrite(Dialect::Postgres, &chain).unwrap_err().kind(),
+        "too_deeply_nested"
+    );
+}
+
+#[test]
+fn the_verifier_rejects_an_unwrapped_reference() {
+    let policy = policy(Dialect::Postgres);
+    let rules = policy.datasources.get("d").unwrap();
+    let applicable: Vec<&CompiledFilter> = rules.filters.iter().collect();
+    let bindings: Vec<(String, Result<Vec<BoundValue>, RlsError>)> = applicable
+        .iter()
+        .map(|filter| {
+            (
+                filter.name.clone(),
+                filter
+                    .clause
+                    .values_for(&alice(), &filter.name, Dialect::Postgres),
+            )
+        })
+        .collect();
+    let caller = CallerRules {
+        rules,
+        applicable: &applicable,
+        bindings: &bindings,
+    };
+    let parse_one = |sql: &str| {
+        parse(sql, Dialect::Postgres, RewriteLimits::default())
+            .unwrap()
+            .remove(0)
+    };
+    assert!(
+        rewrite::verify_statement(
+            &parse_one(&format!("SELECT * FROM {WRAPPED} AS orders")),
+            &caller
+        )
+        .is_ok()
+    );
+    for unwrapped in [
+        "SELECT * FROM orders",
+        "SELECT * FROM (SELECT * FROM orders WHERE (tenant_id = 'bob')) AS orders",
+        "SELECT * FROM (SELECT * FROM orders WHERE TRUE) AS orders",
+        "SELECT * FROM posts WHERE id IN (SELECT id FROM orders)",
+    ] {
+        assert!(
+            matches!(
+                rewrite::verify_statement(&parse_one(unwrapped), &caller),
+                Err(RlsError::VerificationFailed(_))
+            ),
+            "{unwrapped}"
+        );
+    }
+}
+
+#[test]
+fn the_cache_never_crosses_callers() {
+    let policy = policy(Dialect::Sqlite);
+    let mut bob = alice();
+    bob.username = "bob".into();
+    fn request(principal: &Principal) -> RewriteRequest<'_> {
+        RewriteRequest {
+            datasource_uid: "d",
+            sql: "SELECT * FROM orders",
+            principal,
+            allow_writes: false,
+            limits: RewriteLimits::default(),
+        }
+    }
+    let alice = alice();
+    let first = policy.rewrite(&request(&alice)).unwrap();
+    let second = policy.rewrite(&request(&bob)).unwrap();
+    let again = policy.rewrite(&request(&alice)).unwrap();
+    assert!(first.sql.contains("'alice'") && second.sql.contains("'bob'"));
+    assert!(!second.cache_hit && again.cache_hit);
+    assert_eq!(again.sql, first.sql);
+}
