@@ -59,6 +59,14 @@ curl -i http://127.0.0.1:8080/api/ds/query -H "Authorization: Bearer \$ALICE" -H
 curl -i http://127.0.0.1:8080/api/ds/query -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \\
   -d '{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"},{"refId":"B","datasource":{"uid":"finance"},"rawSql":"SELECT 1"}]}'
 
+# row-level security: the same SQL, rewritten per caller (alice sees only her own orders)
+curl -s http://127.0.0.1:8080/api/v1/sqllab/execute/ -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \
+  -d '{"sql":"SELECT id, tenant_id, amount FROM orders","database_id":1}'
+curl -s 'http://127.0.0.1:8080/demo.json?sql=SELECT+count(*)+FROM+orders' -H "Authorization: Bearer \$ALICE"
+# refused before the upstream, with a stable kind
+curl -s http://127.0.0.1:8080/api/v1/sqllab/execute/ -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \
+  -d '{"sql":"SELECT * FROM sqlite_master"}'
+
 # what would happen, without sending anything upstream
 $bin/datagate explain --config $config --token "\$BOB" --method DELETE --path /api/v1/chart/1
 
