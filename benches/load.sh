@@ -33,6 +33,12 @@ for _ in $(seq 1 100); do
   curl -fsS http://127.0.0.1:19180/readyz >/dev/null 2>&1 && break
   sleep 0.1
 done
+for port in 18088 18081 18080; do
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+  done
+done
 token=$("$bin/datagate" token --config "$work/datagate.yaml" --sub alice --roles Gamma --org-role Viewer --ttl 1h)
 
 run() { # name url

@@ -8,6 +8,10 @@ use async_trait::async_trait;
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::ProxyHttp;
 
+/// The same allocator as the `datagate` binary, so the comparison is like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct PassThrough {
     upstream: SocketAddr,
 }

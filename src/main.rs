@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use datagate::cli::{self, Cli, Command};
 
+/// glibc's allocator contends across pingora's worker threads under load (its arena locks
+/// showed up in profiles); mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -354,6 +354,22 @@ fn unsafe_sql_is_refused_with_a_kind_and_never_forwarded() {
     assert!((400..500).contains(&got), "{got}: {body}");
     assert!(recorded_requests(setup.upstream).is_empty());
 
+    let metrics = ureq::get(&setup.gateway.admin_url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"datagate_sql_rewrites_total{kind="multiple_statements",outcome="refused"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("datagate_sql_rewrite_duration_seconds_count"),
+        "{metrics}"
+    );
+
     // A datasource the caller may not query, named inside the body.
     let (got, body) = post(
         &setup.gateway.url("/api/ds/query"),
