@@ -16,12 +16,16 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Benches compile under lint (clippy --all-targets); they are run by `make bench`, since
+# criterion binaries do not take libtest's arguments.
 test: deps lint
-	$(CARGO) test --all-targets -- --test-threads 2
+	$(CARGO) test --lib --bins --tests -- --test-threads 2
 	$(CARGO) test --doc
 
 bench:
 	$(CARGO) bench --bench decision
+	$(CARGO) bench --bench rls
+	./benches/load.sh
 
 fmt:
 	$(CARGO) fmt

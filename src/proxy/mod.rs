@@ -164,22 +164,14 @@ impl ProxyHttp for DatagateProxy {
                     ctx.body_read = true;
                     Some(body)
                 }
-                Err(body::BodyError::TooLarge) => {
-                    let refusal = Refusal::BodyTooLarge {
-                        route: identified.route_name().to_string(),
-                        limit,
+                Err(error) => {
+                    let refusal = match error {
+                        body::BodyError::TooLarge => Refusal::BodyTooLarge {
+                            route: identified.route_name().to_string(),
+                            limit,
+                        },
+                        body::BodyError::Unreadable => Refusal::BodyUnreadable,
                     };
-                    let outcome = refused_outcome(
-                        &head,
-                        &refusal,
-                        identified.route_name(),
-                        Some(&identified.principal),
-                        snapshot.revision,
-                    );
-                    return self.refuse(session, ctx, refusal, outcome).await;
-                }
-                Err(body::BodyError::Unreadable) => {
-                    let refusal = Refusal::BodyUnreadable;
                     let outcome = refused_outcome(
                         &head,
                         &refusal,
