@@ -212,7 +212,7 @@ fn token_without_an_hmac_key_is_a_clear_error() {
         .unwrap()
         .to_path_buf();
     std::fs::copy(
-        repository_root().join("tests/fixtures/authn/rsa_public.pem"),
+        repository_root().join("tests/fixtures/authn/rsa-public.pem"),
         dir.join("rsa.pub.pem"),
     )
     .unwrap();

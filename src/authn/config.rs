@@ -1,8 +1,27 @@
-//! The `auth:` config section and its validation.
+//! The `auth:` section of datagate's YAML config.
+//!
+//! Read once at startup (and on config reload) by the lead's config loader; turned into an
+//! immutable [`super::Authenticator`] by [`super::Authenticator::from_config`]. Everything
+//! here is plain data plus [`AuthConfig::validate`], which checks shape and ranges without
+//! touching the file system (reading secrets and keys happens in `keys.rs`).
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
-use super::AuthnError;
+use super::error::AuthnError;
+use crate::principal::BasicRole;
+
+/// HMAC secrets shorter than this are refused: RFC 7518 §3.2 requires a key at least as
+/// long as the hash output, and short secrets are brute-forceable offline from any token.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+/// Clock-skew tolerance is capped: a larger leeway mostly extends stolen tokens' lifetime.
+pub const MAX_LEEWAY_SECONDS: u64 = 60;
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+pub const DEFAULT_API_KEY_HEADER: &str = "X-API-Key";
+pub const DEFAULT_VERIFIED_TOKEN_CACHE_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -10,18 +29,18 @@ pub struct AuthConfig {
     #[serde(default)]
     pub anonymous: AnonymousConfig,
     #[serde(default)]
-    pub jwt: JwtConfig,
+    pub jwt: Option<JwtConfig>,
     #[serde(default)]
-    pub api_keys: ApiKeysConfig,
+    pub api_keys: Option<ApiKeysConfig>,
 }
 
+/// Callers without credentials. Disabled unless configured: a forgotten `auth:` section
+/// should fail closed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnonymousConfig {
-    /// Requests without credentials act as the anonymous principal.
     #[serde(default)]
     pub enabled: bool,
-    /// Roles the anonymous principal holds (Superset's `Public`).
     #[serde(default = "default_anonymous_roles")]
     pub roles: Vec<String>,
 }
@@ -42,68 +61,57 @@ fn default_anonymous_roles() -> Vec<String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
+    /// When set, tokens must carry this `iss`.
     #[serde(default)]
     pub issuer: Option<String>,
+    /// When set, tokens must carry an `aud` naming at least one of these. When unset,
+    /// `aud` is not checked at all.
     #[serde(default)]
-    pub audience: Vec<String>,
-    /// Clock skew tolerated on `exp` and `nbf`, at most 60 seconds.
+    pub audience: Option<Vec<String>>,
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
     #[serde(default)]
-    pub keys: Vec<KeyConfig>,
-    /// A JWKS document; every key in it must carry `alg`.
+    pub keys: Vec<JwtKeyConfig>,
+    /// A JWKS document; every key in it must carry `alg`, which pins it.
     #[serde(default)]
-    pub jwks_file: Option<String>,
+    pub jwks_file: Option<PathBuf>,
     #[serde(default)]
-    pub claims: ClaimsConfig,
+    pub claims: ClaimMapping,
+    /// How many verified tokens to remember (0 disables the cache); see `cache.rs`.
+    #[serde(default = "default_cache_entries")]
+    pub verified_token_cache_entries: usize,
 }
 
-impl Default for JwtConfig {
-    fn default() -> Self {
-        JwtConfig {
-            issuer: None,
-            audience: Vec::new(),
-            leeway_seconds: default_leeway(),
-            keys: Vec::new(),
-            jwks_file: None,
-            claims: ClaimsConfig::default(),
-        }
-    }
+fn default_cache_entries() -> usize {
+    DEFAULT_VERIFIED_TOKEN_CACHE_ENTRIES
 }
 
 fn default_leeway() -> u64 {
-    30
+    DEFAULT_LEEWAY_SECONDS
 }
-
-/// Most leeway an operator may configure.
-pub const MAX_LEEWAY_SECONDS: u64 = 60;
-
-/// Shortest HMAC secret accepted (RFC 7518 §3.2 asks for at least the hash size).
-pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeyConfig {
-    /// Selects this key when a token's header names it.
+pub struct JwtKeyConfig {
     #[serde(default)]
     pub kid: Option<String>,
-    /// The one algorithm this key verifies (HS256 … EdDSA).
-    pub algorithm: String,
-    /// HMAC secret from an environment variable.
+    /// The only algorithm this key verifies; a token whose header says otherwise is
+    /// rejected before any signature check.
+    pub algorithm: Algorithm,
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// HMAC secret from a file (trailing newline ignored).
     #[serde(default)]
-    pub secret_file: Option<String>,
-    /// PEM public key for RS*, PS*, ES*, EdDSA.
+    pub secret_file: Option<PathBuf>,
     #[serde(default)]
-    pub public_key_file: Option<String>,
+    pub public_key_file: Option<PathBuf>,
 }
 
+/// Where each principal field comes from in the token's claims. A name starting with `/`
+/// is a JSON pointer into the claims (e.g. `/realm_access/roles` for Keycloak).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClaimsConfig {
-    /// The first present, non-empty string claim is the username.
+pub struct ClaimMapping {
+    /// The first of these that holds a non-empty string becomes the username.
     #[serde(default = "default_username_claims")]
     pub username: Vec<String>,
     #[serde(default = "default_user_id_claim")]
@@ -118,9 +126,9 @@ pub struct ClaimsConfig {
     pub org_role: String,
 }
 
-impl Default for ClaimsConfig {
+impl Default for ClaimMapping {
     fn default() -> Self {
-        ClaimsConfig {
+        ClaimMapping {
             username: default_username_claims(),
             user_id: default_user_id_claim(),
             email: default_email_claim(),
@@ -133,30 +141,29 @@ impl Default for ClaimsConfig {
 
 fn default_username_claims() -> Vec<String> {
     ["preferred_username", "username", "email", "sub"]
-        .iter()
-        .map(|claim| claim.to_string())
+        .into_iter()
+        .map(String::from)
         .collect()
 }
 fn default_user_id_claim() -> String {
-    "sub".into()
+    "sub".to_string()
 }
 fn default_email_claim() -> String {
-    "email".into()
+    "email".to_string()
 }
 fn default_roles_claim() -> String {
-    "roles".into()
+    "roles".to_string()
 }
 fn default_teams_claim() -> String {
-    "teams".into()
+    "teams".to_string()
 }
 fn default_org_role_claim() -> String {
-    "org_role".into()
+    "org_role".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysConfig {
-    /// Header carrying the key; `Authorization: Bearer <key>` works too.
     #[serde(default = "default_api_key_header")]
     pub header: String,
     #[serde(default)]
@@ -173,7 +180,7 @@ impl Default for ApiKeysConfig {
 }
 
 fn default_api_key_header() -> String {
-    "X-API-Key".into()
+    DEFAULT_API_KEY_HEADER.to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,124 +188,395 @@ fn default_api_key_header() -> String {
 pub struct ApiKeyConfig {
     /// Becomes the service account's username.
     pub name: String,
-    /// Hex sha256 of the key: keys are never stored in clear.
+    /// Hex of sha256(key); the key itself is never stored.
     pub sha256: String,
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub teams: Vec<String>,
     #[serde(default)]
-    pub org_role: Option<String>,
-}
-
-fn invalid(key: String, message: impl Into<String>) -> AuthnError {
-    AuthnError::Config(format!("`{key}`: {}", message.into()))
+    pub org_role: Option<BasicRole>,
 }
 
 impl AuthConfig {
-    /// Checks that do not read files (those happen when the authenticator is built).
+    /// Semantic checks that need no file system access. Errors name the key.
     pub fn validate(&self) -> Result<(), AuthnError> {
-        let jwt = &self.jwt;
-        if jwt.leeway_seconds > MAX_LEEWAY_SECONDS {
-            return Err(invalid(
-                "auth.jwt.leeway_seconds".into(),
+        if self.anonymous.enabled {
+            check_names("auth.anonymous.roles", &self.anonymous.roles)?;
+        }
+        if let Some(jwt) = &self.jwt {
+            jwt.validate()?;
+        }
+        if let Some(api_keys) = &self.api_keys {
+            api_keys.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The header carrying API keys (default `X-API-Key`).
+    pub fn api_key_header(&self) -> &str {
+        self.api_keys
+            .as_ref()
+            .map_or(DEFAULT_API_KEY_HEADER, |api_keys| api_keys.header.as_str())
+    }
+}
+
+impl JwtConfig {
+    fn validate(&self) -> Result<(), AuthnError> {
+        if self.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(AuthnError::config(
+                "auth.jwt.leeway_seconds",
                 format!(
-                    "{} is more than the maximum of {MAX_LEEWAY_SECONDS}",
-                    jwt.leeway_seconds
+                    "`{}` is too large; must be 0..={MAX_LEEWAY_SECONDS}",
+                    self.leeway_seconds
                 ),
             ));
         }
-        if jwt.claims.username.is_empty() {
-            return Err(invalid(
-                "auth.jwt.claims.username".into(),
-                "must list at least one claim",
+        if let Some(issuer) = &self.issuer
+            && issuer.trim().is_empty()
+        {
+            return Err(AuthnError::config(
+                "auth.jwt.issuer",
+                "must not be empty; remove it to skip the issuer check",
             ));
         }
-        for (index, key) in jwt.keys.iter().enumerate() {
-            let prefix = format!("auth.jwt.keys[{index}]");
-            let algorithm = super::keys::parse_algorithm(&key.algorithm)
-                .map_err(|message| invalid(format!("{prefix}.algorithm"), message))?;
-            let is_hmac = super::keys::is_hmac(algorithm);
-            match (
-                is_hmac,
-                &key.secret_env,
-                &key.secret_file,
-                &key.public_key_file,
-            ) {
-                (true, Some(_), None, None) | (true, None, Some(_), None) => {}
-                (true, _, _, Some(_)) => {
-                    return Err(invalid(
-                        format!("{prefix}.public_key_file"),
-                        format!(
-                            "{} is an HMAC algorithm: give `secret_env` or `secret_file`",
-                            key.algorithm
-                        ),
-                    ));
-                }
-                (true, _, _, None) => {
-                    return Err(invalid(
-                        prefix,
-                        "an HMAC key needs exactly one of `secret_env`, `secret_file`",
-                    ));
-                }
-                (false, None, None, Some(_)) => {}
-                (false, _, _, None) => {
-                    return Err(invalid(
-                        format!("{prefix}.public_key_file"),
-                        format!("{} needs a PEM public key", key.algorithm),
-                    ));
-                }
-                (false, _, _, Some(_)) => {
-                    return Err(invalid(
-                        prefix,
-                        format!(
-                            "{} is not an HMAC algorithm: remove `secret_env`/`secret_file`",
-                            key.algorithm
-                        ),
-                    ));
-                }
+        if let Some(audience) = &self.audience {
+            if audience.is_empty() {
+                return Err(AuthnError::config(
+                    "auth.jwt.audience",
+                    "must list at least one audience; remove it to skip the audience check",
+                ));
             }
+            check_names("auth.jwt.audience", audience)?;
+        }
+        if self.keys.is_empty() && self.jwks_file.is_none() {
+            return Err(AuthnError::config(
+                "auth.jwt.keys",
+                "no verification keys: configure `keys` or `jwks_file` (or remove `jwt`)",
+            ));
+        }
+        let mut kids = HashSet::new();
+        for (index, key) in self.keys.iter().enumerate() {
+            key.validate(&format!("auth.jwt.keys[{index}]"))?;
             if let Some(kid) = &key.kid
-                && jwt
-                    .keys
-                    .iter()
-                    .take(index)
-                    .any(|earlier| earlier.kid.as_ref() == Some(kid))
+                && !kids.insert(kid.as_str())
             {
-                return Err(invalid(
-                    format!("{prefix}.kid"),
-                    format!("`{kid}` is used by another key"),
+                return Err(AuthnError::config(
+                    format!("auth.jwt.keys[{index}].kid"),
+                    format!("duplicate kid `{kid}`"),
                 ));
             }
         }
-        let api_keys = &self.api_keys;
-        if http::HeaderName::from_bytes(api_keys.header.as_bytes()).is_err() {
-            return Err(invalid(
-                "auth.api_keys.header".into(),
-                format!("`{}` is not a valid header name", api_keys.header),
+        self.claims.validate()
+    }
+}
+
+impl JwtKeyConfig {
+    fn validate(&self, key: &str) -> Result<(), AuthnError> {
+        if let Some(kid) = &self.kid
+            && kid.is_empty()
+        {
+            return Err(AuthnError::config(
+                format!("{key}.kid"),
+                "must not be empty; remove it for a key without kid",
             ));
         }
-        for (index, key) in api_keys.keys.iter().enumerate() {
-            let prefix = format!("auth.api_keys.keys[{index}]");
-            if key.name.trim().is_empty() {
-                return Err(invalid(format!("{prefix}.name"), "must not be empty"));
+        if self.algorithm.family() == AlgorithmFamily::Hmac {
+            match (&self.secret_env, &self.secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(AuthnError::config(
+                        key,
+                        "set exactly one of `secret_env` and `secret_file`, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(AuthnError::config(
+                        key,
+                        format!(
+                            "{:?} needs a secret: set `secret_env` or `secret_file`",
+                            self.algorithm
+                        ),
+                    ));
+                }
+                (Some(name), None) if name.is_empty() => {
+                    return Err(AuthnError::config(
+                        format!("{key}.secret_env"),
+                        "must name an environment variable",
+                    ));
+                }
+                _ => {}
             }
-            let valid_hash = key.sha256.len() == 64
-                && key
-                    .sha256
-                    .chars()
-                    .all(|character| character.is_ascii_hexdigit());
-            if !valid_hash {
-                return Err(invalid(
-                    format!("{prefix}.sha256"),
-                    "must be 64 hex digits (sha256 of the key)",
+            if self.public_key_file.is_some() {
+                return Err(AuthnError::config(
+                    format!("{key}.public_key_file"),
+                    format!(
+                        "{:?} is an HMAC algorithm and uses a secret",
+                        self.algorithm
+                    ),
                 ));
             }
-            if let Some(role) = &key.org_role {
-                role.parse::<crate::principal::BasicRole>()
-                    .map_err(|error| invalid(format!("{prefix}.org_role"), error.to_string()))?;
+        } else {
+            if self.public_key_file.is_none() {
+                return Err(AuthnError::config(
+                    key,
+                    format!(
+                        "{:?} needs `public_key_file` (a PEM public key)",
+                        self.algorithm
+                    ),
+                ));
+            }
+            if self.secret_env.is_some() || self.secret_file.is_some() {
+                return Err(AuthnError::config(
+                    key,
+                    format!(
+                        "{:?} is asymmetric: use `public_key_file`, not a secret",
+                        self.algorithm
+                    ),
+                ));
             }
         }
         Ok(())
+    }
+}
+
+impl ClaimMapping {
+    fn validate(&self) -> Result<(), AuthnError> {
+        if self.username.is_empty() {
+            return Err(AuthnError::config(
+                "auth.jwt.claims.username",
+                "must list at least one claim",
+            ));
+        }
+        check_names("auth.jwt.claims.username", &self.username)?;
+        for (key, claim) in [
+            ("auth.jwt.claims.user_id", &self.user_id),
+            ("auth.jwt.claims.email", &self.email),
+            ("auth.jwt.claims.roles", &self.roles),
+            ("auth.jwt.claims.teams", &self.teams),
+            ("auth.jwt.claims.org_role", &self.org_role),
+        ] {
+            if claim.is_empty() {
+                return Err(AuthnError::config(key, "must name a claim"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ApiKeysConfig {
+    fn validate(&self) -> Result<(), AuthnError> {
+        let header_is_token = !self.header.is_empty()
+            && self
+                .header
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        if !header_is_token {
+            return Err(AuthnError::config(
+                "auth.api_keys.header",
+                format!("`{}` is not a valid header name", self.header),
+            ));
+        }
+        if self.header.eq_ignore_ascii_case("authorization") {
+            return Err(AuthnError::config(
+                "auth.api_keys.header",
+                "must not be `Authorization`; API keys are already accepted as Bearer values there",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        for (index, api_key) in self.keys.iter().enumerate() {
+            let key = format!("auth.api_keys.keys[{index}]");
+            if api_key.name.trim().is_empty() {
+                return Err(AuthnError::config(
+                    format!("{key}.name"),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(api_key.name.as_str()) {
+                return Err(AuthnError::config(
+                    format!("{key}.name"),
+                    format!("duplicate api key name `{}`", api_key.name),
+                ));
+            }
+            let digest = parse_sha256_hex(&api_key.sha256).ok_or_else(|| {
+                AuthnError::config(
+                    format!("{key}.sha256"),
+                    "must be 64 hex digits (sha256 of the key)",
+                )
+            })?;
+            if !digests.insert(digest) {
+                return Err(AuthnError::config(
+                    format!("{key}.sha256"),
+                    "the same key digest is configured twice",
+                ));
+            }
+            check_names(&format!("{key}.roles"), &api_key.roles)?;
+            check_names(&format!("{key}.teams"), &api_key.teams)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(text, &mut digest).ok()?;
+    Some(digest)
+}
+
+/// Role, team and audience names become policy subjects or comparisons; an empty one is
+/// always a typo.
+fn check_names(key: &str, names: &[String]) -> Result<(), AuthnError> {
+    for (index, name) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(AuthnError::config(
+                format!("{key}[{index}]"),
+                "must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<AuthConfig, serde_yaml::Error> {
+        serde_yaml::from_str(yaml)
+    }
+
+    fn config_key(error: AuthnError) -> String {
+        match error {
+            AuthnError::Config(config) => config.key,
+            other => format!("not a config error: {other}"),
+        }
+    }
+
+    const HMAC_KEY: &str =
+        "jwt:\n  keys:\n    - kid: a\n      algorithm: HS256\n      secret_env: SECRET\n";
+
+    #[test]
+    fn defaults_fail_closed() {
+        let config = parse("{}").unwrap();
+        assert!(!config.anonymous.enabled);
+        assert_eq!(config.anonymous.roles, vec!["Public"]);
+        assert!(config.jwt.is_none());
+        assert_eq!(config.api_key_header(), "X-API-Key");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn jwt_defaults() {
+        let config = parse(HMAC_KEY).unwrap();
+        let jwt = config.jwt.as_ref().unwrap();
+        assert_eq!(jwt.leeway_seconds, 30);
+        assert_eq!(
+            jwt.claims.username,
+            vec!["preferred_username", "username", "email", "sub"]
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_at_every_level() {
+        assert!(parse("anonymus: {}").is_err());
+        assert!(parse("anonymous: {enabled: true, role: [x]}").is_err());
+        assert!(parse(&format!("{HMAC_KEY}      secret: x\n")).is_err());
+        assert!(parse("jwt: {keys: [], claim: {}}").is_err());
+        assert!(parse("api_keys: {keys: [{name: a, sha256: b, role: []}]}").is_err());
+    }
+
+    #[test]
+    fn unknown_algorithm_is_a_parse_error() {
+        let error = parse("jwt: {keys: [{algorithm: none, secret_env: X}]}").unwrap_err();
+        assert!(error.to_string().contains("none"), "{error}");
+    }
+
+    #[test]
+    fn leeway_is_capped() {
+        let config = parse(&format!("{HMAC_KEY}  leeway_seconds: 61\n")).unwrap();
+        assert_eq!(
+            config_key(config.validate().unwrap_err()),
+            "auth.jwt.leeway_seconds"
+        );
+        let config = parse(&format!("{HMAC_KEY}  leeway_seconds: 60\n")).unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn hmac_keys_need_exactly_one_secret_source() {
+        let both = "jwt: {keys: [{algorithm: HS256, secret_env: A, secret_file: b}]}";
+        let error = parse(both).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error.clone()), "auth.jwt.keys[0]");
+        assert!(error.to_string().contains("not both"), "{error}");
+        let neither = "jwt: {keys: [{algorithm: HS512}]}";
+        let error = parse(neither).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.jwt.keys[0]");
+        let with_pem = "jwt: {keys: [{algorithm: HS256, secret_env: A, public_key_file: k}]}";
+        let error = parse(with_pem).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.jwt.keys[0].public_key_file");
+    }
+
+    #[test]
+    fn asymmetric_keys_need_a_public_key_and_no_secret() {
+        let missing =
+            "jwt: {keys: [{kid: a, algorithm: HS256, secret_env: A}, {algorithm: RS256}]}";
+        let error = parse(missing).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.jwt.keys[1]");
+        let secret = "jwt: {keys: [{algorithm: ES256, public_key_file: k, secret_env: A}]}";
+        let error = parse(secret).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.jwt.keys[0]");
+    }
+
+    #[test]
+    fn duplicate_kids_and_empty_key_sets_are_rejected() {
+        let duplicate = "jwt: {keys: [{kid: a, algorithm: HS256, secret_env: A}, {kid: a, algorithm: HS256, secret_env: B}]}";
+        let error = parse(duplicate).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.jwt.keys[1].kid");
+        let empty = "jwt: {issuer: x}";
+        let error = parse(empty).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.jwt.keys");
+    }
+
+    #[test]
+    fn username_claim_list_must_not_be_empty() {
+        let config = parse(&format!("{HMAC_KEY}  claims: {{username: []}}\n")).unwrap();
+        assert_eq!(
+            config_key(config.validate().unwrap_err()),
+            "auth.jwt.claims.username"
+        );
+    }
+
+    #[test]
+    fn api_key_digests_must_be_sha256_hex() {
+        let bad = "api_keys: {keys: [{name: bot, sha256: abc}]}";
+        let error = parse(bad).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.api_keys.keys[0].sha256");
+        let digest = "a".repeat(64);
+        let good =
+            format!("api_keys: {{keys: [{{name: bot, sha256: {digest}, org_role: Viewer}}]}}");
+        parse(&good).unwrap().validate().unwrap();
+        let duplicate = format!(
+            "api_keys: {{keys: [{{name: a, sha256: {digest}}}, {{name: b, sha256: {}}}]}}",
+            digest.to_uppercase()
+        );
+        let error = parse(&duplicate).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.api_keys.keys[1].sha256");
+    }
+
+    #[test]
+    fn api_key_header_must_be_a_plain_header_name() {
+        for header in ["", "X API Key", "authorization"] {
+            let yaml = format!("api_keys: {{header: '{header}'}}");
+            let error = parse(&yaml).unwrap().validate().unwrap_err();
+            assert_eq!(config_key(error), "auth.api_keys.header", "{header}");
+        }
+    }
+
+    #[test]
+    fn empty_role_names_are_rejected() {
+        let yaml = "anonymous: {enabled: true, roles: ['']}";
+        let error = parse(yaml).unwrap().validate().unwrap_err();
+        assert_eq!(config_key(error), "auth.anonymous.roles[0]");
     }
 }

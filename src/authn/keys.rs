@@ -1,91 +1,100 @@
-//! Verification keys, built once at start-up: each with exactly one pinned algorithm.
+//! Startup-time loading of JWT verification keys: HMAC secrets (env or file), PEM public
+//! keys and JWKS documents.
+//!
+//! This is the only part of authn that does I/O, and it runs once while the
+//! [`super::Authenticator`] is built (never on the request path). Errors name the config
+//! key and the file, and never include secret bytes.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-use super::AuthnError;
-use super::config::{JwtConfig, KeyConfig, MIN_HMAC_SECRET_BYTES};
+use super::config::{JwtConfig, JwtKeyConfig, MIN_HMAC_SECRET_BYTES};
+use super::error::AuthnError;
 
-/// A verification key and the only algorithm it accepts.
-pub struct VerificationKey {
+/// Resolves an environment variable; injectable so tests need not mutate the process env.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// A key ready to verify tokens, with the single algorithm it is pinned to.
+pub(crate) struct LoadedKey {
     pub kid: Option<String>,
     pub algorithm: Algorithm,
-    pub key: DecodingKey,
+    pub decoding_key: DecodingKey,
 }
 
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    let algorithm = match name {
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        other => {
-            return Err(format!(
-                "`{other}` is not a supported algorithm (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
-            ));
-        }
-    };
-    Ok(algorithm)
+/// All keys of `auth.jwt`: configured keys first (in order), then the JWKS keys.
+pub(crate) fn load_keys(
+    jwt: &JwtConfig,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Vec<LoadedKey>, AuthnError> {
+    let mut loaded = Vec::with_capacity(jwt.keys.len());
+    for (index, key) in jwt.keys.iter().enumerate() {
+        let config_key = format!("auth.jwt.keys[{index}]");
+        let decoding_key = if key.algorithm.family() == AlgorithmFamily::Hmac {
+            DecodingKey::from_secret(&read_hmac_secret(key, &config_key, base_dir, env)?)
+        } else {
+            load_public_key(key, &config_key, base_dir)?
+        };
+        loaded.push(LoadedKey {
+            kid: key.kid.clone(),
+            algorithm: key.algorithm,
+            decoding_key,
+        });
+    }
+    if let Some(jwks_file) = &jwt.jwks_file {
+        loaded.extend(load_jwks(&resolve(base_dir, jwks_file))?);
+    }
+    Ok(loaded)
 }
 
-pub fn is_hmac(algorithm: Algorithm) -> bool {
-    matches!(
-        algorithm,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-    )
-}
-
-fn config_error(key: String, message: impl Into<String>) -> AuthnError {
-    AuthnError::Config(format!("`{key}`: {}", message.into()))
-}
-
-/// Reads an HMAC secret; the value never appears in an error.
-pub fn read_secret(key: &KeyConfig, base_dir: &Path, prefix: &str) -> Result<Vec<u8>, AuthnError> {
-    let secret = match (&key.secret_env, &key.secret_file) {
-        (Some(variable), None) => std::env::var(variable)
-            .map_err(|_| {
-                config_error(
-                    format!("{prefix}.secret_env"),
-                    format!("environment variable `{variable}` is not set"),
-                )
-            })?
-            .into_bytes(),
-        (None, Some(file)) => {
-            let mut bytes = std::fs::read(base_dir.join(file)).map_err(|error| {
-                config_error(
-                    format!("{prefix}.secret_file"),
-                    format!("cannot read `{file}`: {error}"),
+/// The secret of an HMAC key. A trailing newline in a secret file is not part of the
+/// secret (editors add one); the environment value is taken as is.
+pub(crate) fn read_hmac_secret(
+    key: &JwtKeyConfig,
+    config_key: &str,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Vec<u8>, AuthnError> {
+    let (source_key, secret) = match (&key.secret_env, &key.secret_file) {
+        (Some(name), None) => {
+            let source_key = format!("{config_key}.secret_env");
+            let value = env(name).ok_or_else(|| {
+                AuthnError::config(
+                    &source_key,
+                    format!("environment variable `{name}` is not set or not UTF-8"),
                 )
             })?;
-            while bytes
-                .last()
-                .is_some_and(|byte| *byte == b'\n' || *byte == b'\r')
-            {
+            (source_key, value.into_bytes())
+        }
+        (None, Some(file)) => {
+            let source_key = format!("{config_key}.secret_file");
+            let path = resolve(base_dir, file);
+            let mut bytes = fs::read(&path).map_err(|error| {
+                AuthnError::config(
+                    &source_key,
+                    format!("cannot read `{}`: {}", path.display(), error.kind()),
+                )
+            })?;
+            while matches!(bytes.last(), Some(b'\n' | b'\r')) {
                 bytes.pop();
             }
-            bytes
+            (source_key, bytes)
         }
         _ => {
-            return Err(config_error(
-                prefix.to_string(),
-                "an HMAC key needs exactly one of `secret_env`, `secret_file`",
+            return Err(AuthnError::config(
+                config_key,
+                "set exactly one of `secret_env` and `secret_file`",
             ));
         }
     };
     if secret.len() < MIN_HMAC_SECRET_BYTES {
-        return Err(config_error(
-            prefix.to_string(),
+        return Err(AuthnError::config(
+            source_key,
             format!(
-                "the HMAC secret is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
+                "HMAC secret is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
                 secret.len()
             ),
         ));
@@ -93,101 +102,182 @@ pub fn read_secret(key: &KeyConfig, base_dir: &Path, prefix: &str) -> Result<Vec
     Ok(secret)
 }
 
-/// Every configured key plus every key of the JWKS file.
-pub fn load_keys(config: &JwtConfig, base_dir: &Path) -> Result<Vec<VerificationKey>, AuthnError> {
-    let mut keys = Vec::new();
-    for (index, key) in config.keys.iter().enumerate() {
-        let prefix = format!("auth.jwt.keys[{index}]");
-        let algorithm = parse_algorithm(&key.algorithm)
-            .map_err(|message| config_error(format!("{prefix}.algorithm"), message))?;
-        let decoding_key = if is_hmac(algorithm) {
-            DecodingKey::from_secret(&read_secret(key, base_dir, &prefix)?)
-        } else {
-            let file = key
-                .public_key_file
-                .as_deref()
-                .ok_or_else(|| config_error(format!("{prefix}.public_key_file"), "missing"))?;
-            let pem = std::fs::read(base_dir.join(file)).map_err(|error| {
-                config_error(
-                    format!("{prefix}.public_key_file"),
-                    format!("cannot read `{file}`: {error}"),
-                )
-            })?;
-            let parsed = match algorithm {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                _ => DecodingKey::from_rsa_pem(&pem),
-            };
-            parsed.map_err(|error| {
-                config_error(
-                    format!("{prefix}.public_key_file"),
-                    format!(
-                        "`{file}` is not a PEM public key for {}: {error}",
-                        key.algorithm
-                    ),
-                )
-            })?
-        };
-        keys.push(VerificationKey {
-            kid: key.kid.clone(),
-            algorithm,
-            key: decoding_key,
-        });
-    }
-    if let Some(file) = &config.jwks_file {
-        let text = std::fs::read_to_string(base_dir.join(file)).map_err(|error| {
-            config_error(
-                "auth.jwt.jwks_file".into(),
-                format!("cannot read `{file}`: {error}"),
-            )
-        })?;
-        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text).map_err(|error| {
-            config_error(
-                "auth.jwt.jwks_file".into(),
-                format!("`{file}` is not a JWKS document: {error}"),
-            )
-        })?;
-        for (index, jwk) in set.keys.iter().enumerate() {
-            let origin = format!("auth.jwt.jwks_file keys[{index}]");
-            // The algorithm is pinned by the JWK itself; a key without `alg` could be
-            // used with any algorithm of its family, so it is refused.
-            let key_algorithm = jwk
-                .common
-                .key_algorithm
-                .ok_or_else(|| config_error(origin.clone(), "every JWK must carry `alg`"))?;
-            let algorithm = parse_algorithm(&key_algorithm.to_string())
-                .map_err(|message| config_error(origin.clone(), message))?;
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|error| config_error(origin.clone(), format!("unusable JWK: {error}")))?;
-            keys.push(VerificationKey {
-                kid: jwk.common.key_id.clone(),
-                algorithm,
-                key,
-            });
-        }
-    }
-    Ok(keys)
-}
-
-/// The first HMAC key, for `datagate token`.
-pub fn first_hmac_signing_key(
-    config: &JwtConfig,
+fn load_public_key(
+    key: &JwtKeyConfig,
+    config_key: &str,
     base_dir: &Path,
-) -> Result<(Algorithm, Option<String>, EncodingKey), AuthnError> {
-    for (index, key) in config.keys.iter().enumerate() {
-        let Ok(algorithm) = parse_algorithm(&key.algorithm) else {
-            continue;
-        };
-        if is_hmac(algorithm) {
-            let secret = read_secret(key, base_dir, &format!("auth.jwt.keys[{index}]"))?;
-            return Ok((
-                algorithm,
-                key.kid.clone(),
-                EncodingKey::from_secret(&secret),
+) -> Result<DecodingKey, AuthnError> {
+    let source_key = format!("{config_key}.public_key_file");
+    let Some(file) = &key.public_key_file else {
+        return Err(AuthnError::config(
+            config_key,
+            format!("{:?} needs `public_key_file`", key.algorithm),
+        ));
+    };
+    let path = resolve(base_dir, file);
+    let pem = fs::read(&path).map_err(|error| {
+        AuthnError::config(
+            &source_key,
+            format!("cannot read `{}`: {}", path.display(), error.kind()),
+        )
+    })?;
+    let invalid =
+        |problem: &str| AuthnError::config(&source_key, format!("`{}` {problem}", path.display()));
+    // jsonwebtoken would happily take the public half out of a private key or a
+    // certificate; we insist on a public key so private keys never live on the proxy.
+    match first_pem_label(&pem) {
+        Some("PUBLIC KEY" | "RSA PUBLIC KEY") => {}
+        Some(label) if label.contains("PRIVATE") => {
+            return Err(invalid(
+                "holds a private key; give the public key only (openssl pkey -pubout)",
             ));
         }
+        _ => return Err(invalid("is not a PEM public key (BEGIN PUBLIC KEY)")),
     }
-    Err(AuthnError::Config(
-        "no HMAC key configured in `auth.jwt.keys`: `datagate token` can only mint tokens with an HMAC (HS256/384/512) key".into(),
-    ))
+    let decoding_key = match key.algorithm.family() {
+        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+        AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
+        AlgorithmFamily::Hmac => return Err(invalid("cannot be used with an HMAC algorithm")),
+    }
+    .map_err(|_| {
+        invalid(&format!(
+            "is not a valid {:?} public key for {:?}",
+            key.algorithm.family(),
+            key.algorithm
+        ))
+    })?;
+    check_key_size(key.algorithm, &decoding_key)
+        .map_err(|problem| invalid(&format!("does not fit {:?}: {problem}", key.algorithm)))?;
+    Ok(decoding_key)
+}
+
+/// Catches an EC key of the wrong curve (e.g. a P-256 key configured for ES384) at
+/// startup instead of as a mysterious signature failure at request time.
+fn check_key_size(algorithm: Algorithm, key: &DecodingKey) -> Result<(), &'static str> {
+    let expected = match algorithm {
+        Algorithm::ES256 => 65,
+        Algorithm::ES384 => 97,
+        Algorithm::EdDSA => 32,
+        _ => return Ok(()),
+    };
+    match key.try_get_as_bytes() {
+        Ok(bytes) if bytes.len() == expected => Ok(()),
+        _ => Err("wrong curve or key size"),
+    }
+}
+
+fn first_pem_label(pem: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let begin = text.find("-----BEGIN ")? + "-----BEGIN ".len();
+    let rest = text.get(begin..)?;
+    rest.get(..rest.find("-----")?)
+}
+
+fn load_jwks(path: &Path) -> Result<Vec<LoadedKey>, AuthnError> {
+    const KEY: &str = "auth.jwt.jwks_file";
+    let text = fs::read(path).map_err(|error| {
+        AuthnError::config(
+            KEY,
+            format!("cannot read `{}`: {}", path.display(), error.kind()),
+        )
+    })?;
+    let set: JwkSet = serde_json::from_slice(&text).map_err(|error| {
+        AuthnError::config(
+            KEY,
+            format!("`{}` is not a JWK set: {error}", path.display()),
+        )
+    })?;
+    let mut loaded = Vec::with_capacity(set.keys.len());
+    for (index, jwk) in set.keys.iter().enumerate() {
+        let invalid = |problem: String| {
+            AuthnError::config(
+                KEY,
+                format!("`{}` keys[{index}]: {problem}", path.display()),
+            )
+        };
+        // Encryption keys share JWKS documents with signing keys at many IdPs; they can
+        // never verify a JWS, so they are skipped rather than refused.
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            continue;
+        }
+        let key_algorithm = jwk
+            .common
+            .key_algorithm
+            .ok_or_else(|| invalid("has no `alg`; every JWK must pin its algorithm".into()))?;
+        if matches!(
+            key_algorithm,
+            KeyAlgorithm::RSA1_5 | KeyAlgorithm::RSA_OAEP | KeyAlgorithm::RSA_OAEP_256
+        ) {
+            continue;
+        }
+        let algorithm = Algorithm::try_from(key_algorithm)
+            .map_err(|_| invalid(format!("unsupported `alg` {key_algorithm}")))?;
+        let curve_fits = match (&jwk.algorithm, algorithm) {
+            (AlgorithmParameters::OctetKey(_), _) => {
+                return Err(invalid(
+                    "symmetric (`oct`) keys are not accepted from JWKS; configure them under auth.jwt.keys"
+                        .into(),
+                ));
+            }
+            (AlgorithmParameters::EllipticCurve(params), Algorithm::ES256) => {
+                params.curve == EllipticCurve::P256
+            }
+            (AlgorithmParameters::EllipticCurve(params), Algorithm::ES384) => {
+                params.curve == EllipticCurve::P384
+            }
+            (AlgorithmParameters::OctetKeyPair(params), Algorithm::EdDSA) => {
+                params.curve == EllipticCurve::Ed25519
+            }
+            (AlgorithmParameters::RSA(_), _) => algorithm.family() == AlgorithmFamily::Rsa,
+            _ => false,
+        };
+        if !curve_fits {
+            return Err(invalid(format!(
+                "key type or curve does not match `alg` {algorithm:?}"
+            )));
+        }
+        let decoding_key = DecodingKey::from_jwk(jwk)
+            .map_err(|_| invalid("key parameters are not valid base64url".into()))?;
+        loaded.push(LoadedKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            decoding_key,
+        });
+    }
+    Ok(loaded)
+}
+
+fn resolve(base_dir: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        base_dir.join(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_label_is_read_from_the_first_begin_line() {
+        let pem = b"junk\n-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        assert_eq!(first_pem_label(pem), Some("PUBLIC KEY"));
+        assert_eq!(first_pem_label(b"no pem here"), None);
+        assert_eq!(
+            first_pem_label(b"-----BEGIN RSA PRIVATE KEY-----"),
+            Some("RSA PRIVATE KEY")
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let base = Path::new("/etc/datagate");
+        assert_eq!(
+            resolve(base, Path::new("keys/a.pem")),
+            Path::new("/etc/datagate/keys/a.pem")
+        );
+        assert_eq!(resolve(base, Path::new("/abs.pem")), Path::new("/abs.pem"));
+    }
 }

@@ -1,0 +1,101 @@
+//! A bounded cache of already-verified tokens, consulted before signature verification.
+//!
+//! RS256/ES256 verification costs hundreds of microseconds per request while clients
+//! resend the same token for its whole lifetime. The cache is keyed by sha256(token), so a
+//! hit requires presenting exactly the verified bytes, and each entry remembers the
+//! token's `exp` (+ leeway), which is enforced on every hit. It lives inside the
+//! `Authenticator`, so a config reload (key removed, issuer changed) drops it entirely.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::principal::Principal;
+
+pub(crate) type TokenDigest = [u8; 32];
+
+struct Entry {
+    principal: Principal,
+    /// Unix seconds after which the entry must not be used (`exp` + leeway).
+    usable_until: u64,
+}
+
+pub(crate) struct VerifiedTokenCache {
+    capacity: usize,
+    entries: Mutex<HashMap<TokenDigest, Entry>>,
+}
+
+impl VerifiedTokenCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        VerifiedTokenCache {
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    pub(crate) fn get(&self, digest: &TokenDigest, now: u64) -> Option<Principal> {
+        // A poisoned lock only means another thread panicked mid-insert; treating it as
+        // a miss falls back to full verification, which is always correct.
+        let entries = self.entries.lock().ok()?;
+        let entry = entries.get(digest)?;
+        (now <= entry.usable_until).then(|| entry.principal.clone())
+    }
+
+    pub(crate) fn insert(
+        &self,
+        digest: TokenDigest,
+        principal: &Principal,
+        usable_until: u64,
+        now: u64,
+    ) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= self.capacity {
+            entries.retain(|_, entry| entry.usable_until >= now);
+            // Still full of live tokens: start over rather than track recency; a burst
+            // of misses costs one verification each, never a wrong answer.
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            digest,
+            Entry {
+                principal: principal.clone(),
+                usable_until,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_capacity_is_bounded() {
+        let cache = VerifiedTokenCache::new(2);
+        let principal = Principal::anonymous(vec![]);
+        cache.insert([1; 32], &principal, 100, 50);
+        assert!(cache.get(&[1; 32], 100).is_some());
+        assert!(cache.get(&[1; 32], 101).is_none());
+        assert!(cache.get(&[2; 32], 50).is_none());
+        cache.insert([2; 32], &principal, 200, 50);
+        cache.insert([3; 32], &principal, 200, 150);
+        // [1] had expired at 150 and was evicted; [2] and [3] are live.
+        assert!(cache.get(&[1; 32], 60).is_none());
+        assert!(cache.get(&[2; 32], 150).is_some());
+        assert!(cache.get(&[3; 32], 150).is_some());
+        cache.insert([4; 32], &principal, 300, 150);
+        let live = [[2; 32], [3; 32], [4; 32]]
+            .iter()
+            .filter(|digest| cache.get(digest, 150).is_some())
+            .count();
+        assert!(live <= 2);
+        assert!(cache.get(&[4; 32], 150).is_some());
+    }
+}
