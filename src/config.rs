@@ -55,6 +55,9 @@ pub struct Config {
     /// Bounds on the SQL datagate is willing to analyse.
     #[serde(default)]
     pub sql: SqlLimitsConfig,
+    /// The grants store behind the admin API; without it grants come only from files.
+    #[serde(default)]
+    pub store: Option<crate::store::StoreConfig>,
     /// Directory relative paths are resolved against: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -86,14 +89,14 @@ pub struct UpstreamConfig {
     /// Verify the upstream's certificate (only turn off for a lab).
     #[serde(default = "default_true")]
     pub verify_certificate: bool,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_connect_timeout", with = "duration_text")]
     pub connect_timeout: Duration,
-    #[serde(default = "default_read_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_read_timeout", with = "duration_text")]
     pub read_timeout: Duration,
-    #[serde(default = "default_read_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_read_timeout", with = "duration_text")]
     pub write_timeout: Duration,
     /// How long an idle upstream connection stays in the keepalive pool.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_idle_timeout", with = "duration_text")]
     pub idle_timeout: Duration,
     /// Idle upstream connections kept for reuse.
     #[serde(default = "default_keepalive_pool_size")]
@@ -141,10 +144,10 @@ pub struct PolicyConfig {
     #[serde(default = "default_true")]
     pub watch: bool,
     /// Quiet period after the last file event before reloading (editors write in bursts).
-    #[serde(default = "default_debounce", with = "humantime_serde_compat")]
+    #[serde(default = "default_debounce", with = "duration_text")]
     pub debounce: Duration,
     /// How often file sizes and times are compared as a safety net under the watcher.
-    #[serde(default = "default_poll_interval", with = "humantime_serde_compat")]
+    #[serde(default = "default_poll_interval", with = "duration_text")]
     pub poll_interval: Duration,
 }
 
@@ -242,7 +245,7 @@ fn default_strip_headers() -> Vec<String> {
 }
 
 /// Durations are written the human way (`250ms`, `2s`, `1m`).
-mod humantime_serde_compat {
+pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

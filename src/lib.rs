@@ -24,3 +24,4 @@ pub mod rls;
 pub mod route;
 pub mod sql_location;
 pub mod state;
+pub mod store;

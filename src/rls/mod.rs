@@ -29,7 +29,7 @@ use crate::principal::Principal;
 use template::{BoundValue, CompiledClause, LiteralMode};
 
 /// SQL dialect of a datasource; decides parsing, identifier quoting and case folding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
     Postgres,
@@ -39,7 +39,7 @@ pub enum Dialect {
 }
 
 /// A datasource as configured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasourceConfig {
     pub uid: String,
@@ -55,7 +55,7 @@ pub struct DatasourceConfig {
     pub denied_functions: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FilterType {
     Regular,
@@ -63,7 +63,7 @@ pub enum FilterType {
 }
 
 /// One Superset-style RLS filter.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterDefinition {
     pub name: String,
