@@ -33,8 +33,37 @@ pub struct AuditEvent {
     pub policy_revision: u64,
 }
 
+/// One change made through the admin API (also kept in the store, `GET /api/audit`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminChangeEvent {
+    #[serde(with = "crate::state::time_rfc3339")]
+    pub timestamp: SystemTime,
+    /// Login of the caller who made the change.
+    pub actor: String,
+    /// e.g. `datasource_permission.set`.
+    pub action: String,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub store_revision: i64,
+    pub policy_revision: u64,
+}
+
+/// A line on the audit stream.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum AuditLine {
+    Request(AuditEvent),
+    AdminChange {
+        #[serde(rename = "type")]
+        line_type: &'static str,
+        #[serde(flatten)]
+        event: AdminChangeEvent,
+    },
+}
+
 pub struct AuditSink {
-    sender: SyncSender<AuditEvent>,
+    sender: SyncSender<AuditLine>,
     log_allowed: bool,
     dropped: AtomicU64,
 }
@@ -56,7 +85,7 @@ impl AuditSink {
                 )
             }
         };
-        let (sender, receiver) = sync_channel::<AuditEvent>(QUEUE_CAPACITY);
+        let (sender, receiver) = sync_channel::<AuditLine>(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("datagate-audit".to_string())
             .spawn(move || {
@@ -86,7 +115,19 @@ impl AuditSink {
     }
 
     pub fn record(&self, event: AuditEvent) {
-        match self.sender.try_send(event) {
+        self.send(AuditLine::Request(event));
+    }
+
+    /// Admin changes are always audited, whatever `audit.log_allowed` says.
+    pub fn record_admin_change(&self, event: AdminChangeEvent) {
+        self.send(AuditLine::AdminChange {
+            line_type: "admin_change",
+            event,
+        });
+    }
+
+    fn send(&self, line: AuditLine) {
+        match self.sender.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

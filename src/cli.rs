@@ -117,6 +117,8 @@ pub enum CliError {
     Routes(#[from] crate::route::RouteError),
     #[error("{0}")]
     Snapshot(#[from] crate::state::SnapshotError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("{context}: {message}")]
     Other {
         context: &'static str,
@@ -174,7 +176,7 @@ pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json:
     };
     let mut checks = Vec::new();
     let mut statements = Vec::new();
-    let identified = pipeline::identify(state, &head);
+    let identified = pipeline::identify(state, &snapshot, &head);
     let (result, route, principal, canonical_path) = match identified {
         Err(refusal) => (Err(refusal), None, None, None),
         Ok(identified) => {
@@ -272,7 +274,31 @@ pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
             message: error.to_string(),
         }
     })?;
-    let state = AppState::build(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("datagate-admin")
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::Other {
+            context: "admin runtime",
+            message: error.to_string(),
+        })?;
+    let store = match &config.store {
+        Some(store_config) => {
+            let store =
+                runtime.block_on(crate::store::Store::connect(store_config, &config.base_dir))?;
+            let contents = runtime.block_on(store.load())?;
+            tracing::info!(
+                backend = store.backend().as_str(),
+                store_revision = contents.revision,
+                "grants store connected"
+            );
+            Some((store, contents))
+        }
+        None => None,
+    };
+    let state = AppState::build_with_store(config, store)?;
+    state.confirm_store_current();
     let snapshot = state.snapshot();
     if snapshot.policy.uses_casbin_fallback() {
         tracing::warn!(
@@ -307,12 +333,15 @@ pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
         context: "SIGHUP handler",
         message: error.to_string(),
     })?;
-    start_admin_listener(state.clone())?;
+    start_admin_listener(state.clone(), runtime)?;
     run_proxy(state, upstream);
     Ok(())
 }
 
-fn start_admin_listener(state: Arc<AppState>) -> Result<(), CliError> {
+fn start_admin_listener(
+    state: Arc<AppState>,
+    runtime: tokio::runtime::Runtime,
+) -> Result<(), CliError> {
     let address = state.config.listen.admin;
     let listener = std::net::TcpListener::bind(address).map_err(|error| CliError::Other {
         context: "listen.admin",
@@ -324,19 +353,11 @@ fn start_admin_listener(state: Arc<AppState>) -> Result<(), CliError> {
             context: "listen.admin",
             message: error.to_string(),
         })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("datagate-admin")
-        .enable_all()
-        .build()
-        .map_err(|error| CliError::Other {
-            context: "admin runtime",
-            message: error.to_string(),
-        })?;
     std::thread::Builder::new()
         .name("datagate-admin".to_string())
         .spawn(move || {
             runtime.block_on(async move {
+                crate::replication::start(state.clone());
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
                         tracing::info!(%address, "admin listener ready");

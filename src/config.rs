@@ -317,6 +317,32 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(store) = &self.store {
+            if store.url.is_none() && store.url_env.is_none() {
+                return Err(ConfigError::invalid(
+                    "store.url",
+                    "required (`sqlite:PATH` or `postgresql://…`), or `store.url_env`",
+                ));
+            }
+            if store.url.is_some() && store.url_env.is_some() {
+                return Err(ConfigError::invalid(
+                    "store.url",
+                    "set `url` or `url_env`, not both",
+                ));
+            }
+            if store.poll_interval.is_zero() {
+                return Err(ConfigError::invalid(
+                    "store.poll_interval",
+                    "must be greater than zero",
+                ));
+            }
+            if store.max_staleness <= store.poll_interval * 2 {
+                return Err(ConfigError::invalid(
+                    "store.max_staleness",
+                    "must be more than twice `store.poll_interval`, or replicas would refuse requests between two polls",
+                ));
+            }
+        }
         for (key, value) in [
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.read_timeout", self.upstream.read_timeout),

@@ -84,6 +84,7 @@ impl From<&Refusal> for HttpError {
             | Refusal::MissingPermission { .. }
             | Refusal::MissingDatasourcePermission { .. } => HttpError::new(403, message),
             Refusal::BodyTooLarge { .. } => HttpError::new(413, message),
+            Refusal::PolicyStale { .. } => HttpError::new(503, message).with_kind("policy_stale"),
             Refusal::SqlLocation(_) => HttpError::new(400, message).with_kind("bad_sql_location"),
             Refusal::Sql { error, .. } => {
                 let kind = error.kind();
@@ -98,6 +99,49 @@ impl From<&Refusal> for HttpError {
                     _ => 400,
                 };
                 HttpError::new(status, message).with_kind(kind)
+            }
+        }
+    }
+}
+
+impl From<&crate::store::StoreError> for HttpError {
+    fn from(error: &crate::store::StoreError) -> HttpError {
+        use crate::store::StoreError;
+        match error {
+            StoreError::NotFound { .. } => HttpError::new(404, error.to_string()),
+            StoreError::Conflict(_) => HttpError::new(409, error.to_string()),
+            StoreError::Invalid(_) | StoreError::Rejected(_) => {
+                HttpError::new(400, error.to_string())
+            }
+            // Database and connection errors can name hosts, tables and SQL: operators
+            // read them in the log, clients get a generic message.
+            StoreError::Config { .. }
+            | StoreError::Connect { .. }
+            | StoreError::Migrate(_)
+            | StoreError::Database(_) => {
+                tracing::error!(%error, "store operation failed");
+                HttpError::new(500, "internal error: the grants store could not be used")
+            }
+        }
+    }
+}
+
+impl From<&crate::admin::AdminError> for HttpError {
+    fn from(error: &crate::admin::AdminError) -> HttpError {
+        use crate::admin::AdminError;
+        match error {
+            AdminError::Refused(refusal) => HttpError::from(refusal),
+            AdminError::Store(store_error) => HttpError::from(store_error),
+            AdminError::BadRequest(message) => HttpError::new(400, message.clone()),
+            AdminError::NotFound(message) => HttpError::new(404, message.clone()),
+            AdminError::NoStore => HttpError::new(503, error.to_string()),
+            AdminError::NotServing(_) => {
+                tracing::error!(%error, "admin write committed but not serving");
+                HttpError::new(500, "the change was saved but this replica could not apply it; see the log")
+            }
+            AdminError::Internal(_) => {
+                tracing::error!(%error, "admin API internal error");
+                HttpError::new(500, "internal error")
             }
         }
     }

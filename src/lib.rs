@@ -20,6 +20,7 @@ pub mod policy;
 pub mod principal;
 pub mod proxy;
 pub mod reload;
+pub mod replication;
 pub mod rls;
 pub mod route;
 pub mod sql_location;

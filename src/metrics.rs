@@ -20,6 +20,15 @@ pub struct Metrics {
     pub sql_rewrite_seconds: prometheus::Histogram,
     /// `result`: hit or miss.
     pub sql_rewrite_cache: IntCounterVec,
+    /// The store revision the serving snapshot was built from.
+    pub store_revision: IntGauge,
+    /// Admin API writes, by action and result (applied, rejected, failed).
+    pub admin_writes: IntCounterVec,
+    /// Store change notifications and polls, by source (notify, poll) and result.
+    pub store_syncs: IntCounterVec,
+    /// Seconds between a write's commit on some replica and this replica serving it
+    /// (measured from the audit timestamp; clocks of different hosts must agree).
+    pub store_propagation_seconds: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -79,6 +88,31 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let store_revision = IntGauge::new(
+            "datagate_store_revision",
+            "The grants store revision the serving snapshot was built from.",
+        )?;
+        let admin_writes = IntCounterVec::new(
+            Opts::new(
+                "datagate_admin_writes_total",
+                "Admin API writes, by action and result (applied, rejected, failed).",
+            ),
+            &["action", "result"],
+        )?;
+        let store_syncs = IntCounterVec::new(
+            Opts::new(
+                "datagate_store_syncs_total",
+                "Store revision checks, by source (notify, poll) and result (current, reloaded, failed).",
+            ),
+            &["source", "result"],
+        )?;
+        let store_propagation_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "datagate_store_propagation_seconds",
+                "Time from a store write's commit to this replica serving it.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decision_seconds.clone()),
@@ -87,6 +121,10 @@ impl Metrics {
             Box::new(sql_rewrites.clone()),
             Box::new(sql_rewrite_seconds.clone()),
             Box::new(sql_rewrite_cache.clone()),
+            Box::new(store_revision.clone()),
+            Box::new(admin_writes.clone()),
+            Box::new(store_syncs.clone()),
+            Box::new(store_propagation_seconds.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -99,6 +137,10 @@ impl Metrics {
             sql_rewrites,
             sql_rewrite_seconds,
             sql_rewrite_cache,
+            store_revision,
+            admin_writes,
+            store_syncs,
+            store_propagation_seconds,
         })
     }
 

@@ -10,6 +10,7 @@
 //! proves every check ran against one snapshot.
 
 use serde::Serialize;
+use sha2::Digest;
 
 use crate::authn::AuthnError;
 use crate::principal::{Principal, PrincipalKind};
@@ -57,6 +58,10 @@ pub enum Refusal {
     BodyUnreadable,
     #[error("{0}")]
     SqlLocation(#[from] crate::sql_location::SqlLocationError),
+    #[error(
+        "this replica has not confirmed its grants are current for {seconds} s; refusing rather than serving stale grants"
+    )]
+    PolicyStale { seconds: u64 },
     #[error("SQL at `{location}` refused: {error}")]
     Sql {
         location: String,
@@ -134,14 +139,19 @@ pub struct CheckOutcome {
 
 /// Stage 1–3: authenticate, canonicalise, resolve. Refuses bad credentials even on routes
 /// that would allow anonymous access: a client that presents a credential must present a
-/// valid one.
+/// valid one. A replica that cannot confirm its grants are current refuses everything
+/// first (fail closed on stale grants).
 pub fn identify<'t>(
     state: &'t AppState,
+    snapshot: &PolicySnapshot,
     head: &RequestHead<'_>,
 ) -> Result<Identified<'t>, Refusal> {
-    let principal = state
-        .authenticator
-        .authenticate(head.authorization, head.api_key)?;
+    if let Some(age) = state.policy_staleness() {
+        return Err(Refusal::PolicyStale {
+            seconds: age.as_secs(),
+        });
+    }
+    let principal = authenticate(state, snapshot, head.authorization, head.api_key)?;
     let canonical_path = canonicalize_path(head.raw_path).map_err(Refusal::BadPath)?;
     let (route, unmatched_policy) = match state.routes.resolve(head.method, &canonical_path) {
         Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
@@ -153,6 +163,50 @@ pub fn identify<'t>(
         route,
         unmatched_policy,
     })
+}
+
+/// Authenticates against the config's keys and the snapshot's service-account tokens,
+/// then adds what the grants store says about the caller (roles, teams, basic role), so
+/// authorization and row-level security see the same identity.
+pub fn authenticate(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    authorization: Option<&str>,
+    api_key: Option<&str>,
+) -> Result<Principal, AuthnError> {
+    let tokens = |token: &str| {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let (login, expires_at_ms) = snapshot
+            .store
+            .tokens
+            .get(&digest)
+            .ok_or(AuthnError::UnknownApiKey)?;
+        if expires_at_ms.is_some_and(|expires| expires <= crate::store::now_ms()) {
+            return Err(AuthnError::Expired);
+        }
+        Ok(crate::authn::service_account(login, &[], &[], None))
+    };
+    let mut principal =
+        state
+            .authenticator
+            .authenticate_with_tokens(authorization, api_key, &tokens)?;
+    if principal.kind != PrincipalKind::Anonymous
+        && let Some(subject) = principal.subjects().first()
+        && let Some(identity) = snapshot.store.identities.get(subject)
+    {
+        for role in &identity.roles {
+            if !principal.roles.contains(role) {
+                principal.roles.push(role.clone());
+            }
+        }
+        for team in &identity.teams {
+            if !principal.teams.contains(team) {
+                principal.teams.push(team.clone());
+            }
+        }
+        principal.basic_role = principal.basic_role.max(identity.basic_role);
+    }
+    Ok(principal)
 }
 
 /// Stage 5: every check against one snapshot. `body` is the bounded request body when the

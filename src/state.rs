@@ -6,10 +6,11 @@
 //! snapshot that built cleanly is swapped in; a failed build leaves the old one serving and
 //! is recorded for `GET /api/admin/policy/status`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -20,18 +21,37 @@ use crate::audit::AuditSink;
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::{CompiledPolicy, PolicyError, load_policy};
+use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine, load_policy};
 use crate::rls::{RlsError, RlsPolicy, parse_filter_file};
 use crate::route::RouteTable;
+use crate::store::{Store, StoreContents, StoreIdentity};
 
 /// One immutable policy revision: grants and RLS filters, built and swapped together.
 pub struct PolicySnapshot {
     pub revision: u64,
     pub policy: CompiledPolicy,
     pub rls: RlsPolicy,
-    /// sha256 over the model, the grant files and the filter files.
+    /// sha256 over the model, the grant files, the filter files and the store contents.
     pub digest: String,
     pub loaded_at: SystemTime,
+    pub store: StoreView,
+}
+
+/// What a snapshot takes from the grants store (empty without one).
+#[derive(Debug, Default)]
+pub struct StoreView {
+    /// The store revision this snapshot was built from.
+    pub revision: i64,
+    /// Roles, teams and basic roles the store adds to a principal, by subject.
+    pub identities: HashMap<String, StoreIdentity>,
+    /// Service-account token digest → (login, expiry in ms since the epoch).
+    pub tokens: HashMap<[u8; 32], (String, Option<i64>)>,
+    /// Every datasource uid known to config or store.
+    pub datasource_uids: HashSet<String>,
+    /// The store contents themselves, for the admin API's permission listings.
+    pub contents: Arc<StoreContents>,
+    /// Datasource grants from the policy files, for the same listings.
+    pub file_datasource_grants: Vec<SourcedLine>,
 }
 
 /// Why a snapshot could not be built; the serving one stays.
@@ -50,6 +70,7 @@ pub struct SnapshotContent {
     pub policy: CompiledPolicy,
     pub rls: RlsPolicy,
     pub digest: String,
+    pub store: StoreView,
 }
 
 /// RLS filter files: `*.rls.yaml` / `*.rls.yml` in the policy directory, by name; dotfiles
@@ -80,14 +101,49 @@ fn filter_files(directory: &Path) -> Result<Vec<(String, String)>, SnapshotError
     Ok(files)
 }
 
-/// Builds everything a snapshot holds from the config's files; nothing is swapped here.
+/// Builds everything a snapshot holds from the config's files alone (no store).
 pub fn build_snapshot_content(config: &Config) -> Result<SnapshotContent, SnapshotError> {
+    build_snapshot_content_with_store(config, &Arc::new(StoreContents::default()))
+}
+
+/// Builds everything a snapshot holds from the config's files and the store's contents;
+/// nothing is swapped here. Store grants add to file grants (grants only ever allow, so
+/// neither source can take away what the other gives); store filters and datasources
+/// join the file ones, and a name defined in both refuses the build.
+pub fn build_snapshot_content_with_store(
+    config: &Config,
+    store: &Arc<StoreContents>,
+) -> Result<SnapshotContent, SnapshotError> {
     let policy_directory = config.policy_directory();
-    let policy = load_policy(&config.policy_model_path(), &policy_directory)?;
+    let model_path = config.policy_model_path();
+    let model_text = std::fs::read_to_string(&model_path).map_err(|error| SnapshotError::Read {
+        path: model_path
+            .file_name()
+            .map_or_else(|| "policy model".into(), |name| name.to_string_lossy().into_owned()),
+        message: error.to_string(),
+    })?;
+    let file_policy = load_policy(&model_path, &policy_directory)?;
+    let mut hasher = Sha256::new();
+    hasher.update(file_policy.digest().as_bytes());
+    let file_lines = crate::policy::policy_lines_of_directory(&policy_directory)?;
+    let file_datasource_grants: Vec<SourcedLine> = file_lines
+        .iter()
+        .filter(|sourced| {
+            matches!(&sourced.line, PolicyLine::Grant { object, .. } if object.starts_with("datasources:"))
+        })
+        .cloned()
+        .collect();
+    let policy = if store.grants.is_empty() && store.role_permissions.is_empty() {
+        file_policy
+    } else {
+        let mut lines = file_lines;
+        lines.extend(store.policy_lines()?);
+        let merged = crate::policy::compile_policy(&model_text, lines)?;
+        hasher.update(merged.digest().as_bytes());
+        merged
+    };
     let files = filter_files(&policy_directory)?;
     let mut filters = Vec::new();
-    let mut hasher = Sha256::new();
-    hasher.update(policy.digest().as_bytes());
     for (name, text) in &files {
         filters.extend(parse_filter_file(name, text)?);
         hasher.update(name.as_bytes());
@@ -95,11 +151,38 @@ pub fn build_snapshot_content(config: &Config) -> Result<SnapshotContent, Snapsh
         hasher.update(text.as_bytes());
         hasher.update([0]);
     }
-    let rls = RlsPolicy::compile(&config.datasources, filters)?;
+    filters.extend(store.filters.iter().cloned());
+    let mut datasources = config.datasources.clone();
+    for datasource in &store.datasources {
+        if datasources.iter().any(|known| known.uid == datasource.uid) {
+            return Err(SnapshotError::Rls(RlsError::InvalidFilter(format!(
+                "datasource `{}` is defined both in the config file and in the store",
+                datasource.uid
+            ))));
+        }
+        datasources.push(datasource.clone());
+    }
+    let rls = RlsPolicy::compile(&datasources, filters)?;
+    // The store's content, not its revision number: two replicas at the same content
+    // agree on the digest.
+    let unnumbered = StoreContents {
+        revision: 0,
+        ..(**store).clone()
+    };
+    hasher.update(serde_json::to_vec(&unnumbered).unwrap_or_default());
+    let view = StoreView {
+        file_datasource_grants,
+        revision: store.revision,
+        identities: store.identities(),
+        tokens: store.token_logins(),
+        datasource_uids: datasources.iter().map(|datasource| datasource.uid.clone()).collect(),
+        contents: store.clone(),
+    };
     Ok(SnapshotContent {
         policy,
         rls,
         digest: hex::encode(hasher.finalize()),
+        store: view,
     })
 }
 
@@ -110,6 +193,10 @@ pub enum ReloadTrigger {
     FileChange,
     Signal,
     AdminApi,
+    /// A write through this replica's admin API.
+    StoreWrite,
+    /// Another replica's write, announced or found by the poller.
+    StoreChange,
 }
 
 impl ReloadTrigger {
@@ -119,6 +206,8 @@ impl ReloadTrigger {
             ReloadTrigger::FileChange => "file_change",
             ReloadTrigger::Signal => "signal",
             ReloadTrigger::AdminApi => "admin_api",
+            ReloadTrigger::StoreWrite => "store_write",
+            ReloadTrigger::StoreChange => "store_change",
         }
     }
 }
@@ -151,6 +240,12 @@ pub struct PolicyStatus {
     pub lines: usize,
     pub engine: &'static str,
     pub last_error: Option<ReloadFailure>,
+    /// `sqlite`, `postgres`, or `null` without a store.
+    pub store_backend: Option<&'static str>,
+    /// The store revision the serving snapshot was built from.
+    pub store_revision: i64,
+    /// Seconds since this replica last confirmed its policy is current (store only).
+    pub store_confirmed_seconds_ago: Option<f64>,
 }
 
 /// Everything a request needs, shared by the proxy workers, the admin listener and the
@@ -161,8 +256,19 @@ pub struct AppState {
     pub routes: RouteTable,
     pub metrics: Metrics,
     pub audit: AuditSink,
+    /// The grants store, when configured.
+    pub store: Option<Store>,
+    /// Serialises admin writes within this replica (the store serialises across them).
+    pub admin_writes: tokio::sync::Mutex<()>,
     snapshot: ArcSwap<PolicySnapshot>,
     next_revision: AtomicU64,
+    /// The store contents the serving snapshot was built from; file-triggered reloads
+    /// reuse them, store-triggered ones replace them.
+    store_contents: Mutex<Arc<StoreContents>>,
+    /// When this replica last confirmed that its snapshot holds the store's current
+    /// revision, in milliseconds since `started`.
+    store_confirmed_ms: AtomicI64,
+    started: Instant,
     /// Serialises reloads so two triggers cannot race to swap in older content.
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<ReloadFailure>>,
@@ -181,14 +287,30 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("audit output: {0}")]
     Audit(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl AppState {
-    /// Builds everything from a validated config; the initial policy must load.
+    /// Builds everything from a validated config, without a store; the initial policy
+    /// must load.
     pub fn build(config: Config) -> Result<Arc<AppState>, StartupError> {
+        AppState::build_with_store(config, None)
+    }
+
+    /// Builds everything from a validated config and, when given, a connected store and
+    /// its contents at start-up.
+    pub fn build_with_store(
+        config: Config,
+        store: Option<(Store, StoreContents)>,
+    ) -> Result<Arc<AppState>, StartupError> {
         let authenticator = Authenticator::from_config(&config.auth, &config.base_dir)?;
         let routes = RouteTable::from_config(&config.routes)?;
-        let content = build_snapshot_content(&config)?;
+        let (store, contents) = match store {
+            Some((store, contents)) => (Some(store), Arc::new(contents)),
+            None => (None, Arc::new(StoreContents::default())),
+        };
+        let content = build_snapshot_content_with_store(&config, &contents)?;
         let audit = AuditSink::open(&config.audit, &config.base_dir)?;
         let metrics = Metrics::new()?;
         metrics.policy_revision.set(1);
@@ -202,15 +324,22 @@ impl AppState {
             rls: content.rls,
             digest: content.digest,
             loaded_at: SystemTime::now(),
+            store: content.store,
         };
+        metrics.store_revision.set(contents.revision);
         Ok(Arc::new(AppState {
             config,
             authenticator,
             routes,
             metrics,
             audit,
+            store,
+            admin_writes: tokio::sync::Mutex::new(()),
             snapshot: ArcSwap::from_pointee(snapshot),
             next_revision: AtomicU64::new(2),
+            store_contents: Mutex::new(contents),
+            store_confirmed_ms: AtomicI64::new(0),
+            started: Instant::now(),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),
         }))
@@ -221,11 +350,61 @@ impl AppState {
         self.snapshot.load_full()
     }
 
-    /// Rebuilds the policy from disk and swaps it in if it built; the old snapshot keeps
-    /// serving otherwise.
+    /// Rebuilds the policy from disk (with the store contents already held) and swaps it
+    /// in if it built; the old snapshot keeps serving otherwise.
     pub fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadOutcome, SnapshotError> {
         let _one_reload_at_a_time = self.reload_lock.lock();
-        match build_snapshot_content(&self.config) {
+        let contents = self.store_contents.lock().clone();
+        self.rebuild(trigger, &contents)
+    }
+
+    /// Rebuilds with new store contents. Contents older than those held are ignored
+    /// (a slow poll must not undo a newer write), and contents that fail to build leave
+    /// the old snapshot and the old contents in place.
+    pub fn reload_store(
+        &self,
+        trigger: ReloadTrigger,
+        contents: StoreContents,
+    ) -> Result<ReloadOutcome, SnapshotError> {
+        let _one_reload_at_a_time = self.reload_lock.lock();
+        if contents.revision < self.store_contents.lock().revision {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let contents = Arc::new(contents);
+        let outcome = self.rebuild(trigger, &contents)?;
+        self.metrics.store_revision.set(contents.revision);
+        *self.store_contents.lock() = contents;
+        Ok(outcome)
+    }
+
+    /// The store revision the serving snapshot was built from.
+    pub fn store_revision(&self) -> i64 {
+        self.store_contents.lock().revision
+    }
+
+    /// Records that the store was just seen at a revision this replica serves.
+    pub fn confirm_store_current(&self) {
+        let elapsed = self.started.elapsed().as_millis() as i64;
+        self.store_confirmed_ms.store(elapsed, Ordering::SeqCst);
+    }
+
+    /// `Some(age)` when a store is configured and this replica has not confirmed its
+    /// policy is current for longer than `store.max_staleness`.
+    pub fn policy_staleness(&self) -> Option<Duration> {
+        let max_staleness = self.config.store.as_ref()?.max_staleness;
+        self.store.as_ref()?;
+        let confirmed = self.store_confirmed_ms.load(Ordering::SeqCst);
+        let age_ms = (self.started.elapsed().as_millis() as i64).saturating_sub(confirmed);
+        let age = Duration::from_millis(age_ms.max(0) as u64);
+        (age > max_staleness).then_some(age)
+    }
+
+    fn rebuild(
+        &self,
+        trigger: ReloadTrigger,
+        contents: &Arc<StoreContents>,
+    ) -> Result<ReloadOutcome, SnapshotError> {
+        match build_snapshot_content_with_store(&self.config, contents) {
             Ok(content) => {
                 *self.last_reload_error.lock() = None;
                 if content.digest == self.snapshot.load().digest {
@@ -252,6 +431,7 @@ impl AppState {
                     rls: content.rls,
                     digest: content.digest,
                     loaded_at: SystemTime::now(),
+                    store: content.store,
                 }));
                 self.metrics.policy_revision.set(revision as i64);
                 self.count_reload(trigger, "swapped");
@@ -290,6 +470,13 @@ impl AppState {
                 "compiled_index"
             },
             last_error: self.last_reload_error.lock().clone(),
+            store_backend: self.store.as_ref().map(|store| store.backend().as_str()),
+            store_revision: snapshot.store.revision,
+            store_confirmed_seconds_ago: self.store.as_ref().map(|_| {
+                let confirmed = self.store_confirmed_ms.load(Ordering::SeqCst);
+                let now = self.started.elapsed().as_millis() as i64;
+                (now - confirmed).max(0) as f64 / 1000.0
+            }),
         }
     }
 }

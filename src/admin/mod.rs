@@ -1,9 +1,19 @@
-//! The admin listener (axum): health, readiness, metrics, and policy administration.
+//! The admin listener (axum): health, readiness, metrics, policy administration, the
+//! Grafana-compatible datasource permissions API and the management API over the grants
+//! store.
 //!
 //! It runs on its own port and its own small tokio runtime, beside pingora's, so a flood
-//! on the proxy port cannot starve `/healthz` or a reload. `/healthz`, `/readyz` and
-//! `/metrics` are unauthenticated (probes and scrapers); `/api/admin/*` authenticates like
-//! the proxy and requires the `Admin` role.
+//! on the proxy port cannot starve `/healthz` or a reload. `/healthz`, `/readyz`,
+//! `/metrics` and `/api/openapi.json` are unauthenticated (probes, scrapers, clients);
+//! everything else authenticates like the proxy. Datasource-permission endpoints need
+//! `datasources.permissions:read`/`:write` on that datasource; every other endpoint needs
+//! the Admin role. Routes are registered through utoipa's router, so the OpenAPI document
+//! lists exactly the routes that are served.
+
+mod error;
+mod manage;
+mod permissions;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,25 +22,112 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::AdminError;
+pub use permissions::{PermissionItem, level_actions, permission_items};
+pub use support::ADMIN_ROLE;
 
 use crate::http_error::HttpError;
-use crate::pipeline::Refusal;
-use crate::principal::Principal;
 use crate::state::{AppState, ReloadTrigger};
+use support::{error_response, http_error_response, require_admin};
 
-/// The role that may use `/api/admin/*`.
-pub const ADMIN_ROLE: &str = "Admin";
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "datagate admin API",
+        description = "Grants, identities, row-level security filters and datasources behind the datagate policy sidecar. The datasource permission endpoints are wire-compatible with Grafana's.",
+    ),
+    modifiers(&BearerSecurity),
+    tags(
+        (name = "datasource permissions", description = "Grafana-compatible datasource permissions"),
+        (name = "users"), (name = "service accounts"), (name = "teams"), (name = "roles"),
+        (name = "row-level security"), (name = "datasources"), (name = "audit"), (name = "operations"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerSecurity;
+
+impl utoipa::Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a JWT, a configured API key, or a service-account token (`dgsa_…`)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every admin route, and the OpenAPI document that describes them.
+pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(reload))
+        .routes(routes!(policy_status))
+        .routes(routes!(explain))
+        .routes(routes!(permissions::get_permissions))
+        .routes(routes!(permissions::set_user_permission))
+        .routes(routes!(permissions::set_team_permission))
+        .routes(routes!(permissions::set_built_in_role_permission))
+        .routes(routes!(manage::list_users, manage::create_user))
+        .routes(routes!(manage::get_user, manage::update_user, manage::delete_user))
+        .routes(routes!(manage::list_service_accounts, manage::create_service_account))
+        .routes(routes!(
+            manage::get_service_account,
+            manage::update_service_account,
+            manage::delete_service_account
+        ))
+        .routes(routes!(manage::list_tokens, manage::create_token))
+        .routes(routes!(manage::delete_token))
+        .routes(routes!(manage::list_teams, manage::create_team))
+        .routes(routes!(manage::get_team, manage::update_team, manage::delete_team))
+        .routes(routes!(manage::list_members, manage::add_member))
+        .routes(routes!(manage::remove_member))
+        .routes(routes!(manage::list_roles, manage::create_role))
+        .routes(routes!(manage::get_role, manage::update_role, manage::delete_role))
+        .routes(routes!(manage::set_role_permissions))
+        .routes(routes!(manage::list_filters, manage::create_filter))
+        .routes(routes!(manage::get_filter, manage::update_filter, manage::delete_filter))
+        .routes(routes!(manage::list_datasources, manage::create_datasource))
+        .routes(routes!(
+            manage::get_datasource,
+            manage::update_datasource,
+            manage::delete_datasource
+        ))
+        .routes(routes!(manage::list_audit))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the admin API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/admin/reload", post(reload))
-        .route("/api/admin/policy/status", get(policy_status))
-        .route("/api/authz/explain", post(explain))
+    let (router, openapi) = routes();
+    let document = openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
+    router
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+            }),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -42,46 +139,8 @@ pub async fn serve(state: Arc<AppState>, address: SocketAddr) -> std::io::Result
     axum::serve(listener, router(state)).await
 }
 
-fn error_response(error: HttpError) -> Response {
-    let mut response = (
-        StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        [(header::CONTENT_TYPE, "application/json")],
-        error.json_body(),
-    )
-        .into_response();
-    if let Some(challenge) = error.www_authenticate
-        && let Ok(value) = challenge.parse()
-    {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
-    response
-}
-
-/// Authenticates the caller and requires the Admin role.
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, HttpError> {
-    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let principal = state
-        .authenticator
-        .authenticate(
-            text(header::AUTHORIZATION.as_str()),
-            text(state.authenticator.api_key_header()),
-        )
-        .map_err(|error| HttpError::from(&Refusal::Authentication(error)))?;
-    if principal.kind == crate::principal::PrincipalKind::Anonymous {
-        return Err(HttpError::from(&Refusal::AuthenticationRequired {
-            reason: "the admin API requires an authenticated caller".to_string(),
-        }));
-    }
-    if !principal.roles.iter().any(|role| role == ADMIN_ROLE) {
-        return Err(HttpError::from(&Refusal::MissingPermission {
-            permission: format!("role `{ADMIN_ROLE}`"),
-        }));
-    }
-    Ok(principal)
-}
-
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "the process is up")))]
 async fn healthz() -> impl IntoResponse {
     (
         StatusCode::OK,
@@ -90,15 +149,30 @@ async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// Ready once a valid snapshot is serving. The process refuses to start without one, so
-/// this is true whenever the listener answers; it stays explicit so a future asynchronous
-/// start (e.g. from a remote store) cannot report ready too early.
+/// Ready once a valid snapshot is serving and, with a store, this replica has confirmed
+/// its grants are current within `store.max_staleness`.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "serving a valid, current policy"), (status = 503, description = "grants may be stale")))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot();
-    let body = json!({"status": "ready", "policy_revision": snapshot.revision});
+    if let Some(age) = state.policy_staleness() {
+        let body = json!({
+            "status": "stale",
+            "policy_revision": snapshot.revision,
+            "message": format!("grants not confirmed current for {} s", age.as_secs()),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let body = json!({
+        "status": "ready",
+        "policy_revision": snapshot.revision,
+        "store_revision": snapshot.store.revision,
+    });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         StatusCode::OK,
@@ -107,15 +181,30 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(post, path = "/api/admin/reload", tag = "operations",
+    responses((status = 200, description = "`swapped` or `unchanged`"), (status = 422, description = "the new policy does not build; the old one keeps serving")),
+    security(("bearer" = [])))]
 async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let principal = match require_admin(&state, &headers) {
-        Ok(principal) => principal,
-        Err(error) => return error_response(error),
+    let caller = match require_admin(&state, &headers) {
+        Ok(caller) => caller,
+        Err(error) => return error_response(&error),
     };
-    tracing::info!(user = %principal.username, "reload requested through the admin API");
+    tracing::info!(user = %caller.principal.username, "reload requested through the admin API");
     let reload_state = state.clone();
-    let result =
-        tokio::task::spawn_blocking(move || reload_state.reload(ReloadTrigger::AdminApi)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        // With a store, a reload re-reads it too, so an operator can force a resync.
+        reload_state.reload(ReloadTrigger::AdminApi)
+    })
+    .await;
+    if let Some(store) = &state.store
+        && let Ok(contents) = store.load().await
+    {
+        let store_state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            store_state.reload_store(ReloadTrigger::AdminApi, contents)
+        })
+        .await;
+    }
     match result {
         Ok(Ok(outcome)) => {
             let status = state.policy_status();
@@ -125,34 +214,40 @@ async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             )
                 .into_response()
         }
-        Ok(Err(error)) => error_response(HttpError::new(
+        Ok(Err(error)) => http_error_response(HttpError::new(
             422,
             format!("reload refused, the previous policy keeps serving: {error}"),
         )),
-        Err(_) => error_response(HttpError::new(500, "reload task failed")),
+        Err(_) => http_error_response(HttpError::new(500, "reload task failed")),
     }
 }
 
+#[utoipa::path(get, path = "/api/admin/policy/status", tag = "operations",
+    responses((status = 200, description = "revision, digest, loaded_at, lines, engine, last_error, store revision")),
+    security(("bearer" = [])))]
 async fn policy_status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(error) = require_admin(&state, &headers) {
-        return error_response(error);
+        return error_response(&error);
     }
     (StatusCode::OK, axum::Json(state.policy_status())).into_response()
 }
 
 /// The same evaluation as `datagate explain`, against the serving snapshot.
+#[utoipa::path(post, path = "/api/authz/explain", tag = "operations",
+    responses((status = 200, description = "the decision with every check")),
+    security(("bearer" = [])))]
 async fn explain(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(error) = require_admin(&state, &headers) {
-        return error_response(error);
+        return error_response(&error);
     }
     let request: crate::cli::ExplainArgs = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
-            return error_response(HttpError::new(
+            return http_error_response(HttpError::new(
                 400,
                 format!("invalid explain request: {error}"),
             ));
@@ -166,5 +261,5 @@ async fn explain(
 }
 
 async fn not_found() -> Response {
-    error_response(HttpError::new(404, "no such admin endpoint"))
+    http_error_response(HttpError::new(404, "no such admin endpoint"))
 }

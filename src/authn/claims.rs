@@ -110,7 +110,7 @@ fn basic_role(claims: &Value, name: &str) -> Result<Option<BasicRole>, AuthnErro
 }
 
 /// The principal of an API key: claims are empty because there is no token.
-pub(crate) fn service_account(
+pub fn service_account(
     name: &str,
     roles: &[String],
     teams: &[String],

@@ -33,6 +33,7 @@ mod mint;
 use std::path::Path;
 
 pub use api_key::api_key_digest;
+pub use claims::service_account;
 pub use config::{
     AnonymousConfig, ApiKeyConfig, ApiKeysConfig, AuthConfig, ClaimMapping, DEFAULT_API_KEY_HEADER,
     DEFAULT_LEEWAY_SECONDS, JwtConfig, JwtKeyConfig, MAX_LEEWAY_SECONDS, MIN_HMAC_SECRET_BYTES,
@@ -48,6 +49,13 @@ use crate::principal::Principal;
 use api_key::ApiKeyTable;
 use credentials::{Presented, looks_like_jwt, presented};
 use jwt::JwtVerifier;
+
+/// Service-account tokens minted by the admin API start with this, so they are told
+/// apart from JWTs and configured API keys without trying each.
+pub const SERVICE_ACCOUNT_TOKEN_PREFIX: &str = "dgsa_";
+
+/// Looks a presented service-account token up (in the serving policy snapshot).
+pub type ServiceAccountTokens<'a> = &'a dyn Fn(&str) -> Result<Principal, AuthnError>;
 
 /// Built once per config (re)load; immutable and shared across request threads.
 pub struct Authenticator {
@@ -105,7 +113,26 @@ impl Authenticator {
         authorization: Option<&str>,
         api_key: Option<&str>,
     ) -> Result<Principal, AuthnError> {
+        self.authenticate_with_tokens(authorization, api_key, &|_| {
+            Err(AuthnError::UnknownApiKey)
+        })
+    }
+
+    /// [`Authenticator::authenticate`], where a credential that starts with
+    /// [`SERVICE_ACCOUNT_TOKEN_PREFIX`] (as `Bearer` or in the API-key header) is a
+    /// service-account token from the grants store, looked up by `tokens`.
+    pub fn authenticate_with_tokens(
+        &self,
+        authorization: Option<&str>,
+        api_key: Option<&str>,
+        tokens: ServiceAccountTokens<'_>,
+    ) -> Result<Principal, AuthnError> {
         match presented(authorization, api_key)? {
+            Presented::ApiKey(token) | Presented::Bearer(token)
+                if token.starts_with(SERVICE_ACCOUNT_TOKEN_PREFIX) =>
+            {
+                tokens(token)
+            }
             Presented::Nothing => self
                 .anonymous_roles
                 .as_ref()

@@ -177,6 +177,16 @@ pub fn compile_policy(
     compile("casbin model", model_text, lines, digest)
 }
 
+/// Every checked line of the `*.csv` files in `policy_dir`, in load order (the same
+/// files [`load_policy`] reads).
+pub fn policy_lines_of_directory(policy_dir: &Path) -> Result<Vec<SourcedLine>, PolicyError> {
+    let mut lines = Vec::new();
+    for (name, contents) in read_policy_dir(policy_dir)? {
+        lines.extend(parse_policy_file(&name, &contents)?);
+    }
+    Ok(lines)
+}
+
 /// Parses one policy file into checked lines.
 pub fn parse_policy_file(file_name: &str, contents: &str) -> Result<Vec<SourcedLine>, PolicyError> {
     let mut reader = csv::ReaderBuilder::new()

@@ -148,7 +148,7 @@ impl ProxyHttp for DatagateProxy {
             content_type: content_type.as_deref(),
         };
 
-        let identified = match pipeline::identify(&self.state, &head) {
+        let identified = match pipeline::identify(&self.state, &snapshot, &head) {
             Ok(identified) => identified,
             Err(refusal) => {
                 let outcome =

@@ -16,7 +16,7 @@ use crate::rls::{DatasourceConfig, Dialect, FilterDefinition};
 /// The name store lines carry in errors (`admin store line 3`).
 pub const STORE_SOURCE: &str = "admin store";
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StoreUser {
     pub id: i64,
     pub login: String,
@@ -36,7 +36,7 @@ impl StoreUser {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StoreToken {
     pub sha256: [u8; 32],
     pub service_account_id: i64,
@@ -44,7 +44,7 @@ pub struct StoreToken {
 }
 
 /// What the store adds to an authenticated caller with the same subject.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StoreIdentity {
     pub roles: Vec<String>,
     pub teams: Vec<String>,
@@ -52,7 +52,7 @@ pub struct StoreIdentity {
 }
 
 /// Everything in the store at one revision.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StoreContents {
     pub revision: i64,
     pub users: Vec<StoreUser>,

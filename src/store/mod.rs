@@ -25,7 +25,7 @@ use serde::Deserialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
-pub use changes::{Change, Grantee, ServiceAccountTokenInput, UserInput};
+pub use changes::{Change, DatasourceInput, Grantee, ServiceAccountTokenInput, UserInput};
 pub use contents::{StoreContents, StoreIdentity};
 pub use records::*;
 
@@ -310,7 +310,7 @@ impl Store {
             // Delivered to listeners only when the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGE_CHANNEL)
-                .bind(revision.to_string())
+                .bind(format!("{revision} {}", now_ms()))
                 .execute(&mut *transaction)
                 .await?;
         }
@@ -334,7 +334,7 @@ pub struct Applied {
     pub revision: i64,
 }
 
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)

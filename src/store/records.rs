@@ -170,7 +170,7 @@ pub struct DatasourceRecord {
 }
 
 /// One datasource grant held in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GrantRow {
     pub datasource_uid: String,
     /// `user`, `team` or `builtin`.
