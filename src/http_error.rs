@@ -137,7 +137,10 @@ impl From<&crate::admin::AdminError> for HttpError {
             AdminError::NoStore => HttpError::new(503, error.to_string()),
             AdminError::NotServing(_) => {
                 tracing::error!(%error, "admin write committed but not serving");
-                HttpError::new(500, "the change was saved but this replica could not apply it; see the log")
+                HttpError::new(
+                    500,
+                    "the change was saved but this replica could not apply it; see the log",
+                )
             }
             AdminError::Internal(_) => {
                 tracing::error!(%error, "admin API internal error");

@@ -111,7 +111,9 @@ impl Metrics {
                 "datagate_store_propagation_seconds",
                 "Time from a store write's commit to this replica serving it.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )?;
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,

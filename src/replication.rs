@@ -88,7 +88,11 @@ async fn check(state: &Arc<AppState>, store: &Store, source: &str, committed_at_
                     .store_propagation_seconds
                     .observe(latency_ms as f64 / 1000.0);
             }
-            tracing::info!(store_revision = loaded_revision, source, "store change applied");
+            tracing::info!(
+                store_revision = loaded_revision,
+                source,
+                "store change applied"
+            );
         }
         Ok(Err(error)) => {
             // The store holds something this replica cannot build (e.g. a filter for a

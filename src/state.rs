@@ -117,9 +117,10 @@ pub fn build_snapshot_content_with_store(
     let policy_directory = config.policy_directory();
     let model_path = config.policy_model_path();
     let model_text = std::fs::read_to_string(&model_path).map_err(|error| SnapshotError::Read {
-        path: model_path
-            .file_name()
-            .map_or_else(|| "policy model".into(), |name| name.to_string_lossy().into_owned()),
+        path: model_path.file_name().map_or_else(
+            || "policy model".into(),
+            |name| name.to_string_lossy().into_owned(),
+        ),
         message: error.to_string(),
     })?;
     let file_policy = load_policy(&model_path, &policy_directory)?;
@@ -175,7 +176,10 @@ pub fn build_snapshot_content_with_store(
         revision: store.revision,
         identities: store.identities(),
         tokens: store.token_logins(),
-        datasource_uids: datasources.iter().map(|datasource| datasource.uid.clone()).collect(),
+        datasource_uids: datasources
+            .iter()
+            .map(|datasource| datasource.uid.clone())
+            .collect(),
         contents: store.clone(),
     };
     Ok(SnapshotContent {

@@ -82,9 +82,11 @@ CREATE TABLE rls_filters (
     created_at BIGINT NOT NULL
 );
 
+-- `uid` is the operator's name for the datasource (as in Grafana); `uuid` is generated.
 CREATE TABLE datasources (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     uid TEXT NOT NULL UNIQUE,
+    uuid TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL,
     dialect TEXT NOT NULL,
     tables TEXT NOT NULL DEFAULT '[]',

@@ -24,8 +24,7 @@ use crate::authn::SERVICE_ACCOUNT_TOKEN_PREFIX;
 use crate::rls::FilterDefinition;
 use crate::state::AppState;
 use crate::store::{
-    Change, DatasourceInput, Page, RolePermission, ServiceAccountTokenInput, UserInput,
-    UserRecord,
+    Change, DatasourceInput, Page, RolePermission, ServiceAccountTokenInput, UserInput, UserRecord,
 };
 
 const PAGE_PARAMETERS: &[&str] = &["page", "page_size"];
@@ -128,7 +127,11 @@ async fn get_account(
     service_account: bool,
 ) -> AdminResult {
     require_admin(state, headers)?;
-    let what = if service_account { "service account" } else { "user" };
+    let what = if service_account {
+        "service account"
+    } else {
+        "user"
+    };
     let id = parse_id(what, id)?;
     let record = store(state)?.user(id, Some(service_account)).await?;
     Ok(json_response(StatusCode::OK, &record))
@@ -154,7 +157,11 @@ async fn update_account(
     service_account: bool,
 ) -> AdminResult {
     let caller = require_admin(state, headers)?;
-    let what = if service_account { "service account" } else { "user" };
+    let what = if service_account {
+        "service account"
+    } else {
+        "user"
+    };
     let id = parse_id(what, id)?;
     let input: UserInput = parse_body(body)?;
     write(
@@ -189,7 +196,11 @@ async fn delete_account(
     service_account: bool,
 ) -> AdminResult {
     let caller = require_admin(state, headers)?;
-    let what = if service_account { "service account" } else { "user" };
+    let what = if service_account {
+        "service account"
+    } else {
+        "user"
+    };
     let id = parse_id(what, id)?;
     write(
         state,
@@ -324,8 +335,11 @@ pub async fn create_token(
             let expires_at_ms = match request.seconds_to_live {
                 None | Some(0) => None,
                 Some(seconds) => Some(
-                    crate::store::now_ms()
-                        .saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX / 2_000).saturating_mul(1000)),
+                    crate::store::now_ms().saturating_add(
+                        i64::try_from(seconds)
+                            .unwrap_or(i64::MAX / 2_000)
+                            .saturating_mul(1000),
+                    ),
                 ),
             };
             let applied = write(
@@ -439,7 +453,10 @@ pub async fn list_teams(
         async {
             require_admin(&state, &headers)?;
             let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.list_teams(page).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.list_teams(page).await?,
+            ))
         }
         .await,
     )
@@ -485,7 +502,10 @@ pub async fn get_team(
         async {
             require_admin(&state, &headers)?;
             let id = parse_id("team", &id)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.team(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.team(id).await?,
+            ))
         }
         .await,
     )
@@ -515,7 +535,10 @@ pub async fn update_team(
                 },
             )
             .await?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.team(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.team(id).await?,
+            ))
         }
         .await,
     )
@@ -612,7 +635,12 @@ pub async fn remove_member(
             let caller = require_admin(&state, &headers)?;
             let team_id = parse_id("team", &id)?;
             let user_id = parse_id("user", &user_id)?;
-            write(&state, &caller, Change::RemoveTeamMember { team_id, user_id }).await?;
+            write(
+                &state,
+                &caller,
+                Change::RemoveTeamMember { team_id, user_id },
+            )
+            .await?;
             Ok(json_response(
                 StatusCode::OK,
                 &Message {
@@ -655,7 +683,10 @@ pub async fn list_roles(
         async {
             require_admin(&state, &headers)?;
             let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.list_roles(page).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.list_roles(page).await?,
+            ))
         }
         .await,
     )
@@ -702,7 +733,10 @@ pub async fn get_role(
         async {
             require_admin(&state, &headers)?;
             let id = parse_id("role", &id)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.role(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.role(id).await?,
+            ))
         }
         .await,
     )
@@ -733,7 +767,10 @@ pub async fn update_role(
                 },
             )
             .await?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.role(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.role(id).await?,
+            ))
         }
         .await,
     )
@@ -765,7 +802,10 @@ pub async fn set_role_permissions(
                 },
             )
             .await?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.role(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.role(id).await?,
+            ))
         }
         .await,
     )
@@ -804,7 +844,10 @@ pub async fn list_filters(
         async {
             require_admin(&state, &headers)?;
             let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.list_filters(page).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.list_filters(page).await?,
+            ))
         }
         .await,
     )
@@ -842,7 +885,10 @@ pub async fn get_filter(
         async {
             require_admin(&state, &headers)?;
             let id = parse_id("filter", &id)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.filter(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.filter(id).await?,
+            ))
         }
         .await,
     )
@@ -863,7 +909,10 @@ pub async fn update_filter(
             let id = parse_id("filter", &id)?;
             let filter: FilterDefinition = parse_body(&body)?;
             write(&state, &caller, Change::UpdateFilter { id, filter }).await?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.filter(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.filter(id).await?,
+            ))
         }
         .await,
     )
@@ -943,7 +992,10 @@ pub async fn get_datasource(
         async {
             require_admin(&state, &headers)?;
             let id = parse_id("datasource", &id)?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.datasource(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.datasource(id).await?,
+            ))
         }
         .await,
     )
@@ -964,7 +1016,10 @@ pub async fn update_datasource(
             let id = parse_id("datasource", &id)?;
             let input: DatasourceInput = parse_body(&body)?;
             write(&state, &caller, Change::UpdateDatasource { id, input }).await?;
-            Ok(json_response(StatusCode::OK, &store(&state)?.datasource(id).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.datasource(id).await?,
+            ))
         }
         .await,
     )
@@ -1015,7 +1070,10 @@ pub async fn list_audit(
                 from: parameters.get("from").cloned(),
                 to: parameters.get("to").cloned(),
             };
-            Ok(json_response(StatusCode::OK, &store(&state)?.audit_events(&query).await?))
+            Ok(json_response(
+                StatusCode::OK,
+                &store(&state)?.audit_events(&query).await?,
+            ))
         }
         .await,
     )

@@ -73,6 +73,7 @@ impl utoipa::Modify for BearerSecurity {
 /// Every admin route, and the OpenAPI document that describes them.
 pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(openapi_json))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
@@ -84,8 +85,15 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(permissions::set_team_permission))
         .routes(routes!(permissions::set_built_in_role_permission))
         .routes(routes!(manage::list_users, manage::create_user))
-        .routes(routes!(manage::get_user, manage::update_user, manage::delete_user))
-        .routes(routes!(manage::list_service_accounts, manage::create_service_account))
+        .routes(routes!(
+            manage::get_user,
+            manage::update_user,
+            manage::delete_user
+        ))
+        .routes(routes!(
+            manage::list_service_accounts,
+            manage::create_service_account
+        ))
         .routes(routes!(
             manage::get_service_account,
             manage::update_service_account,
@@ -94,14 +102,26 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(manage::list_tokens, manage::create_token))
         .routes(routes!(manage::delete_token))
         .routes(routes!(manage::list_teams, manage::create_team))
-        .routes(routes!(manage::get_team, manage::update_team, manage::delete_team))
+        .routes(routes!(
+            manage::get_team,
+            manage::update_team,
+            manage::delete_team
+        ))
         .routes(routes!(manage::list_members, manage::add_member))
         .routes(routes!(manage::remove_member))
         .routes(routes!(manage::list_roles, manage::create_role))
-        .routes(routes!(manage::get_role, manage::update_role, manage::delete_role))
+        .routes(routes!(
+            manage::get_role,
+            manage::update_role,
+            manage::delete_role
+        ))
         .routes(routes!(manage::set_role_permissions))
         .routes(routes!(manage::list_filters, manage::create_filter))
-        .routes(routes!(manage::get_filter, manage::update_filter, manage::delete_filter))
+        .routes(routes!(
+            manage::get_filter,
+            manage::update_filter,
+            manage::delete_filter
+        ))
         .routes(routes!(manage::list_datasources, manage::create_datasource))
         .routes(routes!(
             manage::get_datasource,
@@ -118,18 +138,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (router, openapi) = routes();
-    let document = openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
-    router
-        .route(
-            "/api/openapi.json",
-            axum::routing::get(move || {
-                let document = document.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
-            }),
-        )
-        .fallback(not_found)
-        .with_state(state)
+    routes().0.fallback(not_found).with_state(state)
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document")))]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|_| "{}".to_string())
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        document.clone(),
+    )
+        .into_response()
 }
 
 /// Binds the admin port and serves until the process exits.

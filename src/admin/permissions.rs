@@ -101,7 +101,9 @@ fn known_datasource(snapshot: &PolicySnapshot, uid: &str) -> Result<(), AdminErr
     if snapshot.store.datasource_uids.contains(uid) {
         Ok(())
     } else {
-        Err(AdminError::NotFound(format!("datasource `{uid}` not found")))
+        Err(AdminError::NotFound(format!(
+            "datasource `{uid}` not found"
+        )))
     }
 }
 

@@ -164,7 +164,9 @@ pub fn parse_id(what: &str, text: &str) -> Result<i64, AdminError> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| AdminError::BadRequest(format!("{what} id `{text}` is not a positive integer")))
+        .ok_or_else(|| {
+            AdminError::BadRequest(format!("{what} id `{text}` is not a positive integer"))
+        })
 }
 
 /// Query parameters, each at most once, only the `allowed` names.
@@ -235,9 +237,8 @@ pub async fn write(
         Ok(done) => done,
         Err(error) => {
             let result = match &error {
-                crate::store::StoreError::Database(_) | crate::store::StoreError::Connect { .. } => {
-                    "failed"
-                }
+                crate::store::StoreError::Database(_)
+                | crate::store::StoreError::Connect { .. } => "failed",
                 _ => "rejected",
             };
             state
@@ -259,16 +260,18 @@ pub async fn write(
         .admin_writes
         .with_label_values(&[applied.action.as_str(), "applied"])
         .inc();
-    state.audit.record_admin_change(crate::audit::AdminChangeEvent {
-        timestamp: std::time::SystemTime::now(),
-        actor: caller.principal.username.clone(),
-        action: applied.action.clone(),
-        target: applied.target.clone(),
-        before: applied.before.clone(),
-        after: applied.after.clone(),
-        store_revision: applied.revision,
-        policy_revision: state.snapshot().revision,
-    });
+    state
+        .audit
+        .record_admin_change(crate::audit::AdminChangeEvent {
+            timestamp: std::time::SystemTime::now(),
+            actor: caller.principal.username.clone(),
+            action: applied.action.clone(),
+            target: applied.target.clone(),
+            before: applied.before.clone(),
+            after: applied.after.clone(),
+            store_revision: applied.revision,
+            policy_revision: state.snapshot().revision,
+        });
     reloaded.map_err(|error| AdminError::NotServing(error.to_string()))?;
     state.confirm_store_current();
     Ok(applied)

@@ -113,9 +113,7 @@ impl Authenticator {
         authorization: Option<&str>,
         api_key: Option<&str>,
     ) -> Result<Principal, AuthnError> {
-        self.authenticate_with_tokens(authorization, api_key, &|_| {
-            Err(AuthnError::UnknownApiKey)
-        })
+        self.authenticate_with_tokens(authorization, api_key, &|_| Err(AuthnError::UnknownApiKey))
     }
 
     /// [`Authenticator::authenticate`], where a credential that starts with

@@ -225,10 +225,12 @@ async fn require_user(
     } else {
         "user"
     };
-    let user = user_json(tx, id).await?.ok_or_else(|| StoreError::NotFound {
-        what,
-        id: id.to_string(),
-    })?;
+    let user = user_json(tx, id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what,
+            id: id.to_string(),
+        })?;
     if let Some(wanted) = service_account
         && user["is_service_account"].as_bool() != Some(wanted)
     {
@@ -337,12 +339,14 @@ async fn write_role_permissions(
         if !seen.insert(permission) {
             continue;
         }
-        sqlx::query("INSERT INTO role_permissions (role_id, permission, view_name) VALUES ($1, $2, $3)")
-            .bind(role_id)
-            .bind(permission.permission.clone())
-            .bind(permission.view.clone())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO role_permissions (role_id, permission, view_name) VALUES ($1, $2, $3)",
+        )
+        .bind(role_id)
+        .bind(permission.permission.clone())
+        .bind(permission.view.clone())
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -461,8 +465,17 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             )
             .await?;
             let after = user_json(tx, id).await?;
-            let what = if *service_account { "service_account" } else { "user" };
-            let mut result = applied(&format!("{what}.create"), format!("{what}s/{id}"), None, after);
+            let what = if *service_account {
+                "service_account"
+            } else {
+                "user"
+            };
+            let mut result = applied(
+                &format!("{what}.create"),
+                format!("{what}s/{id}"),
+                None,
+                after,
+            );
             result.created_id = Some(id);
             Ok(result)
         }
@@ -485,8 +498,17 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             .execute(&mut **tx)
             .await?;
             let after = user_json(tx, *id).await?;
-            let what = if *service_account { "service_account" } else { "user" };
-            Ok(applied(&format!("{what}.update"), format!("{what}s/{id}"), Some(before), after))
+            let what = if *service_account {
+                "service_account"
+            } else {
+                "user"
+            };
+            Ok(applied(
+                &format!("{what}.update"),
+                format!("{what}s/{id}"),
+                Some(before),
+                after,
+            ))
         }
         Change::DeleteUser {
             id,
@@ -501,16 +523,27 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             ] {
                 sqlx::query(statement).bind(*id).execute(&mut **tx).await?;
             }
-            sqlx::query("DELETE FROM datasource_grants WHERE grantee_kind = 'user' AND grantee = $1")
-                .bind(id.to_string())
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM datasource_grants WHERE grantee_kind = 'user' AND grantee = $1",
+            )
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
             sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(*id)
                 .execute(&mut **tx)
                 .await?;
-            let what = if *service_account { "service_account" } else { "user" };
-            Ok(applied(&format!("{what}.delete"), format!("{what}s/{id}"), Some(before), None))
+            let what = if *service_account {
+                "service_account"
+            } else {
+                "user"
+            };
+            Ok(applied(
+                &format!("{what}.delete"),
+                format!("{what}s/{id}"),
+                Some(before),
+                None,
+            ))
         }
         Change::CreateTeam { name, email } => {
             check_name("name", name)?;
@@ -540,7 +573,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .execute(&mut **tx)
                 .await?;
             let after = team_json(tx, *id).await?;
-            Ok(applied("team.update", format!("teams/{id}"), Some(before), Some(after)))
+            Ok(applied(
+                "team.update",
+                format!("teams/{id}"),
+                Some(before),
+                Some(after),
+            ))
         }
         Change::DeleteTeam { id } => {
             let before = team_json(tx, *id).await?;
@@ -548,24 +586,32 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .bind(*id)
                 .execute(&mut **tx)
                 .await?;
-            sqlx::query("DELETE FROM datasource_grants WHERE grantee_kind = 'team' AND grantee = $1")
-                .bind(id.to_string())
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM datasource_grants WHERE grantee_kind = 'team' AND grantee = $1",
+            )
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
             sqlx::query("DELETE FROM teams WHERE id = $1")
                 .bind(*id)
                 .execute(&mut **tx)
                 .await?;
-            Ok(applied("team.delete", format!("teams/{id}"), Some(before), None))
+            Ok(applied(
+                "team.delete",
+                format!("teams/{id}"),
+                Some(before),
+                None,
+            ))
         }
         Change::AddTeamMember { team_id, user_id } => {
             team_json(tx, *team_id).await?;
             require_user(tx, *user_id, None).await?;
-            let existing = sqlx::query("SELECT 1 FROM team_members WHERE team_id = $1 AND user_id = $2")
-                .bind(*team_id)
-                .bind(*user_id)
-                .fetch_optional(&mut **tx)
-                .await?;
+            let existing =
+                sqlx::query("SELECT 1 FROM team_members WHERE team_id = $1 AND user_id = $2")
+                    .bind(*team_id)
+                    .bind(*user_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             if existing.is_none() {
                 sqlx::query("INSERT INTO team_members (team_id, user_id) VALUES ($1, $2)")
                     .bind(*team_id)
@@ -582,12 +628,13 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
         }
         Change::RemoveTeamMember { team_id, user_id } => {
             team_json(tx, *team_id).await?;
-            let removed = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
-                .bind(*team_id)
-                .bind(*user_id)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
+            let removed =
+                sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+                    .bind(*team_id)
+                    .bind(*user_id)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
             if removed == 0 {
                 return Err(StoreError::NotFound {
                     what: "team member",
@@ -696,7 +743,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .await?;
             write_role_permissions(tx, *id, permissions).await?;
             let after = role_json(tx, *id).await?;
-            Ok(applied("role.update", format!("roles/{id}"), Some(before), Some(after)))
+            Ok(applied(
+                "role.update",
+                format!("roles/{id}"),
+                Some(before),
+                Some(after),
+            ))
         }
         Change::DeleteRole { id } => {
             let before = role_json(tx, *id).await?;
@@ -708,7 +760,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .bind(*id)
                 .execute(&mut **tx)
                 .await?;
-            Ok(applied("role.delete", format!("roles/{id}"), Some(before), None))
+            Ok(applied(
+                "role.delete",
+                format!("roles/{id}"),
+                Some(before),
+                None,
+            ))
         }
         Change::CreateFilter(filter) => {
             check_filter(filter)?;
@@ -724,7 +781,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             )
             .await?;
             let after = filter_json(tx, id).await?;
-            let mut result = applied("rls_filter.create", format!("rls/filters/{id}"), None, Some(after));
+            let mut result = applied(
+                "rls_filter.create",
+                format!("rls/filters/{id}"),
+                None,
+                Some(after),
+            );
             result.created_id = Some(id);
             Ok(result)
         }
@@ -738,7 +800,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .execute(&mut **tx)
                 .await?;
             let after = filter_json(tx, *id).await?;
-            Ok(applied("rls_filter.update", format!("rls/filters/{id}"), Some(before), Some(after)))
+            Ok(applied(
+                "rls_filter.update",
+                format!("rls/filters/{id}"),
+                Some(before),
+                Some(after),
+            ))
         }
         Change::DeleteFilter { id } => {
             let before = filter_json(tx, *id).await?;
@@ -746,7 +813,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .bind(*id)
                 .execute(&mut **tx)
                 .await?;
-            Ok(applied("rls_filter.delete", format!("rls/filters/{id}"), Some(before), None))
+            Ok(applied(
+                "rls_filter.delete",
+                format!("rls/filters/{id}"),
+                Some(before),
+                None,
+            ))
         }
         Change::CreateDatasource(input) => {
             check_datasource(input)?;
@@ -759,10 +831,11 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             let id = insert_returning_id(
                 tx,
                 sqlx::query(
-                    "INSERT INTO datasources (uid, name, dialect, tables, deny_unlisted_tables, settings, secure_settings, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    "INSERT INTO datasources (uid, uuid, name, dialect, tables, deny_unlisted_tables, settings, secure_settings, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
                 )
                 .bind(input.uid.clone())
+                .bind(uuid::Uuid::new_v4().to_string())
                 .bind(input.name.clone())
                 .bind(json!(input.dialect).as_str().unwrap_or_default().to_string())
                 .bind(json!(input.tables).to_string())
@@ -773,18 +846,24 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             )
             .await?;
             let after = datasource_json(tx, id).await?;
-            let mut result = applied("datasource.create", format!("datasources/{id}"), None, Some(after));
+            let mut result = applied(
+                "datasource.create",
+                format!("datasources/{id}"),
+                None,
+                Some(after),
+            );
             result.created_id = Some(id);
             Ok(result)
         }
         Change::UpdateDatasource { id, input } => {
             check_datasource(input)?;
             let before = datasource_json(tx, *id).await?;
-            let stored: String = sqlx::query("SELECT secure_settings FROM datasources WHERE id = $1")
-                .bind(*id)
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get(0)?;
+            let stored: String =
+                sqlx::query("SELECT secure_settings FROM datasources WHERE id = $1")
+                    .bind(*id)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?;
             let mut secure: serde_json::Map<String, Value> =
                 serde_json::from_str(&stored).unwrap_or_default();
             for (key, value) in &input.secure_settings {
@@ -809,7 +888,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             .execute(&mut **tx)
             .await?;
             let after = datasource_json(tx, *id).await?;
-            Ok(applied("datasource.update", format!("datasources/{id}"), Some(before), Some(after)))
+            Ok(applied(
+                "datasource.update",
+                format!("datasources/{id}"),
+                Some(before),
+                Some(after),
+            ))
         }
         Change::DeleteDatasource { id } => {
             let before = datasource_json(tx, *id).await?;
@@ -821,7 +905,12 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 .bind(*id)
                 .execute(&mut **tx)
                 .await?;
-            Ok(applied("datasource.delete", format!("datasources/{id}"), Some(before), None))
+            Ok(applied(
+                "datasource.delete",
+                format!("datasources/{id}"),
+                Some(before),
+                None,
+            ))
         }
     }
 }

@@ -73,9 +73,11 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
         .await?
         .try_get(0)?;
     let mut users = Vec::new();
-    for row in sqlx::query("SELECT id, login, is_service_account, basic_role, roles FROM users ORDER BY id")
-        .fetch_all(&mut **tx)
-        .await?
+    for row in sqlx::query(
+        "SELECT id, login, is_service_account, basic_role, roles FROM users ORDER BY id",
+    )
+    .fetch_all(&mut **tx)
+    .await?
     {
         let basic_role: Option<String> = row.try_get("basic_role")?;
         users.push(StoreUser {
@@ -92,12 +94,13 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
         .iter()
         .map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
         .collect::<Result<_, StoreError>>()?;
-    let members = sqlx::query("SELECT team_id, user_id FROM team_members ORDER BY team_id, user_id")
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get("team_id")?, row.try_get("user_id")?)))
-        .collect::<Result<_, StoreError>>()?;
+    let members =
+        sqlx::query("SELECT team_id, user_id FROM team_members ORDER BY team_id, user_id")
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("team_id")?, row.try_get("user_id")?)))
+            .collect::<Result<_, StoreError>>()?;
     let mut tokens = Vec::new();
     for row in sqlx::query(
         "SELECT token_sha256, service_account_id, expires_at FROM service_account_tokens ORDER BY id",
@@ -148,18 +151,22 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
     {
         let text: String = row.try_get(0)?;
         filters.push(
-            serde_json::from_str(&text)
-                .map_err(|error| StoreError::Database(format!("stored filter unreadable: {error}")))?,
+            serde_json::from_str(&text).map_err(|error| {
+                StoreError::Database(format!("stored filter unreadable: {error}"))
+            })?,
         );
     }
     let mut datasources = Vec::new();
-    for row in sqlx::query("SELECT uid, dialect, tables, deny_unlisted_tables FROM datasources ORDER BY id")
-        .fetch_all(&mut **tx)
-        .await?
+    for row in sqlx::query(
+        "SELECT uid, dialect, tables, deny_unlisted_tables FROM datasources ORDER BY id",
+    )
+    .fetch_all(&mut **tx)
+    .await?
     {
         let dialect: String = row.try_get("dialect")?;
-        let dialect: Dialect = serde_json::from_value(serde_json::Value::String(dialect.clone()))
-            .map_err(|_| StoreError::Database(format!("stored dialect `{dialect}` unknown")))?;
+        let dialect: Dialect =
+            serde_json::from_value(serde_json::Value::String(dialect.clone()))
+                .map_err(|_| StoreError::Database(format!("stored dialect `{dialect}` unknown")))?;
         datasources.push(DatasourceConfig {
             uid: row.try_get("uid")?,
             dialect,
@@ -231,9 +238,11 @@ impl StoreContents {
         }
         // Same checks as a file line, so the store cannot hold what a file could not.
         for sourced in &lines {
-            PolicyLine::from_fields(&sourced.line.fields()).map_err(|problem| crate::policy::PolicyError::Line {
-                location: sourced.source.clone(),
-                problem,
+            PolicyLine::from_fields(&sourced.line.fields()).map_err(|problem| {
+                crate::policy::PolicyError::Line {
+                    location: sourced.source.clone(),
+                    problem,
+                }
             })?;
         }
         Ok(lines)

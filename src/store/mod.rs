@@ -46,11 +46,17 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// How often every replica compares the store's revision with its own, as a safety
     /// net under `LISTEN`.
-    #[serde(default = "default_poll_interval", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_poll_interval",
+        with = "crate::config::duration_text"
+    )]
     pub poll_interval: Duration,
     /// A replica that has not confirmed its policy is current for this long answers data
     /// requests with 503 instead of serving possibly stale grants.
-    #[serde(default = "default_max_staleness", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_max_staleness",
+        with = "crate::config::duration_text"
+    )]
     pub max_staleness: Duration,
 }
 
@@ -169,8 +175,7 @@ impl StoreConfig {
             if path.is_empty() || path == ":memory:" {
                 return Err(StoreError::Config {
                     key: "store.url",
-                    message: "an SQLite store needs a file path (`sqlite:data/datagate.db`)"
-                        .into(),
+                    message: "an SQLite store needs a file path (`sqlite:data/datagate.db`)".into(),
                 });
             }
             let resolved = base_dir.join(path);
@@ -315,7 +320,13 @@ impl Store {
                 .await?;
         }
         transaction.commit().await?;
-        Ok((Applied { revision, ..applied }, contents))
+        Ok((
+            Applied {
+                revision,
+                ..applied
+            },
+            contents,
+        ))
     }
 }
 

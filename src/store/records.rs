@@ -157,7 +157,10 @@ pub struct FilterRecord {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DatasourceRecord {
     pub id: i64,
+    /// The operator's identifier, used in grants and routes.
     pub uid: String,
+    /// Generated at creation.
+    pub uuid: String,
     pub name: String,
     pub dialect: Dialect,
     pub tables: Vec<String>,
@@ -274,6 +277,7 @@ pub(crate) fn datasource_from_row(row: &AnyRow) -> Result<DatasourceRecord, Stor
     Ok(DatasourceRecord {
         id: row.try_get("id")?,
         uid: row.try_get("uid")?,
+        uuid: row.try_get("uuid")?,
         name: row.try_get("name")?,
         dialect: serde_json::from_value(serde_json::Value::String(dialect.clone()))
             .map_err(|_| StoreError::Database(format!("stored dialect `{dialect}` unknown")))?,
@@ -419,12 +423,13 @@ impl Store {
     ) -> Result<Page<TokenRecord>, StoreError> {
         page.validate()?;
         self.user(service_account_id, Some(true)).await?;
-        let total =
-            sqlx::query("SELECT COUNT(*) FROM service_account_tokens WHERE service_account_id = $1")
-                .bind(service_account_id)
-                .fetch_one(self.pool())
-                .await?
-                .try_get::<i64, _>(0)?;
+        let total = sqlx::query(
+            "SELECT COUNT(*) FROM service_account_tokens WHERE service_account_id = $1",
+        )
+        .bind(service_account_id)
+        .fetch_one(self.pool())
+        .await?
+        .try_get::<i64, _>(0)?;
         let rows = sqlx::query(
             "SELECT id, uid, name, service_account_id, created_at, expires_at \
              FROM service_account_tokens WHERE service_account_id = $1 ORDER BY id LIMIT $2 OFFSET $3",
@@ -441,13 +446,11 @@ impl Store {
     pub async fn list_roles(&self, page: PageRequest) -> Result<Page<RoleRecord>, StoreError> {
         page.validate()?;
         let total = self.count("SELECT COUNT(*) FROM roles").await?;
-        let rows = sqlx::query(
-            "SELECT id FROM roles ORDER BY id LIMIT $1 OFFSET $2",
-        )
-        .bind(page.page_size)
-        .bind(page.offset())
-        .fetch_all(self.pool())
-        .await?;
+        let rows = sqlx::query("SELECT id FROM roles ORDER BY id LIMIT $1 OFFSET $2")
+            .bind(page.page_size)
+            .bind(page.offset())
+            .fetch_all(self.pool())
+            .await?;
         let mut items = Vec::with_capacity(rows.len());
         for row in rows {
             items.push(self.role(row.try_get("id")?).await?);
@@ -456,14 +459,15 @@ impl Store {
     }
 
     pub async fn role(&self, id: i64) -> Result<RoleRecord, StoreError> {
-        let row = sqlx::query("SELECT id, uid, name, description, created_at FROM roles WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "role",
-                id: id.to_string(),
-            })?;
+        let row =
+            sqlx::query("SELECT id, uid, name, description, created_at FROM roles WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "role",
+                    id: id.to_string(),
+                })?;
         let permissions = sqlx::query(
             "SELECT permission, view_name FROM role_permissions WHERE role_id = $1 ORDER BY view_name, permission",
         )
@@ -503,14 +507,15 @@ impl Store {
     }
 
     pub async fn filter(&self, id: i64) -> Result<FilterRecord, StoreError> {
-        let row = sqlx::query("SELECT id, uid, definition, created_at FROM rls_filters WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "filter",
-                id: id.to_string(),
-            })?;
+        let row =
+            sqlx::query("SELECT id, uid, definition, created_at FROM rls_filters WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "filter",
+                    id: id.to_string(),
+                })?;
         filter_from_row(&row)
     }
 
@@ -527,7 +532,10 @@ impl Store {
         .bind(page.offset())
         .fetch_all(self.pool())
         .await?;
-        let items = rows.iter().map(datasource_from_row).collect::<Result<_, _>>()?;
+        let items = rows
+            .iter()
+            .map(datasource_from_row)
+            .collect::<Result<_, _>>()?;
         Ok(Page::new(items, page, total))
     }
 
@@ -570,15 +578,18 @@ impl Store {
         // Empty string = no filter; keeps one statement for every combination.
         let user = query.user.clone().unwrap_or_default();
         let action = query.action.clone().unwrap_or_default();
-        let condition = "($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) AND at_ms >= $3 AND at_ms < $4";
-        let total = sqlx::query(&format!("SELECT COUNT(*) FROM audit_events WHERE {condition}"))
-            .bind(user.clone())
-            .bind(action.clone())
-            .bind(from)
-            .bind(to)
-            .fetch_one(self.pool())
-            .await?
-            .try_get::<i64, _>(0)?;
+        let condition =
+            "($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) AND at_ms >= $3 AND at_ms < $4";
+        let total = sqlx::query(&format!(
+            "SELECT COUNT(*) FROM audit_events WHERE {condition}"
+        ))
+        .bind(user.clone())
+        .bind(action.clone())
+        .bind(from)
+        .bind(to)
+        .fetch_one(self.pool())
+        .await?
+        .try_get::<i64, _>(0)?;
         let rows = sqlx::query(&format!(
             "SELECT id, uid, at_ms, actor, action, target, before_state, after_state, revision \
              FROM audit_events WHERE {condition} ORDER BY id DESC LIMIT $5 OFFSET $6"
@@ -612,4 +623,4 @@ impl Store {
     }
 }
 
-pub(crate) const DATASOURCE_SELECT: &str = "SELECT id, uid, name, dialect, tables, deny_unlisted_tables, settings, secure_settings, created_at FROM datasources";
+pub(crate) const DATASOURCE_SELECT: &str = "SELECT id, uid, uuid, name, dialect, tables, deny_unlisted_tables, settings, secure_settings, created_at FROM datasources";

@@ -128,7 +128,10 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
             assert_eq!(audit.total_count, 3, "{backend:?}");
             assert_eq!(audit.items[0].action, "datasource_permission.set");
             assert!(audit.items[0].after.is_none());
-            assert_eq!(audit.items[0].before.as_ref().unwrap()["permission"], "Query");
+            assert_eq!(
+                audit.items[0].before.as_ref().unwrap()["permission"],
+                "Query"
+            );
 
             // Unknown ids and duplicate names are clear errors.
             let error = store
@@ -155,7 +158,10 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                 service_account: false,
             };
             let error = store.apply("admin", duplicate, &accept).await.unwrap_err();
-            assert!(matches!(error, StoreError::Conflict(_)), "{backend:?}: {error}");
+            assert!(
+                matches!(error, StoreError::Conflict(_)),
+                "{backend:?}: {error}"
+            );
         }
     });
 }
@@ -227,7 +233,11 @@ fn urls_resolve_relative_sqlite_paths_and_refuse_others() {
         "sqlite:///etc/datagate/data/x.db?mode=rwc"
     );
     assert!(config("mysql://x").resolve_url(Path::new("/")).is_err());
-    assert!(config("sqlite::memory:").resolve_url(Path::new("/")).is_err());
+    assert!(
+        config("sqlite::memory:")
+            .resolve_url(Path::new("/"))
+            .is_err()
+    );
     assert_eq!(
         redact(
             "error connecting to postgresql://admin:hunter2@db/x",

@@ -28,6 +28,8 @@ pub struct GatewayOptions {
     pub watch: bool,
     /// YAML for the `datasources:` key; the example config's when `None`.
     pub datasources_yaml: Option<String>,
+    /// YAML for the `store:` key; no store when `None`.
+    pub store_yaml: Option<String>,
 }
 
 impl GatewayOptions {
@@ -40,6 +42,7 @@ impl GatewayOptions {
             log_allowed: false,
             watch: true,
             datasources_yaml: None,
+            store_yaml: None,
         }
     }
 }
@@ -117,7 +120,7 @@ auth:
       org_role: org_role
 routes:
 {routes}datasources:
-{datasources}audit:
+{datasources}{store}audit:
   output: audit.log
   log_allowed: {log_allowed}
 "#,
@@ -127,6 +130,11 @@ routes:
             datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
             watch = options.watch,
+            store = options
+                .store_yaml
+                .as_ref()
+                .map(|store| format!("store:\n{}", indent(store, 2)))
+                .unwrap_or_default(),
         )
     }
 
@@ -158,16 +166,7 @@ routes:
         let config_path = dir.path().join("datagate.yaml");
         std::fs::write(&config_path, Gateway::config_yaml(&options, proxy, admin)).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_datagate"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("DATAGATE_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let process = ChildProcess::new(child);
+        let process = spawn_datagate(&config_path);
         wait_until_ready(admin, proxy);
         Gateway {
             audit_path: dir.path().join("audit.log"),
@@ -265,6 +264,36 @@ routes:
     pub fn pid(&self) -> u32 {
         self.process.id()
     }
+
+    /// Stops the process and starts it again on the same config, directory and ports.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = spawn_datagate(&self.config_path);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect(self.admin).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!("datagate did not come back after a restart");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        wait_until_ready(self.admin, self.proxy);
+    }
+}
+
+fn spawn_datagate(config_path: &Path) -> ChildProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_datagate"))
+        .arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .env("DATAGATE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    ChildProcess::new(child)
 }
 
 /// Writes through a temporary file and a rename, as editors and config tools do.

@@ -26,6 +26,12 @@ impl ChildProcess {
     pub fn id(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills the process and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ChildProcess {
@@ -114,6 +120,37 @@ pub fn recorded_requests(upstream: SocketAddr) -> Vec<RecordedRequest> {
         .unwrap()
         .into_json()
         .unwrap()
+}
+
+/// One HTTP call with an optional bearer token and JSON body; any status is returned, with
+/// the body parsed as JSON (`Null` when it is not JSON).
+pub fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut request = ureq::request(method, url).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request
+            .set("Content-Type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 pub fn clear_recorded(upstream: SocketAddr) {
