@@ -2,6 +2,8 @@
 //! PostgreSQL when `DATAGATE_TEST_PG_URL` is set), real HTTP, and the proxy's decisions
 //! checked against the demo upstream's recorder after every write.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

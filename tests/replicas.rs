@@ -3,6 +3,8 @@
 //! the others, and a replica that cannot confirm its grants are current refuses data
 //! requests until it can again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};
