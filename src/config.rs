@@ -55,6 +55,9 @@ pub struct Config {
     /// Bounds on the SQL datagate is willing to analyse.
     #[serde(default)]
     pub sql: SqlLimitsConfig,
+    /// Export controls (Superset's granular export permissions).
+    #[serde(default)]
+    pub exports: crate::export::ExportConfig,
     /// The grants store behind the admin API; without it grants come only from files.
     #[serde(default)]
     pub store: Option<crate::store::StoreConfig>,

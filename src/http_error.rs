@@ -19,6 +19,8 @@ pub struct HttpError {
     pub www_authenticate: Option<String>,
     /// A stable machine-readable reason where one exists (SQL refusals).
     pub kind: Option<&'static str>,
+    /// A complete body replacing `{"message", "kind"}` (JSON-RPC errors).
+    pub raw_body: Option<Vec<u8>>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +37,7 @@ impl HttpError {
             message: message.into(),
             www_authenticate: None,
             kind: None,
+            raw_body: None,
         }
     }
 
@@ -54,10 +57,43 @@ impl HttpError {
             message,
             www_authenticate: Some(challenge),
             kind: None,
+            raw_body: None,
         }
     }
 
+    /// The same refusal as a JSON-RPC error (HTTP 200), for MCP routes. Authentication
+    /// and availability refusals stay HTTP (401 with its challenge, 503), as MCP clients
+    /// expect.
+    pub fn as_json_rpc(&self, id: &serde_json::Value) -> Option<HttpError> {
+        if matches!(self.status, 401 | 503) {
+            return None;
+        }
+        let code = match self.status {
+            400 | 413 => -32600,
+            _ => -32001,
+        };
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": code,
+                "message": self.message,
+                "data": {"status": self.status, "kind": self.kind},
+            },
+        });
+        Some(HttpError {
+            status: 200,
+            message: self.message.clone(),
+            www_authenticate: None,
+            kind: self.kind,
+            raw_body: Some(serde_json::to_vec(&body).unwrap_or_default()),
+        })
+    }
+
     pub fn json_body(&self) -> Vec<u8> {
+        if let Some(body) = &self.raw_body {
+            return body.clone();
+        }
         serde_json::to_vec(&ErrorBody {
             message: &self.message,
             kind: self.kind,
@@ -84,6 +120,13 @@ impl From<&Refusal> for HttpError {
             | Refusal::MissingPermission { .. }
             | Refusal::MissingDatasourcePermission { .. } => HttpError::new(403, message),
             Refusal::BodyTooLarge { .. } => HttpError::new(413, message),
+            Refusal::TablePageFiltered { .. } => {
+                HttpError::new(403, message).with_kind("table_page_filtered")
+            }
+            Refusal::McpInvalid(_) => HttpError::new(400, message).with_kind("mcp_invalid"),
+            Refusal::McpUnknownTool(_) => {
+                HttpError::new(403, message).with_kind("mcp_unknown_tool")
+            }
             Refusal::PolicyStale { .. } => HttpError::new(503, message).with_kind("policy_stale"),
             Refusal::SqlLocation(_) => HttpError::new(400, message).with_kind("bad_sql_location"),
             Refusal::Sql { error, .. } => {

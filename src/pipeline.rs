@@ -62,6 +62,12 @@ pub enum Refusal {
         "this replica has not confirmed its grants are current for {seconds} s; refusing rather than serving stale grants"
     )]
     PolicyStale { seconds: u64 },
+    #[error("{reason}")]
+    TablePageFiltered { reason: String },
+    #[error("invalid MCP request: {0}")]
+    McpInvalid(String),
+    #[error("MCP tool `{0}` is not in datagate's tool table, so it is refused")]
+    McpUnknownTool(String),
     #[error("SQL at `{location}` refused: {error}")]
     Sql {
         location: String,
@@ -110,9 +116,14 @@ pub struct Permit {
     canonical_path: String,
     datasource_uids: Vec<String>,
     policy_revision: u64,
+    exports: crate::export::ExportAllowance,
 }
 
 impl Permit {
+    /// Which exports the caller may make (for the response-side guard).
+    pub fn exports(&self) -> crate::export::ExportAllowance {
+        self.exports
+    }
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
@@ -232,11 +243,21 @@ pub fn authorize(
                     "unmatched route: allowed by `routes.unmatched: allow`".into(),
                     true,
                 );
-                Ok(permit(snapshot, identified, Vec::new()))
+                Ok(permit(
+                    snapshot,
+                    identified,
+                    Vec::new(),
+                    &identified.principal.subjects(),
+                ))
             }
             UnmatchedPolicy::Authenticated if !anonymous => {
                 record("unmatched route: caller is authenticated".into(), true);
-                Ok(permit(snapshot, identified, Vec::new()))
+                Ok(permit(
+                    snapshot,
+                    identified,
+                    Vec::new(),
+                    &identified.principal.subjects(),
+                ))
             }
             UnmatchedPolicy::Authenticated => {
                 record("unmatched route: caller is authenticated".into(), false);
@@ -338,7 +359,128 @@ pub fn authorize(
             }
         }
     }
-    Ok(permit(snapshot, identified, datasource_uids))
+
+    if let Some(table_param) = route.table_page_param() {
+        let table = match params.lookup(table_param) {
+            Some(crate::route::ParamValue::Text(table)) => {
+                tilde_decode(table).ok_or_else(|| Refusal::TablePageFiltered {
+                    reason: format!("table name `{table}` is not validly encoded"),
+                })?
+            }
+            _ => {
+                return Err(Refusal::TablePageFiltered {
+                    reason: "the table name is not valid UTF-8".into(),
+                });
+            }
+        };
+        for uid in &datasource_uids {
+            let result = snapshot.rls.table_page_allowed(uid, &table, principal);
+            record(
+                format!("table page `{table}` unfiltered for this caller"),
+                result.is_ok(),
+            );
+            result.map_err(|reason| Refusal::TablePageFiltered { reason })?;
+        }
+    }
+
+    if let Some(export) = route.export() {
+        let is_export = export
+            .applies(params, head.query, body, head.content_type)
+            .map_err(Refusal::BadRequest)?;
+        if is_export && let Some(required) = snapshot.exports.required_permission(export.kind) {
+            let passed = snapshot
+                .policy
+                .allows(&subjects, &required.view, &required.action);
+            record(
+                format!("{} export needs `{required}`", export.kind.as_str()),
+                passed,
+            );
+            if !passed {
+                return Err(denied(required.to_string()));
+            }
+        }
+    }
+    Ok(permit(snapshot, identified, datasource_uids, &subjects))
+}
+
+/// Datasette's tilde-encoding of names in paths (`~2F` is `/`); `None` when a `~` is not
+/// followed by two hex digits or the result is not UTF-8, so an encoded name can never
+/// name a different table to datagate than to Datasette.
+pub fn tilde_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'~' {
+            let hex = bytes.get(index + 1..index + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// The JSON-RPC call of an MCP request, once its tool is known.
+#[derive(Debug, Clone, Default)]
+pub struct McpCall {
+    /// The request's `id`, for a JSON-RPC error answer.
+    pub id: serde_json::Value,
+    /// `Some` for `tools/call`.
+    pub tool: Option<String>,
+}
+
+/// On an MCP route, reads the JSON-RPC request and, for `tools/call`, switches the
+/// identified route to the tool's own route (`mcp.<tool>`), whose checks and SQL then
+/// apply. Batches are refused: each call must be decided on its own.
+pub fn select_mcp_tool<'t>(
+    identified: &mut Identified<'t>,
+    body: Option<&[u8]>,
+) -> Result<Option<McpCall>, Refusal> {
+    let Some((route, params)) = &identified.route else {
+        return Ok(None);
+    };
+    let Some(tools) = route.mcp() else {
+        return Ok(None);
+    };
+    let route: &'t crate::route::Route = route;
+    let document: serde_json::Value = serde_json::from_slice(body.unwrap_or_default())
+        .map_err(|error| Refusal::McpInvalid(format!("the body is not JSON: {error}")))?;
+    let Some(request) = document.as_object() else {
+        return Err(Refusal::McpInvalid(
+            "batch requests are not supported; send one JSON-RPC request per HTTP request".into(),
+        ));
+    };
+    let mut call = McpCall {
+        id: request
+            .get("id")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+        tool: None,
+    };
+    let method = request
+        .get("method")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Refusal::McpInvalid("`method` is missing or not a string".into()))?;
+    if method != "tools/call" {
+        return Ok(Some(call));
+    }
+    let name = request
+        .get("params")
+        .and_then(|params| params.get("name"))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Refusal::McpInvalid("`params.name` is missing or not a string".into()))?;
+    let tool = tools
+        .tool(name)
+        .ok_or_else(|| Refusal::McpUnknownTool(name.to_string()))?;
+    let params = params.clone();
+    let _ = route;
+    identified.route = Some((tool, params));
+    call.tool = Some(name.to_string());
+    Ok(Some(call))
 }
 
 /// JSON unless declared otherwise: a body without a content type is still inspected as JSON.
@@ -354,6 +496,7 @@ fn permit(
     snapshot: &PolicySnapshot,
     identified: &Identified<'_>,
     datasource_uids: Vec<String>,
+    subjects: &[String],
 ) -> Permit {
     Permit {
         principal: identified.principal.clone(),
@@ -361,6 +504,7 @@ fn permit(
         canonical_path: identified.canonical_path.clone(),
         datasource_uids,
         policy_revision: snapshot.revision,
+        exports: snapshot.exports.allowance(&snapshot.policy, subjects),
     }
 }
 
@@ -459,3 +603,138 @@ pub fn rewrite_sql(
 
 /// The action a SQL statement needs on its datasource.
 pub const QUERY_ACTION: &str = "datasources:query";
+
+/// The path of the caller's own permissions on the proxy port.
+pub const PERMISSIONS_PATH: &str = "/api/me/permissions";
+/// Its name in metrics and audit events.
+pub const PERMISSIONS_ROUTE: &str = "datagate-me-permissions";
+
+/// `GET /api/me/permissions` (exactly; it is never forwarded).
+pub fn is_permissions_request(head: &RequestHead<'_>) -> bool {
+    (head.method == "GET" || head.method == "HEAD")
+        && canonicalize_path(head.raw_path).is_ok_and(|path| path == PERMISSIONS_PATH)
+}
+
+/// What the caller may do, so a frontend can disable a button instead of meeting a 403.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallerPermissions {
+    pub user: String,
+    pub kind: PrincipalKind,
+    pub roles: Vec<String>,
+    pub teams: Vec<String>,
+    pub basic_role: Option<crate::principal::BasicRole>,
+    /// FAB permissions as granted (a `view` of `*` covers every view).
+    pub permissions: Vec<GrantedPermission>,
+    pub exports: ExportPermissions,
+    /// Every known datasource: the caller's level and allowed actions there.
+    pub datasources: std::collections::BTreeMap<String, DatasourceAccess>,
+    pub policy_revision: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantedPermission {
+    pub permission: String,
+    pub view: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportPermissions {
+    pub granular_export_controls: bool,
+    pub data: bool,
+    pub image: bool,
+    pub clipboard: bool,
+    /// The permission each kind needs (`null`: not controlled).
+    pub required: std::collections::BTreeMap<&'static str, Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasourceAccess {
+    /// The highest of `Query`, `Edit`, `Admin` whose every action is allowed.
+    pub level: Option<&'static str>,
+    pub actions: Vec<&'static str>,
+}
+
+const DATASOURCE_ACTIONS: [&str; 6] = [
+    "datasources:read",
+    "datasources:query",
+    "datasources:write",
+    "datasources:delete",
+    "datasources.permissions:read",
+    "datasources.permissions:write",
+];
+
+/// The caller's effective permissions under `snapshot`, decided by the same engine and
+/// store identity enrichment as every proxied request.
+pub fn caller_permissions(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    head: &RequestHead<'_>,
+) -> Result<CallerPermissions, Refusal> {
+    if let Some(age) = state.policy_staleness() {
+        return Err(Refusal::PolicyStale {
+            seconds: age.as_secs(),
+        });
+    }
+    let principal = authenticate(state, snapshot, head.authorization, head.api_key)?;
+    let subjects = principal.subjects();
+    let effective = snapshot.policy.effective_permissions(&subjects);
+    let allowance = snapshot.exports.allowance(&snapshot.policy, &subjects);
+    let mut required = std::collections::BTreeMap::new();
+    for kind in crate::export::ExportKind::ALL {
+        required.insert(
+            kind.as_str(),
+            snapshot
+                .exports
+                .required_permission(kind)
+                .map(|permission| permission.to_string()),
+        );
+    }
+    let mut datasources = std::collections::BTreeMap::new();
+    for uid in &snapshot.store.datasource_uids {
+        let object = crate::policy::datasource_object(uid);
+        let actions: Vec<&'static str> = DATASOURCE_ACTIONS
+            .into_iter()
+            .filter(|action| snapshot.policy.allows(&subjects, &object, action))
+            .collect();
+        let level = ["Admin", "Edit", "Query"].into_iter().find(|level| {
+            crate::admin::level_actions(level)
+                .iter()
+                .all(|action| actions.contains(&action.as_str()))
+        });
+        datasources.insert(uid.clone(), DatasourceAccess { level, actions });
+    }
+    Ok(CallerPermissions {
+        user: principal.username.clone(),
+        kind: principal.kind,
+        roles: principal.roles.clone(),
+        teams: principal.teams.clone(),
+        basic_role: principal.basic_role,
+        permissions: effective
+            .role_permissions
+            .into_iter()
+            .map(|(permission, view)| GrantedPermission { permission, view })
+            .collect(),
+        exports: ExportPermissions {
+            granular_export_controls: snapshot.exports.granular_export_controls,
+            data: allowance.data,
+            image: allowance.image,
+            clipboard: allowance.clipboard,
+            required,
+        },
+        datasources,
+        policy_revision: snapshot.revision,
+    })
+}
+
+/// The refusal for an upstream response that is an export the caller may not make.
+pub fn export_refusal(
+    exports: &crate::export::ExportConfig,
+    kind: crate::export::ExportKind,
+) -> Refusal {
+    Refusal::MissingPermission {
+        permission: exports.required_permission(kind).map_or_else(
+            || format!("{} export", kind.as_str()),
+            |permission| permission.to_string(),
+        ),
+    }
+}

@@ -35,6 +35,8 @@ pub struct PolicySnapshot {
     pub digest: String,
     pub loaded_at: SystemTime,
     pub store: StoreView,
+    /// Export rules (from the config file; fixed for the process's life).
+    pub exports: crate::export::ExportConfig,
 }
 
 /// What a snapshot takes from the grants store (empty without one).
@@ -329,6 +331,7 @@ impl AppState {
             digest: content.digest,
             loaded_at: SystemTime::now(),
             store: content.store,
+            exports: config.exports.clone(),
         };
         metrics.store_revision.set(contents.revision);
         Ok(Arc::new(AppState {
@@ -436,6 +439,7 @@ impl AppState {
                     digest: content.digest,
                     loaded_at: SystemTime::now(),
                     store: content.store,
+                    exports: self.config.exports.clone(),
                 }));
                 self.metrics.policy_revision.set(revision as i64);
                 self.count_reload(trigger, "swapped");

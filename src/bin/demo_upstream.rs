@@ -112,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = Router::new()
         .route("/api/v1/sqllab/execute/", post(sqllab_execute))
         .route("/api/ds/query", post(grafana_query))
+        .route("/mcp", post(mcp))
         .route("/{database}", get(datasette))
         .fallback(echo)
         .layer(axum::middleware::from_fn_with_state(state.clone(), record));
@@ -320,8 +321,55 @@ async fn datasette(
         .into_response()
 }
 
+/// A stand-in MCP (JSON-RPC) endpoint: answers every request with a result naming the
+/// method and tool it received.
+async fn mcp(body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    axum::Json(json!({
+        "jsonrpc": "2.0",
+        "id": request.get("id").cloned().unwrap_or(Value::Null),
+        "result": {
+            "content": [{"type": "text", "text": format!(
+                "demo upstream received `{}` for tool `{}`",
+                request.get("method").and_then(Value::as_str).unwrap_or_default(),
+                request.pointer("/params/name").and_then(Value::as_str).unwrap_or_default(),
+            )}],
+        },
+    }))
+    .into_response()
+}
+
 /// Everything else: 200 with what arrived, including the identity headers datagate set.
+/// `?demo_content_type=…` (and `&demo_disposition=attachment`) make it answer as a
+/// download instead, so tests and the demo can show the response-side export guard.
 async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let demo_parameters: BTreeMap<String, String> = uri
+        .query()
+        .map(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(content_type) = demo_parameters.get("demo_content_type") {
+        let mut response = (
+            StatusCode::OK,
+            "region,revenue\nEU,100\nUS,200\n-- a download datagate must not let through --\n"
+                .repeat(64),
+        )
+            .into_response();
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        if let Some(disposition) = demo_parameters.get("demo_disposition")
+            && let Ok(value) = disposition.parse()
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
+        return response;
+    }
     let header = |name: &str| {
         headers
             .get_all(name)

@@ -96,6 +96,11 @@ pub struct RequestContext {
     body_read: bool,
     /// Filled for every decided request; `logging` turns it into metrics and audit.
     outcome: Option<Outcome>,
+    /// The JSON-RPC call on an MCP route: refusals are answered as JSON-RPC errors.
+    mcp: Option<pipeline::McpCall>,
+    /// The upstream response was an export the caller may not make: its body is
+    /// replaced by this refusal.
+    refused_response_body: Option<Bytes>,
 }
 
 struct Outcome {
@@ -107,6 +112,8 @@ struct Outcome {
     status: u16,
     reason: String,
     revision: u64,
+    /// Allowed, but the response-side export guard refused what came back.
+    refused_response: bool,
 }
 
 #[async_trait]
@@ -122,6 +129,8 @@ impl ProxyHttp for DatagateProxy {
             body_replaced: false,
             body_read: false,
             outcome: None,
+            mcp: None,
+            refused_response_body: None,
         }
     }
 
@@ -148,7 +157,13 @@ impl ProxyHttp for DatagateProxy {
             content_type: content_type.as_deref(),
         };
 
-        let identified = match pipeline::identify(&self.state, &snapshot, &head) {
+        if pipeline::is_permissions_request(&head) {
+            return self
+                .answer_permissions(session, ctx, &snapshot, &head)
+                .await;
+        }
+
+        let mut identified = match pipeline::identify(&self.state, &snapshot, &head) {
             Ok(identified) => identified,
             Err(refusal) => {
                 let outcome =
@@ -185,6 +200,21 @@ impl ProxyHttp for DatagateProxy {
         } else {
             None
         };
+
+        match pipeline::select_mcp_tool(&mut identified, body.as_deref()) {
+            Ok(call) => ctx.mcp = call,
+            Err(refusal) => {
+                ctx.mcp = Some(pipeline::McpCall::default());
+                let outcome = refused_outcome(
+                    &head,
+                    &refusal,
+                    identified.route_name(),
+                    Some(&identified.principal),
+                    snapshot.revision,
+                );
+                return self.refuse(session, ctx, refusal, outcome).await;
+            }
+        }
 
         let authorized = pipeline::authorize(&snapshot, &identified, &head, body.as_deref(), None)
             .and_then(|permit| {
@@ -235,6 +265,7 @@ impl ProxyHttp for DatagateProxy {
                     status: 0,
                     reason: "allowed".to_string(),
                     revision: permit.policy_revision(),
+                    refused_response: false,
                 });
                 ctx.permit = Some(permit);
                 Ok(false)
@@ -349,10 +380,64 @@ impl ProxyHttp for DatagateProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        if self.state.config.exports.response_guard
+            && let Some(permit) = &ctx.permit
+        {
+            let text = |name: http::header::HeaderName| {
+                response
+                    .headers
+                    .get(name)
+                    .and_then(|value| value.to_str().ok())
+            };
+            let kind = crate::export::response_export_kind(
+                text(http::header::CONTENT_TYPE),
+                text(http::header::CONTENT_DISPOSITION),
+            );
+            if let Some(kind) = kind
+                && !permit.exports().allows(kind)
+            {
+                let refusal = pipeline::export_refusal(&self.state.config.exports, kind);
+                let error = HttpError::from(&refusal);
+                let body = Bytes::from(error.json_body());
+                *response = ResponseHeader::build(error.status, Some(4))?;
+                response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+                ctx.refused_response_body = Some(body);
+                self.state
+                    .metrics
+                    .requests
+                    .with_label_values(&[permit.route(), "deny_response"])
+                    .inc();
+                if let Some(outcome) = ctx.outcome.as_mut() {
+                    outcome.reason = format!("response refused: {refusal}");
+                    outcome.refused_response = true;
+                }
+            }
+        }
         if let Some(outcome) = ctx.outcome.as_mut() {
             outcome.status = response.status.as_u16();
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<std::time::Duration>> {
+        // Not one byte of a refused export reaches the client: every upstream chunk is
+        // dropped and the refusal goes out instead, once, at the end.
+        if ctx.refused_response_body.is_some() {
+            *body = if end_of_stream {
+                ctx.refused_response_body.take()
+            } else {
+                None
+            };
+        }
+        Ok(None)
     }
 
     async fn logging(
@@ -364,7 +449,7 @@ impl ProxyHttp for DatagateProxy {
         let Some(outcome) = ctx.outcome.take() else {
             return;
         };
-        let allowed = ctx.permit.is_some();
+        let allowed = ctx.permit.is_some() && !outcome.refused_response;
         let decision = if allowed { "allow" } else { "deny" };
         if self.state.audit.wants(allowed) {
             self.state.audit.record(AuditEvent {
@@ -403,10 +488,45 @@ fn refused_outcome(
         status: HttpError::from(refusal).status,
         reason: refusal.to_string(),
         revision,
+        refused_response: false,
     }
 }
 
 impl DatagateProxy {
+    /// `GET /api/me/permissions`: answered by datagate itself, never forwarded.
+    async fn answer_permissions(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        snapshot: &crate::state::PolicySnapshot,
+        head: &RequestHead<'_>,
+    ) -> Result<bool> {
+        match pipeline::caller_permissions(&self.state, snapshot, head) {
+            Ok(permissions) => {
+                let body = Bytes::from(serde_json::to_vec(&permissions).unwrap_or_default());
+                let mut response = ResponseHeader::build(200, Some(4))?;
+                response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+                session
+                    .write_response_header(Box::new(response), false)
+                    .await?;
+                session.write_response_body(Some(body), true).await?;
+                Ok(true)
+            }
+            Err(refusal) => {
+                let outcome = refused_outcome(
+                    head,
+                    &refusal,
+                    pipeline::PERMISSIONS_ROUTE,
+                    None,
+                    snapshot.revision,
+                );
+                self.refuse(session, ctx, refusal, outcome).await
+            }
+        }
+    }
+
     fn count_rewrites(&self, result: &std::result::Result<Option<pipeline::SqlRewrite>, Refusal>) {
         let metrics = &self.state.metrics;
         match result {
@@ -465,7 +585,16 @@ impl DatagateProxy {
             .requests
             .with_label_values(&[outcome.route.as_str(), "deny"])
             .inc();
-        let error = HttpError::from(&refusal);
+        let mut error = HttpError::from(&refusal);
+        if let Some(call) = &ctx.mcp
+            && let Some(json_rpc) = error.as_json_rpc(&call.id)
+        {
+            error = json_rpc;
+        }
+        let mut outcome = outcome;
+        if ctx.mcp.is_some() {
+            outcome.status = error.status;
+        }
         ctx.outcome = Some(outcome);
         let body = Bytes::from(error.json_body());
         let mut response = ResponseHeader::build(error.status, Some(4))?;

@@ -367,6 +367,37 @@ impl RlsPolicy {
         Ok(policy)
     }
 
+    /// Whether a page showing `table` of datasource `uid` unfiltered may be served to
+    /// `principal`: not when a filter on that table applies to them, nor when the table
+    /// is unlisted on a datasource that denies unlisted tables.
+    pub fn table_page_allowed(
+        &self,
+        uid: &str,
+        table: &str,
+        principal: &Principal,
+    ) -> Result<(), String> {
+        let Some(rules) = self.datasources.get(uid) else {
+            return Ok(());
+        };
+        let parts = vec![table.to_lowercase()];
+        if rules.filters.iter().any(|filter| {
+            filter.applies_to(principal)
+                && filter.tables.iter().any(|pattern| pattern.matches(&parts))
+        }) {
+            return Err(format!(
+                "table `{table}` has row-level security filters for this caller; query it with SQL instead"
+            ));
+        }
+        if rules.config.deny_unlisted_tables
+            && !rules.listed.iter().any(|pattern| pattern.matches(&parts))
+        {
+            return Err(format!(
+                "table `{table}` is not listed for datasource `{uid}`"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn datasource(&self, uid: &str) -> Option<&DatasourceConfig> {
         self.datasources.get(uid).map(|rules| &rules.config)
     }

@@ -32,6 +32,10 @@ pub struct RoutesConfig {
     /// [`MAX_INSPECTED_BODY_BYTES`].
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Ready route tables shipped with datagate (`superset`, `grafana`, `datasette`),
+    /// added before `table`.
+    #[serde(default)]
+    pub packs: Vec<String>,
     #[serde(default)]
     pub table: Vec<RouteConfig>,
 }
@@ -41,6 +45,7 @@ impl Default for RoutesConfig {
         RoutesConfig {
             unmatched: UnmatchedPolicy::Deny,
             max_body_bytes: MAX_INSPECTED_BODY_BYTES,
+            packs: Vec::new(),
             table: Vec::new(),
         }
     }
@@ -70,6 +75,75 @@ pub struct RouteConfig {
     /// Where the route's SQL is, for row-level security.
     #[serde(default)]
     pub sql: Option<crate::sql_location::RouteSqlConfig>,
+    /// The route's requests are exports (all of them, or those `when` matches).
+    #[serde(default)]
+    pub export: Option<ExportRouteConfig>,
+    /// A JSON-RPC (MCP) endpoint whose `tools/call` requests are authorized per tool.
+    #[serde(default)]
+    pub mcp: Option<McpConfig>,
+    /// A page that shows one table's rows unfiltered (Datasette's table pages): refused
+    /// when row-level security would filter that table for the caller.
+    #[serde(default)]
+    pub table_page: Option<TablePageConfig>,
+}
+
+/// `routes.table[i].table_page`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablePageConfig {
+    /// The path parameter holding the table name (Datasette tilde-encoding is decoded).
+    pub table_param: String,
+}
+
+/// `routes.table[i].export`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRouteConfig {
+    pub kind: crate::export::ExportKind,
+    /// Without markers every request on the route is an export; with them, a request is
+    /// one when any marker finds one of its values (case-insensitively).
+    #[serde(default)]
+    pub when: Vec<ExportMarkerConfig>,
+}
+
+/// `routes.table[i].export.when[j]`: one place to look (exactly one of the four keys) and
+/// the values that make the request an export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportMarkerConfig {
+    #[serde(default)]
+    pub path_param: Option<String>,
+    #[serde(default)]
+    pub query_param: Option<String>,
+    #[serde(default)]
+    pub json_pointer: Option<String>,
+    #[serde(default)]
+    pub form_field: Option<String>,
+    pub values: Vec<String>,
+}
+
+/// `routes.table[i].mcp`: tool name → what calling it needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    pub tools: std::collections::BTreeMap<String, McpToolConfig>,
+}
+
+/// `routes.table[i].mcp.tools.<name>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpToolConfig {
+    /// No permission needed (e.g. `health_check`).
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub permissions: Option<PermissionsConfig>,
+    /// Where the tool's SQL is (pointers into the JSON-RPC request).
+    #[serde(default)]
+    pub sql: Option<crate::sql_location::RouteSqlConfig>,
+    /// A datasource check on the tool's arguments.
+    #[serde(default)]
+    pub datasource: Option<DatasourceConfig>,
 }
 
 /// `routes.table[i].permissions`: FAB role permissions written `"can_read on Chart"`.
@@ -85,7 +159,7 @@ pub struct PermissionsConfig {
 }
 
 /// `routes.table[i].datasource`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasourceConfig {
     /// e.g. `datasources:query`.

@@ -29,19 +29,21 @@ use crate::sql_location::{SqlDatasource, SqlSource};
 mod canonical;
 mod config;
 mod extract;
+mod packs;
 mod pointer;
 mod template;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use canonical::{MAX_PATH_BYTES, canonicalize_path};
 pub use config::{
-    DatasourceConfig, MAX_INSPECTED_BODY_BYTES, PermissionsConfig, RouteConfig, RoutesConfig,
-    UidSourceConfig, UnmatchedPolicy,
+    DatasourceConfig, ExportMarkerConfig, ExportRouteConfig, MAX_INSPECTED_BODY_BYTES, McpConfig,
+    McpToolConfig, PermissionsConfig, RouteConfig, RoutesConfig, TablePageConfig, UidSourceConfig,
+    UnmatchedPolicy,
 };
 pub use extract::extract_datasource_uids;
 pub use pointer::JsonPointer;
@@ -185,6 +187,64 @@ pub struct Route {
     datasource: Option<DatasourceRequirement>,
     authenticated: bool,
     sql: Option<CompiledSql>,
+    export: Option<ExportRequirement>,
+    mcp: Option<McpTools>,
+    table_page: Option<String>,
+}
+
+/// A route's export declaration: what kind of export, and when a request is one.
+#[derive(Debug, Clone)]
+pub struct ExportRequirement {
+    pub kind: crate::export::ExportKind,
+    /// Each: where to look, and the (lower-case) values that make it an export.
+    markers: Vec<(DatasourceRequirement, Vec<String>)>,
+}
+
+impl ExportRequirement {
+    /// Whether this request is an export.
+    pub fn applies(
+        &self,
+        params: &PathParams,
+        raw_query: Option<&str>,
+        body: Option<&[u8]>,
+        content_type: Option<&str>,
+    ) -> Result<bool, RouteError> {
+        if self.markers.is_empty() {
+            return Ok(true);
+        }
+        for (source, values) in &self.markers {
+            let found = extract_datasource_uids(source, params, raw_query, body, content_type)?;
+            if found
+                .iter()
+                .any(|value| values.contains(&value.to_lowercase()))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn reads_body(&self) -> bool {
+        self.markers
+            .iter()
+            .any(|(source, _)| source.sources.iter().any(UidSource::reads_body))
+    }
+}
+
+/// An MCP (JSON-RPC) endpoint's tools, each compiled as a route named `mcp.<tool>`.
+#[derive(Debug, Clone)]
+pub struct McpTools {
+    tools: HashMap<String, Route>,
+}
+
+impl McpTools {
+    pub fn tool(&self, name: &str) -> Option<&Route> {
+        self.tools.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
 }
 
 /// A route's SQL locations, compiled (see [`crate::sql_location`]).
@@ -213,13 +273,35 @@ impl Route {
         })
     }
 
-    /// Whether the route's checks read the request body (uids or SQL in it).
+    /// Whether the route's checks read the request body (uids, SQL, export markers, or
+    /// an MCP call in it).
     pub fn needs_body(&self) -> bool {
         let uids_in_body = self
             .datasource
             .as_ref()
             .is_some_and(|requirement| requirement.sources.iter().any(UidSource::reads_body));
-        uids_in_body || self.sql.as_ref().is_some_and(|sql| sql.reads_body)
+        uids_in_body
+            || self.sql.as_ref().is_some_and(|sql| sql.reads_body)
+            || self
+                .export
+                .as_ref()
+                .is_some_and(ExportRequirement::reads_body)
+            || self.mcp.is_some()
+    }
+
+    /// The route's export declaration, if it has one.
+    pub fn export(&self) -> Option<&ExportRequirement> {
+        self.export.as_ref()
+    }
+
+    /// The tool table, when the route is an MCP endpoint.
+    pub fn mcp(&self) -> Option<&McpTools> {
+        self.mcp.as_ref()
+    }
+
+    /// The path parameter naming the table, when the route is a table page.
+    pub fn table_page_param(&self) -> Option<&str> {
+        self.table_page.as_deref()
     }
 
     /// Where the route's SQL is, for row-level security.
@@ -296,10 +378,21 @@ impl RouteTable {
             ));
         }
         let mut names = HashSet::new();
-        let mut routes: Vec<Route> = Vec::with_capacity(config.table.len());
+        let mut entries: Vec<(String, RouteConfig)> = Vec::new();
+        for (pack_index, pack) in config.packs.iter().enumerate() {
+            let routes = packs::routes(pack)
+                .map_err(|message| config_error(format!("routes.packs[{pack_index}]"), message))?;
+            for (index, route) in routes.into_iter().enumerate() {
+                entries.push((format!("routes pack `{pack}` route {index}"), route));
+            }
+        }
         for (index, route_config) in config.table.iter().enumerate() {
-            let key = format!("routes.table[{index}]");
-            let route = compile_route(route_config, &key)?;
+            entries.push((format!("routes.table[{index}]"), route_config.clone()));
+        }
+        let mut routes: Vec<Route> = Vec::with_capacity(entries.len());
+        for (key, route_config) in &entries {
+            let key = key.as_str();
+            let route = compile_route(route_config, key)?;
             if !names.insert(route.name.clone()) {
                 return Err(config_error(
                     format!("{key}.name"),
@@ -318,8 +411,8 @@ impl RouteTable {
                 return Err(config_error(
                     format!("{key}.path"),
                     format!(
-                        "route `{}` can never match: `{}` (routes.table[{earlier_index}]) has the same path shape and methods and comes first",
-                        route.name, earlier.name
+                        "route `{}` can never match: `{}` ({}) has the same path shape and methods and comes first",
+                        route.name, earlier.name, entries[earlier_index].0
                     ),
                 ));
             }
@@ -445,6 +538,70 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
             })
         }
     };
+    let export = config
+        .export
+        .as_ref()
+        .map(|export| compile_export(export, &template, &config.name, key))
+        .transpose()?;
+    let mcp = match &config.mcp {
+        None => None,
+        Some(mcp) => {
+            if config.sql.is_some() || export.is_some() {
+                return Err(config_error(
+                    format!("{key}.mcp"),
+                    "an MCP route declares SQL and checks per tool, not on the route",
+                ));
+            }
+            let mut tools = HashMap::new();
+            for (name, tool) in &mcp.tools {
+                let tool_key = format!("{key}.mcp.tools.{name}");
+                let has_permissions = tool.permissions.as_ref().is_some_and(|permissions| {
+                    !permissions.any_of.is_empty() || !permissions.all_of.is_empty()
+                });
+                if tool.public == has_permissions {
+                    return Err(config_error(
+                        tool_key,
+                        "needs `permissions` or `public: true` (exactly one)",
+                    ));
+                }
+                let tool_route = RouteConfig {
+                    name: format!("mcp.{name}"),
+                    methods: config.methods.clone(),
+                    path: config.path.clone(),
+                    permissions: tool.permissions.clone(),
+                    datasource: tool.datasource.clone(),
+                    authenticated: config.authenticated && !tool.public,
+                    sql: tool.sql.clone(),
+                    export: None,
+                    mcp: None,
+                    table_page: None,
+                };
+                tools.insert(name.clone(), compile_route(&tool_route, &tool_key)?);
+            }
+            Some(McpTools { tools })
+        }
+    };
+    let table_page = match &config.table_page {
+        None => None,
+        Some(page) => {
+            if !template.has_param(&page.table_param) {
+                return Err(config_error(
+                    format!("{key}.table_page.table_param"),
+                    format!(
+                        "`{}` is not a parameter of the route's path",
+                        page.table_param
+                    ),
+                ));
+            }
+            if datasource.is_none() {
+                return Err(config_error(
+                    format!("{key}.table_page"),
+                    "needs the route's `datasource` check (which datasource the table is in)",
+                ));
+            }
+            Some(page.table_param.clone())
+        }
+    };
     Ok(Route {
         name: config.name.clone(),
         path: config.path.clone(),
@@ -455,6 +612,58 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
         datasource,
         authenticated: config.authenticated,
         sql,
+        export,
+        mcp,
+        table_page,
+    })
+}
+
+fn compile_export(
+    config: &ExportRouteConfig,
+    template: &Template,
+    route_name: &str,
+    route_key: &str,
+) -> Result<ExportRequirement, RouteError> {
+    let mut markers = Vec::with_capacity(config.when.len());
+    for (index, marker) in config.when.iter().enumerate() {
+        let key = format!("{route_key}.export.when[{index}]");
+        if marker.values.is_empty() {
+            return Err(config_error(
+                format!("{key}.values"),
+                "must list at least one value",
+            ));
+        }
+        let source = DatasourceConfig {
+            action: "export".to_string(),
+            uids: vec![UidSourceConfig {
+                path_param: marker.path_param.clone(),
+                query_param: marker.query_param.clone(),
+                json_pointer: marker.json_pointer.clone(),
+                form_field: marker.form_field.clone(),
+            }],
+            required: false,
+        };
+        let requirement = compile_datasource(&source, template, route_name, &key).map_err(
+            |error| match error {
+                RouteError::Config { key, message } => RouteError::Config {
+                    key: key.replace(".datasource.uids[0]", ""),
+                    message,
+                },
+                other => other,
+            },
+        )?;
+        markers.push((
+            requirement,
+            marker
+                .values
+                .iter()
+                .map(|value| value.to_lowercase())
+                .collect(),
+        ));
+    }
+    Ok(ExportRequirement {
+        kind: config.kind,
+        markers,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct GatewayOptions {
     pub datasources_yaml: Option<String>,
     /// YAML for the `store:` key; no store when `None`.
     pub store_yaml: Option<String>,
+    /// YAML for the `exports:` key; the defaults when `None`.
+    pub exports_yaml: Option<String>,
 }
 
 impl GatewayOptions {
@@ -43,6 +45,7 @@ impl GatewayOptions {
             watch: true,
             datasources_yaml: None,
             store_yaml: None,
+            exports_yaml: None,
         }
     }
 }
@@ -120,7 +123,7 @@ auth:
       org_role: org_role
 routes:
 {routes}datasources:
-{datasources}{store}audit:
+{datasources}{store}{exports}audit:
   output: audit.log
   log_allowed: {log_allowed}
 "#,
@@ -130,6 +133,11 @@ routes:
             datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
             watch = options.watch,
+            exports = options
+                .exports_yaml
+                .as_ref()
+                .map(|exports| format!("exports:\n{}", indent(exports, 2)))
+                .unwrap_or_default(),
             store = options
                 .store_yaml
                 .as_ref()
