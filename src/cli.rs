@@ -40,6 +40,20 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Mint a JWT with the config's HMAC key (for demos and tests).
     Token(TokenArgs),
+    /// One-off migrations of policy files and the store.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Grant can_export_data, can_export_image and can_copy_clipboard to every role that
+    /// has can_csv (policy files and store); idempotent.
+    ExportPermissions {
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// One request to explain; also the JSON body of `POST /api/authz/explain`.
@@ -119,6 +133,8 @@ pub enum CliError {
     Snapshot(#[from] crate::state::SnapshotError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Migrate(#[from] crate::migrate::MigrateError),
     #[error("{context}: {message}")]
     Other {
         context: &'static str,
@@ -263,6 +279,23 @@ pub fn token(config_path: Option<&Path>, args: &TokenArgs) -> Result<String, Cli
         extra_claims,
     };
     Ok(mint_token(&config.auth, &config.base_dir, &request)?)
+}
+
+/// `datagate migrate export-permissions [--dry-run]`.
+pub fn migrate_export_permissions(
+    config_path: Option<&Path>,
+    dry_run: bool,
+) -> Result<String, CliError> {
+    let config = load_config(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::Other {
+            context: "migration runtime",
+            message: error.to_string(),
+        })?;
+    let report = runtime.block_on(crate::migrate::export_permissions(&config, dry_run))?;
+    Ok(report.render())
 }
 
 /// `datagate run`: start everything and serve until a shutdown signal.

@@ -16,6 +16,7 @@ pub mod export;
 pub mod http_error;
 pub mod json_guard;
 pub mod metrics;
+pub mod migrate;
 pub mod pipeline;
 pub mod policy;
 pub mod principal;

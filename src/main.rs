@@ -25,6 +25,9 @@ fn main() -> ExitCode {
         Command::Check => cli::check(config).map(Some),
         Command::Explain(args) => cli::explain(config, &args).map(|value| Some(value.to_string())),
         Command::Token(args) => cli::token(config, &args).map(Some),
+        Command::Migrate(cli::MigrateCommand::ExportPermissions { dry_run }) => {
+            cli::migrate_export_permissions(config, dry_run).map(Some)
+        }
     };
     match result {
         Ok(Some(output)) => {

@@ -732,3 +732,96 @@ fn me_permissions_predicts_every_proxy_decision() {
         })
         .unwrap();
 }
+
+#[test]
+fn the_export_permissions_migration_is_idempotent_over_files_and_store() {
+    let (upstream_process, upstream) = spawn_upstream(&[]);
+    let mut options = GatewayOptions::new(upstream);
+    options.routes_yaml = Some(PACKS.to_string());
+    options.store_yaml =
+        Some("url: sqlite:store.db\npoll_interval: 100ms\nmax_staleness: 5s\n".to_string());
+    let gateway = Gateway::start(options);
+    add_policy(
+        &gateway,
+        "30-legacy.csv",
+        "p, role:Legacy, *, can_csv\np, role:Legacy, Chart, can_read\n",
+    );
+    let admin = gateway.admin_token();
+    let (status, _) = call(
+        "POST",
+        &gateway.admin_url("/api/roles"),
+        Some(&admin),
+        Some(&json!({"name": "StoreLegacy", "permissions": [
+            {"permission": "can_csv", "view": "Superset"}, {"permission": "can_read", "view": "Chart"}
+        ]}).to_string()),
+    );
+    assert_eq!(status, 201);
+    let legacy = gateway.token("leo", &["Legacy"], &[], None);
+    let store_legacy = gateway.token("sto", &["StoreLegacy"], &[], None);
+    let export = gateway.url("/api/v1/chart/1/data/?format=csv");
+    assert_eq!(call("GET", &export, Some(&legacy), None).0, 403);
+    assert_eq!(call("GET", &export, Some(&store_legacy), None).0, 403);
+
+    let migrate = |dry_run: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_datagate"));
+        command
+            .args(["migrate", "export-permissions", "--config"])
+            .arg(&gateway.config_path);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.env("DATAGATE_LOG", "error").output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let planned = migrate(true);
+    assert!(
+        planned.contains("would add `p, role:Legacy, *, can_export_data`"),
+        "{planned}"
+    );
+    assert!(
+        planned.contains("store: role `StoreLegacy`: would add `can_copy_clipboard on Superset`"),
+        "{planned}"
+    );
+    assert!(
+        !planned.contains("role:Alpha"),
+        "Alpha already holds them: {planned}"
+    );
+    assert!(
+        !gateway
+            .policy_dir()
+            .join("90-export-permissions.csv")
+            .exists(),
+        "dry run writes nothing"
+    );
+    assert_eq!(call("GET", &export, Some(&legacy), None).0, 403);
+
+    let applied = migrate(false);
+    assert!(
+        applied.contains("added `p, role:Legacy, *, can_export_image`"),
+        "{applied}"
+    );
+    // The running gateway picks up both: the file by hot reload, the store by its poller.
+    assert!(Gateway::eventually(Duration::from_secs(10), || call(
+        "GET",
+        &export,
+        Some(&legacy),
+        None
+    )
+    .0 == 200));
+    assert!(Gateway::eventually(Duration::from_secs(10), || call(
+        "GET",
+        &export,
+        Some(&store_legacy),
+        None
+    )
+    .0 == 200));
+
+    let again = migrate(false);
+    assert!(again.starts_with("nothing to change"), "{again}");
+    drop(upstream_process);
+}

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod demo_rls;
 pub mod gateway;
 
 use std::collections::BTreeMap;
