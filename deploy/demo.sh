@@ -67,6 +67,19 @@ curl -s 'http://127.0.0.1:8080/demo.json?sql=SELECT+count(*)+FROM+orders' -H "Au
 curl -s http://127.0.0.1:8080/api/v1/sqllab/execute/ -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \
   -d '{"sql":"SELECT * FROM sqlite_master"}'
 
+# export controls: alice (Gamma) may query but not download a CSV; the response guard
+# also stops a download the route did not declare
+curl -s 'http://127.0.0.1:8080/demo.csv?sql=SELECT+id+FROM+orders' -H "Authorization: Bearer \$ALICE"
+curl -s 'http://127.0.0.1:8080/api/v1/chart/1?demo_content_type=text/csv' -H "Authorization: Bearer \$ALICE"
+# what the caller may do, for a frontend to grey out buttons
+curl -s http://127.0.0.1:8080/api/me/permissions -H "Authorization: Bearer \$ALICE"
+
+# grants through the Grafana-compatible admin API (stored in deploy/data/datagate.db):
+# bob gets Query on demo, then the same request succeeds
+curl -s -X POST http://127.0.0.1:9180/api/users -H "Authorization: Bearer \$ADMIN" -d '{"login":"bob"}'
+curl -s -X POST http://127.0.0.1:9180/api/access-control/datasources/demo/users/1 -H "Authorization: Bearer \$ADMIN" -d '{"permission":"Query"}'
+curl -s http://127.0.0.1:9180/api/access-control/datasources/demo -H "Authorization: Bearer \$ADMIN"
+
 # what would happen, without sending anything upstream
 $bin/datagate explain --config $config --token "\$BOB" --method DELETE --path /api/v1/chart/1
 
