@@ -33,6 +33,7 @@ fn policy() -> RlsPolicy {
         tables: vec!["orders".into(), "customers".into(), "tickets".into()],
         deny_unlisted_tables: true,
         denied_functions: None,
+        aws_iam: None,
     };
     let filter = |name: &str, table: &str, group: Option<&str>, clause: &str| FilterDefinition {
         name: name.into(),

@@ -161,6 +161,23 @@ pub fn check(config_path: Option<&Path>) -> Result<String, CliError> {
     if content.policy.uses_casbin_fallback() {
         report.push_str("\nwarning: the casbin model is not the shape the compiled index understands; decisions will use casbin's enforcer (much slower)");
     }
+    for datasource in &config.datasources {
+        if datasource.aws_iam.is_none() {
+            continue;
+        }
+        if !config.aws.database_iam_auth {
+            report.push_str(&format!(
+                "\nwarning: datasource `{}` uses aws_iam but `aws.database_iam_auth` is off: its requests will be refused with \"{}\"",
+                datasource.uid,
+                crate::creds::IAM_AUTH_DISABLED
+            ));
+        } else if !config.upstream.tls && !config.aws.allow_plaintext_upstream {
+            report.push_str(&format!(
+                "\nwarning: datasource `{}` uses aws_iam but the upstream is plain HTTP: its requests will be refused (set `upstream.tls` or `aws.allow_plaintext_upstream`)",
+                datasource.uid
+            ));
+        }
+    }
     Ok(report)
 }
 
@@ -332,6 +349,14 @@ pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
     };
     let state = AppState::build_with_store(config, store)?;
     state.confirm_store_current();
+    if state.config.aws.database_iam_auth {
+        let broker = runtime.block_on(crate::creds::CredentialBroker::new(
+            state.config.aws.clone(),
+            state.metrics.clone(),
+        ));
+        let _ = state.credentials.set(Arc::new(broker));
+        tracing::info!("AWS IAM database authentication enabled");
+    }
     let snapshot = state.snapshot();
     if snapshot.policy.uses_casbin_fallback() {
         tracing::warn!(

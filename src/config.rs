@@ -55,6 +55,9 @@ pub struct Config {
     /// Bounds on the SQL datagate is willing to analyse.
     #[serde(default)]
     pub sql: SqlLimitsConfig,
+    /// AWS IAM database authentication (STS credentials, database tokens).
+    #[serde(default)]
+    pub aws: crate::creds::AwsConfig,
     /// Export controls (Superset's granular export permissions).
     #[serde(default)]
     pub exports: crate::export::ExportConfig,
@@ -319,6 +322,25 @@ impl Config {
                 "upstream.keepalive_pool_size",
                 "must be at least 1",
             ));
+        }
+        for (index, datasource) in self.datasources.iter().enumerate() {
+            if let Some(iam) = &datasource.aws_iam {
+                iam.validate().map_err(|message| {
+                    ConfigError::invalid(&format!("datasources[{index}].aws_iam"), message)
+                })?;
+            }
+        }
+        for (key, name) in [
+            ("aws.headers.db_user", &self.aws.headers.db_user),
+            ("aws.headers.db_token", &self.aws.headers.db_token),
+            ("aws.headers.db_endpoint", &self.aws.headers.db_endpoint),
+        ] {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{name}` is not a valid HTTP header name"),
+                ));
+            }
         }
         if let Some(store) = &self.store {
             if store.url.is_none() && store.url_env.is_none() {

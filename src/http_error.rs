@@ -123,6 +123,17 @@ impl From<&Refusal> for HttpError {
             Refusal::TablePageFiltered { .. } => {
                 HttpError::new(403, message).with_kind("table_page_filtered")
             }
+            Refusal::Credentials(error) => {
+                use crate::creds::CredsError;
+                let (status, kind) = match error {
+                    CredsError::Disabled => (403, "aws_iam_disabled"),
+                    CredsError::Unavailable { .. } => (503, "credentials_unavailable"),
+                    CredsError::EngineNotBuilt { .. } => (501, "engine_not_built"),
+                    CredsError::PlaintextUpstream => (502, "plaintext_upstream"),
+                    CredsError::SeveralDatasources(_) => (400, "several_iam_datasources"),
+                };
+                HttpError::new(status, message).with_kind(kind)
+            }
             Refusal::McpInvalid(_) => HttpError::new(400, message).with_kind("mcp_invalid"),
             Refusal::McpUnknownTool(_) => {
                 HttpError::new(403, message).with_kind("mcp_unknown_tool")

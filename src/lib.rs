@@ -12,6 +12,7 @@ pub mod audit;
 pub mod authn;
 pub mod cli;
 pub mod config;
+pub mod creds;
 pub mod export;
 pub mod http_error;
 pub mod json_guard;

@@ -26,6 +26,16 @@ pub struct Metrics {
     pub admin_writes: IntCounterVec,
     /// Store change notifications and polls, by source (notify, poll) and result.
     pub store_syncs: IntCounterVec,
+    /// STS AssumeRole calls, by outcome (success, failure).
+    pub sts_calls: IntCounterVec,
+    /// STS credential cache lookups, by result (hit, miss).
+    pub credential_cache: IntCounterVec,
+    /// Background refreshes ahead of expiry, by outcome (refreshed, failed).
+    pub credential_refreshes: IntCounterVec,
+    /// Age of the STS credential served from the cache.
+    pub credential_age_seconds: prometheus::Histogram,
+    /// Database token cache lookups, by result (hit, miss).
+    pub token_cache: IntCounterVec,
     /// Seconds between a write's commit on some replica and this replica serving it
     /// (measured from the audit timestamp; clocks of different hosts must agree).
     pub store_propagation_seconds: prometheus::Histogram,
@@ -115,6 +125,43 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
         )?;
+        let sts_calls = IntCounterVec::new(
+            Opts::new(
+                "datagate_sts_calls_total",
+                "STS AssumeRole calls, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let credential_cache = IntCounterVec::new(
+            Opts::new(
+                "datagate_credential_cache_total",
+                "STS credential cache lookups, by result (hit, miss).",
+            ),
+            &["result"],
+        )?;
+        let credential_refreshes = IntCounterVec::new(
+            Opts::new(
+                "datagate_credential_refreshes_total",
+                "Background STS refreshes ahead of expiry, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let credential_age_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "datagate_credential_age_seconds",
+                "Age of the cached STS credential served to a request.",
+            )
+            .buckets(vec![
+                1.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
+        )?;
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "datagate_db_token_cache_total",
+                "Database token cache lookups, by result (hit, miss).",
+            ),
+            &["result"],
+        )?;
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decision_seconds.clone()),
@@ -127,6 +174,11 @@ impl Metrics {
             Box::new(admin_writes.clone()),
             Box::new(store_syncs.clone()),
             Box::new(store_propagation_seconds.clone()),
+            Box::new(sts_calls.clone()),
+            Box::new(credential_cache.clone()),
+            Box::new(credential_refreshes.clone()),
+            Box::new(credential_age_seconds.clone()),
+            Box::new(token_cache.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -143,6 +195,11 @@ impl Metrics {
             admin_writes,
             store_syncs,
             store_propagation_seconds,
+            sts_calls,
+            credential_cache,
+            credential_refreshes,
+            credential_age_seconds,
+            token_cache,
         })
     }
 

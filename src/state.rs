@@ -260,7 +260,9 @@ pub struct AppState {
     pub config: Config,
     pub authenticator: Authenticator,
     pub routes: RouteTable,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Database credentials for `aws_iam` datasources (when `aws.database_iam_auth`).
+    pub credentials: std::sync::OnceLock<Arc<crate::creds::CredentialBroker>>,
     pub audit: AuditSink,
     /// The grants store, when configured.
     pub store: Option<Store>,
@@ -318,7 +320,7 @@ impl AppState {
         };
         let content = build_snapshot_content_with_store(&config, &contents)?;
         let audit = AuditSink::open(&config.audit, &config.base_dir)?;
-        let metrics = Metrics::new()?;
+        let metrics = Arc::new(Metrics::new()?);
         metrics.policy_revision.set(1);
         metrics
             .policy_reloads
@@ -340,6 +342,7 @@ impl AppState {
             routes,
             metrics,
             audit,
+            credentials: std::sync::OnceLock::new(),
             store,
             admin_writes: tokio::sync::Mutex::new(()),
             snapshot: ArcSwap::from_pointee(snapshot),

@@ -40,6 +40,36 @@ fn internal(context: &'static str) -> Box<Error> {
 
 /// Removes every client-supplied copy of the identity headers, then sets them from the
 /// authenticated principal.
+/// Removes any client copy of the database credential headers, then sets ours (when the
+/// request's datasource uses IAM authentication).
+pub fn replace_db_credential_headers(
+    request: &mut RequestHeader,
+    names: &crate::creds::DbCredentialHeaders,
+    credentials: Option<&crate::creds::DbCredentials>,
+) -> Result<()> {
+    for name in [&names.db_user, &names.db_token, &names.db_endpoint] {
+        while request.remove_header(name.as_str()).is_some() {}
+    }
+    let Some(credentials) = credentials else {
+        return Ok(());
+    };
+    request
+        .insert_header(
+            names.db_user.clone(),
+            encode_identity_value(&credentials.user),
+        )
+        .map_err(|_| internal("database user header"))?;
+    request
+        .insert_header(names.db_token.clone(), credentials.token.clone())
+        .map_err(|_| internal("database token header"))?;
+    if let Some(endpoint) = &credentials.endpoint {
+        request
+            .insert_header(names.db_endpoint.clone(), encode_identity_value(endpoint))
+            .map_err(|_| internal("database endpoint header"))?;
+    }
+    Ok(())
+}
+
 pub fn replace_identity_headers(
     request: &mut RequestHeader,
     names: &IdentityHeadersConfig,

@@ -101,6 +101,10 @@ pub struct RequestContext {
     /// The upstream response was an export the caller may not make: its body is
     /// replaced by this refusal.
     refused_response_body: Option<Bytes>,
+    /// Datasources the request's SQL named (for IAM credentials).
+    sql_datasources: Vec<String>,
+    /// IAM database credentials for the upstream.
+    db_credentials: Option<crate::creds::DbCredentials>,
 }
 
 struct Outcome {
@@ -131,6 +135,8 @@ impl ProxyHttp for DatagateProxy {
             outcome: None,
             mcp: None,
             refused_response_body: None,
+            sql_datasources: Vec::new(),
+            db_credentials: None,
         }
     }
 
@@ -239,11 +245,35 @@ impl ProxyHttp for DatagateProxy {
                 self.count_rewrites(&result);
                 let rewrite = result?;
                 if let Some(rewrite) = rewrite {
+                    ctx.sql_datasources = rewrite
+                        .statements
+                        .iter()
+                        .map(|statement| statement.datasource.clone())
+                        .collect();
                     ctx.rewritten_query = rewrite.query;
                     ctx.rewritten_body = rewrite.body.map(Bytes::from);
                 }
                 Ok(permit)
             });
+        let authorized = match authorized {
+            Ok(permit) => {
+                match pipeline::database_credentials(
+                    &self.state,
+                    &snapshot,
+                    &permit,
+                    &ctx.sql_datasources,
+                )
+                .await
+                {
+                    Ok(credentials) => {
+                        ctx.db_credentials = credentials;
+                        Ok(permit)
+                    }
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            Err(refusal) => Err(refusal),
+        };
         match authorized {
             Ok(permit) => {
                 self.state
@@ -343,6 +373,11 @@ impl ProxyHttp for DatagateProxy {
             upstream_request,
             &self.state.config.identity_headers,
             permit.principal(),
+        )?;
+        headers::replace_db_credential_headers(
+            upstream_request,
+            &self.state.config.aws.headers,
+            ctx.db_credentials.as_ref(),
         )?;
         let client_address = session
             .client_addr()

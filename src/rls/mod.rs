@@ -53,6 +53,9 @@ pub struct DatasourceConfig {
     /// `None`: the dialect's defaults.
     #[serde(default)]
     pub denied_functions: Option<Vec<String>>,
+    /// Database credentials through AWS IAM (see `creds`); a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iam: Option<crate::creds::AwsIamConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]

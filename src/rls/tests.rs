@@ -9,6 +9,7 @@ fn policy(dialect: Dialect) -> RlsPolicy {
             tables: vec![],
             deny_unlisted_tables: false,
             denied_functions: None,
+            aws_iam: None,
         }],
         vec![FilterDefinition {
             name: "own".into(),

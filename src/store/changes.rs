@@ -359,6 +359,12 @@ fn check_filter(filter: &FilterDefinition) -> Result<(), StoreError> {
 
 fn check_datasource(input: &DatasourceInput) -> Result<(), StoreError> {
     check_name("uid", &input.uid)?;
+    if let Some(value) = input.secure_settings.get("aws_iam")
+        && !value.is_null()
+    {
+        let settings = serde_json::json!({ "aws_iam": value }).to_string();
+        super::contents::aws_iam_of(&settings)?;
+    }
     if input.uid.contains(':') || input.uid.contains('*') || input.uid.contains('/') {
         return Err(StoreError::Invalid(
             "`uid` must not contain `:`, `*` or `/`".into(),

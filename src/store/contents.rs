@@ -173,6 +173,7 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
             tables: serde_json::from_str(&row.try_get::<String, _>("tables")?).unwrap_or_default(),
             deny_unlisted_tables: row.try_get::<i64, _>("deny_unlisted_tables")? != 0,
             denied_functions: None,
+            aws_iam: aws_iam_of(&row.try_get::<String, _>("secure_settings")?)?,
         });
     }
     Ok(StoreContents {
@@ -186,6 +187,21 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
         filters,
         datasources,
     })
+}
+
+/// The `aws_iam` secure setting of a stored datasource, checked.
+pub(crate) fn aws_iam_of(
+    secure_settings: &str,
+) -> Result<Option<crate::creds::AwsIamConfig>, StoreError> {
+    let settings: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(secure_settings).unwrap_or_default();
+    let Some(value) = settings.get("aws_iam") else {
+        return Ok(None);
+    };
+    let iam: crate::creds::AwsIamConfig = serde_json::from_value(value.clone())
+        .map_err(|error| StoreError::Invalid(format!("`secure_settings.aws_iam`: {error}")))?;
+    iam.validate().map_err(StoreError::Invalid)?;
+    Ok(Some(iam))
 }
 
 impl StoreContents {
