@@ -16,7 +16,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 # The Grafana API compatibility test drives the admin API with the real grafana-client;
-# the Datasette route pack is tested against a real Datasette server.
-if ! python3 -c 'import grafana_client, datasette' >/dev/null 2>&1; then
+# the Datasette route pack is tested against a real Datasette server; AWS IAM auth
+# against moto's STS and Redshift emulation (python3 -m moto.server).
+if ! python3 -c 'import grafana_client, datasette, moto.server, flask' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../tests/compat/requirements.txt"
 fi

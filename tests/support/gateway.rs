@@ -32,6 +32,10 @@ pub struct GatewayOptions {
     pub store_yaml: Option<String>,
     /// YAML for the `exports:` key; the defaults when `None`.
     pub exports_yaml: Option<String>,
+    /// YAML for the `aws:` key; the defaults when `None`.
+    pub aws_yaml: Option<String>,
+    /// Extra environment variables for the datagate process.
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -46,6 +50,8 @@ impl GatewayOptions {
             datasources_yaml: None,
             store_yaml: None,
             exports_yaml: None,
+            aws_yaml: None,
+            env: Vec::new(),
         }
     }
 }
@@ -58,6 +64,7 @@ pub struct Gateway {
     pub audit_path: PathBuf,
     pub process: ChildProcess,
     config: Config,
+    env: Vec<(String, String)>,
 }
 
 pub fn repository_root() -> PathBuf {
@@ -123,7 +130,7 @@ auth:
       org_role: org_role
 routes:
 {routes}datasources:
-{datasources}{store}{exports}audit:
+{datasources}{store}{exports}{aws}audit:
   output: audit.log
   log_allowed: {log_allowed}
 "#,
@@ -133,6 +140,11 @@ routes:
             datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
             watch = options.watch,
+            aws = options
+                .aws_yaml
+                .as_ref()
+                .map(|aws| format!("aws:\n{}", indent(aws, 2)))
+                .unwrap_or_default(),
             exports = options
                 .exports_yaml
                 .as_ref()
@@ -174,7 +186,7 @@ routes:
         let config_path = dir.path().join("datagate.yaml");
         std::fs::write(&config_path, Gateway::config_yaml(&options, proxy, admin)).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let process = spawn_datagate(&config_path);
+        let process = spawn_datagate(&config_path, &options.env);
         wait_until_ready(admin, proxy);
         Gateway {
             audit_path: dir.path().join("audit.log"),
@@ -184,6 +196,7 @@ routes:
             config_path,
             process,
             config,
+            env: options.env.clone(),
         }
     }
 
@@ -276,7 +289,7 @@ routes:
     /// Stops the process and starts it again on the same config, directory and ports.
     pub fn restart(&mut self) {
         self.process.kill();
-        self.process = spawn_datagate(&self.config_path);
+        self.process = spawn_datagate(&self.config_path, &self.env);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if TcpStream::connect(self.admin).is_ok() {
@@ -291,12 +304,16 @@ routes:
     }
 }
 
-fn spawn_datagate(config_path: &Path) -> ChildProcess {
+fn spawn_datagate(config_path: &Path, env: &[(String, String)]) -> ChildProcess {
     let child = Command::new(env!("CARGO_BIN_EXE_datagate"))
         .arg("run")
         .arg("--config")
         .arg(config_path)
         .env("DATAGATE_LOG", "error")
+        .envs(
+            env.iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
