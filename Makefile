@@ -25,6 +25,7 @@ test: deps lint
 bench:
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench rls
+	$(CARGO) bench --bench credentials
 	./benches/load.sh
 
 fmt:

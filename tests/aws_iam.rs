@@ -35,7 +35,14 @@ impl Moto {
         // Each server records to a file of its own (moto's default is one shared file).
         let recording = tempfile::tempdir().unwrap();
         let process = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .env("MOTO_ENABLE_RECORDING", "true")
             .env("MOTO_RECORDER_FILEPATH", recording.path().join("recording"))
             .stdout(Stdio::null())
@@ -600,5 +607,85 @@ fn redshift_serverless_credentials_and_endpoint_come_from_the_stand_in() {
             .as_str()
             .unwrap()
             .contains("Credential=ASIASTANDIN")
+    );
+}
+
+#[test]
+fn store_datasources_take_aws_iam_as_a_write_only_secret() {
+    let moto = Moto::start();
+    let (upstream_process, upstream) = spawn_upstream(&[]);
+    let mut options = GatewayOptions::new(upstream);
+    options.aws_yaml = Some(aws_yaml(&moto.url(), ""));
+    options.env = aws_env();
+    options.store_yaml =
+        Some("url: sqlite:store.db\npoll_interval: 100ms\nmax_staleness: 5s\n".to_string());
+    let gateway = Gateway::start(options);
+    let setup = Setup {
+        gateway,
+        upstream,
+        _upstream_process: upstream_process,
+    };
+    let admin = setup.gateway.admin_token();
+    let datasource = |aws_iam: Value| {
+        serde_json::json!({
+            "uid": "lake", "name": "Lake", "dialect": "postgres",
+            "secure_settings": {"aws_iam": aws_iam}
+        })
+        .to_string()
+    };
+    let (status, body) = call(
+        "POST",
+        &setup.gateway.admin_url("/api/datasources"),
+        Some(&admin),
+        Some(&datasource(
+            serde_json::json!({"role_arn": "arn:aws:iam::123456789012:role/x", "region": "us-east-1", "db_user": "app", "engine": "aurora-postgresql"}),
+        )),
+    );
+    assert_eq!(status, 400, "Aurora needs host and port: {body}");
+    assert!(!body.to_string().contains("123456789012"), "{body}");
+    let (status, created) = call(
+        "POST",
+        &setup.gateway.admin_url("/api/datasources"),
+        Some(&admin),
+        Some(&datasource(serde_json::json!({
+            "role_arn": "arn:aws:iam::123456789012:role/datagate-lake", "region": "us-east-1",
+            "db_user": "lake_reader", "engine": "aurora-mysql", "host": "lake.cluster-y.us-east-1.rds.amazonaws.com", "port": 3306
+        }))),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["secure_settings_set"],
+        serde_json::json!(["aws_iam"])
+    );
+    for path in ["/api/datasources", "/api/audit"] {
+        let (_, listing) = call("GET", &setup.gateway.admin_url(path), Some(&admin), None);
+        assert!(
+            !listing.to_string().contains("datagate-lake"),
+            "{path}: {listing}"
+        );
+    }
+    let before = setup.gateway.revision();
+    setup
+        .gateway
+        .write_policy("30-aws.csv", "p, role:Gamma, datasources:uid:lake, Query\n");
+    assert!(Gateway::eventually(Duration::from_secs(10), || setup
+        .gateway
+        .revision()
+        > before));
+    clear_recorded(setup.upstream);
+    let (status, body) = read(&setup, "lake", "gus");
+    assert_eq!(status, 200, "{body}");
+    let forwarded = recorded_requests(setup.upstream);
+    assert_eq!(
+        forwarded[0].header_values("X-Datagate-Db-User"),
+        vec!["lake_reader"]
+    );
+    assert!(
+        forwarded[0].header_values("X-Datagate-Db-Token")[0]
+            .starts_with("lake.cluster-y.us-east-1.rds.amazonaws.com:3306/?Action=connect")
+    );
+    assert_eq!(
+        moto.assume_role_calls()[0]["RoleArn"],
+        "arn:aws:iam::123456789012:role/datagate-lake"
     );
 }

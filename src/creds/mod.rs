@@ -268,6 +268,22 @@ impl CredentialBroker {
             })
     }
 
+    /// Puts credentials in the cache as if STS had just returned them, usable for
+    /// `usable_for` (warming a cache from elsewhere; benchmarks).
+    pub async fn seed(&self, key: CredentialKey, credentials: Credentials, usable_for: Duration) {
+        let fetched_at = Instant::now();
+        self.credentials
+            .insert(
+                key,
+                Arc::new(CachedCredentials {
+                    credentials,
+                    fetched_at,
+                    usable_until: fetched_at + usable_for,
+                }),
+            )
+            .await;
+    }
+
     fn refresh_in_background(self: &Arc<Self>, datasource: &str, key: CredentialKey) {
         if !self.refreshing.lock().insert(key.clone()) {
             return;

@@ -27,7 +27,7 @@ use crate::http_error::HttpError;
 use crate::pipeline::{self, Permit, Refusal, RequestHead};
 use crate::state::AppState;
 
-pub use headers::encode_identity_value;
+pub use headers::{encode_identity_value, replace_db_credential_headers};
 
 /// Splits `host:port` and checks both parts; used by config validation.
 pub fn upstream_host_port(address: &str) -> std::result::Result<(String, u16), String> {

@@ -158,7 +158,7 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
     }
     let mut datasources = Vec::new();
     for row in sqlx::query(
-        "SELECT uid, dialect, tables, deny_unlisted_tables FROM datasources ORDER BY id",
+        "SELECT uid, dialect, tables, deny_unlisted_tables, secure_settings FROM datasources ORDER BY id",
     )
     .fetch_all(&mut **tx)
     .await?
