@@ -2,6 +2,8 @@
 //! and token cache lookups for one datasource, and attaching the credential headers to
 //! the upstream request. `cargo bench --bench credentials`.
 
+#![allow(clippy::panic)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
