@@ -52,6 +52,11 @@ fn bench_credentials(criterion: &mut Criterion) {
         .block_on(broker.database_credentials("aurora", &iam, "bench"))
         .unwrap_or_else(|error| panic!("warm-up: {error}"));
 
+    // What the harness itself costs per iteration, to subtract from the line below.
+    criterion.bench_function("baseline: block_on of a ready future", |bencher| {
+        bencher.iter(|| runtime.block_on(std::future::ready(1u8)))
+    });
+
     criterion.bench_function("credentials: warm STS + token cache hit", |bencher| {
         bencher.iter(|| {
             runtime
