@@ -40,9 +40,21 @@ for port in 18088 18081 18080; do
   done
 done
 token=$("$bin/datagate" token --config "$work/datagate.yaml" --sub alice --roles Gamma --org-role Viewer --ttl 1h)
+sql_token=$("$bin/datagate" token --config "$work/datagate.yaml" --sub alice --roles Gamma,sql_lab --org-role Viewer --ttl 1h)
 
-run() { # name url
-  wrk -t1 -c"$connections" -d"${duration}s" --latency -H "Authorization: Bearer $token" "$2" >"$work/$1.txt"
+# SQL Lab execute with a fixed body: through datagate it is parsed, RLS-rewritten (a
+# rewrite-cache hit after the first request) and executed on the demo upstream.
+cat >"$work/sql.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"database_id": 1, "sql": "SELECT o.id, o.amount, c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.amount > 5"}'
+LUA
+
+run() { # name url [wrk args…]
+  local name=$1 url=$2
+  shift 2
+  wrk -t1 -c"$connections" -d"${duration}s" --latency -H "Authorization: Bearer ${bearer:-$token}" "$@" "$url" >"$work/$name.txt"
+  set -- "$name"
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/$1.txt")
   p50=$(awk '$1=="50%" {print $2}' "$work/$1.txt")
@@ -57,3 +69,8 @@ run bare-pingora http://127.0.0.1:18081/api/v1/chart/1
 run datagate-auth-route http://127.0.0.1:18080/api/v1/chart/1
 awk -v a="$(cat "$work/datagate-auth-route.rps")" -v b="$(cat "$work/bare-pingora.rps")" \
   'BEGIN { printf "ratio datagate/bare: %.2f\n", a / b }'
+echo "POST /api/v1/sqllab/execute/ (JWT, can_execute_sql_query, RLS rewrite, SQL executed upstream)"
+bearer=$sql_token run bare-pingora-sql http://127.0.0.1:18081/api/v1/sqllab/execute/ -s "$work/sql.lua"
+bearer=$sql_token run datagate-sql-rls http://127.0.0.1:18080/api/v1/sqllab/execute/ -s "$work/sql.lua"
+awk -v a="$(cat "$work/datagate-sql-rls.rps")" -v b="$(cat "$work/bare-pingora-sql.rps")" \
+  'BEGIN { printf "ratio datagate/bare (SQL route, rewrite-cache hits): %.2f\n", a / b }'
