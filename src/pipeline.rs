@@ -118,14 +118,9 @@ pub struct Permit {
     canonical_path: String,
     datasource_uids: Vec<String>,
     policy_revision: u64,
-    exports: crate::export::ExportAllowance,
 }
 
 impl Permit {
-    /// Which exports the caller may make (for the response-side guard).
-    pub fn exports(&self) -> crate::export::ExportAllowance {
-        self.exports
-    }
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
@@ -245,21 +240,11 @@ pub fn authorize(
                     "unmatched route: allowed by `routes.unmatched: allow`".into(),
                     true,
                 );
-                Ok(permit(
-                    snapshot,
-                    identified,
-                    Vec::new(),
-                    &identified.principal.subjects(),
-                ))
+                Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated if !anonymous => {
                 record("unmatched route: caller is authenticated".into(), true);
-                Ok(permit(
-                    snapshot,
-                    identified,
-                    Vec::new(),
-                    &identified.principal.subjects(),
-                ))
+                Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated => {
                 record("unmatched route: caller is authenticated".into(), false);
@@ -402,7 +387,7 @@ pub fn authorize(
             }
         }
     }
-    Ok(permit(snapshot, identified, datasource_uids, &subjects))
+    Ok(permit(snapshot, identified, datasource_uids))
 }
 
 /// Datasette's tilde-encoding of names in paths (`~2F` is `/`); `None` when a `~` is not
@@ -448,7 +433,6 @@ pub fn select_mcp_tool<'t>(
     let Some(tools) = route.mcp() else {
         return Ok(None);
     };
-    let route: &'t crate::route::Route = route;
     let document: serde_json::Value = serde_json::from_slice(body.unwrap_or_default())
         .map_err(|error| Refusal::McpInvalid(format!("the body is not JSON: {error}")))?;
     let Some(request) = document.as_object() else {
@@ -479,7 +463,6 @@ pub fn select_mcp_tool<'t>(
         .tool(name)
         .ok_or_else(|| Refusal::McpUnknownTool(name.to_string()))?;
     let params = params.clone();
-    let _ = route;
     identified.route = Some((tool, params));
     call.tool = Some(name.to_string());
     Ok(Some(call))
@@ -498,7 +481,6 @@ fn permit(
     snapshot: &PolicySnapshot,
     identified: &Identified<'_>,
     datasource_uids: Vec<String>,
-    subjects: &[String],
 ) -> Permit {
     Permit {
         principal: identified.principal.clone(),
@@ -506,7 +488,6 @@ fn permit(
         canonical_path: identified.canonical_path.clone(),
         datasource_uids,
         policy_revision: snapshot.revision,
-        exports: snapshot.exports.allowance(&snapshot.policy, subjects),
     }
 }
 
@@ -611,10 +592,9 @@ pub const PERMISSIONS_PATH: &str = "/api/me/permissions";
 /// Its name in metrics and audit events.
 pub const PERMISSIONS_ROUTE: &str = "datagate-me-permissions";
 
-/// `GET /api/me/permissions` (exactly; it is never forwarded).
-pub fn is_permissions_request(head: &RequestHead<'_>) -> bool {
-    (head.method == "GET" || head.method == "HEAD")
-        && canonicalize_path(head.raw_path).is_ok_and(|path| path == PERMISSIONS_PATH)
+/// `GET /api/me/permissions` (the canonical path, exactly; it is never forwarded).
+pub fn is_permissions_request(head: &RequestHead<'_>, identified: &Identified<'_>) -> bool {
+    (head.method == "GET" || head.method == "HEAD") && identified.canonical_path == PERMISSIONS_PATH
 }
 
 /// What the caller may do, so a frontend can disable a button instead of meeting a 403.
@@ -665,19 +645,9 @@ const DATASOURCE_ACTIONS: [&str; 6] = [
     "datasources.permissions:write",
 ];
 
-/// The caller's effective permissions under `snapshot`, decided by the same engine and
-/// store identity enrichment as every proxied request.
-pub fn caller_permissions(
-    state: &AppState,
-    snapshot: &PolicySnapshot,
-    head: &RequestHead<'_>,
-) -> Result<CallerPermissions, Refusal> {
-    if let Some(age) = state.policy_staleness() {
-        return Err(Refusal::PolicyStale {
-            seconds: age.as_secs(),
-        });
-    }
-    let principal = authenticate(state, snapshot, head.authorization, head.api_key)?;
+/// The identified caller's effective permissions under `snapshot`, decided by the same
+/// engine (and store identity enrichment, done by [`identify`]) as every proxied request.
+pub fn caller_permissions(snapshot: &PolicySnapshot, principal: &Principal) -> CallerPermissions {
     let subjects = principal.subjects();
     let effective = snapshot.policy.effective_permissions(&subjects);
     let allowance = snapshot.exports.allowance(&snapshot.policy, &subjects);
@@ -705,7 +675,7 @@ pub fn caller_permissions(
         });
         datasources.insert(uid.clone(), DatasourceAccess { level, actions });
     }
-    Ok(CallerPermissions {
+    CallerPermissions {
         user: principal.username.clone(),
         kind: principal.kind,
         roles: principal.roles.clone(),
@@ -725,7 +695,7 @@ pub fn caller_permissions(
         },
         datasources,
         policy_revision: snapshot.revision,
-    })
+    }
 }
 
 /// The refusal for an upstream response that is an export the caller may not make.

@@ -153,25 +153,10 @@ async fn listen(state: Arc<AppState>, store: Store, wake: Arc<Notify>) {
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %redacted(&error.to_string()), "cannot connect the store change listener; retrying");
+                tracing::warn!(error = %crate::store::redact(&error.to_string(), store.url()), "cannot connect the store change listener; retrying");
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-}
-
-/// Connection errors can echo the URL; keep passwords out of the log.
-fn redacted(message: &str) -> String {
-    message
-        .split_whitespace()
-        .map(|word| {
-            if word.contains("://") && word.contains('@') {
-                "<store url>"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -13,18 +13,6 @@ use serde_json::{Value, json};
 use support::gateway::{Gateway, GatewayOptions};
 use support::{call, clear_recorded, recorded_requests, spawn_upstream};
 
-/// A fresh PostgreSQL database for one test, or `None` when PostgreSQL is not configured.
-pub fn fresh_postgres_database() -> Option<String> {
-    let url = std::env::var("DATAGATE_TEST_PG_URL").ok()?;
-    let name = format!("datagate_it_{}", uuid::Uuid::new_v4().simple());
-    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-    Some(format!("{base}/{name}"))
-}
-
 fn sqlite_store() -> String {
     "url: sqlite:store/datagate.db\npoll_interval: 100ms\nmax_staleness: 5s\n".to_string()
 }
@@ -36,8 +24,8 @@ fn postgres_store(url: &str) -> String {
 /// Every store backend available here, as `store:` YAML.
 fn store_backends() -> Vec<(&'static str, String)> {
     let mut backends = vec![("sqlite", sqlite_store())];
-    match fresh_postgres_database() {
-        Some(url) => backends.push(("postgres", postgres_store(&url))),
+    match support::fresh_postgres_database("it") {
+        Some((url, _)) => backends.push(("postgres", postgres_store(&url))),
         None => eprintln!("DATAGATE_TEST_PG_URL not set: PostgreSQL store not tested"),
     }
     backends

@@ -175,19 +175,6 @@ fn read(setup: &Setup, uid: &str, user: &str) -> (u16, Value) {
     )
 }
 
-fn metric(gateway: &Gateway, prefix: &str) -> f64 {
-    let text = ureq::get(&gateway.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn query_of(token: &str) -> HashMap<String, String> {
     let (_, query) = token.split_once("/?").unwrap();
     form_urlencoded::parse(query.as_bytes())
@@ -307,20 +294,18 @@ fn a_thousand_concurrent_requests_on_a_cold_cache_make_one_assume_role_call() {
         "concurrent misses coalesce"
     );
     assert_eq!(
-        metric(
-            &setup.gateway,
-            "datagate_sts_calls_total{outcome=\"success\"}"
-        ),
+        setup
+            .gateway
+            .metric("datagate_sts_calls_total{outcome=\"success\"}"),
         1.0
     );
     assert_eq!(
-        metric(
-            &setup.gateway,
-            "datagate_credential_cache_total{result=\"hit\"}"
-        ) + metric(
-            &setup.gateway,
-            "datagate_credential_cache_total{result=\"miss\"}"
-        ),
+        setup
+            .gateway
+            .metric("datagate_credential_cache_total{result=\"hit\"}")
+            + setup
+                .gateway
+                .metric("datagate_credential_cache_total{result=\"miss\"}"),
         1000.0
     );
 }
@@ -363,10 +348,10 @@ fn credentials_expire_after_the_ttl_and_refresh_ahead_in_the_background() {
         .len()
         == 2));
     assert!(Gateway::eventually(Duration::from_secs(5), || {
-        metric(
-            &setup.gateway,
-            "datagate_credential_refreshes_total{outcome=\"refreshed\"}",
-        ) == 1.0
+        setup
+            .gateway
+            .metric("datagate_credential_refreshes_total{outcome=\"refreshed\"}")
+            == 1.0
     }));
     assert_eq!(read(&setup, "aurora", "gus").0, 200);
     let tokens: Vec<String> = recorded_requests(setup.upstream)
@@ -402,10 +387,10 @@ fn when_sts_is_down_cached_credentials_serve_until_they_expire_then_requests_fai
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(read(&setup, "aurora", "gus").0, 200);
     assert!(Gateway::eventually(Duration::from_secs(10), || {
-        metric(
-            &setup.gateway,
-            "datagate_credential_refreshes_total{outcome=\"failed\"}",
-        ) >= 1.0
+        setup
+            .gateway
+            .metric("datagate_credential_refreshes_total{outcome=\"failed\"}")
+            >= 1.0
     }));
     assert_eq!(read(&setup, "aurora", "gus").0, 200);
     // Expired, STS still down: refused before the upstream, with nothing to leak.
@@ -522,10 +507,9 @@ fn redshift_cluster_credentials_come_from_get_cluster_credentials() {
         "cached until shortly before it expires"
     );
     assert_eq!(
-        metric(
-            &setup.gateway,
-            "datagate_db_token_cache_total{result=\"miss\"}"
-        ),
+        setup
+            .gateway
+            .metric("datagate_db_token_cache_total{result=\"miss\"}"),
         1.0
     );
 }

@@ -13,17 +13,6 @@ use serde_json::json;
 use support::gateway::{Gateway, GatewayOptions};
 use support::{call, clear_recorded, recorded_requests, spawn_upstream};
 
-fn fresh_database() -> Option<(String, String)> {
-    let url = std::env::var("DATAGATE_TEST_PG_URL").ok()?;
-    let name = format!("datagate_replicas_{}", uuid::Uuid::new_v4().simple());
-    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-    Some((format!("{base}/{name}"), name))
-}
-
 fn replica(upstream: std::net::SocketAddr, store_url: &str, max_staleness: &str) -> Gateway {
     let mut options = GatewayOptions::new(upstream);
     options.store_yaml = Some(format!(
@@ -65,7 +54,7 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 
 #[test]
 fn a_revoke_through_one_replica_is_enforced_by_the_others() {
-    let Some((store_url, _)) = fresh_database() else {
+    let Some((store_url, _)) = support::fresh_postgres_database("replicas") else {
         eprintln!("DATAGATE_TEST_PG_URL not set: the three-replica test did not run");
         return;
     };
@@ -138,33 +127,16 @@ fn a_revoke_through_one_replica_is_enforced_by_the_others() {
         grant_latencies.last().unwrap(),
     );
     // The other replicas learnt of the changes by notification, not only by polling.
-    let (_, metrics_text) = (
-        0,
-        ureq::get(&b.admin_url("/metrics"))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap(),
+    let notified = b.metric_with(
+        "datagate_store_syncs_total",
+        &["source=\"notify\"", "result=\"reloaded\""],
     );
-    let notified = metrics_text
-        .lines()
-        .find(|line| {
-            line.starts_with("datagate_store_syncs_total")
-                && line.contains("source=\"notify\"")
-                && line.contains("result=\"reloaded\"")
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(
-        notified >= 1.0,
-        "no reload was triggered by LISTEN:\n{metrics_text}"
-    );
+    assert!(notified >= 1.0, "no reload was triggered by LISTEN");
 }
 
 #[test]
 fn a_replica_that_cannot_confirm_its_grants_refuses_then_recovers() {
-    let Some((store_url, database)) = fresh_database() else {
+    let Some((store_url, database)) = support::fresh_postgres_database("replicas") else {
         eprintln!("DATAGATE_TEST_PG_URL not set: the staleness test did not run");
         return;
     };

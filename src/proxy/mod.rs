@@ -101,6 +101,8 @@ pub struct RequestContext {
     /// The upstream response was an export the caller may not make: its body is
     /// replaced by this refusal.
     refused_response_body: Option<Bytes>,
+    /// The snapshot the request was decided against (the response guard decides with it).
+    snapshot: Option<Arc<crate::state::PolicySnapshot>>,
     /// Datasources the request's SQL named (for IAM credentials).
     sql_datasources: Vec<String>,
     /// IAM database credentials for the upstream.
@@ -135,6 +137,7 @@ impl ProxyHttp for DatagateProxy {
             outcome: None,
             mcp: None,
             refused_response_body: None,
+            snapshot: None,
             sql_datasources: Vec::new(),
             db_credentials: None,
         }
@@ -163,12 +166,6 @@ impl ProxyHttp for DatagateProxy {
             content_type: content_type.as_deref(),
         };
 
-        if pipeline::is_permissions_request(&head) {
-            return self
-                .answer_permissions(session, ctx, &snapshot, &head)
-                .await;
-        }
-
         let mut identified = match pipeline::identify(&self.state, &snapshot, &head) {
             Ok(identified) => identified,
             Err(refusal) => {
@@ -177,6 +174,11 @@ impl ProxyHttp for DatagateProxy {
                 return self.refuse(session, ctx, refusal, outcome).await;
             }
         };
+        if pipeline::is_permissions_request(&head, &identified) {
+            return self
+                .answer_permissions(session, &snapshot, &identified.principal)
+                .await;
+        }
 
         let body = if identified.needs_body() {
             let limit = self.state.routes.max_body_bytes();
@@ -298,6 +300,7 @@ impl ProxyHttp for DatagateProxy {
                     refused_response: false,
                 });
                 ctx.permit = Some(permit);
+                ctx.snapshot = Some(snapshot);
                 Ok(false)
             }
             Err(refusal) => {
@@ -428,8 +431,13 @@ impl ProxyHttp for DatagateProxy {
                 text(http::header::CONTENT_TYPE),
                 text(http::header::CONTENT_DISPOSITION),
             );
+            // Only an export-typed response costs the permission lookups.
             if let Some(kind) = kind
-                && !permit.exports().allows(kind)
+                && let Some(snapshot) = &ctx.snapshot
+                && !snapshot
+                    .exports
+                    .allowance(&snapshot.policy, &permit.principal().subjects())
+                    .allows(kind)
             {
                 let refusal = pipeline::export_refusal(&self.state.config.exports, kind);
                 let error = HttpError::from(&refusal);
@@ -532,34 +540,20 @@ impl DatagateProxy {
     async fn answer_permissions(
         &self,
         session: &mut Session,
-        ctx: &mut RequestContext,
         snapshot: &crate::state::PolicySnapshot,
-        head: &RequestHead<'_>,
+        principal: &crate::principal::Principal,
     ) -> Result<bool> {
-        match pipeline::caller_permissions(&self.state, snapshot, head) {
-            Ok(permissions) => {
-                let body = Bytes::from(serde_json::to_vec(&permissions).unwrap_or_default());
-                let mut response = ResponseHeader::build(200, Some(4))?;
-                response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-                response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-                response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-                session
-                    .write_response_header(Box::new(response), false)
-                    .await?;
-                session.write_response_body(Some(body), true).await?;
-                Ok(true)
-            }
-            Err(refusal) => {
-                let outcome = refused_outcome(
-                    head,
-                    &refusal,
-                    pipeline::PERMISSIONS_ROUTE,
-                    None,
-                    snapshot.revision,
-                );
-                self.refuse(session, ctx, refusal, outcome).await
-            }
-        }
+        let permissions = pipeline::caller_permissions(snapshot, principal);
+        let body = Bytes::from(serde_json::to_vec(&permissions).unwrap_or_default());
+        let mut response = ResponseHeader::build(200, Some(4))?;
+        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
     }
 
     fn count_rewrites(&self, result: &std::result::Result<Option<pipeline::SqlRewrite>, Refusal>) {

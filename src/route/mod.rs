@@ -241,10 +241,6 @@ impl McpTools {
     pub fn tool(&self, name: &str) -> Option<&Route> {
         self.tools.get(name)
     }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tools.keys().map(String::as_str)
-    }
 }
 
 /// A route's SQL locations, compiled (see [`crate::sql_location`]).

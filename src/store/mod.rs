@@ -352,7 +352,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// Connection errors can echo the URL, which may carry a password.
-fn redact(message: &str, url: &str) -> String {
+pub(crate) fn redact(message: &str, url: &str) -> String {
     let mut message = message.replace(url, "<store url>");
     if let Some((_, rest)) = url.split_once("://")
         && let Some((credentials, _)) = rest.split_once('@')

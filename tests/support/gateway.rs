@@ -270,6 +270,26 @@ routes:
         predicate()
     }
 
+    /// The value of the first `/metrics` line starting with `prefix` (0 when absent).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metric_with(prefix, &[])
+    }
+
+    /// The value of the first `/metrics` line starting with `name` and containing every
+    /// one of `labels` (`source="notify"`), in whatever order they are printed.
+    pub fn metric_with(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = ureq::get(&self.admin_url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        text.lines()
+            .find(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit_path)
             .unwrap_or_default()

@@ -154,6 +154,20 @@ pub fn call(
     )
 }
 
+/// A fresh PostgreSQL database for one test — `(url, name)` — or `None` when
+/// `DATAGATE_TEST_PG_URL` is not set. Names start with `datagate_`, which `.ci/run`
+/// drops before the next run.
+pub fn fresh_postgres_database(purpose: &str) -> Option<(String, String)> {
+    let url = std::env::var("DATAGATE_TEST_PG_URL").ok()?;
+    let name = format!("datagate_{purpose}_{}", uuid::Uuid::new_v4().simple());
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    Some((format!("{base}/{name}"), name))
+}
+
 pub fn clear_recorded(upstream: SocketAddr) {
     ureq::delete(&format!("http://{upstream}/__recorder/requests"))
         .call()
