@@ -21,7 +21,7 @@ use crate::audit::AuditSink;
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine, load_policy};
+use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine, read_policy_sources};
 use crate::rls::{RlsError, RlsPolicy, parse_filter_file};
 use crate::route::RouteTable;
 use crate::store::{Store, StoreContents, StoreIdentity};
@@ -117,34 +117,18 @@ pub fn build_snapshot_content_with_store(
     store: &Arc<StoreContents>,
 ) -> Result<SnapshotContent, SnapshotError> {
     let policy_directory = config.policy_directory();
-    let model_path = config.policy_model_path();
-    let model_text = std::fs::read_to_string(&model_path).map_err(|error| SnapshotError::Read {
-        path: model_path.file_name().map_or_else(
-            || "policy model".into(),
-            |name| name.to_string_lossy().into_owned(),
-        ),
-        message: error.to_string(),
-    })?;
-    let file_policy = load_policy(&model_path, &policy_directory)?;
-    let mut hasher = Sha256::new();
-    hasher.update(file_policy.digest().as_bytes());
-    let file_lines = crate::policy::policy_lines_of_directory(&policy_directory)?;
-    let file_datasource_grants: Vec<SourcedLine> = file_lines
+    let sources = read_policy_sources(&config.policy_model_path(), &policy_directory)?;
+    let file_datasource_grants: Vec<SourcedLine> = sources
+        .lines
         .iter()
         .filter(|sourced| {
             matches!(&sourced.line, PolicyLine::Grant { object, .. } if object.starts_with("datasources:"))
         })
         .cloned()
         .collect();
-    let policy = if store.grants.is_empty() && store.role_permissions.is_empty() {
-        file_policy
-    } else {
-        let mut lines = file_lines;
-        lines.extend(store.policy_lines()?);
-        let merged = crate::policy::compile_policy(&model_text, lines)?;
-        hasher.update(merged.digest().as_bytes());
-        merged
-    };
+    let policy = sources.compile(store.policy_lines()?)?;
+    let mut hasher = Sha256::new();
+    hasher.update(policy.digest().as_bytes());
     let files = filter_files(&policy_directory)?;
     let mut filters = Vec::new();
     for (name, text) in &files {

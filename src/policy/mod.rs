@@ -141,13 +141,79 @@ impl CompiledPolicy {
 /// Loads `model_path` and every `*.csv` in `policy_dir` (by file name; dotfiles and
 /// other files ignored, symlinks followed).
 pub fn load_policy(model_path: &Path, policy_dir: &Path) -> Result<CompiledPolicy, PolicyError> {
+    read_policy_sources(model_path, policy_dir)?.compile(Vec::new())
+}
+
+/// The model and the policy files, read and parsed once, not yet compiled: a snapshot
+/// build inspects the lines (e.g. for permission listings) and adds the store's before
+/// compiling everything in one go.
+pub struct PolicySources {
+    model_name: String,
+    model_text: String,
+    /// Every checked line of the files, in load order.
+    pub lines: Vec<SourcedLine>,
+    /// sha256 over the model and the files' raw contents.
+    file_digest: String,
+}
+
+/// Reads and parses `model_path` and the `*.csv` files of `policy_dir`.
+pub fn read_policy_sources(
+    model_path: &Path,
+    policy_dir: &Path,
+) -> Result<PolicySources, PolicyError> {
     let model_name = display_name(model_path);
     let model_text = fs::read_to_string(model_path).map_err(|source| PolicyError::Read {
         name: model_name.clone(),
         source,
     })?;
     let files = read_policy_dir(policy_dir)?;
-    compile_sources(&model_name, &model_text, &files)
+    sources_of_files(model_name, model_text, &files)
+}
+
+/// Parses in-memory files (`(file name, contents)` in load order) with their model.
+fn sources_of_files(
+    model_name: String,
+    model_text: String,
+    files: &[(String, String)],
+) -> Result<PolicySources, PolicyError> {
+    let mut hasher = Sha256::new();
+    hash_framed(&mut hasher, model_text.as_bytes());
+    let mut lines = Vec::new();
+    for (name, contents) in files {
+        hash_framed(&mut hasher, name.as_bytes());
+        hash_framed(&mut hasher, contents.as_bytes());
+        lines.extend(parse_policy_file(name, contents)?);
+    }
+    Ok(PolicySources {
+        model_name,
+        model_text,
+        lines,
+        file_digest: hex::encode(hasher.finalize()),
+    })
+}
+
+impl PolicySources {
+    /// Compiles the file lines plus `extra` (the store's). Without extra lines the digest
+    /// is the files' own, so an unchanged directory keeps its digest.
+    pub fn compile(self, extra: Vec<SourcedLine>) -> Result<CompiledPolicy, PolicyError> {
+        let digest = if extra.is_empty() {
+            self.file_digest
+        } else {
+            let mut hasher = Sha256::new();
+            hash_framed(&mut hasher, self.file_digest.as_bytes());
+            for sourced in &extra {
+                hash_framed(&mut hasher, sourced.source.file.as_bytes());
+                hash_framed(&mut hasher, &(sourced.source.line as u64).to_le_bytes());
+                for field in sourced.line.fields() {
+                    hash_framed(&mut hasher, field.as_bytes());
+                }
+            }
+            hex::encode(hasher.finalize())
+        };
+        let mut lines = self.lines;
+        lines.extend(extra);
+        compile(&self.model_name, &self.model_text, lines, digest)
+    }
 }
 
 /// Like [`load_policy`], from in-memory sources: `(file name, contents)` in load order.
@@ -155,7 +221,7 @@ pub fn load_policy_from_sources(
     model_text: &str,
     files: &[(String, String)],
 ) -> Result<CompiledPolicy, PolicyError> {
-    compile_sources("casbin model", model_text, files)
+    sources_of_files("casbin model".to_string(), model_text.to_string(), files)?.compile(Vec::new())
 }
 
 /// Compiles already-parsed lines, e.g. file lines plus the admin store's grants. The
@@ -250,23 +316,6 @@ fn csv_problem(error: &csv::Error) -> String {
         csv::ErrorKind::Io(_) => "read error".to_string(),
         _ => "unparseable record".to_string(),
     }
-}
-
-fn compile_sources(
-    model_name: &str,
-    model_text: &str,
-    files: &[(String, String)],
-) -> Result<CompiledPolicy, PolicyError> {
-    let mut hasher = Sha256::new();
-    hash_framed(&mut hasher, model_text.as_bytes());
-    let mut lines = Vec::new();
-    for (name, contents) in files {
-        hash_framed(&mut hasher, name.as_bytes());
-        hash_framed(&mut hasher, contents.as_bytes());
-        lines.extend(parse_policy_file(name, contents)?);
-    }
-    let digest = hex::encode(hasher.finalize());
-    compile(model_name, model_text, lines, digest)
 }
 
 fn compile(
