@@ -433,6 +433,8 @@ pub fn select_mcp_tool<'t>(
     let Some(tools) = route.mcp() else {
         return Ok(None);
     };
+    // A repeated `method` or `name` could be read one way here and another upstream.
+    crate::json_guard::reject_duplicate_keys(body.unwrap_or_default())?;
     let document: serde_json::Value = serde_json::from_slice(body.unwrap_or_default())
         .map_err(|error| Refusal::McpInvalid(format!("the body is not JSON: {error}")))?;
     let Some(request) = document.as_object() else {
