@@ -5,12 +5,15 @@
 //! [`super::support::write`], so it is validated, audited and serving before the
 //! response.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -24,7 +27,8 @@ use crate::authn::SERVICE_ACCOUNT_TOKEN_PREFIX;
 use crate::rls::FilterDefinition;
 use crate::state::AppState;
 use crate::store::{
-    Change, DatasourceInput, Page, RolePermission, ServiceAccountTokenInput, UserInput, UserRecord,
+    Change, DatasourceInput, Page, PageRequest, RolePermission, ServiceAccountTokenInput, Store,
+    StoreError, UserInput, UserRecord,
 };
 
 const PAGE_PARAMETERS: &[&str] = &["page", "page_size"];
@@ -44,6 +48,116 @@ fn created_id(applied: &crate::store::Applied) -> Result<i64, AdminError> {
         .ok_or_else(|| AdminError::Internal("create returned no id".into()))
 }
 
+/// A store read borrowing the store, as a future (listings and lookups).
+type StoreRead<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Admin role, then `page` / `page_size`, then one paged store listing.
+async fn paged<T: Serialize>(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    list: impl for<'a> FnOnce(&'a Store, PageRequest) -> StoreRead<'a, Page<T>>,
+) -> Response {
+    into_response(
+        async {
+            require_admin(state, headers)?;
+            let page = page_request(&parse_query(query, PAGE_PARAMETERS)?)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &list(store(state)?, page).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+/// Admin role, then a numeric path id, then one store record.
+async fn one<T: Serialize>(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+    id: &str,
+    read: impl for<'a> FnOnce(&'a Store, i64) -> StoreRead<'a, T>,
+) -> Response {
+    into_response(
+        async {
+            require_admin(state, headers)?;
+            let id = parse_id(what, id)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &read(store(state)?, id).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+/// Admin role, then a numeric path id, then the delete `change` applied.
+async fn removal(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    what: &str,
+    id: &str,
+    change: impl FnOnce(i64) -> Change,
+) -> Response {
+    into_response(
+        async {
+            let caller = require_admin(state, headers)?;
+            let id = parse_id(what, id)?;
+            write(state, &caller, change(id)).await?;
+            Ok(deleted(what))
+        }
+        .await,
+    )
+}
+
+/// Admin role, then a JSON body, then the create `change` applied; answers 201 with the
+/// created record as the store now has it.
+async fn creation<Input: DeserializeOwned, Record: Serialize>(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: &[u8],
+    change: impl FnOnce(Input) -> Change,
+    read: impl for<'a> FnOnce(&'a Store, i64) -> StoreRead<'a, Record>,
+) -> Response {
+    into_response(
+        async {
+            let caller = require_admin(state, headers)?;
+            let input: Input = parse_body(body)?;
+            let applied = write(state, &caller, change(input)).await?;
+            let record = read(store(state)?, created_id(&applied)?).await?;
+            Ok(json_response(StatusCode::CREATED, &record))
+        }
+        .await,
+    )
+}
+
+/// Admin role, then a numeric path id and a JSON body, then the update `change`
+/// applied; answers 200 with the record as the store now has it.
+async fn update<Input: DeserializeOwned, Record: Serialize>(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    what: &str,
+    id: &str,
+    body: &[u8],
+    change: impl FnOnce(i64, Input) -> Change,
+    read: impl for<'a> FnOnce(&'a Store, i64) -> StoreRead<'a, Record>,
+) -> Response {
+    into_response(
+        async {
+            let caller = require_admin(state, headers)?;
+            let id = parse_id(what, id)?;
+            let input: Input = parse_body(body)?;
+            write(state, &caller, change(id, input)).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &read(store(state)?, id).await?,
+            ))
+        }
+        .await,
+    )
+}
+
 // ---------------------------------------------------------------- users
 
 #[utoipa::path(get, path = "/api/users", tag = "users",
@@ -55,19 +169,10 @@ pub async fn list_users(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    into_response(list_accounts(&state, &headers, query.as_deref(), false).await)
-}
-
-async fn list_accounts(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    service_accounts: bool,
-) -> AdminResult {
-    require_admin(state, headers)?;
-    let page = page_request(&parse_query(query, PAGE_PARAMETERS)?)?;
-    let listing = store(state)?.list_users(page, service_accounts).await?;
-    Ok(json_response(StatusCode::OK, &listing))
+    paged(&state, &headers, query.as_deref(), |store, page| {
+        Box::pin(store.list_users(page, false))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/users", tag = "users", request_body = UserInput,
@@ -117,24 +222,10 @@ pub async fn get_user(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(get_account(&state, &headers, &id, false).await)
-}
-
-async fn get_account(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    id: &str,
-    service_account: bool,
-) -> AdminResult {
-    require_admin(state, headers)?;
-    let what = if service_account {
-        "service account"
-    } else {
-        "user"
-    };
-    let id = parse_id(what, id)?;
-    let record = store(state)?.user(id, Some(service_account)).await?;
-    Ok(json_response(StatusCode::OK, &record))
+    one(&state, &headers, "user", &id, |store, id| {
+        Box::pin(store.user(id, Some(false)))
+    })
+    .await
 }
 
 #[utoipa::path(put, path = "/api/users/{id}", tag = "users", params(("id" = i64, Path)), request_body = UserInput,
@@ -186,32 +277,11 @@ pub async fn delete_user(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(delete_account(&state, &headers, &id, false).await)
-}
-
-async fn delete_account(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    id: &str,
-    service_account: bool,
-) -> AdminResult {
-    let caller = require_admin(state, headers)?;
-    let what = if service_account {
-        "service account"
-    } else {
-        "user"
-    };
-    let id = parse_id(what, id)?;
-    write(
-        state,
-        &caller,
-        Change::DeleteUser {
-            id,
-            service_account,
-        },
-    )
-    .await?;
-    Ok(deleted(what))
+    removal(&state, &headers, "user", &id, |id| Change::DeleteUser {
+        id,
+        service_account: false,
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- service accounts
@@ -225,7 +295,10 @@ pub async fn list_service_accounts(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    into_response(list_accounts(&state, &headers, query.as_deref(), true).await)
+    paged(&state, &headers, query.as_deref(), |store, page| {
+        Box::pin(store.list_users(page, true))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/serviceaccounts", tag = "service accounts", request_body = UserInput,
@@ -247,7 +320,10 @@ pub async fn get_service_account(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(get_account(&state, &headers, &id, true).await)
+    one(&state, &headers, "service account", &id, |store, id| {
+        Box::pin(store.user(id, Some(true)))
+    })
+    .await
 }
 
 #[utoipa::path(put, path = "/api/serviceaccounts/{id}", tag = "service accounts", params(("id" = i64, Path)), request_body = UserInput,
@@ -270,7 +346,13 @@ pub async fn delete_service_account(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(delete_account(&state, &headers, &id, true).await)
+    removal(&state, &headers, "service account", &id, |id| {
+        Change::DeleteUser {
+            id,
+            service_account: true,
+        }
+    })
+    .await
 }
 
 /// `POST /api/serviceaccounts/:id/tokens`.
@@ -449,17 +531,10 @@ pub async fn list_teams(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.list_teams(page).await?,
-            ))
-        }
-        .await,
-    )
+    paged(&state, &headers, query.as_deref(), |store, page| {
+        Box::pin(store.list_teams(page))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/teams", tag = "teams", request_body = TeamInput,
@@ -470,24 +545,17 @@ pub async fn create_team(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let input: TeamInput = parse_body(&body)?;
-            let applied = write(
-                &state,
-                &caller,
-                Change::CreateTeam {
-                    name: input.name,
-                    email: input.email,
-                },
-            )
-            .await?;
-            let record = store(&state)?.team(created_id(&applied)?).await?;
-            Ok(json_response(StatusCode::CREATED, &record))
-        }
-        .await,
+    creation(
+        &state,
+        &headers,
+        &body,
+        |input: TeamInput| Change::CreateTeam {
+            name: input.name,
+            email: input.email,
+        },
+        |store, id| Box::pin(store.team(id)),
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/teams/{id}", tag = "teams", params(("id" = i64, Path)),
@@ -498,17 +566,10 @@ pub async fn get_team(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let id = parse_id("team", &id)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.team(id).await?,
-            ))
-        }
-        .await,
-    )
+    one(&state, &headers, "team", &id, |store, id| {
+        Box::pin(store.team(id))
+    })
+    .await
 }
 
 #[utoipa::path(put, path = "/api/teams/{id}", tag = "teams", params(("id" = i64, Path)), request_body = TeamInput,
@@ -520,28 +581,20 @@ pub async fn update_team(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("team", &id)?;
-            let input: TeamInput = parse_body(&body)?;
-            write(
-                &state,
-                &caller,
-                Change::UpdateTeam {
-                    id,
-                    name: input.name,
-                    email: input.email,
-                },
-            )
-            .await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.team(id).await?,
-            ))
-        }
-        .await,
+    update(
+        &state,
+        &headers,
+        "team",
+        &id,
+        &body,
+        |id, input: TeamInput| Change::UpdateTeam {
+            id,
+            name: input.name,
+            email: input.email,
+        },
+        |store, id| Box::pin(store.team(id)),
     )
+    .await
 }
 
 #[utoipa::path(delete, path = "/api/teams/{id}", tag = "teams", params(("id" = i64, Path)),
@@ -552,15 +605,10 @@ pub async fn delete_team(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("team", &id)?;
-            write(&state, &caller, Change::DeleteTeam { id }).await?;
-            Ok(deleted("team"))
-        }
-        .await,
-    )
+    removal(&state, &headers, "team", &id, |id| Change::DeleteTeam {
+        id,
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/teams/{id}/members", tag = "teams",
@@ -679,17 +727,10 @@ pub async fn list_roles(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.list_roles(page).await?,
-            ))
-        }
-        .await,
-    )
+    paged(&state, &headers, query.as_deref(), |store, page| {
+        Box::pin(store.list_roles(page))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/roles", tag = "roles", request_body = RoleInput,
@@ -700,25 +741,18 @@ pub async fn create_role(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let input: RoleInput = parse_body(&body)?;
-            let applied = write(
-                &state,
-                &caller,
-                Change::CreateRole {
-                    name: input.name,
-                    description: input.description,
-                    permissions: input.permissions,
-                },
-            )
-            .await?;
-            let record = store(&state)?.role(created_id(&applied)?).await?;
-            Ok(json_response(StatusCode::CREATED, &record))
-        }
-        .await,
+    creation(
+        &state,
+        &headers,
+        &body,
+        |input: RoleInput| Change::CreateRole {
+            name: input.name,
+            description: input.description,
+            permissions: input.permissions,
+        },
+        |store, id| Box::pin(store.role(id)),
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/roles/{id}", tag = "roles", params(("id" = i64, Path)),
@@ -729,17 +763,10 @@ pub async fn get_role(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let id = parse_id("role", &id)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.role(id).await?,
-            ))
-        }
-        .await,
-    )
+    one(&state, &headers, "role", &id, |store, id| {
+        Box::pin(store.role(id))
+    })
+    .await
 }
 
 #[utoipa::path(put, path = "/api/roles/{id}", tag = "roles", params(("id" = i64, Path)), request_body = RoleInput,
@@ -751,29 +778,21 @@ pub async fn update_role(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("role", &id)?;
-            let input: RoleInput = parse_body(&body)?;
-            write(
-                &state,
-                &caller,
-                Change::UpdateRole {
-                    id,
-                    name: input.name,
-                    description: input.description,
-                    permissions: input.permissions,
-                },
-            )
-            .await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.role(id).await?,
-            ))
-        }
-        .await,
+    update(
+        &state,
+        &headers,
+        "role",
+        &id,
+        &body,
+        |id, input: RoleInput| Change::UpdateRole {
+            id,
+            name: input.name,
+            description: input.description,
+            permissions: input.permissions,
+        },
+        |store, id| Box::pin(store.role(id)),
     )
+    .await
 }
 
 #[utoipa::path(put, path = "/api/roles/{id}/permissions", tag = "roles", params(("id" = i64, Path)), request_body = RolePermissionsInput,
@@ -819,15 +838,10 @@ pub async fn delete_role(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("role", &id)?;
-            write(&state, &caller, Change::DeleteRole { id }).await?;
-            Ok(deleted("role"))
-        }
-        .await,
-    )
+    removal(&state, &headers, "role", &id, |id| Change::DeleteRole {
+        id,
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- RLS filters
@@ -840,17 +854,10 @@ pub async fn list_filters(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.list_filters(page).await?,
-            ))
-        }
-        .await,
-    )
+    paged(&state, &headers, query.as_deref(), |store, page| {
+        Box::pin(store.list_filters(page))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/rls/filters", tag = "row-level security", request_body = FilterDefinition,
@@ -861,16 +868,14 @@ pub async fn create_filter(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let filter: FilterDefinition = parse_body(&body)?;
-            let applied = write(&state, &caller, Change::CreateFilter(filter)).await?;
-            let record = store(&state)?.filter(created_id(&applied)?).await?;
-            Ok(json_response(StatusCode::CREATED, &record))
-        }
-        .await,
+    creation(
+        &state,
+        &headers,
+        &body,
+        Change::CreateFilter,
+        |store, id| Box::pin(store.filter(id)),
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/rls/filters/{id}", tag = "row-level security", params(("id" = i64, Path)),
@@ -881,17 +886,10 @@ pub async fn get_filter(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let id = parse_id("filter", &id)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.filter(id).await?,
-            ))
-        }
-        .await,
-    )
+    one(&state, &headers, "filter", &id, |store, id| {
+        Box::pin(store.filter(id))
+    })
+    .await
 }
 
 #[utoipa::path(put, path = "/api/rls/filters/{id}", tag = "row-level security", params(("id" = i64, Path)), request_body = FilterDefinition,
@@ -903,19 +901,16 @@ pub async fn update_filter(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("filter", &id)?;
-            let filter: FilterDefinition = parse_body(&body)?;
-            write(&state, &caller, Change::UpdateFilter { id, filter }).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.filter(id).await?,
-            ))
-        }
-        .await,
+    update(
+        &state,
+        &headers,
+        "filter",
+        &id,
+        &body,
+        |id, filter| Change::UpdateFilter { id, filter },
+        |store, id| Box::pin(store.filter(id)),
     )
+    .await
 }
 
 #[utoipa::path(delete, path = "/api/rls/filters/{id}", tag = "row-level security", params(("id" = i64, Path)),
@@ -926,15 +921,10 @@ pub async fn delete_filter(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("filter", &id)?;
-            write(&state, &caller, Change::DeleteFilter { id }).await?;
-            Ok(deleted("filter"))
-        }
-        .await,
-    )
+    removal(&state, &headers, "filter", &id, |id| Change::DeleteFilter {
+        id,
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- datasources
@@ -947,17 +937,10 @@ pub async fn list_datasources(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let page = page_request(&parse_query(query.as_deref(), PAGE_PARAMETERS)?)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.list_datasources(page).await?,
-            ))
-        }
-        .await,
-    )
+    paged(&state, &headers, query.as_deref(), |store, page| {
+        Box::pin(store.list_datasources(page))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/datasources", tag = "datasources", request_body = DatasourceInput,
@@ -968,16 +951,14 @@ pub async fn create_datasource(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let input: DatasourceInput = parse_body(&body)?;
-            let applied = write(&state, &caller, Change::CreateDatasource(input)).await?;
-            let record = store(&state)?.datasource(created_id(&applied)?).await?;
-            Ok(json_response(StatusCode::CREATED, &record))
-        }
-        .await,
+    creation(
+        &state,
+        &headers,
+        &body,
+        Change::CreateDatasource,
+        |store, id| Box::pin(store.datasource(id)),
     )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/datasources/{id}", tag = "datasources", params(("id" = i64, Path)),
@@ -988,17 +969,10 @@ pub async fn get_datasource(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            require_admin(&state, &headers)?;
-            let id = parse_id("datasource", &id)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.datasource(id).await?,
-            ))
-        }
-        .await,
-    )
+    one(&state, &headers, "datasource", &id, |store, id| {
+        Box::pin(store.datasource(id))
+    })
+    .await
 }
 
 #[utoipa::path(put, path = "/api/datasources/{id}", tag = "datasources", params(("id" = i64, Path)), request_body = DatasourceInput,
@@ -1010,19 +984,16 @@ pub async fn update_datasource(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("datasource", &id)?;
-            let input: DatasourceInput = parse_body(&body)?;
-            write(&state, &caller, Change::UpdateDatasource { id, input }).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &store(&state)?.datasource(id).await?,
-            ))
-        }
-        .await,
+    update(
+        &state,
+        &headers,
+        "datasource",
+        &id,
+        &body,
+        |id, input| Change::UpdateDatasource { id, input },
+        |store, id| Box::pin(store.datasource(id)),
     )
+    .await
 }
 
 #[utoipa::path(delete, path = "/api/datasources/{id}", tag = "datasources", params(("id" = i64, Path)),
@@ -1033,15 +1004,10 @@ pub async fn delete_datasource(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    into_response(
-        async {
-            let caller = require_admin(&state, &headers)?;
-            let id = parse_id("datasource", &id)?;
-            write(&state, &caller, Change::DeleteDatasource { id }).await?;
-            Ok(deleted("datasource"))
-        }
-        .await,
-    )
+    removal(&state, &headers, "datasource", &id, |id| {
+        Change::DeleteDatasource { id }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- audit
