@@ -214,6 +214,24 @@ pub fn authenticate(
         }
         principal.basic_role = principal.basic_role.max(identity.basic_role);
     }
+    // Roles, teams and basic roles held through policy memberships (`g, user:alice,
+    // role:Gamma`) count like the token's: authorization already grants their
+    // permissions, so row-level security must apply their filters too.
+    {
+        for group in snapshot.policy.groups_of(&principal.subjects()) {
+            if let Some(role) = group.strip_prefix(crate::principal::subject::ROLE) {
+                if !principal.roles.iter().any(|held| held == role) {
+                    principal.roles.push(role.to_string());
+                }
+            } else if let Some(team) = group.strip_prefix(crate::principal::subject::TEAM) {
+                if !principal.teams.iter().any(|held| held == team) {
+                    principal.teams.push(team.to_string());
+                }
+            } else if let Some(basic) = group.strip_prefix(crate::principal::subject::BASIC) {
+                principal.basic_role = principal.basic_role.max(basic.parse().ok());
+            }
+        }
+    }
     Ok(principal)
 }
 

@@ -338,3 +338,41 @@ fn explain_shows_filters_predicates_and_rewritten_sql() {
     );
     assert_eq!(status, 403, "Admin only");
 }
+
+/// Roles held through policy memberships (`g, user:…, role:…`) bring their filters with
+/// them: authorization grants their permissions, so row-level security must apply too.
+#[test]
+fn roles_from_policy_memberships_bring_their_filters() {
+    let setup = setup();
+    let before = setup.gateway.revision();
+    setup.gateway.write_policy(
+        "40-memberships.csv",
+        "g, user:alice, role:Gamma\ng, user:alice, role:sql_lab\ng, team:eu, role:EU_team\n",
+    );
+    assert!(Gateway::eventually(
+        std::time::Duration::from_secs(10),
+        || setup.gateway.revision() > before
+    ));
+    // The token names no role at all: every role comes from the policy files.
+    let token = setup
+        .gateway
+        .token("alice", &[], &["eu"], Some(BasicRole::Viewer));
+    let as_gamma = Caller {
+        name: "alice",
+        roles: &["Gamma", "EU_team"],
+    };
+    let oracle = oracle(&as_gamma);
+    for sql in ["SELECT * FROM orders", "SELECT * FROM customers"] {
+        let (status, body) = post(
+            &setup.gateway.url("/api/v1/sqllab/execute/"),
+            &token,
+            &json!({"sql": sql, "database_id": 1}),
+        );
+        assert_eq!(status, 200, "{sql}: {body}");
+        assert_eq!(
+            sorted(as_rows(&body["data"])),
+            sorted(rows_of(&oracle, sql).unwrap()),
+            "{sql}"
+        );
+    }
+}

@@ -350,6 +350,26 @@ impl DecisionIndex {
 
     /// Everything `subjects` hold, directly or inherited. Walks only the callers' own
     /// grant lists, never the whole policy.
+    /// Every group `subjects` belong to through `g` lines, transitively, as names
+    /// (`role:Gamma`, `team:eng`, `basic:Viewer`), without repeats.
+    pub fn groups_of(&self, subjects: &[String]) -> Vec<String> {
+        let mut groups: Vec<String> = Vec::new();
+        for name in subjects {
+            let Some(subject) = self.subjects.get(name) else {
+                continue;
+            };
+            for &group in self.inherited_by(subject) {
+                let group = self.subjects.name(group);
+                if !subjects.iter().any(|known| known == group)
+                    && !groups.iter().any(|known| known == group)
+                {
+                    groups.push(group.to_string());
+                }
+            }
+        }
+        groups
+    }
+
     pub fn effective_permissions(&self, subjects: &[String]) -> EffectivePermissions {
         let mut holders: Vec<NameId> = Vec::new();
         let mut seen = HashSet::new();

@@ -128,6 +128,34 @@ impl CompiledPolicy {
         self.index.is_none()
     }
 
+    /// The groups `subjects` belong to through `g` lines, transitively (`role:Gamma` for a
+    /// `g, user:alice, role:Gamma` line).
+    pub fn groups_of(&self, subjects: &[String]) -> Vec<String> {
+        match &self.index {
+            Some(index) => index.groups_of(subjects),
+            None => self.casbin_groups_of(subjects),
+        }
+    }
+
+    /// [`CompiledPolicy::groups_of`] from casbin's role manager (fallback mode, and the
+    /// reference the index is tested against).
+    fn casbin_groups_of(&self, subjects: &[String]) -> Vec<String> {
+        use casbin::CoreApi;
+        let manager = self.enforcer.get_role_manager();
+        let manager = manager.read();
+        let mut groups: Vec<String> = Vec::new();
+        let mut pending: Vec<String> = subjects.to_vec();
+        while let Some(name) = pending.pop() {
+            for group in manager.get_roles(&name, None) {
+                if !subjects.contains(&group) && !groups.contains(&group) {
+                    groups.push(group.clone());
+                    pending.push(group);
+                }
+            }
+        }
+        groups
+    }
+
     /// FAB permissions and datasource grants `subjects` hold, directly or inherited.
     /// Empty in casbin fallback mode (the model's meaning is then unknown).
     pub fn effective_permissions(&self, subjects: &[String]) -> EffectivePermissions {

@@ -629,3 +629,41 @@ fn line_numbers_hold_without_a_trailing_newline_and_with_crlf() {
     let error = load_error("p, role:G, Chart, can_read\r\n\r\np, role:G, Chart, read\r\n");
     assert!(error.ends_with("in bad.csv line 3"), "{error}");
 }
+
+#[test]
+fn groups_of_matches_casbins_role_manager() {
+    let files = vec![
+        ("00-builtin-hierarchy.csv".to_string(), BUILTIN_HIERARCHY_CSV.to_string()),
+        (
+            "10-memberships.csv".to_string(),
+            "g, user:alice, role:Gamma\ng, role:Gamma, role:Viewer_like\ng, user:alice, team:eu\n\
+             g, team:eu, role:EU_team\ng, serviceaccount:bot, basic:Editor\np, role:Gamma, Chart, can_read\n"
+                .to_string(),
+        ),
+    ];
+    let policy = load_policy_from_sources(KNOWN_MODEL, &files).unwrap();
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    for subjects in [
+        vec!["user:alice".to_string()],
+        vec!["serviceaccount:bot".to_string()],
+        vec!["user:nobody".to_string(), "role:Gamma".to_string()],
+        vec!["basic:Admin".to_string()],
+    ] {
+        assert_eq!(
+            sorted(policy.groups_of(&subjects)),
+            sorted(policy.casbin_groups_of(&subjects)),
+            "{subjects:?}"
+        );
+    }
+    assert_eq!(
+        sorted(policy.groups_of(&["user:alice".to_string()])),
+        vec!["role:EU_team", "role:Gamma", "role:Viewer_like", "team:eu"]
+    );
+    assert_eq!(
+        sorted(policy.groups_of(&["serviceaccount:bot".to_string()])),
+        vec!["basic:Editor", "basic:Viewer"]
+    );
+}

@@ -258,22 +258,17 @@ impl ProxyHttp for DatagateProxy {
                 Ok(permit)
             });
         let authorized = match authorized {
-            Ok(permit) => {
-                match pipeline::database_credentials(
-                    &self.state,
-                    &snapshot,
-                    &permit,
-                    &ctx.sql_datasources,
-                )
-                .await
-                {
-                    Ok(credentials) => {
-                        ctx.db_credentials = credentials;
-                        Ok(permit)
-                    }
-                    Err(refusal) => Err(refusal),
-                }
-            }
+            Ok(permit) => pipeline::database_credentials(
+                &self.state,
+                &snapshot,
+                &permit,
+                &ctx.sql_datasources,
+            )
+            .await
+            .map(|credentials| {
+                ctx.db_credentials = credentials;
+                permit
+            }),
             Err(refusal) => Err(refusal),
         };
         match authorized {
@@ -544,6 +539,11 @@ impl DatagateProxy {
         principal: &crate::principal::Principal,
     ) -> Result<bool> {
         let permissions = pipeline::caller_permissions(snapshot, principal);
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&[pipeline::PERMISSIONS_ROUTE, "allow"])
+            .inc();
         let body = Bytes::from(serde_json::to_vec(&permissions).unwrap_or_default());
         let mut response = ResponseHeader::build(200, Some(4))?;
         response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
