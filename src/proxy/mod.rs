@@ -1,11 +1,14 @@
 //! The pingora `ProxyHttp` implementation: thin glue from pingora's phases to the pipeline.
 //!
-//! - `request_filter`: [`crate::pipeline::identify`], the bounded body read when the route
-//!   inspects bodies, [`crate::pipeline::authorize`]; a refusal is answered here, so the
-//!   upstream never sees a refused request.
+//! - `request_filter`: [`crate::pipeline::identify`], then (in `decide`) the bounded body
+//!   read when the route inspects bodies, the MCP tool, [`crate::pipeline::authorize`],
+//!   row-level security and database credentials; a refusal is answered here, in one
+//!   place, so the upstream never sees a refused request. `/api/me/permissions` is
+//!   answered here too.
 //! - `upstream_peer`: the configured upstream with its timeouts.
-//! - `upstream_request_filter`: canonical path, identity headers (client copies removed),
-//!   `X-Forwarded-For` / `-Proto`.
+//! - `upstream_request_filter`: canonical path, identity and database-credential headers
+//!   (client copies removed), `X-Forwarded-For` / `-Proto`.
+//! - `response_filter` / `response_body_filter`: the export guard on what comes back.
 //! - `logging`: metrics and the audit line.
 
 mod body;
@@ -180,97 +183,16 @@ impl ProxyHttp for DatagateProxy {
                 .await;
         }
 
-        let body = if identified.needs_body() {
-            let limit = self.state.routes.max_body_bytes();
-            match body::read_bounded(session, declared_length, limit).await {
-                Ok(body) => {
-                    ctx.body_read = true;
-                    Some(body)
-                }
-                Err(error) => {
-                    let refusal = match error {
-                        body::BodyError::TooLarge => Refusal::BodyTooLarge {
-                            route: identified.route_name().to_string(),
-                            limit,
-                        },
-                        body::BodyError::Unreadable => Refusal::BodyUnreadable,
-                    };
-                    let outcome = refused_outcome(
-                        &head,
-                        &refusal,
-                        identified.route_name(),
-                        Some(&identified.principal),
-                        snapshot.revision,
-                    );
-                    return self.refuse(session, ctx, refusal, outcome).await;
-                }
-            }
-        } else {
-            None
-        };
-
-        match pipeline::select_mcp_tool(&mut identified, body.as_deref()) {
-            Ok(call) => ctx.mcp = call,
-            Err(refusal) => {
-                ctx.mcp = Some(pipeline::McpCall::default());
-                let outcome = refused_outcome(
-                    &head,
-                    &refusal,
-                    identified.route_name(),
-                    Some(&identified.principal),
-                    snapshot.revision,
-                );
-                return self.refuse(session, ctx, refusal, outcome).await;
-            }
-        }
-
-        let authorized = pipeline::authorize(&snapshot, &identified, &head, body.as_deref(), None)
-            .and_then(|permit| {
-                if !identified.carries_sql() {
-                    return Ok(permit);
-                }
-                let started = Instant::now();
-                let limits = self.state.config.sql.rewrite_limits();
-                let result = pipeline::rewrite_sql(
-                    &snapshot,
-                    &identified,
-                    &permit,
-                    &head,
-                    body.as_deref(),
-                    limits,
-                    None,
-                );
-                self.state
-                    .metrics
-                    .sql_rewrite_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.count_rewrites(&result);
-                let rewrite = result?;
-                if let Some(rewrite) = rewrite {
-                    ctx.sql_datasources = rewrite
-                        .statements
-                        .iter()
-                        .map(|statement| statement.datasource.clone())
-                        .collect();
-                    ctx.rewritten_query = rewrite.query;
-                    ctx.rewritten_body = rewrite.body.map(Bytes::from);
-                }
-                Ok(permit)
-            });
-        let authorized = match authorized {
-            Ok(permit) => pipeline::database_credentials(
-                &self.state,
+        let authorized = self
+            .decide(
+                session,
+                ctx,
                 &snapshot,
-                &permit,
-                &ctx.sql_datasources,
+                &head,
+                &mut identified,
+                declared_length,
             )
-            .await
-            .map(|credentials| {
-                ctx.db_credentials = credentials;
-                permit
-            }),
-            Err(refusal) => Err(refusal),
-        };
+            .await;
         match authorized {
             Ok(permit) => {
                 self.state
@@ -531,6 +453,71 @@ fn refused_outcome(
 }
 
 impl DatagateProxy {
+    /// Everything after identification, as one result: the bounded body read (routes
+    /// that inspect it), the MCP tool, authorization, row-level security and database
+    /// credentials. Any error is a refusal; the caller answers it before the upstream.
+    async fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        snapshot: &Arc<crate::state::PolicySnapshot>,
+        head: &RequestHead<'_>,
+        identified: &mut pipeline::Identified<'_>,
+        declared_length: Option<usize>,
+    ) -> std::result::Result<Permit, Refusal> {
+        let body = if identified.needs_body() {
+            let limit = self.state.routes.max_body_bytes();
+            let body = body::read_bounded(session, declared_length, limit)
+                .await
+                .map_err(|error| match error {
+                    body::BodyError::TooLarge => Refusal::BodyTooLarge {
+                        route: identified.route_name().to_string(),
+                        limit,
+                    },
+                    body::BodyError::Unreadable => Refusal::BodyUnreadable,
+                })?;
+            ctx.body_read = true;
+            Some(body)
+        } else {
+            None
+        };
+        ctx.mcp = pipeline::select_mcp_tool(identified, body.as_deref())
+            // Refusals on an MCP route are answered as JSON-RPC errors.
+            .inspect_err(|_| ctx.mcp = Some(pipeline::McpCall::default()))?;
+        let permit = pipeline::authorize(snapshot, identified, head, body.as_deref(), None)?;
+        if identified.carries_sql() {
+            let started = Instant::now();
+            let limits = self.state.config.sql.rewrite_limits();
+            let result = pipeline::rewrite_sql(
+                snapshot,
+                identified,
+                &permit,
+                head,
+                body.as_deref(),
+                limits,
+                None,
+            );
+            self.state
+                .metrics
+                .sql_rewrite_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.count_rewrites(&result);
+            if let Some(rewrite) = result? {
+                ctx.sql_datasources = rewrite
+                    .statements
+                    .iter()
+                    .map(|statement| statement.datasource.clone())
+                    .collect();
+                ctx.rewritten_query = rewrite.query;
+                ctx.rewritten_body = rewrite.body.map(Bytes::from);
+            }
+        }
+        ctx.db_credentials =
+            pipeline::database_credentials(&self.state, snapshot, &permit, &ctx.sql_datasources)
+                .await?;
+        Ok(permit)
+    }
+
     /// `GET /api/me/permissions`: answered by datagate itself, never forwarded.
     async fn answer_permissions(
         &self,
