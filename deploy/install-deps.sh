@@ -21,3 +21,6 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 if ! python3 -c 'import grafana_client, datasette, moto.server, flask' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../tests/compat/requirements.txt"
 fi
+# The Superset integration test (tests/superset.rs) runs a real Apache Superset 6.1 from
+# its own virtual environment, cached between runs on a kept machine.
+"$(dirname "$0")/../tests/compat/superset/install.sh"

@@ -1,0 +1,215 @@
+"""A real Superset 6.1 for datagate's tests, set up the way an operator would.
+
+Run with the Superset venv's python (tests/compat/superset/install.sh):
+
+    harness.py setup --home DIR --data-db demo.db   # metadata DB, roles, users, data DB
+    harness.py serve --home DIR --port 8088         # gunicorn on 127.0.0.1 (exec)
+
+`setup` runs `superset db upgrade` and `superset init` (or copies their result from a
+template cached beside the venv, keyed by the installed pins), creates the users, registers
+the SQLite data database and its datasets through Superset's REST API, and writes
+DIR/ids.json: {"database_id", "datasets": {table: id}, "charts": {name: id}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG = os.path.join(HERE, "superset_config.py")
+
+# The users the tests act as: (username, Superset roles).
+USERS = [
+    ("admin", ["Admin"]),
+    ("alpha", ["Alpha"]),
+    ("alice", ["Gamma"]),
+    ("bob", ["Gamma"]),
+    ("sqluser", ["Gamma", "sql_lab"]),
+]
+TABLES = ["orders", "customers", "posts"]
+
+# Used only when --data-db does not exist yet (the Rust test writes it from
+# tests/support/demo_rls.rs, the single source of the demo rows).
+DEMO_SQL = """
+CREATE TABLE orders (id INTEGER PRIMARY KEY, tenant_id TEXT, customer_id INTEGER,
+                     amount REAL, note TEXT, region TEXT, parent INTEGER);
+CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, region TEXT);
+CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT);
+INSERT INTO orders VALUES
+  (1,'alice',1,10,'a1','EU',NULL),(2,'alice',2,20,'internal','EU',1),
+  (3,'bob',3,300,'b1','US',NULL),(4,'bob',1,4000000,'b2','US',3),
+  (5,'carol',2,50,'c1','EU',NULL),(6,'O''Brien',3,60,'o1','US',NULL),
+  (7,'x'' OR ''1''=''1',1,70,'x1','EU',NULL);
+INSERT INTO customers VALUES (1,'Acme','EU'),(2,'Globex','US'),(3,'Initech','EU');
+INSERT INTO posts VALUES (1,'hello'),(2,'world');
+"""
+
+
+def environment(home: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SUPERSET_CONFIG_PATH"] = CONFIG
+    env["DATAGATE_SUPERSET_HOME"] = home
+    env.setdefault("FLASK_APP", "superset.app:create_app()")
+    return env
+
+
+def superset_cli(home: str, *args: str) -> None:
+    superset = os.path.join(os.path.dirname(sys.executable), "superset")
+    result = subprocess.run([superset, *args], env=environment(home), capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+        raise SystemExit(f"superset {' '.join(args)} failed ({result.returncode})")
+
+
+def template_key() -> str:
+    """What the migrated, initialised metadata DB depends on: the installed pins."""
+    marker = os.path.join(sys.prefix, ".datagate-pins")
+    pins = open(marker).read() if os.path.exists(marker) else sys.prefix
+    return hashlib.sha256(pins.encode()).hexdigest()
+
+
+def metadata_db(home: str) -> None:
+    """`superset db upgrade` + `superset init`, or a copy of their cached result."""
+    target = os.path.join(home, "superset.db")
+    template_dir = os.environ.get(
+        "DATAGATE_SUPERSET_TEMPLATE", os.path.join(os.path.dirname(sys.prefix), "superset-template"))
+    template = os.path.join(template_dir, "superset.db")
+    key_file = os.path.join(template_dir, "key")
+    key = template_key()
+    if os.path.exists(template) and os.path.exists(key_file) and open(key_file).read() == key:
+        shutil.copyfile(template, target)
+        return
+    superset_cli(home, "db", "upgrade")
+    superset_cli(home, "init")
+    try:
+        os.makedirs(template_dir, exist_ok=True)
+        shutil.copyfile(target, template + ".tmp")
+        os.replace(template + ".tmp", template)
+        with open(key_file, "w") as handle:
+            handle.write(key)
+    except OSError:
+        pass  # a read-only cache only costs time
+
+
+def data_db(path: str) -> None:
+    if os.path.exists(path):
+        return
+    connection = sqlite3.connect(path)
+    connection.executescript(DEMO_SQL)
+    connection.commit()
+    connection.close()
+
+
+def setup(home: str, data_path: str) -> dict:
+    os.makedirs(home, exist_ok=True)
+    data_path = os.path.abspath(data_path)
+    data_db(data_path)
+    metadata_db(home)
+    os.environ.update(environment(home))
+    from superset.app import create_app
+
+    app = create_app()
+    with app.app_context():
+        from superset import security_manager
+
+        for username, roles in USERS:
+            if security_manager.find_user(username=username) is None:
+                security_manager.add_user(
+                    username, username, "-", f"{username}@example.test",
+                    role=[security_manager.find_role(role) for role in roles])
+    # Through the REST API, as the Admin datagate names (the security manager reads the
+    # same headers datagate sets).
+    client = app.test_client()
+    admin = {"X-Datagate-User": "admin", "X-Datagate-Roles": "Admin"}
+
+    def call(method: str, path: str, body: dict) -> dict:
+        response = client.open(path, method=method, json=body, headers=admin)
+        if response.status_code >= 300:
+            raise SystemExit(f"{method} {path}: {response.status_code} {response.get_data(as_text=True)}")
+        return response.get_json()
+
+    database = call("POST", "/api/v1/database/", {
+        "database_name": "demo",
+        "sqlalchemy_uri": f"sqlite:///{data_path}",
+        "expose_in_sqllab": True,
+        "allow_run_async": False,
+        "allow_dml": False,
+        "allow_file_upload": False,
+    })
+    database_id = database["id"]
+    # Superset checks database access itself too: the roles datagate lets query the demo
+    # database get Superset's `database_access` on it (an operator does this in
+    # Settings > List Roles); datagate then decides per caller and filters rows.
+    with app.app_context():
+        from superset import db, security_manager
+        from superset.models.core import Database
+
+        perm = db.session.get(Database, database_id).perm
+        view = security_manager.find_permission_view_menu("database_access", perm)
+        for role in ("Gamma", "sql_lab"):
+            security_manager.add_permission_role(security_manager.find_role(role), view)
+        db.session.commit()
+    datasets = {}
+    for table in TABLES:
+        created = call("POST", "/api/v1/dataset/", {
+            "database": database_id, "schema": "main", "table_name": table})
+        datasets[table] = created["id"]
+    charts = {}
+    params = {
+        "viz_type": "table", "query_mode": "raw", "all_columns": ["id", "tenant_id", "amount"],
+        "datasource": f"{datasets['orders']}__table", "row_limit": 1000,
+    }
+    chart = call("POST", "/api/v1/chart/", {
+        "slice_name": "orders", "viz_type": "table", "datasource_id": datasets["orders"],
+        "datasource_type": "table", "params": json.dumps(params),
+        "query_context": json.dumps({
+            "datasource": {"id": datasets["orders"], "type": "table"},
+            "queries": [{"columns": ["id", "tenant_id", "amount"], "row_limit": 1000}],
+            "form_data": params, "result_format": "json", "result_type": "full",
+        }),
+    })
+    charts["orders"] = chart["id"]
+    ids = {"database_id": database_id, "datasets": datasets, "charts": charts,
+           "data_db": data_path}
+    with open(os.path.join(home, "ids.json"), "w") as handle:
+        json.dump(ids, handle)
+    return ids
+
+
+def serve(home: str, port: int, workers: int) -> None:
+    env = environment(home)
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    os.execve(gunicorn, [
+        gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--threads", "4", "--timeout", "120", "--log-level", "warning",
+        "superset.app:create_app()",
+    ], env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    setup_parser = sub.add_parser("setup")
+    setup_parser.add_argument("--home", required=True)
+    setup_parser.add_argument("--data-db", required=True)
+    serve_parser = sub.add_parser("serve")
+    serve_parser.add_argument("--home", required=True)
+    serve_parser.add_argument("--port", type=int, required=True)
+    serve_parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if args.command == "setup":
+        print(json.dumps(setup(os.path.abspath(args.home), args.data_db)))
+    else:
+        serve(os.path.abspath(args.home), args.port, args.workers)
+
+
+if __name__ == "__main__":
+    main()

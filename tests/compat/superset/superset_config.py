@@ -1,0 +1,47 @@
+"""Superset configuration for the datagate test harness (tests/superset.rs, harness.py).
+
+SQLite metadata database under $DATAGATE_SUPERSET_HOME, datagate's identity headers as the
+only way in (deploy/superset/datagate_security.py), file caches shared by the gunicorn
+workers. Not a production configuration: see README "Superset behind datagate".
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, "..", "..", "..", "deploy", "superset"))
+
+from datagate_security import DatagateSecurityManager, init_datagate_app  # noqa: E402
+
+HOME = os.environ["DATAGATE_SUPERSET_HOME"]
+
+# Test-only key; a deployment reads its own from a secret.
+SECRET_KEY = os.environ.get(
+    "SUPERSET_SECRET_KEY", "datagate-test-only-superset-secret-key-0123456789abcdef"
+)
+SQLALCHEMY_DATABASE_URI = f"sqlite:///{os.path.join(HOME, 'superset.db')}"
+SQLALCHEMY_ENGINE_OPTIONS = {"connect_args": {"timeout": 30}}
+# Superset refuses SQLite data databases unless told otherwise.
+PREVENT_UNSAFE_DB_CONNECTIONS = False
+
+# Identity: datagate's headers, on every request (see datagate_security.py).
+CUSTOM_SECURITY_MANAGER = DatagateSecurityManager
+FLASK_APP_MUTATOR = init_datagate_app
+
+# The test drives the REST API as a non-browser client: its identity travels in datagate's
+# Authorization header, not in a cookie, so there is no cross-site request to forge.
+WTF_CSRF_ENABLED = False
+TALISMAN_ENABLED = False
+
+_cache_dir = os.path.join(HOME, "cache")
+CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": _cache_dir, "CACHE_DEFAULT_TIMEOUT": 300}
+DATA_CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": os.path.join(_cache_dir, "data"), "CACHE_DEFAULT_TIMEOUT": 300}
+FILTER_STATE_CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": os.path.join(_cache_dir, "filter"), "CACHE_DEFAULT_TIMEOUT": 300}
+EXPLORE_FORM_DATA_CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": os.path.join(_cache_dir, "explore"), "CACHE_DEFAULT_TIMEOUT": 300}
+
+FEATURE_FLAGS = {
+    "GRANULAR_EXPORT_CONTROLS": os.environ.get("DATAGATE_SUPERSET_GRANULAR_EXPORTS") == "1",
+}
+# No example data, no telemetry.
+SUPERSET_LOAD_EXAMPLES = False
+LOG_LEVEL = "WARNING"
