@@ -44,6 +44,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub identity_headers: IdentityHeadersConfig,
+    /// Routing and trust headers (`X-Forwarded-*` and friends).
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
     pub policy: PolicyConfig,
     pub auth: AuthConfig,
     pub routes: RoutesConfig,
@@ -109,19 +112,34 @@ pub struct UpstreamConfig {
     pub keepalive_pool_size: usize,
 }
 
-/// Headers that carry the authenticated identity to the upstream. Any copy the client sent
-/// is removed first, so the upstream can trust them.
+/// Headers that carry the authenticated identity to the upstream. Any client header whose
+/// name equals one of them after lowercasing and mapping `_` to `-` is removed first, so the
+/// upstream can trust them (see `src/proxy/headers.rs`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityHeadersConfig {
-    #[serde(default = "default_user_header")]
-    pub user: String,
-    #[serde(default = "default_roles_header")]
-    pub roles: String,
-    #[serde(default = "default_teams_header")]
-    pub teams: String,
-    #[serde(default = "default_basic_role_header")]
-    pub basic_role: String,
+    /// Which upstream's trust scheme the header names follow; `custom` (the default) uses
+    /// the names below.
+    #[serde(default)]
+    pub preset: IdentityPreset,
+    /// The caller's login (`custom` default `X-Datagate-User`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Comma-separated roles (`custom` default `X-Datagate-Roles`).
+    #[serde(default)]
+    pub roles: Option<String>,
+    /// Comma-separated teams (`custom` default `X-Datagate-Teams`).
+    #[serde(default)]
+    pub teams: Option<String>,
+    /// Grafana basic role (`custom` default `X-Datagate-Org-Role`).
+    #[serde(default)]
+    pub basic_role: Option<String>,
+    /// The caller's e-mail, when the token has one (`custom`: not sent unless named).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The caller's display name (the token's `name` claim; `custom`: not sent unless named).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Further client headers to drop (e.g. the upstream's own remote-user header).
     #[serde(default = "default_strip_headers")]
     pub strip: Vec<String>,
@@ -130,11 +148,92 @@ pub struct IdentityHeadersConfig {
 impl Default for IdentityHeadersConfig {
     fn default() -> Self {
         IdentityHeadersConfig {
-            user: default_user_header(),
-            roles: default_roles_header(),
-            teams: default_teams_header(),
-            basic_role: default_basic_role_header(),
+            preset: IdentityPreset::default(),
+            user: None,
+            roles: None,
+            teams: None,
+            basic_role: None,
+            email: None,
+            name: None,
             strip: default_strip_headers(),
+        }
+    }
+}
+
+/// `identity_headers.preset`: the header names an upstream's own trust scheme reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityPreset {
+    /// The names in `identity_headers` (datagate's `X-Datagate-*` by default).
+    #[default]
+    Custom,
+    /// Grafana's auth proxy (`X-WEBAUTH-*`).
+    Grafana,
+    /// `deploy/superset/datagate_security.py`.
+    Superset,
+    /// `deploy/datasette/datagate_actor.py`.
+    Datasette,
+}
+
+/// `forwarding:`: the routing and trust headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+/// URL and method overrides). datagate is the edge of the service it protects, so client
+/// copies are dropped and datagate writes the ones it vouches for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// Client headers dropped before forwarding; a trailing `*` matches a prefix. Replaces
+    /// the default list when given.
+    #[serde(default = "default_trust_headers")]
+    pub strip: Vec<String>,
+    /// `replace` (default): `X-Forwarded-For` is the address of datagate's peer.
+    /// `append`: when the peer is one of `trusted_proxies`, the client's list (if every
+    /// entry is an IP address) is kept and the peer appended.
+    #[serde(default)]
+    pub x_forwarded_for: ForwardedForMode,
+    /// Peers (exact IP addresses) whose `X-Forwarded-For` is appended to.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The scheme written to `X-Forwarded-Proto` (`https` when TLS ends in front of datagate).
+    #[serde(default)]
+    pub x_forwarded_proto: ForwardedProto,
+    /// Write `X-Forwarded-Host` from the request's own `Host` (off: none is sent).
+    #[serde(default)]
+    pub x_forwarded_host: bool,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            strip: default_trust_headers(),
+            x_forwarded_for: ForwardedForMode::default(),
+            trusted_proxies: Vec::new(),
+            x_forwarded_proto: ForwardedProto::default(),
+            x_forwarded_host: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedForMode {
+    #[default]
+    Replace,
+    Append,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedProto {
+    #[default]
+    Http,
+    Https,
+}
+
+impl ForwardedProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardedProto::Http => "http",
+            ForwardedProto::Https => "https",
         }
     }
 }
@@ -226,24 +325,44 @@ fn default_keepalive_pool_size() -> usize {
 fn default_debounce() -> Duration {
     Duration::from_millis(200)
 }
-fn default_user_header() -> String {
-    "X-Datagate-User".to_string()
-}
-fn default_roles_header() -> String {
-    "X-Datagate-Roles".to_string()
-}
-fn default_teams_header() -> String {
-    "X-Datagate-Teams".to_string()
-}
-fn default_basic_role_header() -> String {
-    "X-Datagate-Org-Role".to_string()
-}
 fn default_strip_headers() -> Vec<String> {
     [
         "X-Remote-User",
         "X-Forwarded-User",
         "X-Webauth-User",
         "Remote-User",
+    ]
+    .iter()
+    .map(|name| name.to_string())
+    .collect()
+}
+/// Routing and trust headers that proxies and frameworks (Werkzeug's ProxyFix, Spring,
+/// IIS, Symfony, Rails) read to rebuild the URL, the client address or the method.
+fn default_trust_headers() -> Vec<String> {
+    [
+        "X-Forwarded-*",
+        "Forwarded",
+        "X-Real-IP",
+        "X-Client-IP",
+        "Client-IP",
+        "True-Client-IP",
+        "CF-Connecting-IP",
+        "Fastly-Client-IP",
+        "X-Cluster-Client-IP",
+        "X-ProxyUser-Ip",
+        "X-Original-URL",
+        "X-Original-URI",
+        "X-Original-Host",
+        "X-Original-Forwarded-For",
+        "X-Rewrite-URL",
+        "X-Host",
+        "X-Scheme",
+        "X-Url-Scheme",
+        "Front-End-Https",
+        "X-Script-Name",
+        "X-HTTP-Method-Override",
+        "X-Method-Override",
+        "X-HTTP-Method",
     ]
     .iter()
     .map(|name| name.to_string())
@@ -377,28 +496,8 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
         }
-        let headers = &self.identity_headers;
-        for (key, name) in [
-            ("identity_headers.user", &headers.user),
-            ("identity_headers.roles", &headers.roles),
-            ("identity_headers.teams", &headers.teams),
-            ("identity_headers.basic_role", &headers.basic_role),
-        ] {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("`{name}` is not a valid HTTP header name"),
-                ));
-            }
-        }
-        for (index, name) in headers.strip.iter().enumerate() {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(
-                    &format!("identity_headers.strip[{index}]"),
-                    format!("`{name}` is not a valid HTTP header name"),
-                ));
-            }
-        }
+        crate::proxy::HeaderPlan::validate(self)
+            .map_err(|(key, message)| ConfigError::invalid(&key, message))?;
         let mut seen_uids = std::collections::HashSet::new();
         for (index, datasource) in self.datasources.iter().enumerate() {
             if datasource.uid.is_empty() {
@@ -472,7 +571,7 @@ routes: {}
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(config.upstream.keepalive_pool_size, 128);
-        assert_eq!(config.identity_headers.user, "X-Datagate-User");
+        assert_eq!(config.identity_headers.preset, IdentityPreset::Custom);
         assert!(config.policy.watch);
         assert_eq!(
             config.policy_directory(),

@@ -134,6 +134,9 @@ impl From<&Refusal> for HttpError {
                 };
                 HttpError::new(status, message).with_kind(kind)
             }
+            Refusal::Header(error) => {
+                HttpError::new(error.status(), message).with_kind(error.kind())
+            }
             Refusal::McpInvalid(_) => HttpError::new(400, message).with_kind("mcp_invalid"),
             Refusal::McpUnknownTool(_) => {
                 HttpError::new(403, message).with_kind("mcp_unknown_tool")

@@ -66,6 +66,8 @@ pub enum Refusal {
     TablePageFiltered { reason: String },
     #[error("{0}")]
     Credentials(crate::creds::CredsError),
+    #[error("{0}")]
+    Header(#[from] crate::proxy::HeaderError),
     #[error("invalid MCP request: {0}")]
     McpInvalid(String),
     #[error("MCP tool `{0}` is not in datagate's tool table, so it is refused")]

@@ -1,15 +1,185 @@
-//! Request-header work for the upstream request: identity headers, forwarding headers and
-//! the canonical path.
+//! Request headers on their way to the upstream: what a client may send, and what the
+//! upstream receives.
+//!
+//! Sits at both ends of the proxy's request flow:
+//! - [`check_client_headers`] runs first in `request_filter`, before identification:
+//!   credential headers that could be read two ways (sent twice, not text, spelt with `_`)
+//!   and `Connection` nominations of headers datagate decides on are refused;
+//!   [`check_upgrade`] runs once the route is known.
+//! - [`HeaderPlan::prepare_upstream_request`] runs in `upstream_request_filter`: every client
+//!   header whose name is protected (identity, credentials, routing/trust, anything datagate
+//!   sets) is removed — names are compared after lowercasing and mapping `_` to `-`, because
+//!   CGI/WSGI servers (and Datasette) read `X_Datagate_User` and `X-Datagate-User` as the
+//!   same variable — and then datagate's own identity, credential and forwarding headers
+//!   are written.
+//!
+//! pingora itself (0.9, default upstream request policy) removes hop-by-hop headers and the
+//! headers a `Connection` header nominates before `upstream_request_filter` runs.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
 
-use crate::config::IdentityHeadersConfig;
-use crate::principal::Principal;
+use crate::config::{Config, ForwardedForMode, ForwardingConfig, IdentityPreset};
+use crate::principal::{Principal, PrincipalKind};
 
-/// A header's value as text, if present and valid UTF-8. Invalid UTF-8 counts as absent;
-/// for credentials that means "not presented", which can only lead to a refusal or the
-/// anonymous principal, never to more access.
+/// Why a client's request headers are refused before anything else is decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the `{header}` header is sent more than once; send one credential")]
+    DuplicateCredential { header: String },
+    #[error("the `{header}` header is not plain text (visible ASCII)")]
+    CredentialNotText { header: String },
+    #[error(
+        "header `{sent}` is read as `{header}` by some servers; spell it `{header}` or leave it out"
+    )]
+    AmbiguousCredentialName { sent: String, header: String },
+    #[error("the `Connection` header may not nominate `{header}`")]
+    ConnectionNominatesProtected { header: String },
+    #[error("the `Connection` header is malformed")]
+    MalformedConnection,
+    #[error("route `{route}` does not allow protocol upgrades (`Upgrade` header)")]
+    UpgradeNotAllowed { route: String },
+}
+
+impl HeaderError {
+    /// The stable `kind` of the refusal body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeaderError::DuplicateCredential { .. } => "duplicate_credentials",
+            HeaderError::CredentialNotText { .. } => "credential_not_text",
+            HeaderError::AmbiguousCredentialName { .. } => "ambiguous_header_name",
+            HeaderError::ConnectionNominatesProtected { .. } => "connection_nominates_protected",
+            HeaderError::MalformedConnection => "malformed_connection_header",
+            HeaderError::UpgradeNotAllowed { .. } => "upgrade_not_allowed",
+        }
+    }
+
+    /// The HTTP status the refusal is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeaderError::UpgradeNotAllowed { .. } => 403,
+            _ => 400,
+        }
+    }
+}
+
+/// A header name as CGI/WSGI servers and Datasette compare them: lowercase, `_` read as `-`.
+pub fn normalized_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Header names echoed in refusals are the client's own, bounded so a refusal stays small.
+fn shown(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+/// Headers datagate decides on; a client may not have a proxy remove them on the way.
+const DECIDED_ON: [&str; 6] = [
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "authorization",
+    "cookie",
+];
+
+/// pingora refuses more than this many `Connection` tokens with a bare 502-ish error; refuse
+/// them here with a clear answer instead.
+const MAX_CONNECTION_TOKENS: usize = 8;
+
+/// Refuses request headers that datagate and the upstream could read differently:
+/// - each of `credential_headers` (e.g. `Authorization`, the API-key header) at most once,
+///   as plain text (a non-text value used to count as "absent", i.e. anonymous, and was
+///   still forwarded), and never under another spelling that a CGI server would merge
+///   with it (`X_Api_Key` for `X-Api-Key`);
+/// - a `Connection` header nominating a header datagate decides on, a protected routing
+///   header or a credential (pingora would strip it after datagate read it).
+pub fn check_client_headers(
+    request: &RequestHeader,
+    credential_headers: &[&str],
+) -> std::result::Result<(), HeaderError> {
+    for credential in credential_headers {
+        let wanted = normalized_name(credential);
+        let exact = credential.to_ascii_lowercase();
+        let mut count = 0usize;
+        for (name, value) in request.headers.iter() {
+            if normalized_name(name.as_str()) != wanted {
+                continue;
+            }
+            if name.as_str() != exact {
+                return Err(HeaderError::AmbiguousCredentialName {
+                    sent: shown(name.as_str()),
+                    header: credential.to_string(),
+                });
+            }
+            count += 1;
+            if count > 1 {
+                return Err(HeaderError::DuplicateCredential {
+                    header: credential.to_string(),
+                });
+            }
+            if value.to_str().is_err() {
+                return Err(HeaderError::CredentialNotText {
+                    header: credential.to_string(),
+                });
+            }
+        }
+    }
+    let mut tokens = 0usize;
+    for value in request.headers.get_all(http::header::CONNECTION) {
+        let text = value
+            .to_str()
+            .map_err(|_| HeaderError::MalformedConnection)?;
+        for token in text
+            .split(',')
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+        {
+            tokens += 1;
+            if tokens > MAX_CONNECTION_TOKENS
+                || http::HeaderName::from_bytes(token.as_bytes()).is_err()
+            {
+                return Err(HeaderError::MalformedConnection);
+            }
+            let nominated = normalized_name(token);
+            let protected = DECIDED_ON.contains(&nominated.as_str())
+                || nominated.starts_with("x-forwarded-")
+                || nominated == "forwarded"
+                || nominated.starts_with("x-datagate-")
+                || credential_headers
+                    .iter()
+                    .any(|credential| normalized_name(credential) == nominated);
+            if protected {
+                return Err(HeaderError::ConnectionNominatesProtected {
+                    header: shown(token),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A protocol upgrade turns the connection into a tunnel nothing inspects, so it is
+/// refused unless the route allows it (`allow_upgrade: true`); then the tunnel opens only
+/// after every check of the route passed.
+pub fn check_upgrade(
+    request: &RequestHeader,
+    route: &str,
+    route_allows_upgrade: bool,
+) -> std::result::Result<(), HeaderError> {
+    if !route_allows_upgrade && request.headers.contains_key(http::header::UPGRADE) {
+        return Err(HeaderError::UpgradeNotAllowed {
+            route: route.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A header's value as text, if present and valid UTF-8. Credential headers that are not
+/// text are refused by [`check_client_headers`] before anything reads them.
 pub fn header_text(request: &RequestHeader, name: &str) -> Option<String> {
     request
         .headers
@@ -26,20 +196,413 @@ pub fn content_length(request: &RequestHeader) -> Option<usize> {
         .and_then(|text| text.trim().parse().ok())
 }
 
-/// Identity values come from tokens and may hold any character; header values may not.
-/// Control characters, `%`, `,` (the list separator) and non-ASCII bytes are
-/// percent-encoded, so `alice@example.com` passes unchanged and nothing can inject a header.
+/// Identity values come from tokens and may hold any character; header values may not, and
+/// upstreams split lists on `,` and trim what they split. Control characters, `%`, `,`,
+/// `"` and `\` (HTTP list quoting), non-ASCII bytes, and spaces at either end are
+/// percent-encoded, so `alice@example.com` passes unchanged, nothing can inject a header,
+/// and `" Admin"` never reads as `Admin`.
 pub fn encode_identity_value(value: &str) -> String {
-    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(b',');
-    percent_encoding::utf8_percent_encode(value, ENCODED).to_string()
+    const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b'%')
+        .add(b',')
+        .add(b'"')
+        .add(b'\\');
+    let inner = value.trim_matches(' ');
+    if inner.is_empty() {
+        return "%20".repeat(value.len());
+    }
+    let leading = value.len() - value.trim_start_matches(' ').len();
+    let trailing = value.len() - value.trim_end_matches(' ').len();
+    let mut encoded = "%20".repeat(leading);
+    encoded.extend(percent_encoding::utf8_percent_encode(inner, ENCODED));
+    encoded.push_str(&"%20".repeat(trailing));
+    encoded
 }
 
 fn internal(context: &'static str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, context)
 }
 
-/// Removes every client-supplied copy of the identity headers, then sets them from the
-/// authenticated principal.
+/// The identity header names one preset writes; `None` means the header is not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaderNames {
+    pub user: Option<String>,
+    pub roles: Option<String>,
+    pub teams: Option<String>,
+    pub basic_role: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// Anonymous callers get identity headers (`custom`: user `anonymous`, their roles);
+    /// with a preset they get none, so the upstream sees an unauthenticated request.
+    pub for_anonymous: bool,
+    /// Sent as the basic role when the caller has none (Grafana's `None` role), so a role
+    /// an upstream remembers from an earlier request is not kept.
+    pub no_basic_role: Option<&'static str>,
+}
+
+fn named(name: &str) -> Option<String> {
+    Some(name.to_string())
+}
+
+impl IdentityHeaderNames {
+    pub fn for_preset(preset: IdentityPreset) -> IdentityHeaderNames {
+        match preset {
+            IdentityPreset::Custom => IdentityHeaderNames {
+                user: named("X-Datagate-User"),
+                roles: named("X-Datagate-Roles"),
+                teams: named("X-Datagate-Teams"),
+                basic_role: named("X-Datagate-Org-Role"),
+                email: None,
+                name: None,
+                for_anonymous: true,
+                no_basic_role: None,
+            },
+            IdentityPreset::Grafana => IdentityHeaderNames {
+                user: named("X-WEBAUTH-USER"),
+                roles: None,
+                teams: named("X-WEBAUTH-GROUPS"),
+                basic_role: named("X-WEBAUTH-ROLE"),
+                email: named("X-WEBAUTH-EMAIL"),
+                name: named("X-WEBAUTH-NAME"),
+                for_anonymous: false,
+                no_basic_role: Some("None"),
+            },
+            IdentityPreset::Superset => IdentityHeaderNames {
+                user: named("X-Datagate-User"),
+                roles: named("X-Datagate-Roles"),
+                teams: None,
+                basic_role: None,
+                email: named("X-Datagate-Email"),
+                name: named("X-Datagate-Name"),
+                for_anonymous: false,
+                no_basic_role: None,
+            },
+            IdentityPreset::Datasette => IdentityHeaderNames {
+                user: named("X-Datagate-User"),
+                roles: named("X-Datagate-Roles"),
+                teams: named("X-Datagate-Teams"),
+                basic_role: named("X-Datagate-Org-Role"),
+                email: named("X-Datagate-Email"),
+                name: named("X-Datagate-Name"),
+                for_anonymous: false,
+                no_basic_role: None,
+            },
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &String> {
+        [
+            &self.user,
+            &self.roles,
+            &self.teams,
+            &self.basic_role,
+            &self.email,
+            &self.name,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// The config keys naming identity headers, in the order of [`IdentityHeaderNames`].
+const IDENTITY_KEYS: [&str; 6] = ["user", "roles", "teams", "basic_role", "email", "name"];
+
+/// Every header rule of the configuration, resolved once at start-up.
+#[derive(Debug, Clone)]
+pub struct HeaderPlan {
+    identity: IdentityHeaderNames,
+    /// Normalized names ([`normalized_name`]) no client copy of which reaches the upstream.
+    protected: HashSet<String>,
+    /// Normalized prefixes likewise (`x-datagate-`, and `Name-*` entries of the lists).
+    protected_prefixes: Vec<String>,
+    forwarding: ForwardingConfig,
+    db_headers: crate::creds::DbCredentialHeaders,
+}
+
+impl HeaderPlan {
+    /// Checks the header settings of `config`; the error names the key that is wrong.
+    pub fn validate(config: &Config) -> std::result::Result<(), (String, String)> {
+        let headers = &config.identity_headers;
+        let explicit = [
+            &headers.user,
+            &headers.roles,
+            &headers.teams,
+            &headers.basic_role,
+            &headers.email,
+            &headers.name,
+        ];
+        for (key, name) in IDENTITY_KEYS.iter().zip(explicit) {
+            let Some(name) = name else { continue };
+            let key = format!("identity_headers.{key}");
+            if headers.preset != IdentityPreset::Custom {
+                return Err((
+                    key,
+                    "the preset names every identity header; use `preset: custom` to name them yourself"
+                        .to_string(),
+                ));
+            }
+            valid_header_name(&key, name)?;
+        }
+        for (index, name) in headers.strip.iter().enumerate() {
+            valid_list_entry(&format!("identity_headers.strip[{index}]"), name)?;
+        }
+        let forwarding = &config.forwarding;
+        for (index, name) in forwarding.strip.iter().enumerate() {
+            valid_list_entry(&format!("forwarding.strip[{index}]"), name)?;
+        }
+        if forwarding.x_forwarded_for == ForwardedForMode::Append
+            && forwarding.trusted_proxies.is_empty()
+        {
+            return Err((
+                "forwarding.trusted_proxies".to_string(),
+                "required with `x_forwarded_for: append` (the peers whose list is kept)"
+                    .to_string(),
+            ));
+        }
+        if forwarding.x_forwarded_for == ForwardedForMode::Replace
+            && !forwarding.trusted_proxies.is_empty()
+        {
+            return Err((
+                "forwarding.trusted_proxies".to_string(),
+                "only used with `x_forwarded_for: append`".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves the plan; call [`HeaderPlan::validate`] first (config validation does).
+    pub fn new(config: &Config) -> HeaderPlan {
+        let settings = &config.identity_headers;
+        let mut identity = IdentityHeaderNames::for_preset(settings.preset);
+        if settings.preset == IdentityPreset::Custom {
+            let slots = [
+                (&mut identity.user, &settings.user),
+                (&mut identity.roles, &settings.roles),
+                (&mut identity.teams, &settings.teams),
+                (&mut identity.basic_role, &settings.basic_role),
+                (&mut identity.email, &settings.email),
+                (&mut identity.name, &settings.name),
+            ];
+            for (slot, explicit) in slots {
+                if let Some(name) = explicit {
+                    *slot = Some(name.clone());
+                }
+            }
+        }
+        let mut protected = HashSet::new();
+        let mut protected_prefixes = vec!["x-datagate-".to_string(), "x-webauth-".to_string()];
+        let presets = [
+            IdentityPreset::Custom,
+            IdentityPreset::Grafana,
+            IdentityPreset::Superset,
+            IdentityPreset::Datasette,
+        ];
+        // Every preset's names, whichever is in use: a client header meant for another
+        // upstream's trust scheme has no business reaching this one either.
+        let preset_names: Vec<String> = presets
+            .iter()
+            .flat_map(|preset| {
+                IdentityHeaderNames::for_preset(*preset)
+                    .all()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let db = &config.aws.headers;
+        let always = [
+            "remote-user",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ];
+        let lists = settings.strip.iter().chain(config.forwarding.strip.iter());
+        for name in identity
+            .all()
+            .chain(preset_names.iter())
+            .chain([&db.db_user, &db.db_token, &db.db_endpoint])
+            .map(String::as_str)
+            .chain(always)
+            .chain(lists.clone().map(String::as_str))
+        {
+            match name.strip_suffix('*') {
+                Some(prefix) => protected_prefixes.push(normalized_name(prefix)),
+                None => {
+                    protected.insert(normalized_name(name));
+                }
+            }
+        }
+        HeaderPlan {
+            identity,
+            protected,
+            protected_prefixes,
+            forwarding: config.forwarding.clone(),
+            db_headers: config.aws.headers.clone(),
+        }
+    }
+
+    pub fn identity_names(&self) -> &IdentityHeaderNames {
+        &self.identity
+    }
+
+    /// Whether a client header of this name is removed before forwarding.
+    pub fn is_protected(&self, name: &str) -> bool {
+        let name = normalized_name(name);
+        self.protected.contains(&name)
+            || self
+                .protected_prefixes
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+    }
+
+    /// Removes every client header whose name is protected.
+    pub fn strip_client_headers(&self, request: &mut RequestHeader) {
+        let doomed: Vec<http::HeaderName> = request
+            .headers
+            .keys()
+            .filter(|name| self.is_protected(name.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            while request.remove_header(&name).is_some() {}
+        }
+    }
+
+    /// Everything the upstream request's headers need: client copies of protected headers
+    /// removed, then datagate's identity, database-credential and forwarding headers set.
+    pub fn prepare_upstream_request(
+        &self,
+        request: &mut RequestHeader,
+        principal: &Principal,
+        db_credentials: Option<&crate::creds::DbCredentials>,
+        peer: Option<IpAddr>,
+    ) -> Result<()> {
+        let client_forwarded_for: Vec<String> = request
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok().map(str::to_owned))
+            .collect();
+        let host = header_text(request, http::header::HOST.as_str());
+        self.strip_client_headers(request);
+        self.write_identity(request, principal)?;
+        replace_db_credential_headers(request, &self.db_headers, db_credentials)?;
+        let forwarded_for = forwarded_for(&self.forwarding, &client_forwarded_for, peer);
+        if let Some(forwarded_for) = forwarded_for {
+            request
+                .insert_header("X-Forwarded-For", forwarded_for)
+                .map_err(|_| internal("x-forwarded-for"))?;
+        }
+        request
+            .insert_header(
+                "X-Forwarded-Proto",
+                self.forwarding.x_forwarded_proto.as_str(),
+            )
+            .map_err(|_| internal("x-forwarded-proto"))?;
+        if self.forwarding.x_forwarded_host
+            && let Some(host) = host
+        {
+            request
+                .insert_header("X-Forwarded-Host", host)
+                .map_err(|_| internal("x-forwarded-host"))?;
+        }
+        Ok(())
+    }
+
+    fn write_identity(&self, request: &mut RequestHeader, principal: &Principal) -> Result<()> {
+        let names = &self.identity;
+        if principal.kind == PrincipalKind::Anonymous && !names.for_anonymous {
+            return Ok(());
+        }
+        let list = |values: &[String]| {
+            values
+                .iter()
+                .map(|value| encode_identity_value(value))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let display_name = principal
+            .claims
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .filter(|name| !name.is_empty());
+        let basic_role = principal
+            .basic_role
+            .map(|role| role.as_str())
+            .or(names.no_basic_role);
+        let values = [
+            (
+                &names.user,
+                Some(encode_identity_value(&principal.username)),
+            ),
+            (&names.roles, Some(list(&principal.roles))),
+            (&names.teams, Some(list(&principal.teams))),
+            (&names.basic_role, basic_role.map(str::to_string)),
+            (
+                &names.email,
+                principal.email.as_deref().map(encode_identity_value),
+            ),
+            (&names.name, display_name.map(encode_identity_value)),
+        ];
+        for (name, value) in values {
+            if let (Some(name), Some(value)) = (name, value) {
+                request
+                    .insert_header(name.clone(), value)
+                    .map_err(|_| internal("identity header"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `X-Forwarded-For` as datagate vouches for it: the peer's address (`replace`), or, when
+/// the peer is a trusted proxy (`append`), the client's list followed by the peer. A list
+/// that is not all IP addresses is not kept.
+fn forwarded_for(
+    forwarding: &ForwardingConfig,
+    client_values: &[String],
+    peer: Option<IpAddr>,
+) -> Option<String> {
+    let peer = peer?;
+    let trusted_hop = forwarding.x_forwarded_for == ForwardedForMode::Append
+        && forwarding.trusted_proxies.contains(&peer);
+    if trusted_hop {
+        let entries: Vec<&str> = client_values
+            .iter()
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect();
+        let all_addresses =
+            !entries.is_empty() && entries.iter().all(|entry| entry.parse::<IpAddr>().is_ok());
+        if all_addresses {
+            return Some(format!("{}, {peer}", entries.join(", ")));
+        }
+    }
+    Some(peer.to_string())
+}
+
+fn valid_header_name(key: &str, name: &str) -> std::result::Result<(), (String, String)> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err((
+            key.to_string(),
+            format!("`{name}` is not a valid HTTP header name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A strip-list entry: a header name, or a prefix ending in `*`.
+fn valid_list_entry(key: &str, entry: &str) -> std::result::Result<(), (String, String)> {
+    let name = entry.strip_suffix('*').unwrap_or(entry);
+    if name.len() < 2 {
+        return Err((
+            key.to_string(),
+            format!("`{entry}` is too short to be a header name or prefix"),
+        ));
+    }
+    valid_header_name(key, name)
+}
+
 /// Removes any client copy of the database credential headers, then sets ours (when the
 /// request's datasource uses IAM authentication).
 pub fn replace_db_credential_headers(
@@ -70,63 +633,6 @@ pub fn replace_db_credential_headers(
     Ok(())
 }
 
-pub fn replace_identity_headers(
-    request: &mut RequestHeader,
-    names: &IdentityHeadersConfig,
-    principal: &Principal,
-) -> Result<()> {
-    for name in [&names.user, &names.roles, &names.teams, &names.basic_role]
-        .into_iter()
-        .chain(names.strip.iter())
-    {
-        while request.remove_header(name.as_str()).is_some() {}
-    }
-    request
-        .insert_header(
-            names.user.clone(),
-            encode_identity_value(&principal.username),
-        )
-        .map_err(|_| internal("identity header"))?;
-    let roles: Vec<String> = principal
-        .roles
-        .iter()
-        .map(|role| encode_identity_value(role))
-        .collect();
-    request
-        .insert_header(names.roles.clone(), roles.join(","))
-        .map_err(|_| internal("identity header"))?;
-    let teams: Vec<String> = principal
-        .teams
-        .iter()
-        .map(|team| encode_identity_value(team))
-        .collect();
-    request
-        .insert_header(names.teams.clone(), teams.join(","))
-        .map_err(|_| internal("identity header"))?;
-    if let Some(basic_role) = principal.basic_role {
-        request
-            .insert_header(names.basic_role.clone(), basic_role.as_str())
-            .map_err(|_| internal("identity header"))?;
-    }
-    Ok(())
-}
-
-/// datagate is the edge of the service it protects, so forwarding headers describe the
-/// connection datagate saw; client-supplied values are replaced, not trusted.
-pub fn set_forwarded(request: &mut RequestHeader, client_ip: Option<&str>) -> Result<()> {
-    while request.remove_header("x-forwarded-for").is_some() {}
-    while request.remove_header("x-forwarded-proto").is_some() {}
-    if let Some(client_ip) = client_ip {
-        request
-            .insert_header("x-forwarded-for", client_ip.to_string())
-            .map_err(|_| internal("x-forwarded-for"))?;
-    }
-    request
-        .insert_header("x-forwarded-proto", "http")
-        .map_err(|_| internal("x-forwarded-proto"))?;
-    Ok(())
-}
-
 /// The upstream receives the path the route was matched on, so the two can never disagree.
 pub fn set_canonical_path(
     request: &mut RequestHeader,
@@ -147,8 +653,69 @@ pub fn set_canonical_path(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            r#"
+listen: {{proxy: "127.0.0.1:8080", admin: "127.0.0.1:9180"}}
+upstream: {{address: "127.0.0.1:8088"}}
+policy: {{model: casbin_model.conf, directory: policies}}
+auth: {{}}
+routes: {{}}
+{extra}
+"#
+        );
+        Config::from_yaml(&text, "test.yaml", PathBuf::from("/etc/datagate")).unwrap()
+    }
+
+    fn config_error(extra: &str) -> String {
+        let text = format!(
+            r#"
+listen: {{proxy: "127.0.0.1:8080", admin: "127.0.0.1:9180"}}
+upstream: {{address: "127.0.0.1:8088"}}
+policy: {{model: casbin_model.conf, directory: policies}}
+auth: {{}}
+routes: {{}}
+{extra}
+"#
+        );
+        Config::from_yaml(&text, "test.yaml", PathBuf::from("/etc/datagate"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn request(headers: &[(&str, &[u8])]) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", b"/api/v1/chart/1", None).unwrap();
+        for (name, value) in headers {
+            request
+                .append_header(
+                    name.to_string(),
+                    http::HeaderValue::from_bytes(value).unwrap(),
+                )
+                .unwrap();
+        }
+        request
+    }
+
+    fn values(request: &RequestHeader, name: &str) -> Vec<String> {
+        request
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn user(name: &str, roles: &[&str]) -> Principal {
+        let mut principal = Principal::anonymous(roles.iter().map(|r| r.to_string()).collect());
+        principal.kind = PrincipalKind::User;
+        principal.username = name.to_string();
+        principal
+    }
 
     #[test]
     fn identity_values_cannot_inject_headers_or_split_lists() {
@@ -160,5 +727,311 @@ mod tests {
         assert_eq!(encode_identity_value("a,b"), "a%2Cb");
         assert_eq!(encode_identity_value("50%"), "50%25");
         assert_eq!(encode_identity_value("Zoë"), "Zo%C3%AB");
+        assert_eq!(encode_identity_value("Super Admin"), "Super Admin");
+        assert_eq!(encode_identity_value(" Admin"), "%20Admin");
+        assert_eq!(encode_identity_value("Admin  "), "Admin%20%20");
+        assert_eq!(encode_identity_value("  "), "%20%20");
+        assert_eq!(encode_identity_value("\"Admin\""), "%22Admin%22");
+        assert_eq!(encode_identity_value("\tAdmin"), "%09Admin");
+    }
+
+    #[test]
+    fn a_role_with_a_leading_space_is_not_admin_to_an_upstream_that_trims() {
+        let plan = HeaderPlan::new(&config(""));
+        let mut upstream = request(&[]);
+        plan.prepare_upstream_request(
+            &mut upstream,
+            &user("alice", &["Gamma", " Admin"]),
+            None,
+            None,
+        )
+        .unwrap();
+        let roles = values(&upstream, "x-datagate-roles");
+        assert_eq!(roles, vec!["Gamma,%20Admin"]);
+        // What a Python upstream does with it: split, trim — no `Admin`.
+        let read: Vec<&str> = roles[0].split(',').map(str::trim).collect();
+        assert_eq!(read, vec!["Gamma", "%20Admin"]);
+    }
+
+    #[test]
+    fn client_headers_that_fold_onto_protected_names_are_all_removed() {
+        let plan = HeaderPlan::new(&config(""));
+        let attack: &[(&str, &[u8])] = &[
+            ("X_Datagate_User", b"root"),
+            ("X-Datagate_Roles", b"Admin"),
+            ("Remote_User", b"root"),
+            ("Remote-User", b"root"),
+            ("X_Datagate_Db_Token", b"stolen"),
+            ("x-datagate-db-user", b"admin"),
+            ("X-DATAGATE-TEAMS", b"finance"),
+            ("X_Datagate_Anything_New", b"1"),
+            ("X_WEBAUTH_USER", b"admin"),
+            ("X-Webauth-Grafana-Admin", b"true"),
+            ("X_Forwarded_Host", b"evil.example"),
+            ("X-Forwarded-Prefix", b"/evil"),
+            ("X-Forwarded-Port", b"1"),
+            ("X-Forwarded-For", b"10.9.9.9"),
+            ("Forwarded", b"for=10.9.9.9;host=evil.example"),
+            ("X-Real-IP", b"10.9.9.9"),
+            ("X-Original-URL", b"/admin"),
+            ("X-Rewrite-URL", b"/admin"),
+            ("X-HTTP-Method-Override", b"DELETE"),
+            ("X_Method_Override", b"DELETE"),
+            ("X-HTTP-Method", b"DELETE"),
+            ("X_Remote_User", b"root"),
+        ];
+        let mut upstream = request(attack);
+        upstream
+            .append_header("Accept", "application/json")
+            .unwrap();
+        upstream.append_header("X-Request-Id", "abc").unwrap();
+        plan.prepare_upstream_request(
+            &mut upstream,
+            &user("alice", &["Gamma"]),
+            None,
+            Some("127.0.0.1".parse().unwrap()),
+        )
+        .unwrap();
+        let mut names: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|name| name.as_str().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "accept",
+                "x-datagate-roles",
+                "x-datagate-teams",
+                "x-datagate-user",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-request-id",
+            ],
+            "only datagate's own and harmless client headers remain"
+        );
+        assert_eq!(values(&upstream, "x-datagate-user"), vec!["alice"]);
+        assert_eq!(values(&upstream, "x-datagate-roles"), vec!["Gamma"]);
+        assert_eq!(values(&upstream, "x-forwarded-for"), vec!["127.0.0.1"]);
+    }
+
+    #[test]
+    fn configured_strip_and_db_credential_names_are_protected_in_every_spelling() {
+        let plan = HeaderPlan::new(&config(
+            "identity_headers: {strip: [X-Superset-User, X-Tenant-*]}\naws: {headers: {db_token: X-Db-Pass}}",
+        ));
+        for name in [
+            "X_Superset_User",
+            "x-superset-user",
+            "X_Tenant_Id",
+            "X-Db_Pass",
+            "X_Forwarded_Whatever",
+        ] {
+            assert!(plan.is_protected(name), "{name}");
+        }
+        for name in ["Accept", "X-Request-Id", "Cookie", "Authorization"] {
+            assert!(!plan.is_protected(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn two_authorization_headers_or_a_non_text_one_are_refused() {
+        let credentials = ["authorization", "X-Api-Key"];
+        let twice = request(&[
+            ("Authorization", b"Bearer a"),
+            ("Authorization", b"Bearer b"),
+        ]);
+        assert_eq!(
+            check_client_headers(&twice, &credentials)
+                .unwrap_err()
+                .kind(),
+            "duplicate_credentials"
+        );
+        let binary = request(&[("Authorization", b"Bearer \xff\xfe")]);
+        assert_eq!(
+            check_client_headers(&binary, &credentials)
+                .unwrap_err()
+                .kind(),
+            "credential_not_text"
+        );
+        let keys = request(&[("X-Api-Key", b"a"), ("X-Api-Key", b"b")]);
+        assert_eq!(
+            check_client_headers(&keys, &credentials)
+                .unwrap_err()
+                .kind(),
+            "duplicate_credentials"
+        );
+        let underscore = request(&[("X_Api_Key", b"a")]);
+        assert_eq!(
+            check_client_headers(&underscore, &credentials)
+                .unwrap_err()
+                .kind(),
+            "ambiguous_header_name"
+        );
+        let fine = request(&[("Authorization", b"Bearer a"), ("X-Api-Key", b"k")]);
+        assert_eq!(check_client_headers(&fine, &credentials), Ok(()));
+    }
+
+    #[test]
+    fn connection_may_not_nominate_what_datagate_decides_on() {
+        let credentials = ["authorization", "X-Api-Key"];
+        for nominated in [
+            "Content-Type",
+            "close, Authorization",
+            "X-Api-Key",
+            "x_forwarded_for",
+            "Host",
+            "X-Datagate-User",
+        ] {
+            let headers = request(&[("Connection", nominated.as_bytes())]);
+            assert_eq!(
+                check_client_headers(&headers, &credentials)
+                    .unwrap_err()
+                    .kind(),
+                "connection_nominates_protected",
+                "{nominated}"
+            );
+        }
+        let many = request(&[("Connection", b"a,b,c,d,e,f,g,h,i")]);
+        assert_eq!(
+            check_client_headers(&many, &credentials)
+                .unwrap_err()
+                .kind(),
+            "malformed_connection_header"
+        );
+        for fine in ["keep-alive", "close", "Upgrade", "TE, X-Private-Hop"] {
+            let headers = request(&[("Connection", fine.as_bytes())]);
+            assert_eq!(
+                check_client_headers(&headers, &credentials),
+                Ok(()),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_is_refused_unless_the_route_allows_it() {
+        let websocket = request(&[("Upgrade", b"websocket"), ("Connection", b"Upgrade")]);
+        let error = check_upgrade(&websocket, "superset-chart-read", false).unwrap_err();
+        assert_eq!(error.kind(), "upgrade_not_allowed");
+        assert_eq!(error.status(), 403);
+        assert_eq!(check_upgrade(&websocket, "live", true), Ok(()));
+        assert_eq!(check_upgrade(&request(&[]), "any", false), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_unless_a_trusted_hop_appends() {
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let replace = ForwardingConfig::default();
+        let client = vec!["1.2.3.4".to_string()];
+        assert_eq!(
+            forwarded_for(&replace, &client, Some(peer)).as_deref(),
+            Some("10.0.0.5")
+        );
+        let append = ForwardingConfig {
+            x_forwarded_for: ForwardedForMode::Append,
+            trusted_proxies: vec![peer],
+            ..ForwardingConfig::default()
+        };
+        assert_eq!(
+            forwarded_for(&append, &["1.2.3.4, 5.6.7.8".to_string()], Some(peer)).as_deref(),
+            Some("1.2.3.4, 5.6.7.8, 10.0.0.5")
+        );
+        // A list that is not all addresses is not kept.
+        assert_eq!(
+            forwarded_for(&append, &["1.2.3.4, evil".to_string()], Some(peer)).as_deref(),
+            Some("10.0.0.5")
+        );
+        // An untrusted peer's list is not kept either.
+        let other: IpAddr = "10.0.0.6".parse().unwrap();
+        assert_eq!(
+            forwarded_for(&append, &client, Some(other)).as_deref(),
+            Some("10.0.0.6")
+        );
+    }
+
+    #[test]
+    fn forwarded_host_comes_from_the_request_host_only_when_asked() {
+        let mut upstream = request(&[("Host", b"bi.example.com"), ("X-Forwarded-Host", b"evil")]);
+        HeaderPlan::new(&config(""))
+            .prepare_upstream_request(&mut upstream, &user("alice", &[]), None, None)
+            .unwrap();
+        assert!(values(&upstream, "x-forwarded-host").is_empty());
+        let mut upstream = request(&[("Host", b"bi.example.com"), ("X-Forwarded-Host", b"evil")]);
+        HeaderPlan::new(&config(
+            "forwarding: {x_forwarded_host: true, x_forwarded_proto: https}",
+        ))
+        .prepare_upstream_request(&mut upstream, &user("alice", &[]), None, None)
+        .unwrap();
+        assert_eq!(
+            values(&upstream, "x-forwarded-host"),
+            vec!["bi.example.com"]
+        );
+        assert_eq!(values(&upstream, "x-forwarded-proto"), vec!["https"]);
+    }
+
+    #[test]
+    fn grafana_preset_sends_the_auth_proxy_headers() {
+        let plan = HeaderPlan::new(&config("identity_headers: {preset: grafana}"));
+        let mut principal = user("alice", &["Gamma"]);
+        principal.email = Some("alice@example.com".to_string());
+        principal.teams = vec!["analysts".to_string(), "eu".to_string()];
+        principal.basic_role = Some(crate::principal::BasicRole::Editor);
+        principal
+            .claims
+            .insert("name".to_string(), serde_json::json!("Alice Liddell"));
+        let mut upstream = request(&[("X-WEBAUTH-USER", b"admin"), ("X_WEBAUTH_ROLE", b"Admin")]);
+        plan.prepare_upstream_request(&mut upstream, &principal, None, None)
+            .unwrap();
+        assert_eq!(values(&upstream, "x-webauth-user"), vec!["alice"]);
+        assert_eq!(
+            values(&upstream, "x-webauth-email"),
+            vec!["alice@example.com"]
+        );
+        assert_eq!(values(&upstream, "x-webauth-name"), vec!["Alice Liddell"]);
+        assert_eq!(values(&upstream, "x-webauth-role"), vec!["Editor"]);
+        assert_eq!(values(&upstream, "x-webauth-groups"), vec!["analysts,eu"]);
+        assert!(values(&upstream, "x-datagate-user").is_empty());
+        // No basic role: Grafana's `None`, so an earlier role is not kept.
+        principal.basic_role = None;
+        let mut upstream = request(&[]);
+        plan.prepare_upstream_request(&mut upstream, &principal, None, None)
+            .unwrap();
+        assert_eq!(values(&upstream, "x-webauth-role"), vec!["None"]);
+        // Anonymous callers are not signed in as a user called `anonymous`.
+        let mut upstream = request(&[("X-WEBAUTH-USER", b"admin")]);
+        plan.prepare_upstream_request(
+            &mut upstream,
+            &Principal::anonymous(vec!["Public".to_string()]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(
+            upstream
+                .headers
+                .keys()
+                .all(|name| !name.as_str().starts_with("x-webauth"))
+        );
+    }
+
+    #[test]
+    fn header_settings_errors_name_the_key() {
+        let error = config_error("identity_headers: {preset: grafana, user: X-User}");
+        assert!(error.contains("identity_headers.user"), "{error}");
+        let error = config_error("identity_headers: {preset: looker}");
+        assert!(error.contains("identity_headers.preset"), "{error}");
+        let error = config_error("identity_headers: {email: \"bad header\"}");
+        assert!(error.contains("identity_headers.email"), "{error}");
+        let error = config_error("forwarding: {x_forwarded_for: append}");
+        assert!(error.contains("forwarding.trusted_proxies"), "{error}");
+        let error = config_error("forwarding: {strip: [\"X Bad\"]}");
+        assert!(error.contains("forwarding.strip[0]"), "{error}");
+        let error = config_error("forwarding: {x_forwarded_hots: true}");
+        assert!(error.contains("x_forwarded_hots"), "{error}");
+        let error =
+            config_error("forwarding: {trusted_proxies: [not-an-ip], x_forwarded_for: append}");
+        assert!(error.contains("forwarding.trusted_proxies"), "{error}");
     }
 }

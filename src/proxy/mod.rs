@@ -1,13 +1,15 @@
 //! The pingora `ProxyHttp` implementation: thin glue from pingora's phases to the pipeline.
 //!
-//! - `request_filter`: [`crate::pipeline::identify`], then (in `decide`) the bounded body
+//! - `request_filter`: [`headers::check_client_headers`], [`crate::pipeline::identify`],
+//!   [`headers::check_upgrade`], then (in `decide`) the bounded body
 //!   read when the route inspects bodies, the MCP tool, [`crate::pipeline::authorize`],
 //!   row-level security and database credentials; a refusal is answered here, in one
 //!   place, so the upstream never sees a refused request. `/api/me/permissions` is
 //!   answered here too.
 //! - `upstream_peer`: the configured upstream with its timeouts.
-//! - `upstream_request_filter`: canonical path, identity and database-credential headers
-//!   (client copies removed), `X-Forwarded-For` / `-Proto`.
+//! - `upstream_request_filter`: canonical path, then [`HeaderPlan::prepare_upstream_request`]:
+//!   protected client headers removed, identity, database-credential and forwarding
+//!   headers written.
 //! - `response_filter` / `response_body_filter`: the export guard on what comes back.
 //! - `logging`: metrics and the audit line.
 
@@ -30,7 +32,10 @@ use crate::http_error::HttpError;
 use crate::pipeline::{self, Permit, Refusal, RequestHead};
 use crate::state::AppState;
 
-pub use headers::{encode_identity_value, replace_db_credential_headers};
+pub use headers::{
+    HeaderError, HeaderPlan, IdentityHeaderNames, check_client_headers, encode_identity_value,
+    normalized_name, replace_db_credential_headers,
+};
 
 /// Splits `host:port` and checks both parts; used by config validation.
 pub fn upstream_host_port(address: &str) -> std::result::Result<(String, u16), String> {
@@ -70,6 +75,7 @@ pub struct DatagateProxy {
     state: Arc<AppState>,
     upstream: SocketAddr,
     sni: String,
+    headers: HeaderPlan,
 }
 
 impl DatagateProxy {
@@ -79,10 +85,12 @@ impl DatagateProxy {
                 .map(|(host, _)| host)
                 .unwrap_or_default()
         });
+        let headers = HeaderPlan::new(&state.config);
         DatagateProxy {
             state,
             upstream,
             sni,
+            headers,
         }
     }
 }
@@ -168,6 +176,16 @@ impl ProxyHttp for DatagateProxy {
             api_key: api_key.as_deref(),
             content_type: content_type.as_deref(),
         };
+        let credential_headers = [
+            http::header::AUTHORIZATION.as_str(),
+            self.state.authenticator.api_key_header(),
+        ];
+        if let Err(error) = headers::check_client_headers(session.req_header(), &credential_headers)
+        {
+            let refusal = Refusal::from(error);
+            let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
+            return self.refuse(session, ctx, refusal, outcome).await;
+        }
 
         let mut identified = match pipeline::identify(&self.state, &snapshot, &head) {
             Ok(identified) => identified,
@@ -177,6 +195,25 @@ impl ProxyHttp for DatagateProxy {
                 return self.refuse(session, ctx, refusal, outcome).await;
             }
         };
+        let allows_upgrade = identified
+            .route
+            .as_ref()
+            .is_some_and(|(route, _)| route.allows_upgrade());
+        if let Err(error) = headers::check_upgrade(
+            session.req_header(),
+            identified.route_name(),
+            allows_upgrade,
+        ) {
+            let refusal = Refusal::from(error);
+            let outcome = refused_outcome(
+                &head,
+                &refusal,
+                identified.route_name(),
+                Some(&identified.principal),
+                snapshot.revision,
+            );
+            return self.refuse(session, ctx, refusal, outcome).await;
+        }
         if pipeline::is_permissions_request(&head, &identified) {
             return self
                 .answer_permissions(session, &snapshot, &identified.principal)
@@ -289,22 +326,16 @@ impl ProxyHttp for DatagateProxy {
             {}
             upstream_request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         }
-        headers::replace_identity_headers(
-            upstream_request,
-            &self.state.config.identity_headers,
-            permit.principal(),
-        )?;
-        headers::replace_db_credential_headers(
-            upstream_request,
-            &self.state.config.aws.headers,
-            ctx.db_credentials.as_ref(),
-        )?;
-        let client_address = session
+        let peer = session
             .client_addr()
             .and_then(|address| address.as_inet())
-            .map(|address| address.ip().to_string());
-        headers::set_forwarded(upstream_request, client_address.as_deref())?;
-        Ok(())
+            .map(|address| address.ip());
+        self.headers.prepare_upstream_request(
+            upstream_request,
+            permit.principal(),
+            ctx.db_credentials.as_ref(),
+            peer,
+        )
     }
 
     async fn request_body_filter(

@@ -85,6 +85,10 @@ pub struct RouteConfig {
     /// when row-level security would filter that table for the caller.
     #[serde(default)]
     pub table_page: Option<TablePageConfig>,
+    /// Let `Upgrade` requests (WebSocket) through once the route's checks pass; what
+    /// flows inside the upgraded connection is not inspected. Off: `Upgrade` is refused.
+    #[serde(default)]
+    pub allow_upgrade: bool,
 }
 
 /// `routes.table[i].table_page`.

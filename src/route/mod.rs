@@ -190,6 +190,7 @@ pub struct Route {
     export: Option<ExportRequirement>,
     mcp: Option<McpTools>,
     table_page: Option<String>,
+    allow_upgrade: bool,
 }
 
 /// A route's export declaration: what kind of export, and when a request is one.
@@ -293,6 +294,11 @@ impl Route {
     /// The tool table, when the route is an MCP endpoint.
     pub fn mcp(&self) -> Option<&McpTools> {
         self.mcp.as_ref()
+    }
+
+    /// `Upgrade` requests may pass (after the route's checks); the tunnel is not inspected.
+    pub fn allows_upgrade(&self) -> bool {
+        self.allow_upgrade
     }
 
     /// The path parameter naming the table, when the route is a table page.
@@ -571,6 +577,7 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
                     export: None,
                     mcp: None,
                     table_page: None,
+                    allow_upgrade: false,
                 };
                 tools.insert(name.clone(), compile_route(&tool_route, &tool_key)?);
             }
@@ -611,6 +618,7 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
         export,
         mcp,
         table_page,
+        allow_upgrade: config.allow_upgrade,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct GatewayOptions {
     pub aws_yaml: Option<String>,
     /// Extra environment variables for the datagate process.
     pub env: Vec<(String, String)>,
+    /// Further top-level YAML appended to the config (e.g. `identity_headers:`).
+    pub extra_yaml: Option<String>,
 }
 
 impl GatewayOptions {
@@ -52,6 +54,7 @@ impl GatewayOptions {
             exports_yaml: None,
             aws_yaml: None,
             env: Vec::new(),
+            extra_yaml: None,
         }
     }
 }
@@ -133,12 +136,13 @@ routes:
 {datasources}{store}{exports}{aws}audit:
   output: audit.log
   log_allowed: {log_allowed}
-"#,
+{extra}"#,
             upstream = options.upstream,
             anonymous = options.anonymous_enabled,
             routes = indent(&routes, 2),
             datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
+            extra = options.extra_yaml.clone().unwrap_or_default(),
             watch = options.watch,
             aws = options
                 .aws_yaml
@@ -229,6 +233,30 @@ routes:
                 org_role,
                 ttl: Duration::from_secs(600),
                 extra_claims: serde_json::Map::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// A token with further claims (e.g. `email`, `name`).
+    pub fn token_with_claims(
+        &self,
+        subject: &str,
+        roles: &[&str],
+        teams: &[&str],
+        org_role: Option<BasicRole>,
+        extra_claims: serde_json::Value,
+    ) -> String {
+        mint_token(
+            &self.config.auth,
+            &self.config.base_dir,
+            &MintRequest {
+                subject: subject.to_string(),
+                roles: roles.iter().map(|role| role.to_string()).collect(),
+                teams: teams.iter().map(|team| team.to_string()).collect(),
+                org_role,
+                ttl: Duration::from_secs(600),
+                extra_claims: extra_claims.as_object().cloned().unwrap_or_default(),
             },
         )
         .unwrap()
