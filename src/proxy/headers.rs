@@ -232,8 +232,9 @@ pub struct IdentityHeaderNames {
     pub basic_role: Option<String>,
     pub email: Option<String>,
     pub name: Option<String>,
-    /// Anonymous callers get identity headers (`custom`: user `anonymous`, their roles);
-    /// with a preset they get none, so the upstream sees an unauthenticated request.
+    /// Anonymous callers get identity headers (user `anonymous`, their roles): `custom`
+    /// and `superset`; with `grafana` and `datasette` they get none, so the upstream sees
+    /// an unauthenticated request rather than a user called `anonymous`.
     pub for_anonymous: bool,
     /// Sent as the basic role when the caller has none (Grafana's `None` role), so a role
     /// an upstream remembers from an earlier request is not kept.
@@ -274,7 +275,9 @@ impl IdentityHeaderNames {
                 basic_role: None,
                 email: named("X-Datagate-Email"),
                 name: named("X-Datagate-Name"),
-                for_anonymous: false,
+                // datagate_security.py maps the `anonymous` user to Superset's anonymous
+                // user (AUTH_ROLE_PUBLIC) and refuses requests without the header.
+                for_anonymous: true,
                 no_basic_role: None,
             },
             IdentityPreset::Datasette => IdentityHeaderNames {
