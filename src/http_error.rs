@@ -135,7 +135,13 @@ impl From<&Refusal> for HttpError {
                 HttpError::new(status, message).with_kind(kind)
             }
             Refusal::Header(error) => {
-                HttpError::new(error.status(), message).with_kind(error.kind())
+                // A route that does not allow upgrades is a policy answer; the rest are
+                // requests that could be read two ways.
+                let status = match error {
+                    crate::proxy::HeaderError::UpgradeNotAllowed { .. } => 403,
+                    _ => 400,
+                };
+                HttpError::new(status, message).with_kind(error.kind())
             }
             Refusal::McpInvalid(_) => HttpError::new(400, message).with_kind("mcp_invalid"),
             Refusal::McpUnknownTool(_) => {
@@ -228,6 +234,21 @@ mod tests {
         let error = HttpError::from(&Refusal::AuthenticationRequired { reason: "x".into() });
         assert_eq!(error.status, 401);
         assert_eq!(error.www_authenticate.as_deref(), Some("Bearer"));
+    }
+
+    #[test]
+    fn header_refusals_carry_their_kind() {
+        use crate::proxy::HeaderError;
+        let upgrade = HttpError::from(&Refusal::from(HeaderError::UpgradeNotAllowed {
+            route: "superset-chart-read".into(),
+        }));
+        assert_eq!(upgrade.status, 403);
+        assert_eq!(upgrade.kind, Some("upgrade_not_allowed"));
+        let twice = HttpError::from(&Refusal::from(HeaderError::DuplicateCredential {
+            header: "authorization".into(),
+        }));
+        assert_eq!(twice.status, 400);
+        assert_eq!(twice.kind, Some("duplicate_credentials"));
     }
 
     #[test]

@@ -56,19 +56,24 @@ impl HeaderError {
             HeaderError::UpgradeNotAllowed { .. } => "upgrade_not_allowed",
         }
     }
-
-    /// The HTTP status the refusal is answered with.
-    pub fn status(&self) -> u16 {
-        match self {
-            HeaderError::UpgradeNotAllowed { .. } => 403,
-            _ => 400,
-        }
-    }
 }
 
-/// A header name as CGI/WSGI servers and Datasette compare them: lowercase, `_` read as `-`.
+/// A header name as CGI/WSGI servers compare them: lowercase, `_` read as `-`.
 pub fn normalized_name(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+    folded(name).into_owned()
+}
+
+/// [`normalized_name`] without an allocation for the usual, already-normal name (pingora
+/// hands header names over lowercased).
+fn folded(name: &str) -> std::borrow::Cow<'_, str> {
+    if name
+        .bytes()
+        .any(|byte| byte == b'_' || byte.is_ascii_uppercase())
+    {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase().replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// Header names echoed in refusals are the client's own, bounded so a refusal stays small.
@@ -106,7 +111,7 @@ pub fn check_client_headers(
         let exact = credential.to_ascii_lowercase();
         let mut count = 0usize;
         for (name, value) in request.headers.iter() {
-            if normalized_name(name.as_str()) != wanted {
+            if folded(name.as_str()) != wanted.as_str() {
                 continue;
             }
             if name.as_str() != exact {
@@ -450,8 +455,8 @@ impl HeaderPlan {
 
     /// Whether a client header of this name is removed before forwarding.
     pub fn is_protected(&self, name: &str) -> bool {
-        let name = normalized_name(name);
-        self.protected.contains(&name)
+        let name = folded(name);
+        self.protected.contains(name.as_ref())
             || self
                 .protected_prefixes
                 .iter()
@@ -918,7 +923,6 @@ routes: {{}}
         let websocket = request(&[("Upgrade", b"websocket"), ("Connection", b"Upgrade")]);
         let error = check_upgrade(&websocket, "superset-chart-read", false).unwrap_err();
         assert_eq!(error.kind(), "upgrade_not_allowed");
-        assert_eq!(error.status(), 403);
         assert_eq!(check_upgrade(&websocket, "live", true), Ok(()));
         assert_eq!(check_upgrade(&request(&[]), "any", false), Ok(()));
     }
