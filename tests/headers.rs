@@ -385,6 +385,58 @@ fn grafana_preset_sends_exactly_the_auth_proxy_headers() {
     assert!(seen(echo.address).is_empty());
 }
 
+#[test]
+fn an_upstream_101_never_becomes_a_tunnel_for_requests_after_it() {
+    let port = free_port();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("received");
+    let process = Command::new("python3")
+        .arg(echo_dir().join("always_101.py"))
+        .arg(port.to_string())
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _upstream = ChildProcess::new(process);
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(Gateway::eventually(Duration::from_secs(10), || {
+        TcpStream::connect(address).is_ok()
+    }));
+    std::fs::write(&log, b"").unwrap();
+    let gateway = gateway(address, None);
+    let token = gateway.token("alice", &["Gamma"], &[], None);
+
+    // An allowed request without `Upgrade`, answered 101 by the upstream: the client gets
+    // 502, not the 101, and an anonymous DELETE written next on the same connection never
+    // reaches the upstream as tunnel bytes.
+    let mut stream = TcpStream::connect(gateway.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let first = format!(
+        "GET /api/anything HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        gateway.proxy
+    );
+    stream.write_all(first.as_bytes()).unwrap();
+    let mut answer = [0u8; 4096];
+    let read = stream.read(&mut answer).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let second = format!(
+        "DELETE /api/v1/chart/1 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        gateway.proxy
+    );
+    let _ = stream.write_all(second.as_bytes());
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(300));
+    let received = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).to_string();
+    assert!(received.starts_with("GET /api/anything"), "{received}");
+    assert!(!received.contains("DELETE"), "tunnelled: {received}");
+}
+
 struct Datasette {
     _process: ChildProcess,
     address: SocketAddr,

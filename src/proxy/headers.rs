@@ -183,6 +183,24 @@ pub fn check_upgrade(
     Ok(())
 }
 
+/// An upstream answering `101 Switching Protocols` to a request that asked for no upgrade
+/// is refused (502) rather than relayed: the client must never be told it holds a tunnel
+/// datagate did not agree to.
+pub fn check_upstream_switch(
+    request: &RequestHeader,
+    response: &pingora::http::ResponseHeader,
+) -> Result<()> {
+    if response.status == http::StatusCode::SWITCHING_PROTOCOLS
+        && !request.headers.contains_key(http::header::UPGRADE)
+    {
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "the upstream switched protocols on a request that asked for no upgrade",
+        ));
+    }
+    Ok(())
+}
+
 /// A header's value as text, if present and valid UTF-8. Credential headers that are not
 /// text are refused by [`check_client_headers`] before anything reads them.
 pub fn header_text(request: &RequestHeader, name: &str) -> Option<String> {

@@ -362,10 +362,17 @@ impl ProxyHttp for DatagateProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        if let Err(error) = headers::check_upstream_switch(session.req_header(), response) {
+            if let Some(outcome) = ctx.outcome.as_mut() {
+                outcome.status = 502;
+                outcome.reason = "upstream switched protocols without an upgrade request".into();
+            }
+            return Err(error);
+        }
         if self.state.config.exports.response_guard
             && let Some(permit) = &ctx.permit
         {
