@@ -238,6 +238,40 @@ fn forged_identity_and_routing_headers_never_reach_wsgi_servers() {
 }
 
 #[test]
+fn werkzeug_proxy_fix_behind_datagate_sees_datagate_not_the_client() {
+    // Superset with ENABLE_PROXY_FIX rebuilds scheme, host, port, prefix and client address
+    // from X-Forwarded-*; behind datagate those describe datagate's connection only.
+    let echo = start_echo(Server::Gunicorn);
+    let gateway = gateway(echo.address, None);
+    let token = gateway.token("alice", &["Gamma"], &[], None);
+    let authorization = bearer(&token);
+    let (status, body) = send(
+        gateway.proxy,
+        "GET /proxyfix/api/v1/chart/",
+        &[
+            ("Authorization", &authorization),
+            ("X-Forwarded-Host", b"evil.example"),
+            ("X-Forwarded-Port", b"8443"),
+            ("X-Forwarded-Prefix", b"/phish"),
+            ("X-Forwarded-Proto", b"https"),
+            ("X-Forwarded-For", b"10.9.9.9"),
+            ("X_Forwarded_Host", b"evil2.example"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let environ = &seen(echo.address)[0];
+    assert_eq!(environ["HTTP_HOST"], gateway.proxy.to_string().as_str());
+    assert_eq!(environ["wsgi.url_scheme"], "http");
+    assert_eq!(environ["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(environ["SCRIPT_NAME"], "");
+    // No X-Forwarded-Port reached ProxyFix: the port is the server's own.
+    assert_eq!(
+        environ["SERVER_PORT"],
+        echo.address.port().to_string().as_str()
+    );
+}
+
+#[test]
 fn upgrade_is_refused_unless_the_route_allows_it_and_then_only_after_its_checks() {
     let echo = start_echo(Server::Werkzeug);
     let gateway = gateway(echo.address, None);
@@ -435,6 +469,53 @@ fn an_upstream_101_never_becomes_a_tunnel_for_requests_after_it() {
     let received = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).to_string();
     assert!(received.starts_with("GET /api/anything"), "{received}");
     assert!(!received.contains("DELETE"), "tunnelled: {received}");
+
+    // On a route with `allow_upgrade: true` an anonymous handshake is refused first…
+    std::fs::write(&log, b"").unwrap();
+    let handshake = |authorization: &str| {
+        format!(
+            "GET /live/socket HTTP/1.1\r\nHost: {}\r\n{authorization}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            gateway.proxy
+        )
+    };
+    let mut stream = TcpStream::connect(gateway.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(handshake("").as_bytes()).unwrap();
+    let mut answer = [0u8; 4096];
+    let read = stream.read(&mut answer).unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    drop(stream);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        b"",
+        "the upstream saw nothing"
+    );
+    // …and an authenticated one becomes the tunnel the README describes: bytes inside it
+    // reach the upstream uninspected.
+    let mut stream = TcpStream::connect(gateway.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let authorization = format!("Authorization: Bearer {token}\r\n");
+    stream
+        .write_all(handshake(&authorization).as_bytes())
+        .unwrap();
+    let read = stream.read(&mut answer).unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    stream.write_all(b"tunnelled-bytes").unwrap();
+    assert!(Gateway::eventually(Duration::from_secs(5), || {
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap()).contains("tunnelled-bytes")
+    }));
+    let received = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).to_string();
+    assert!(received.starts_with("GET /live/socket"), "{received}");
+    assert!(
+        received.contains("x-datagate-user: alice") || received.contains("X-Datagate-User: alice"),
+        "{received}"
+    );
 }
 
 struct Datasette {

@@ -10,6 +10,10 @@ the request datagate forwarded:
 
 `GET /__echo/seen` returns every environ recorded so far (`[]` after
 `DELETE /__echo/seen`); the tests call it directly, never through datagate.
+
+Paths under `/proxyfix/` are served through Werkzeug's ProxyFix trusting one proxy for
+every header it knows (as Superset's `ENABLE_PROXY_FIX` does); the recorded environ is
+the one the application behind ProxyFix sees.
 """
 
 import json
@@ -24,7 +28,7 @@ def _plain(environ):
     return {key: value for key, value in environ.items() if isinstance(value, str)}
 
 
-def app(environ, start_response):
+def echo(environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/__echo/seen":
         with _lock:
@@ -44,6 +48,15 @@ def app(environ, start_response):
         [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
     )
     return [body]
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO", "").startswith("/proxyfix/"):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        fixed = ProxyFix(echo, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+        return fixed(environ, start_response)
+    return echo(environ, start_response)
 
 
 def main():
