@@ -761,6 +761,75 @@ routes: {{}}
         assert_eq!(encode_identity_value("\tAdmin"), "%09Admin");
     }
 
+    proptest::proptest! {
+        /// Any spelling of a protected name — each `-` as `-` or `_`, any case — is removed,
+        /// and only datagate's own value of the header reaches the upstream.
+        #[test]
+        fn every_spelling_of_a_protected_name_is_removed(
+            which in 0usize..8,
+            underscores in proptest::collection::vec(proptest::bool::ANY, 4),
+            upper in proptest::collection::vec(proptest::bool::ANY, 24),
+        ) {
+            const NAMES: [&str; 8] = [
+                "x-datagate-user",
+                "x-datagate-roles",
+                "x-datagate-db-token",
+                "remote-user",
+                "x-forwarded-host",
+                "x-webauth-user",
+                "x-http-method-override",
+                "x-real-ip",
+            ];
+            let canonical = NAMES[which];
+            let mut dashes = 0;
+            let spelt: String = canonical
+                .chars()
+                .enumerate()
+                .map(|(index, character)| {
+                    let character = if character == '-' {
+                        dashes += 1;
+                        if underscores[(dashes - 1) % 4] { '_' } else { '-' }
+                    } else {
+                        character
+                    };
+                    if upper[index % 24] { character.to_ascii_uppercase() } else { character }
+                })
+                .collect();
+            let plan = HeaderPlan::new(&config(""));
+            proptest::prop_assert!(plan.is_protected(&spelt), "{}", spelt);
+            let mut upstream = request(&[(spelt.as_str(), b"forged")]);
+            plan.prepare_upstream_request(&mut upstream, &user("alice", &["Gamma"]), None, None)
+                .unwrap();
+            for (name, value) in upstream.headers.iter() {
+                if normalized_name(name.as_str()) == canonical {
+                    proptest::prop_assert_ne!(value.as_bytes(), b"forged".as_slice());
+                }
+            }
+        }
+
+        /// Whatever an identity value holds, it is a valid header value, decodes back to
+        /// itself, and an upstream that splits a list on `,` and trims each item reads the
+        /// same items datagate sent.
+        #[test]
+        fn identity_lists_read_the_same_after_split_and_trim(
+            items in proptest::collection::vec(".{0,12}", 1..5),
+        ) {
+            let encoded: Vec<String> = items.iter().map(|item| encode_identity_value(item)).collect();
+            let joined = encoded.join(",");
+            proptest::prop_assert!(http::HeaderValue::from_str(&joined).is_ok(), "{}", joined);
+            let read: Vec<String> = joined
+                .split(',')
+                .map(|item| {
+                    percent_encoding::percent_decode_str(item.trim())
+                        .decode_utf8()
+                        .unwrap()
+                        .into_owned()
+                })
+                .collect();
+            proptest::prop_assert_eq!(read, items);
+        }
+    }
+
     #[test]
     fn a_role_with_a_leading_space_is_not_admin_to_an_upstream_that_trims() {
         let plan = HeaderPlan::new(&config(""));
