@@ -190,9 +190,10 @@ pub struct ForwardingConfig {
     /// entry is an IP address) is kept and the peer appended.
     #[serde(default)]
     pub x_forwarded_for: ForwardedForMode,
-    /// Peers (exact IP addresses) whose `X-Forwarded-For` is appended to.
+    /// Peers whose `X-Forwarded-For` is appended to: IP addresses or CIDR ranges
+    /// (`10.0.0.5`, `10.42.0.0/16`).
     #[serde(default)]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<String>,
     /// The scheme written to `X-Forwarded-Proto` (`https` when TLS ends in front of datagate).
     #[serde(default)]
     pub x_forwarded_proto: ForwardedProto,

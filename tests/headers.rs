@@ -272,6 +272,42 @@ fn werkzeug_proxy_fix_behind_datagate_sees_datagate_not_the_client() {
 }
 
 #[test]
+fn forwarded_for_is_appended_only_from_a_trusted_proxy() {
+    let echo = start_echo(Server::Wsgiref);
+    let appending = gateway(
+        echo.address,
+        Some("forwarding:\n  x_forwarded_for: append\n  trusted_proxies: [127.0.0.0/8]\n"),
+    );
+    let token = appending.token("alice", &["Gamma"], &[], None);
+    let authorization = bearer(&token);
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("Authorization", &authorization),
+        ("X-Forwarded-For", b"203.0.113.7"),
+    ];
+    let (status, _) = send(appending.proxy, "GET /api/anything", &headers);
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen(echo.address)[0]["HTTP_X_FORWARDED_FOR"],
+        "203.0.113.7, 127.0.0.1"
+    );
+    // A peer outside the range: replaced.
+    clear_seen(echo.address);
+    let strict = gateway(
+        echo.address,
+        Some("forwarding:\n  x_forwarded_for: append\n  trusted_proxies: [10.0.0.0/8]\n"),
+    );
+    let token = strict.token("alice", &["Gamma"], &[], None);
+    let authorization = bearer(&token);
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("Authorization", &authorization),
+        ("X-Forwarded-For", b"203.0.113.7"),
+    ];
+    let (status, _) = send(strict.proxy, "GET /api/anything", &headers);
+    assert_eq!(status, 200);
+    assert_eq!(seen(echo.address)[0]["HTTP_X_FORWARDED_FOR"], "127.0.0.1");
+}
+
+#[test]
 fn upgrade_is_refused_unless_the_route_allows_it_and_then_only_after_its_checks() {
     let echo = start_echo(Server::Werkzeug);
     let gateway = gateway(echo.address, None);

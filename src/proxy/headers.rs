@@ -342,6 +342,8 @@ pub struct HeaderPlan {
     /// Normalized prefixes likewise (`x-datagate-`, and `Name-*` entries of the lists).
     protected_prefixes: Vec<String>,
     forwarding: ForwardingConfig,
+    /// `forwarding.trusted_proxies`, parsed.
+    trusted_proxies: Vec<ipnet::IpNet>,
     db_headers: crate::creds::DbCredentialHeaders,
 }
 
@@ -384,6 +386,14 @@ impl HeaderPlan {
                 "required with `x_forwarded_for: append` (the peers whose list is kept)"
                     .to_string(),
             ));
+        }
+        for (index, entry) in forwarding.trusted_proxies.iter().enumerate() {
+            if parse_network(entry).is_none() {
+                return Err((
+                    format!("forwarding.trusted_proxies[{index}]"),
+                    format!("`{entry}` is not an IP address or CIDR range"),
+                ));
+            }
         }
         if forwarding.x_forwarded_for == ForwardedForMode::Replace
             && !forwarding.trusted_proxies.is_empty()
@@ -463,6 +473,12 @@ impl HeaderPlan {
             protected,
             protected_prefixes,
             forwarding: config.forwarding.clone(),
+            trusted_proxies: config
+                .forwarding
+                .trusted_proxies
+                .iter()
+                .filter_map(|entry| parse_network(entry))
+                .collect(),
             db_headers: config.aws.headers.clone(),
         }
     }
@@ -513,7 +529,12 @@ impl HeaderPlan {
         self.strip_client_headers(request);
         self.write_identity(request, principal)?;
         replace_db_credential_headers(request, &self.db_headers, db_credentials)?;
-        let forwarded_for = forwarded_for(&self.forwarding, &client_forwarded_for, peer);
+        let forwarded_for = forwarded_for(
+            self.forwarding.x_forwarded_for,
+            &self.trusted_proxies,
+            &client_forwarded_for,
+            peer,
+        );
         if let Some(forwarded_for) = forwarded_for {
             request
                 .insert_header("X-Forwarded-For", forwarded_for)
@@ -585,13 +606,16 @@ impl HeaderPlan {
 /// the peer is a trusted proxy (`append`), the client's list followed by the peer. A list
 /// that is not all IP addresses is not kept.
 fn forwarded_for(
-    forwarding: &ForwardingConfig,
+    mode: ForwardedForMode,
+    trusted_proxies: &[ipnet::IpNet],
     client_values: &[String],
     peer: Option<IpAddr>,
 ) -> Option<String> {
     let peer = peer?;
-    let trusted_hop = forwarding.x_forwarded_for == ForwardedForMode::Append
-        && forwarding.trusted_proxies.contains(&peer);
+    let trusted_hop = mode == ForwardedForMode::Append
+        && trusted_proxies
+            .iter()
+            .any(|network| network.contains(&peer));
     if trusted_hop {
         let entries: Vec<&str> = client_values
             .iter()
@@ -605,6 +629,14 @@ fn forwarded_for(
         }
     }
     Some(peer.to_string())
+}
+
+/// `10.0.0.5` (one address) or `10.42.0.0/16`.
+fn parse_network(entry: &str) -> Option<ipnet::IpNet> {
+    entry
+        .parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| entry.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn valid_header_name(key: &str, name: &str) -> std::result::Result<(), (String, String)> {
@@ -1016,32 +1048,40 @@ routes: {{}}
 
     #[test]
     fn forwarded_for_is_replaced_unless_a_trusted_hop_appends() {
+        use ForwardedForMode::{Append, Replace};
         let peer: IpAddr = "10.0.0.5".parse().unwrap();
-        let replace = ForwardingConfig::default();
         let client = vec!["1.2.3.4".to_string()];
+        let trusted = [parse_network("10.0.0.5").unwrap()];
         assert_eq!(
-            forwarded_for(&replace, &client, Some(peer)).as_deref(),
+            forwarded_for(Replace, &trusted, &client, Some(peer)).as_deref(),
             Some("10.0.0.5")
         );
-        let append = ForwardingConfig {
-            x_forwarded_for: ForwardedForMode::Append,
-            trusted_proxies: vec![peer],
-            ..ForwardingConfig::default()
-        };
         assert_eq!(
-            forwarded_for(&append, &["1.2.3.4, 5.6.7.8".to_string()], Some(peer)).as_deref(),
+            forwarded_for(
+                Append,
+                &trusted,
+                &["1.2.3.4, 5.6.7.8".to_string()],
+                Some(peer)
+            )
+            .as_deref(),
             Some("1.2.3.4, 5.6.7.8, 10.0.0.5")
         );
         // A list that is not all addresses is not kept.
         assert_eq!(
-            forwarded_for(&append, &["1.2.3.4, evil".to_string()], Some(peer)).as_deref(),
+            forwarded_for(Append, &trusted, &["1.2.3.4, evil".to_string()], Some(peer)).as_deref(),
             Some("10.0.0.5")
         );
         // An untrusted peer's list is not kept either.
         let other: IpAddr = "10.0.0.6".parse().unwrap();
         assert_eq!(
-            forwarded_for(&append, &client, Some(other)).as_deref(),
+            forwarded_for(Append, &trusted, &client, Some(other)).as_deref(),
             Some("10.0.0.6")
+        );
+        // A range trusts every peer in it (ingress pods come and go).
+        let range = [parse_network("10.0.0.0/24").unwrap()];
+        assert_eq!(
+            forwarded_for(Append, &range, &client, Some(other)).as_deref(),
+            Some("1.2.3.4, 10.0.0.6")
         );
     }
 
@@ -1126,6 +1166,9 @@ routes: {{}}
         assert!(error.contains("x_forwarded_hots"), "{error}");
         let error =
             config_error("forwarding: {trusted_proxies: [not-an-ip], x_forwarded_for: append}");
-        assert!(error.contains("forwarding.trusted_proxies"), "{error}");
+        assert!(error.contains("forwarding.trusted_proxies[0]"), "{error}");
+        config(
+            "forwarding: {trusted_proxies: [10.0.0.5, 10.42.0.0/16, \"::1\"], x_forwarded_for: append}",
+        );
     }
 }
