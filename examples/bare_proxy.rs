@@ -1,8 +1,13 @@
 //! A bare pingora pass-through, the baseline for `benches/load.sh`: the same pingora
-//! version and server settings as datagate, with no authentication or policy. Usage:
-//! `bare_proxy LISTEN UPSTREAM THREADS`.
+//! version, allocator and server settings as datagate (see `datagate::server_conf`), with
+//! no authentication or policy. Usage: `bare_proxy LISTEN UPSTREAM THREADS`.
+//!
+//! For experiments the environment can override the server settings:
+//! `BARE_WORK_STEALING=0|1`, `BARE_POOL=<upstream keepalive pool size>`,
+//! `BARE_IDLE_TIMEOUT_SECONDS=<n>` (an idle timeout on pooled upstream connections).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::{HttpPeer, Session};
@@ -14,6 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct PassThrough {
     upstream: SocketAddr,
+    idle_timeout: Option<Duration>,
 }
 
 #[async_trait]
@@ -27,7 +33,9 @@ impl ProxyHttp for PassThrough {
         _session: &mut Session,
         _ctx: &mut (),
     ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.idle_timeout = self.idle_timeout;
+        Ok(Box::new(peer))
     }
 }
 
@@ -38,14 +46,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: bare_proxy LISTEN UPSTREAM THREADS")?;
     let upstream: SocketAddr = args.next().ok_or("missing UPSTREAM")?.parse()?;
     let threads: usize = args.next().unwrap_or_else(|| "2".to_string()).parse()?;
-    let server_conf = pingora::server::configuration::ServerConf {
-        threads,
-        ..Default::default()
-    };
+    let env = |name: &str| std::env::var(name).ok();
+    let mut server_conf = datagate::server::server_conf(threads, 128);
+    if let Some(value) = env("BARE_WORK_STEALING") {
+        server_conf.work_stealing = value == "1";
+    }
+    if let Some(value) = env("BARE_POOL") {
+        server_conf.upstream_keepalive_pool_size = value.parse()?;
+    }
+    let idle_timeout = env("BARE_IDLE_TIMEOUT_SECONDS")
+        .map(|value| value.parse().map(Duration::from_secs))
+        .transpose()?;
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
-    let mut service =
-        pingora::proxy::http_proxy_service(&server.configuration, PassThrough { upstream });
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        PassThrough {
+            upstream,
+            idle_timeout,
+        },
+    );
     service.add_tcp(&listen);
     server.add_service(service);
     server.run_forever();

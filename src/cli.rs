@@ -445,11 +445,9 @@ fn run_proxy(state: Arc<AppState>, upstream: std::net::SocketAddr) {
         listen.threads
     };
     let server_conf = pingora::server::configuration::ServerConf {
-        threads,
-        upstream_keepalive_pool_size: state.config.upstream.keepalive_pool_size,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
-        ..Default::default()
+        ..crate::server::server_conf(threads, state.config.upstream.keepalive_pool_size)
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();

@@ -26,6 +26,7 @@ pub mod reload;
 pub mod replication;
 pub mod rls;
 pub mod route;
+pub mod server;
 pub mod sql_location;
 pub mod state;
 pub mod store;

@@ -15,6 +15,7 @@ mod dialect;
 mod rewrite;
 mod template;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -465,11 +466,7 @@ impl RlsPolicy {
             return Ok(result);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let context = CallerRules {
-            rules,
-            applicable: &applicable,
-            bindings: &bindings,
-        };
+        let context = CallerRules::new(rules, &applicable, &bindings);
         let result = rewrite_uncached(request, &context)?;
         self.cache.insert(
             key,
@@ -490,16 +487,64 @@ struct CallerRules<'c> {
     rules: &'c DatasourceRules,
     applicable: &'c [&'c CompiledFilter],
     bindings: &'c [(String, Result<Vec<BoundValue>, RlsError>)],
+    /// Predicates already built, by table and literal mode: a query names the same
+    /// protected table many times, and the verifier asks for each one again.
+    built: RefCell<Vec<BuiltPredicate>>,
 }
 
-impl CallerRules<'_> {
-    /// AND of: each group's filters OR'd, each ungrouped filter. Every clause and every
-    /// group is parenthesised as a node, since the printer adds no parentheses itself.
-    fn predicate(
+type PredicateResult = Option<Result<(Expr, Vec<String>), RlsError>>;
+
+struct BuiltPredicate {
+    parts: Vec<String>,
+    mode: LiteralMode,
+    result: PredicateResult,
+}
+
+impl<'c> CallerRules<'c> {
+    fn new(
+        rules: &'c DatasourceRules,
+        applicable: &'c [&'c CompiledFilter],
+        bindings: &'c [(String, Result<Vec<BoundValue>, RlsError>)],
+    ) -> CallerRules<'c> {
+        CallerRules {
+            rules,
+            applicable,
+            bindings,
+            built: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// [`Self::build_predicate`], built once per table and mode, then handed to `use_it`.
+    fn with_predicate<T>(
         &self,
         parts: &[String],
         mode: LiteralMode,
-    ) -> Option<Result<(Expr, Vec<String>), RlsError>> {
+        use_it: impl FnOnce(&PredicateResult) -> T,
+    ) -> T {
+        let mut built = self.built.borrow_mut();
+        if let Some(entry) = built
+            .iter()
+            .find(|entry| entry.mode == mode && entry.parts == parts)
+        {
+            return use_it(&entry.result);
+        }
+        let result = self.build_predicate(parts, mode);
+        let answer = use_it(&result);
+        built.push(BuiltPredicate {
+            parts: parts.to_vec(),
+            mode,
+            result,
+        });
+        answer
+    }
+
+    fn predicate(&self, parts: &[String], mode: LiteralMode) -> PredicateResult {
+        self.with_predicate(parts, mode, Clone::clone)
+    }
+
+    /// AND of: each group's filters OR'd, each ungrouped filter. Every clause and every
+    /// group is parenthesised as a node, since the printer adds no parentheses itself.
+    fn build_predicate(&self, parts: &[String], mode: LiteralMode) -> PredicateResult {
         let mut groups: BTreeMap<String, Vec<Expr>> = BTreeMap::new();
         let mut ungrouped: Vec<Expr> = Vec::new();
         let mut names = Vec::new();
@@ -557,9 +602,17 @@ impl rewrite::TableRules for CallerRules<'_> {
         self.predicate(parts, LiteralMode::Print)
             .map(|result| result.map(|(predicate, _)| predicate))
     }
-    fn expected_predicate_for(&self, parts: &[String]) -> Option<Result<Expr, RlsError>> {
-        self.predicate(parts, LiteralMode::Compare)
-            .map(|result| result.map(|(predicate, _)| predicate))
+    fn is_expected_predicate(&self, parts: &[String], selection: &Expr) -> bool {
+        self.with_predicate(
+            parts,
+            LiteralMode::Compare,
+            |expected| matches!(expected, Some(Ok((expected, _))) if expected == selection),
+        )
+    }
+    fn is_protected_for_caller(&self, parts: &[String]) -> bool {
+        self.applicable
+            .iter()
+            .any(|filter| filter.tables.iter().any(|pattern| pattern.matches(parts)))
     }
     fn is_protected_for_anyone(&self, parts: &[String]) -> bool {
         self.any_filter_names(parts)

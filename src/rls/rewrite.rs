@@ -24,8 +24,11 @@ pub(crate) trait TableRules {
     fn dialect(&self) -> Dialect;
     /// `Some(predicate)` when `parts` (resolved, lower-cased) is protected for this caller.
     fn predicate_for(&self, parts: &[String]) -> Option<Result<Expr, RlsError>>;
-    /// The predicate for verification (plain literal values).
-    fn expected_predicate_for(&self, parts: &[String]) -> Option<Result<Expr, RlsError>>;
+    /// Whether `selection` is exactly the predicate `parts` must be filtered by, built
+    /// with plain literal values (what a re-parse of the printed SQL reads back).
+    fn is_expected_predicate(&self, parts: &[String], selection: &Expr) -> bool;
+    /// Some filter applies to `parts` for this caller (so every reference must be wrapped).
+    fn is_protected_for_caller(&self, parts: &[String]) -> bool;
     /// Any filter at all names this table (whether or not it applies to this caller).
     fn is_protected_for_anyone(&self, parts: &[String]) -> bool;
     fn is_denied_function(&self, lower_name: &str) -> bool;
@@ -118,6 +121,9 @@ impl Scopes {
 
     /// Whether an unqualified name refers to a visible CTE.
     fn is_cte(&self, name: &ObjectName) -> bool {
+        if self.frames.is_empty() {
+            return false;
+        }
         let Some(parts) = name_parts(name) else {
             return false;
         };
@@ -470,8 +476,7 @@ impl Visitor for Verifier<'_> {
             return ControlFlow::Continue(());
         }
         if let Some(parts) = lower_parts(name)
-            && let Some(Ok(expected)) = self.rules.expected_predicate_for(&parts)
-            && *selection == expected
+            && self.rules.is_expected_predicate(&parts, selection)
         {
             self.verified.insert(&from.relation as *const TableFactor);
         }
@@ -484,7 +489,7 @@ impl Visitor for Verifier<'_> {
         } = table_factor
             && !self.scopes.is_cte(name)
             && let Some(parts) = lower_parts(name)
-            && self.rules.expected_predicate_for(&parts).is_some()
+            && self.rules.is_protected_for_caller(&parts)
             && !self
                 .verified
                 .contains(&(table_factor as *const TableFactor))

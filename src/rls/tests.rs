@@ -152,11 +152,7 @@ fn the_verifier_rejects_an_unwrapped_reference() {
             )
         })
         .collect();
-    let caller = CallerRules {
-        rules,
-        applicable: &applicable,
-        bindings: &bindings,
-    };
+    let caller = CallerRules::new(rules, &applicable, &bindings);
     let parse_one = |sql: &str| {
         parse(sql, Dialect::Postgres, RewriteLimits::default())
             .unwrap()
