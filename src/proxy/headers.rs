@@ -91,8 +91,8 @@ const DECIDED_ON: [&str; 6] = [
     "cookie",
 ];
 
-/// pingora refuses more than this many `Connection` tokens with a bare 502-ish error; refuse
-/// them here with a clear answer instead.
+/// pingora fails a request with ten or more `Connection` tokens with its own error; refuse
+/// long lists here, with a clear answer, before anything else happens.
 const MAX_CONNECTION_TOKENS: usize = 8;
 
 /// Refuses request headers that datagate and the upstream could read differently:
