@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and the admin listener (the default command).
-    Run,
+    Run(RunArgs),
     /// Validate the config, the casbin model and the policies; exit non-zero naming the first problem.
     Check,
     /// Decide one request without an upstream and print the decision as JSON.
@@ -43,6 +43,14 @@ pub enum Command {
     /// One-off migrations of policy files and the store.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// Take the listening socket over from a running datagate (graceful upgrade): start
+    /// this, then send SIGQUIT to the old process; both use `shutdown.upgrade_socket`.
+    #[arg(long, short = 'u')]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,9 +323,31 @@ pub fn migrate_export_permissions(
     Ok(report.render())
 }
 
+/// Sets up datagate's own logs: `DATAGATE_LOG` filters (default `info`); text is
+/// coloured only when stderr is a terminal; `json` writes one object a line.
+pub fn init_logging(format: crate::config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DATAGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        crate::config::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
 /// `datagate run`: start everything and serve until a shutdown signal.
-pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
+pub fn run(config_path: Option<&Path>, args: &RunArgs) -> Result<(), CliError> {
     let config = load_config(config_path)?;
+    init_logging(config.logging.format);
     let upstream = crate::proxy::resolve_upstream(&config.upstream.address).map_err(|error| {
         CliError::Other {
             context: "upstream.address",
@@ -392,7 +422,8 @@ pub fn run(config_path: Option<&Path>) -> Result<(), CliError> {
         message: error.to_string(),
     })?;
     start_admin_listener(state.clone(), runtime)?;
-    run_proxy(state, upstream);
+    crate::lifecycle::probe_until_accepting(state.clone(), state.config.listen.proxy);
+    run_proxy(state, upstream, args.upgrade);
     Ok(())
 }
 
@@ -401,16 +432,10 @@ fn start_admin_listener(
     runtime: tokio::runtime::Runtime,
 ) -> Result<(), CliError> {
     let address = state.config.listen.admin;
-    let listener = std::net::TcpListener::bind(address).map_err(|error| CliError::Other {
+    let listener = bind_admin(address).map_err(|error| CliError::Other {
         context: "listen.admin",
         message: format!("cannot bind `{address}`: {error}"),
     })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|error| CliError::Other {
-            context: "listen.admin",
-            message: error.to_string(),
-        })?;
     std::thread::Builder::new()
         .name("datagate-admin".to_string())
         .spawn(move || {
@@ -435,7 +460,22 @@ fn start_admin_listener(
     Ok(())
 }
 
-fn run_proxy(state: Arc<AppState>, upstream: std::net::SocketAddr) {
+/// The admin port with `SO_REUSEPORT`, so a new process in a graceful upgrade can bind it
+/// while the old one still serves it.
+fn bind_admin(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    let listener = socket.listen(1024)?;
+    listener.into_std()
+}
+
+fn run_proxy(state: Arc<AppState>, upstream: std::net::SocketAddr, upgrade: bool) {
     let listen = &state.config.listen;
     let threads = if listen.threads == 0 {
         std::thread::available_parallelism()
@@ -444,21 +484,40 @@ fn run_proxy(state: Arc<AppState>, upstream: std::net::SocketAddr) {
     } else {
         listen.threads
     };
+    let shutdown = &state.config.shutdown;
     let server_conf = pingora::server::configuration::ServerConf {
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // pingora sleeps this long after it stops accepting; the drain watcher
+        // (`lifecycle`) ends the process sooner once no request is in flight.
+        grace_period_seconds: Some(shutdown.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: shutdown.upgrade_socket.clone(),
         ..crate::server::server_conf(threads, state.config.upstream.keepalive_pool_size)
     };
-    let mut server = pingora::server::Server::new_with_opt_and_conf(None, server_conf);
+    let options = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(Some(options), server_conf);
+    // With `--upgrade` this waits for the old process to hand its listening socket over.
     server.bootstrap();
     let proxy_address = listen.proxy.to_string();
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        crate::proxy::DatagateProxy::new(state, upstream),
-        "datagate-proxy",
+    let limits = crate::connection_guard::ConnectionLimits::new(
+        listen.max_connections,
+        listen.max_connections_per_ip,
+        state.metrics.connections_refused.clone(),
+        state.metrics.connections_open.clone(),
     );
+    let proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        crate::proxy::DatagateProxy::new(state.clone(), upstream),
+    );
+    let guarded = crate::connection_guard::GuardedApp::new(proxy, limits, listen.header_timeout);
+    let mut service =
+        pingora::services::listening::Service::new("datagate-proxy".to_string(), guarded);
     service.add_tcp(&proxy_address);
     server.add_service(service);
-    tracing::info!(address = %proxy_address, "proxy listening");
-    server.run_forever();
+    tracing::info!(address = %proxy_address, upgrade, "proxy starting");
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::DrainingSignals { state }),
+    });
 }

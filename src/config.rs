@@ -67,6 +67,12 @@ pub struct Config {
     /// The grants store behind the admin API; without it grants come only from files.
     #[serde(default)]
     pub store: Option<crate::store::StoreConfig>,
+    /// How the process drains and hands over its socket.
+    #[serde(default)]
+    pub shutdown: crate::lifecycle::ShutdownConfig,
+    /// How datagate's own logs are written.
+    #[serde(default)]
+    pub logging: LoggingConfig,
     /// Directory relative paths are resolved against: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -82,6 +88,43 @@ pub struct ListenConfig {
     /// Worker threads for the proxy; 0 means one per CPU.
     #[serde(default)]
     pub threads: usize,
+    /// A client must finish sending a request head within this long (from its first
+    /// byte; on a new connection, from accepting it), or the connection is closed.
+    #[serde(default = "default_header_timeout", with = "duration_text")]
+    pub header_timeout: Duration,
+    /// Open client connections beyond this are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open client connections from one IP address beyond this are closed at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    1_000
+}
+
+/// `logging` in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` (the default; coloured only on a terminal) or `json` (one object a line).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +324,9 @@ pub struct SqlLimitsConfig {
     /// Deeper nesting is refused (`too_deeply_nested`), bounding parse time and stack.
     #[serde(default = "default_max_nesting_depth")]
     pub max_nesting_depth: usize,
+    /// The bounded pool SQL rewrites run on.
+    #[serde(default)]
+    pub pool: crate::sql_pool::SqlPoolConfig,
 }
 
 impl Default for SqlLimitsConfig {
@@ -288,6 +334,7 @@ impl Default for SqlLimitsConfig {
         SqlLimitsConfig {
             max_bytes: default_max_sql_bytes(),
             max_nesting_depth: default_max_nesting_depth(),
+            pool: crate::sql_pool::SqlPoolConfig::default(),
         }
     }
 }
@@ -513,6 +560,33 @@ impl Config {
                     format!("`{}` is listed twice", datasource.uid),
                 ));
             }
+        }
+        if self.sql.pool.queue_limit == 0 {
+            return Err(ConfigError::invalid(
+                "sql.pool.queue_limit",
+                "must be at least 1",
+            ));
+        }
+        if !(0..=19).contains(&self.sql.pool.niceness) {
+            return Err(ConfigError::invalid("sql.pool.niceness", "must be 0 to 19"));
+        }
+        if self.listen.header_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "listen.header_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.listen.max_connections == 0 || self.listen.max_connections_per_ip == 0 {
+            return Err(ConfigError::invalid(
+                "listen.max_connections",
+                "connection limits must be at least 1",
+            ));
+        }
+        if self.shutdown.upgrade_socket.is_empty() {
+            return Err(ConfigError::invalid(
+                "shutdown.upgrade_socket",
+                "must be a path",
+            ));
         }
         if self.sql.max_bytes == 0 || self.sql.max_nesting_depth == 0 {
             return Err(ConfigError::invalid(

@@ -12,16 +12,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DATAGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let command = cli.command.unwrap_or(Command::Run(cli::RunArgs::default()));
+    if !matches!(command, Command::Run(_)) {
+        // `run` sets up logging itself, as its config file says.
+        cli::init_logging(datagate::config::LogFormat::Text);
+    }
     let config = cli.config.as_deref();
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => cli::run(config).map(|()| None),
+    let result = match command {
+        Command::Run(args) => cli::run(config, &args).map(|()| None),
         Command::Check => cli::check(config).map(Some),
         Command::Explain(args) => cli::explain(config, &args).map(|value| Some(value.to_string())),
         Command::Token(args) => cli::token(config, &args).map(Some),

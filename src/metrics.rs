@@ -1,12 +1,18 @@
 //! Prometheus metrics, scraped from `GET /metrics` on the admin listener.
 //!
 //! The proxy counts every request by route and decision and times the decision (everything
-//! from authentication to the permit); reloads count by trigger and result. All names are
-//! prefixed `datagate_`. A private registry keeps tests and embedders independent.
+//! from authentication to the permit); reloads count by trigger and result; refusals by
+//! status and kind; upstream answers by status with their latency; requests in flight;
+//! the SQL work pool's refusals and queue; the build; and (on Linux) the process's CPU,
+//! memory and file descriptors. All names are prefixed `datagate_` except the standard
+//! `process_*` ones. A private registry keeps tests and embedders independent.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::sql_pool::SqlPoolMetrics;
 
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +45,39 @@ pub struct Metrics {
     /// Seconds between a write's commit on some replica and this replica serving it
     /// (measured from the audit timestamp; clocks of different hosts must agree).
     pub store_propagation_seconds: prometheus::Histogram,
+    /// Requests decided and not yet finished (from the parsed head to the last byte).
+    pub in_flight: IntGauge,
+    /// Refused requests, by HTTP status and refusal kind.
+    pub refusals: IntCounterVec,
+    /// Upstream responses, by status; `error` when none came.
+    pub upstream_responses: IntCounterVec,
+    /// From sending the request upstream to its response head, by status class.
+    pub upstream_seconds: HistogramVec,
+    /// The SQL work pool's refusals and queue.
+    pub sql_pool: SqlPoolMetrics,
+    /// Always 1; the labels say which build is running.
+    pub build_info: IntGaugeVec,
+    /// Client connections closed at accept, by the bound reached (global, per_ip).
+    pub connections_refused: IntCounterVec,
+    /// Client connections open right now.
+    pub connections_open: IntGauge,
+}
+
+/// Counts a request in flight until dropped (kept in the request's context, so every
+/// way a request ends, errors and disconnects included, ends its count).
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    pub fn start(metrics: &Metrics) -> InFlight {
+        metrics.in_flight.inc();
+        InFlight(metrics.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -162,6 +201,89 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let in_flight = IntGauge::new(
+            "datagate_requests_in_flight",
+            "Requests being decided or proxied right now.",
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "datagate_refusals_total",
+                "Requests datagate refused, by HTTP status and refusal kind.",
+            ),
+            &["status", "kind"],
+        )?;
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                "datagate_upstream_responses_total",
+                "Responses from the upstream, by status (`error` when none came).",
+            ),
+            &["status"],
+        )?;
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "datagate_upstream_duration_seconds",
+                "Time from sending a request upstream to its response head, by status class.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["class"],
+        )?;
+        let sql_pool = SqlPoolMetrics {
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "datagate_sql_pool_rejected_total",
+                    "SQL tasks refused before running, by reason (busy, too_large, worker_lost).",
+                ),
+                &["reason"],
+            )?,
+            queued: IntGauge::new(
+                "datagate_sql_pool_queued",
+                "SQL tasks waiting for a pool thread.",
+            )?,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "datagate_build_info",
+                "Always 1; labels name the running build.",
+            ),
+            &["version", "profile", "features"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                if cfg!(debug_assertions) { "debug" } else { "release" },
+                if cfg!(feature = "redshift") { "redshift" } else { "" },
+            ])
+            .set(1);
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "datagate_connections_refused_total",
+                "Client connections closed at accept, by the bound reached (global, per_ip).",
+            ),
+            &["bound"],
+        )?;
+        let connections_open = IntGauge::new(
+            "datagate_connections_open",
+            "Client connections open on the proxy port.",
+        )?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        for collector in [
+            Box::new(in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(refusals.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(upstream_seconds.clone()),
+            Box::new(sql_pool.rejected.clone()),
+            Box::new(sql_pool.queued.clone()),
+            Box::new(build_info.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_open.clone()),
+        ] {
+            registry.register(collector)?;
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decision_seconds.clone()),
@@ -200,7 +322,35 @@ impl Metrics {
             credential_refreshes,
             credential_age_seconds,
             token_cache,
+            in_flight,
+            refusals,
+            upstream_responses,
+            upstream_seconds,
+            sql_pool,
+            build_info,
+            connections_refused,
+            connections_open,
         })
+    }
+
+    /// Counts one refusal by its status and kind.
+    pub fn count_refusal(&self, status: u16, kind: &str) {
+        self.refusals
+            .with_label_values(&[&status.to_string(), kind])
+            .inc();
+    }
+
+    /// Records one upstream exchange: its status (`None` when no response came) and the
+    /// time to the response head.
+    pub fn observe_upstream(&self, status: Option<u16>, elapsed: std::time::Duration) {
+        let (status, class) = match status {
+            Some(status) => (status.to_string(), format!("{}xx", status / 100)),
+            None => ("error".to_string(), "error".to_string()),
+        };
+        self.upstream_responses.with_label_values(&[&status]).inc();
+        self.upstream_seconds
+            .with_label_values(&[&class])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.

@@ -3,16 +3,20 @@
 //!
 //! The watcher observes directories, not files, because editors and Kubernetes replace
 //! files instead of writing them in place: an atomic rename, or a ConfigMap's `..data`
-//! symlink swap, never touches the old inode. Any event under the watched directories
-//! starts a quiet period; when it ends, one reload runs. A reload whose content hashes to
-//! the serving digest changes nothing, so spurious events are harmless.
+//! symlink swap, never touches the old inode. Only events that can change a file count
+//! (create, modify, rename, remove; not the open/read/close events our own reads cause,
+//! which once made the watcher reload itself in a loop), and only on input files. Such an
+//! event starts a quiet period; when it ends, one reload runs, which first compares the
+//! files' metadata with what it saw last and then their content digest with the serving
+//! one ([`crate::sources`]): nothing is parsed or compiled unless the content changed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::state::{AppState, ReloadTrigger};
 
@@ -32,7 +36,8 @@ pub fn watch_policy_files(state: Arc<AppState>) -> notify::Result<notify::Recomm
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && event.paths.iter().any(|path| relevant.matches(path))
+            && can_change_a_file(&event)
+            && (event.need_rescan() || event.paths.iter().any(|path| relevant.matches(path)))
         {
             let _ = sender.send(());
         }
@@ -51,6 +56,18 @@ pub fn watch_policy_files(state: Arc<AppState>) -> notify::Result<notify::Recomm
     Ok(watcher)
 }
 
+/// Whether an event can mean changed contents: not the open, read and close-after-read
+/// events that every read of the files (ours included) causes, nor access-time updates.
+fn can_change_a_file(event: &notify::Event) -> bool {
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
+    }
+}
+
 /// Which file events can change the policy.
 struct RelevantPaths {
     policy_directory: PathBuf,
@@ -60,8 +77,16 @@ struct RelevantPaths {
 
 impl RelevantPaths {
     fn matches(&self, path: &Path) -> bool {
-        if path.starts_with(&self.policy_directory) || path == self.model_path {
+        if path == self.model_path || path == self.policy_directory {
             return true;
+        }
+        if path.starts_with(&self.policy_directory) {
+            // Input files, and a ConfigMap's `..data` / `..<timestamp>` swap; not editor
+            // swap files or notes beside the policies.
+            return path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("..") || crate::sources::is_input_name(name));
         }
         // A ConfigMap mount swaps `..data` (and writes `..2024_…` directories) beside the
         // model file; editors may write a temporary file and rename it over the model.
@@ -94,55 +119,21 @@ fn debounce_loop(
             }
         }
         // Errors are logged, counted and kept for the status endpoint by `reload`.
-        let _ = state.reload(ReloadTrigger::FileChange);
+        let _ = state.reload_if_changed(ReloadTrigger::FileChange);
     }
-}
-
-/// A cheap fingerprint of the policy files: names, sizes and modification times of the
-/// model and of every entry of the policy directory (symlinks followed).
-fn stat_fingerprint(
-    model: &Path,
-    directory: &Path,
-) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
-    let describe = |path: &Path| {
-        let metadata = std::fs::metadata(path).ok();
-        (
-            path.display().to_string(),
-            metadata
-                .as_ref()
-                .map(|metadata| metadata.len())
-                .unwrap_or(0),
-            metadata.and_then(|metadata| metadata.modified().ok()),
-        )
-    };
-    let mut fingerprint = vec![describe(model)];
-    if let Ok(entries) = std::fs::read_dir(directory) {
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .collect();
-        paths.sort();
-        fingerprint.extend(paths.iter().map(|path| describe(path)));
-    }
-    fingerprint
 }
 
 /// The safety net under the watcher: file systems where inotify sees nothing (NFS, some
 /// container mounts) or a policy directory replaced wholesale (which drops the watch).
-/// Every `interval` the files' sizes and times are compared, and a change reloads.
+/// Every `interval` the files' metadata is compared with what the last read saw (no
+/// file is read); when it differs, their content digest decides whether to rebuild.
 pub fn poll_policy_files(state: Arc<AppState>, interval: Duration) -> std::io::Result<()> {
-    let model = state.config.policy_model_path();
-    let directory = state.config.policy_directory();
     std::thread::Builder::new()
         .name("datagate-policy-poll".to_string())
         .spawn(move || {
-            let mut last = stat_fingerprint(&model, &directory);
             loop {
                 std::thread::sleep(interval);
-                let current = stat_fingerprint(&model, &directory);
-                if current != last {
-                    last = current;
-                    let _ = state.reload(ReloadTrigger::FileChange);
-                }
+                let _ = state.reload_if_changed(ReloadTrigger::FileChange);
             }
         })?;
     Ok(())

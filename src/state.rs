@@ -7,7 +7,6 @@
 //! is recorded for `GET /api/admin/policy/status`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +20,8 @@ use crate::audit::AuditSink;
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine, read_policy_sources};
+use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine};
+use crate::sources::{FileStamp, PolicyInputs, SourcesError};
 use crate::rls::{RlsError, RlsPolicy, parse_filter_file};
 use crate::route::RouteTable;
 use crate::store::{Store, StoreContents, StoreIdentity};
@@ -67,6 +67,15 @@ pub enum SnapshotError {
     Read { path: String, message: String },
 }
 
+impl From<SourcesError> for SnapshotError {
+    fn from(error: SourcesError) -> Self {
+        match error {
+            SourcesError::Policy(error) => SnapshotError::Policy(error),
+            SourcesError::Read { path, message } => SnapshotError::Read { path, message },
+        }
+    }
+}
+
 /// The policy content of one revision, before it gets a revision number.
 pub struct SnapshotContent {
     pub policy: CompiledPolicy,
@@ -75,49 +84,30 @@ pub struct SnapshotContent {
     pub store: StoreView,
 }
 
-/// RLS filter files: `*.rls.yaml` / `*.rls.yml` in the policy directory, by name; dotfiles
-/// (a ConfigMap's `..data` internals) are skipped, symlinked files followed.
-fn filter_files(directory: &Path) -> Result<Vec<(String, String)>, SnapshotError> {
-    let read_error = |message: String| SnapshotError::Read {
-        path: directory.display().to_string(),
-        message,
-    };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(directory).map_err(|error| read_error(error.to_string()))? {
-        let entry = entry.map_err(|error| read_error(error.to_string()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !(name.ends_with(".rls.yaml") || name.ends_with(".rls.yml")) {
-            continue;
-        }
-        let path = entry.path();
-        if !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(|error| SnapshotError::Read {
-            path: name.clone(),
-            message: error.to_string(),
-        })?;
-        files.push((name, text));
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// Builds everything a snapshot holds from the config's files alone (no store).
 pub fn build_snapshot_content(config: &Config) -> Result<SnapshotContent, SnapshotError> {
     build_snapshot_content_with_store(config, &Arc::new(StoreContents::default()))
 }
 
-/// Builds everything a snapshot holds from the config's files and the store's contents;
-/// nothing is swapped here. Store grants add to file grants (grants only ever allow, so
-/// neither source can take away what the other gives); store filters and datasources
-/// join the file ones, and a name defined in both refuses the build.
+/// Reads the config's files and builds a snapshot from them and the store's contents.
 pub fn build_snapshot_content_with_store(
     config: &Config,
     store: &Arc<StoreContents>,
 ) -> Result<SnapshotContent, SnapshotError> {
-    let policy_directory = config.policy_directory();
-    let sources = read_policy_sources(&config.policy_model_path(), &policy_directory)?;
+    let inputs = PolicyInputs::read(config)?;
+    build_snapshot_from_inputs(config, &inputs, store)
+}
+
+/// Builds everything a snapshot holds from input files already read and the store's
+/// contents; nothing is swapped here. Store grants add to file grants (grants only ever
+/// allow, so neither source can take away what the other gives); store filters and
+/// datasources join the file ones, and a name defined in both refuses the build.
+pub fn build_snapshot_from_inputs(
+    config: &Config,
+    inputs: &PolicyInputs,
+    store: &Arc<StoreContents>,
+) -> Result<SnapshotContent, SnapshotError> {
+    let sources = inputs.texts.parse()?;
     let file_datasource_grants: Vec<SourcedLine> = sources
         .lines
         .iter()
@@ -129,9 +119,8 @@ pub fn build_snapshot_content_with_store(
     let policy = sources.compile(store.policy_lines()?)?;
     let mut hasher = Sha256::new();
     hasher.update(policy.digest().as_bytes());
-    let files = filter_files(&policy_directory)?;
     let mut filters = Vec::new();
-    for (name, text) in &files {
+    for (name, text) in &inputs.filter_files {
         filters.extend(parse_filter_file(name, text)?);
         hasher.update(name.as_bytes());
         hasher.update([0]);
@@ -252,6 +241,10 @@ pub struct AppState {
     pub store: Option<Store>,
     /// Serialises admin writes within this replica (the store serialises across them).
     pub admin_writes: tokio::sync::Mutex<()>,
+    /// Readiness and drain state (`/readyz`).
+    pub lifecycle: crate::lifecycle::Lifecycle,
+    /// Where the decision path runs SQL rewrites, off the proxy's I/O threads.
+    pub sql_pool: crate::sql_pool::SqlPool,
     snapshot: ArcSwap<PolicySnapshot>,
     next_revision: AtomicU64,
     /// The store contents the serving snapshot was built from; file-triggered reloads
@@ -261,6 +254,12 @@ pub struct AppState {
     /// revision, in milliseconds since `started`.
     store_confirmed_ms: AtomicI64,
     started: Instant,
+    /// The input files the serving snapshot was built from: their digest decides
+    /// "unchanged" before any build, and store-triggered rebuilds reuse them.
+    serving_inputs: Mutex<Arc<PolicyInputs>>,
+    /// The metadata of the input files when they were last read; while it vouches for the
+    /// files on disk, the watcher and the poll neither read nor build.
+    last_stamp: Mutex<Option<FileStamp>>,
     /// Serialises reloads so two triggers cannot race to swap in older content.
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<ReloadFailure>>,
@@ -279,6 +278,8 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("audit output: {0}")]
     Audit(#[from] std::io::Error),
+    #[error("SQL work pool: {0}")]
+    SqlPool(std::io::Error),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -302,7 +303,9 @@ impl AppState {
             Some((store, contents)) => (Some(store), Arc::new(contents)),
             None => (None, Arc::new(StoreContents::default())),
         };
-        let content = build_snapshot_content_with_store(&config, &contents)?;
+        let stamp = FileStamp::take(&config);
+        let inputs = Arc::new(PolicyInputs::read(&config).map_err(SnapshotError::from)?);
+        let content = build_snapshot_from_inputs(&config, &inputs, &contents)?;
         let audit = AuditSink::open(&config.audit, &config.base_dir)?;
         let metrics = Arc::new(Metrics::new()?);
         metrics.policy_revision.set(1);
@@ -320,6 +323,12 @@ impl AppState {
             exports: config.exports.clone(),
         };
         metrics.store_revision.set(contents.revision);
+        let sql_pool = crate::sql_pool::SqlPool::start(
+            &config.sql.pool,
+            config.sql.max_bytes,
+            metrics.sql_pool.clone(),
+        )
+        .map_err(StartupError::SqlPool)?;
         Ok(Arc::new(AppState {
             config,
             authenticator,
@@ -329,11 +338,15 @@ impl AppState {
             credentials: std::sync::OnceLock::new(),
             store,
             admin_writes: tokio::sync::Mutex::new(()),
+            lifecycle: crate::lifecycle::Lifecycle::default(),
+            sql_pool,
             snapshot: ArcSwap::from_pointee(snapshot),
             next_revision: AtomicU64::new(2),
             store_contents: Mutex::new(contents),
             store_confirmed_ms: AtomicI64::new(0),
             started: Instant::now(),
+            serving_inputs: Mutex::new(inputs),
+            last_stamp: Mutex::new(Some(stamp)),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),
         }))
@@ -344,17 +357,60 @@ impl AppState {
         self.snapshot.load_full()
     }
 
-    /// Rebuilds the policy from disk (with the store contents already held) and swaps it
-    /// in if it built; the old snapshot keeps serving otherwise.
+    /// Re-reads the policy files (with the store contents already held) and swaps in a
+    /// new snapshot if their content changed and it built; the old snapshot keeps serving
+    /// otherwise. Files whose digest is the serving one are not parsed or compiled.
     pub fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadOutcome, SnapshotError> {
-        let _one_reload_at_a_time = self.reload_lock.lock();
-        let contents = self.store_contents.lock().clone();
-        self.rebuild(trigger, &contents)
+        self.reload_files(trigger, false)
+            .map(|outcome| outcome.unwrap_or(ReloadOutcome::Unchanged))
     }
 
-    /// Rebuilds with new store contents. Contents older than those held are ignored
-    /// (a slow poll must not undo a newer write), and contents that fail to build leave
-    /// the old snapshot and the old contents in place.
+    /// Like [`reload`](Self::reload), for the watcher and the poll: when the files'
+    /// metadata vouches that nothing changed since they were last read, nothing is read,
+    /// built or counted, and the answer is `None`.
+    pub fn reload_if_changed(
+        &self,
+        trigger: ReloadTrigger,
+    ) -> Result<Option<ReloadOutcome>, SnapshotError> {
+        self.reload_files(trigger, true)
+    }
+
+    fn reload_files(
+        &self,
+        trigger: ReloadTrigger,
+        trust_stamp: bool,
+    ) -> Result<Option<ReloadOutcome>, SnapshotError> {
+        let _one_reload_at_a_time = self.reload_lock.lock();
+        let stamp = FileStamp::take(&self.config);
+        if trust_stamp
+            && self
+                .last_stamp
+                .lock()
+                .as_ref()
+                .is_some_and(|last| last.vouches_for(&stamp))
+        {
+            return Ok(None);
+        }
+        // Recorded before the read: a file changed after this moment differs from it, so
+        // the next check reads again.
+        *self.last_stamp.lock() = Some(stamp);
+        let inputs = match PolicyInputs::read(&self.config) {
+            Ok(inputs) => inputs,
+            Err(error) => return Err(self.refused(trigger, error.into())),
+        };
+        if inputs.digest == self.serving_inputs.lock().digest {
+            *self.last_reload_error.lock() = None;
+            self.count_reload(trigger, "unchanged");
+            return Ok(Some(ReloadOutcome::Unchanged));
+        }
+        let contents = self.store_contents.lock().clone();
+        self.rebuild(trigger, &Arc::new(inputs), &contents).map(Some)
+    }
+
+    /// Rebuilds with new store contents and the serving input files (no file is read).
+    /// Contents older than those held are ignored (a slow poll must not undo a newer
+    /// write), and contents that fail to build leave the old snapshot and the old contents
+    /// in place.
     pub fn reload_store(
         &self,
         trigger: ReloadTrigger,
@@ -365,7 +421,8 @@ impl AppState {
             return Ok(ReloadOutcome::Unchanged);
         }
         let contents = Arc::new(contents);
-        let outcome = self.rebuild(trigger, &contents)?;
+        let inputs = self.serving_inputs.lock().clone();
+        let outcome = self.rebuild(trigger, &inputs, &contents)?;
         self.metrics.store_revision.set(contents.revision);
         *self.store_contents.lock() = contents;
         Ok(outcome)
@@ -396,53 +453,63 @@ impl AppState {
     fn rebuild(
         &self,
         trigger: ReloadTrigger,
+        inputs: &Arc<PolicyInputs>,
         contents: &Arc<StoreContents>,
     ) -> Result<ReloadOutcome, SnapshotError> {
-        match build_snapshot_content_with_store(&self.config, contents) {
+        match build_snapshot_from_inputs(&self.config, inputs, contents) {
             Ok(content) => {
                 *self.last_reload_error.lock() = None;
+                *self.serving_inputs.lock() = inputs.clone();
                 if content.digest == self.snapshot.load().digest {
                     self.count_reload(trigger, "unchanged");
                     return Ok(ReloadOutcome::Unchanged);
                 }
-                let revision = self.next_revision.fetch_add(1, Ordering::SeqCst);
-                if content.policy.uses_casbin_fallback() {
-                    tracing::warn!(
-                        revision,
-                        "the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower"
-                    );
-                }
-                tracing::info!(
-                    revision,
-                    digest = %content.digest,
-                    lines = content.policy.line_count(),
-                    trigger = trigger.as_str(),
-                    "policy reloaded"
-                );
-                self.snapshot.store(Arc::new(PolicySnapshot {
-                    revision,
-                    policy: content.policy,
-                    rls: content.rls,
-                    digest: content.digest,
-                    loaded_at: SystemTime::now(),
-                    store: content.store,
-                    exports: self.config.exports.clone(),
-                }));
-                self.metrics.policy_revision.set(revision as i64);
-                self.count_reload(trigger, "swapped");
+                self.swap_in(trigger, content);
                 Ok(ReloadOutcome::Swapped)
             }
-            Err(error) => {
-                tracing::error!(trigger = trigger.as_str(), error = %error, "policy reload refused; the previous revision keeps serving");
-                *self.last_reload_error.lock() = Some(ReloadFailure {
-                    message: error.to_string(),
-                    at: SystemTime::now(),
-                    trigger: trigger.as_str(),
-                });
-                self.count_reload(trigger, "failed");
-                Err(error)
-            }
+            Err(error) => Err(self.refused(trigger, error)),
         }
+    }
+
+    /// Serves `content` as the next revision.
+    fn swap_in(&self, trigger: ReloadTrigger, content: SnapshotContent) {
+        let revision = self.next_revision.fetch_add(1, Ordering::SeqCst);
+        if content.policy.uses_casbin_fallback() {
+            tracing::warn!(
+                revision,
+                "the casbin model is not the shape the compiled index understands: every decision is made by casbin's enforcer, which is orders of magnitude slower"
+            );
+        }
+        tracing::info!(
+            revision,
+            digest = %content.digest,
+            lines = content.policy.line_count(),
+            trigger = trigger.as_str(),
+            "policy reloaded"
+        );
+        self.snapshot.store(Arc::new(PolicySnapshot {
+            revision,
+            policy: content.policy,
+            rls: content.rls,
+            digest: content.digest,
+            loaded_at: SystemTime::now(),
+            store: content.store,
+            exports: self.config.exports.clone(),
+        }));
+        self.metrics.policy_revision.set(revision as i64);
+        self.count_reload(trigger, "swapped");
+    }
+
+    /// Logs, records and counts a refused reload; the serving snapshot stays.
+    fn refused(&self, trigger: ReloadTrigger, error: SnapshotError) -> SnapshotError {
+        tracing::error!(trigger = trigger.as_str(), error = %error, "policy reload refused; the previous revision keeps serving");
+        *self.last_reload_error.lock() = Some(ReloadFailure {
+            message: error.to_string(),
+            at: SystemTime::now(),
+            trigger: trigger.as_str(),
+        });
+        self.count_reload(trigger, "failed");
+        error
     }
 
     fn count_reload(&self, trigger: ReloadTrigger, result: &str) {

@@ -175,12 +175,27 @@ async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// Ready once a valid snapshot is serving and, with a store, this replica has confirmed
-/// its grants are current within `store.max_staleness`.
+/// Ready once the proxy port accepts connections, a valid snapshot is serving and, with a
+/// store, this replica has confirmed its grants are current within `store.max_staleness`;
+/// 503 `draining` from SIGTERM (or SIGQUIT, an upgrade) on.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "serving a valid, current policy"), (status = 503, description = "grants may be stale")))]
+    responses((status = 200, description = "serving a valid, current policy"), (status = 503, description = "starting (the proxy port is not accepting yet), draining (shutting down or upgrading), or grants may be stale")))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.snapshot();
+    if let Some(not_ready) = state.lifecycle.not_ready() {
+        let (status, message) = match not_ready {
+            crate::lifecycle::NotReady::Starting => {
+                ("starting", "the proxy port is not accepting yet")
+            }
+            crate::lifecycle::NotReady::Draining { reason } => ("draining", reason),
+        };
+        let body = json!({
+            "status": status,
+            "policy_revision": snapshot.revision,
+            "message": message,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     if let Some(age) = state.policy_staleness() {
         let body = json!({
             "status": "stale",

@@ -189,13 +189,39 @@ pub fn read_policy_sources(
     model_path: &Path,
     policy_dir: &Path,
 ) -> Result<PolicySources, PolicyError> {
+    read_policy_texts(model_path, policy_dir)?.parse()
+}
+
+/// The raw text of the model and the `*.csv` files, read once: a reload digests these
+/// bytes to decide whether anything changed, and builds from the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTexts {
+    pub model_name: String,
+    pub model_text: String,
+    /// `(file name, contents)` in load order.
+    pub files: Vec<(String, String)>,
+}
+
+impl PolicyTexts {
+    /// Parses and checks every line.
+    pub fn parse(&self) -> Result<PolicySources, PolicyError> {
+        sources_of_files(self.model_name.clone(), self.model_text.clone(), &self.files)
+    }
+}
+
+/// Reads `model_path` and the `*.csv` files of `policy_dir` without parsing them.
+pub fn read_policy_texts(model_path: &Path, policy_dir: &Path) -> Result<PolicyTexts, PolicyError> {
     let model_name = display_name(model_path);
     let model_text = fs::read_to_string(model_path).map_err(|source| PolicyError::Read {
         name: model_name.clone(),
         source,
     })?;
     let files = read_policy_dir(policy_dir)?;
-    sources_of_files(model_name, model_text, &files)
+    Ok(PolicyTexts {
+        model_name,
+        model_text,
+        files,
+    })
 }
 
 /// Parses in-memory files (`(file name, contents)` in load order) with their model.
