@@ -432,7 +432,11 @@ fn start_admin_listener(
     runtime: tokio::runtime::Runtime,
 ) -> Result<(), CliError> {
     let address = state.config.listen.admin;
-    let listener = bind_admin(address).map_err(|error| CliError::Other {
+    let listener = {
+        let _in_runtime = runtime.enter();
+        bind_admin(address)
+    }
+    .map_err(|error| CliError::Other {
         context: "listen.admin",
         message: format!("cannot bind `{address}`: {error}"),
     })?;

@@ -252,8 +252,16 @@ impl Metrics {
         build_info
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
-                if cfg!(debug_assertions) { "debug" } else { "release" },
-                if cfg!(feature = "redshift") { "redshift" } else { "" },
+                if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                },
+                if cfg!(feature = "redshift") {
+                    "redshift"
+                } else {
+                    ""
+                },
             ])
             .set(1);
         let connections_refused = IntCounterVec::new(

@@ -198,10 +198,7 @@ fn identity_of(path: &Path) -> Option<FileIdentity> {
 #[cfg(not(unix))]
 fn identity_of(path: &Path) -> Option<FileIdentity> {
     let metadata = std::fs::metadata(path).ok()?;
-    let modified = metadata
-        .modified()
-        .map(seconds_and_nanos)
-        .unwrap_or((0, 0));
+    let modified = metadata.modified().map(seconds_and_nanos).unwrap_or((0, 0));
     Some(FileIdentity {
         device: 0,
         inode: 0,
@@ -276,7 +273,11 @@ routes: {}
         std::fs::write(directory.path().join("policies/.10-a.csv.swp"), "x").unwrap();
         std::fs::write(directory.path().join("policies/notes.txt"), "x").unwrap();
         assert!(first.vouches_for(&FileStamp::take(&config)));
-        std::fs::write(directory.path().join("policies/20-b.rls.yaml"), "filters: []").unwrap();
+        std::fs::write(
+            directory.path().join("policies/20-b.rls.yaml"),
+            "filters: []",
+        )
+        .unwrap();
         assert!(!first.vouches_for(&FileStamp::take(&config)));
         std::fs::remove_file(directory.path().join("policies/20-b.rls.yaml")).unwrap();
         std::fs::remove_file(directory.path().join("policies/10-a.csv")).unwrap();
@@ -289,11 +290,18 @@ routes: {}
         let first = PolicyInputs::read(&config).unwrap();
         std::fs::write(directory.path().join("policies/notes.txt"), "x").unwrap();
         assert_eq!(PolicyInputs::read(&config).unwrap().digest, first.digest);
-        std::fs::write(directory.path().join("policies/20-b.rls.yml"), "filters: []").unwrap();
+        std::fs::write(
+            directory.path().join("policies/20-b.rls.yml"),
+            "filters: []",
+        )
+        .unwrap();
         let with_filter = PolicyInputs::read(&config).unwrap();
         assert_ne!(with_filter.digest, first.digest);
         assert_eq!(with_filter.filter_files.len(), 1);
         std::fs::write(directory.path().join("model.conf"), "model 2").unwrap();
-        assert_ne!(PolicyInputs::read(&config).unwrap().digest, with_filter.digest);
+        assert_ne!(
+            PolicyInputs::read(&config).unwrap().digest,
+            with_filter.digest
+        );
     }
 }

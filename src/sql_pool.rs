@@ -140,7 +140,9 @@ impl SqlPool {
         F: FnOnce() -> T + Send + 'static,
     {
         let receiver = self.submit(size, task)?;
-        receiver.await.map_err(|_| self.reject(SqlPoolError::WorkerLost))
+        receiver
+            .await
+            .map_err(|_| self.reject(SqlPoolError::WorkerLost))
     }
 
     /// Like [`run`](Self::run), blocking the calling thread (for callers outside an async

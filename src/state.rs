@@ -21,9 +21,9 @@ use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine};
-use crate::sources::{FileStamp, PolicyInputs, SourcesError};
 use crate::rls::{RlsError, RlsPolicy, parse_filter_file};
 use crate::route::RouteTable;
+use crate::sources::{FileStamp, PolicyInputs, SourcesError};
 use crate::store::{Store, StoreContents, StoreIdentity};
 
 /// One immutable policy revision: grants and RLS filters, built and swapped together.
@@ -404,7 +404,8 @@ impl AppState {
             return Ok(Some(ReloadOutcome::Unchanged));
         }
         let contents = self.store_contents.lock().clone();
-        self.rebuild(trigger, &Arc::new(inputs), &contents).map(Some)
+        self.rebuild(trigger, &Arc::new(inputs), &contents)
+            .map(Some)
     }
 
     /// Rebuilds with new store contents and the serving input files (no file is read).

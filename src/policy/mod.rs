@@ -205,7 +205,11 @@ pub struct PolicyTexts {
 impl PolicyTexts {
     /// Parses and checks every line.
     pub fn parse(&self) -> Result<PolicySources, PolicyError> {
-        sources_of_files(self.model_name.clone(), self.model_text.clone(), &self.files)
+        sources_of_files(
+            self.model_name.clone(),
+            self.model_text.clone(),
+            &self.files,
+        )
     }
 }
 

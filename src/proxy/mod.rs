@@ -98,6 +98,10 @@ impl DatagateProxy {
 /// Per-request state carried between pingora's phases.
 pub struct RequestContext {
     started: Instant,
+    /// Counts this request in `datagate_requests_in_flight` until the context drops.
+    _in_flight: crate::metrics::InFlight,
+    /// When the request went upstream, until its response head is timed.
+    upstream_started: Option<Instant>,
     permit: Option<Permit>,
     /// Row-level security's replacements for the query string and the body.
     rewritten_query: Option<String>,
@@ -140,6 +144,8 @@ impl ProxyHttp for DatagateProxy {
     fn new_ctx(&self) -> RequestContext {
         RequestContext {
             started: Instant::now(),
+            _in_flight: crate::metrics::InFlight::start(&self.state.metrics),
+            upstream_started: None,
             permit: None,
             rewritten_query: None,
             rewritten_body: None,
@@ -300,6 +306,7 @@ impl ProxyHttp for DatagateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        ctx.upstream_started = Some(Instant::now());
         let Some(permit) = ctx.permit.as_ref() else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(403),
@@ -366,6 +373,11 @@ impl ProxyHttp for DatagateProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        if let Some(started) = ctx.upstream_started.take() {
+            self.state
+                .metrics
+                .observe_upstream(Some(response.status.as_u16()), started.elapsed());
+        }
         if let Err(error) = headers::check_upstream_switch(session.req_header(), response) {
             if let Some(outcome) = ctx.outcome.as_mut() {
                 outcome.status = 502;
@@ -444,6 +456,10 @@ impl ProxyHttp for DatagateProxy {
         _error: Option<&Error>,
         ctx: &mut RequestContext,
     ) {
+        if let Some(started) = ctx.upstream_started.take() {
+            // Went upstream and no response head came back (connect, timeout, reset).
+            self.state.metrics.observe_upstream(None, started.elapsed());
+        }
         let Some(outcome) = ctx.outcome.take() else {
             return;
         };
@@ -640,6 +656,9 @@ impl DatagateProxy {
             .with_label_values(&[outcome.route.as_str(), "deny"])
             .inc();
         let mut error = HttpError::from(&refusal);
+        self.state
+            .metrics
+            .count_refusal(error.status, error.kind.unwrap_or("none"));
         if let Some(call) = &ctx.mcp
             && let Some(json_rpc) = error.as_json_rpc(&call.id)
         {

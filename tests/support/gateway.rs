@@ -38,6 +38,8 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
     /// Further top-level YAML appended to the config (e.g. `identity_headers:`).
     pub extra_yaml: Option<String>,
+    /// Extra keys for the `listen:` section, e.g. `header_timeout: 1s`.
+    pub listen_yaml: Option<String>,
 }
 
 impl GatewayOptions {
@@ -55,6 +57,7 @@ impl GatewayOptions {
             aws_yaml: None,
             env: Vec::new(),
             extra_yaml: None,
+            listen_yaml: None,
         }
     }
 }
@@ -107,7 +110,7 @@ impl Gateway {
   proxy: {proxy}
   admin: {admin}
   threads: 2
-upstream:
+{listen_extra}upstream:
   address: {upstream}
   connect_timeout: 2s
   read_timeout: 10s
@@ -143,6 +146,11 @@ routes:
             datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
             extra = options.extra_yaml.clone().unwrap_or_default(),
+            listen_extra = options
+                .listen_yaml
+                .as_ref()
+                .map(|listen| indent(listen, 2))
+                .unwrap_or_default(),
             watch = options.watch,
             aws = options
                 .aws_yaml

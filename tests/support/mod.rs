@@ -28,6 +28,18 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its status if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Kills the process and waits for it to exit.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
