@@ -1,0 +1,392 @@
+"""Generates deploy/route-packs/superset.yaml from a real Superset's own route map.
+
+Run inside the Superset venv (tests/compat/superset/install.sh), from the repository root:
+
+    DATAGATE_SUPERSET_HOME=$(mktemp -d) \
+      /var/cache/datagate/superset-venv/bin/python tests/compat/superset/generate_pack.py
+
+It builds the app with the harness configuration (tests/compat/superset/superset_config.py;
+the metadata DB is not needed), walks `app.url_map`, and for every rule finds the
+Flask-AppBuilder view or API behind it and the permission Superset checks there: FAB's
+`can_<method_permission_name[method] or _permission_name>` on `class_permission_name`,
+refused outright when that permission is not in the view's `base_permissions` (FAB answers
+403 to everyone then). Endpoints FAB does not protect are listed in `UNPROTECTED`: each is
+public, needs only an authenticated caller, or is deliberately refused (left out of the
+pack, so `routes.unmatched: deny` refuses it). An endpoint found in neither place stops the
+generator: a new Superset release cannot slip an unreviewed route through.
+
+The data routes (SQL Lab, chart data, exports, samples) get their datasource, SQL and export
+declarations from `DATA_ROUTES`; their permission still comes from the app. The MCP service
+is a separate server with no Flask routes; its route is `MCP_ROUTE`.
+
+`--check` compares instead of writing (exit status 1 when the checked-in pack is stale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections import OrderedDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+# Written beside the harness until tests/exports.rs follows the real permission names;
+# then point this at deploy/route-packs/superset.yaml.
+PACK = os.path.join(HERE, "generated", "superset.yaml")
+
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+REFUSED = "refused"
+
+# Endpoints without a FAB permission check: what datagate does with them, and why.
+UNPROTECTED = {
+    "static": (PUBLIC, "the UI's JavaScript, CSS and images"),
+    "appbuilder.static": (PUBLIC, "Flask-AppBuilder's static files"),
+    "health.health": (PUBLIC, "load balancer health check"),
+    "SupersetIndexView.index": (PUBLIC, "redirects to the welcome page"),
+    "SupersetIndexView.patch_flask_locale": (PUBLIC, "sets the UI language"),
+    "LocaleView.index": (PUBLIC, "sets the UI language"),
+    "UtilView.back": (PUBLIC, "redirects to the previous page"),
+    "RedirectView.redirect_warning": (PUBLIC, "the external-link warning page"),
+    "SupersetAuthView.login": (PUBLIC, "with datagate's identity the caller is already signed in; the page redirects"),
+    "SupersetAuthView.logout": (PUBLIC, "ends Superset's session only; identity stays datagate's"),
+    "AuthDBView.logout": (PUBLIC, "ends Superset's session only; identity stays datagate's"),
+    "Superset.welcome": (AUTHENTICATED, "the home page; Superset shows it to any signed-in user"),
+    "health.version": (AUTHENTICATED, "Superset's version, for signed-in users only"),
+    "UserRestApi.avatar": (AUTHENTICATED, "user avatars in the UI"),
+    "AuthDBView.login": (REFUSED, "password sign-in: identity comes from datagate"),
+    "SecurityApi.login": (REFUSED, "Superset's own API tokens: identity comes from datagate"),
+    "SecurityApi.refresh": (REFUSED, "Superset's own API tokens: identity comes from datagate"),
+    "SupersetRegisterUserView.register": (REFUSED, "self-registration: users come from datagate's identity"),
+    "SupersetRegisterUserView.activation": (REFUSED, "self-registration: users come from datagate's identity"),
+    "EmbeddedView.embedded": (REFUSED, "embedded dashboards use guest tokens, which datagate_security.py turns off"),
+    "Dashboard.embedded": (REFUSED, "embedded dashboards use guest tokens, which datagate_security.py turns off"),
+    "DatabaseRestApi.oauth2": (REFUSED, "OAuth2 database sign-in callbacks carry their own identity"),
+    "DynamicPluginsView.action": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "DynamicPluginsView.action_post": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "UserGroupModelView.action": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "UserGroupModelView.action_post": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "RoleModelView.action": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "RoleModelView.action_post": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "UserDBModelView.action": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+    "UserDBModelView.action_post": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
+}
+
+# Route names other configuration and tests refer to (stable across regenerations).
+NAMES = {
+    "ChartRestApi.get_list": "superset-chart-list",
+    "ChartRestApi.post": "superset-chart-create",
+    "ChartRestApi.get": "superset-chart-read",
+    "ChartRestApi.put": "superset-chart-write",
+    "ChartRestApi.delete": "superset-chart-write",
+    "ChartRestApi.bulk_delete": "superset-chart-bulk-delete",
+    "DashboardRestApi.get_list": "superset-dashboard-list",
+    "DashboardRestApi.post": "superset-dashboard-create",
+    "DashboardRestApi.get": "superset-dashboard-read",
+    "DashboardRestApi.put": "superset-dashboard-write",
+    "DashboardRestApi.delete": "superset-dashboard-write",
+    "DatasetRestApi.get_list": "superset-dataset-list",
+    "DatasetRestApi.post": "superset-dataset-create",
+    "DatasetRestApi.get": "superset-dataset-read",
+    "DatasetRestApi.put": "superset-dataset-write",
+    "DatasetRestApi.delete": "superset-dataset-write",
+    "SavedQueryRestApi.get_list": "superset-saved-query-list",
+    "SavedQueryRestApi.post": "superset-saved-query-create",
+    "SavedQueryRestApi.get": "superset-saved-query-read",
+    "SavedQueryRestApi.put": "superset-saved-query-write",
+    "SavedQueryRestApi.delete": "superset-saved-query-write",
+}
+
+# Database ids (SQL Lab) and dataset ids (charts) are different things in Superset: the
+# uid prefix keeps them apart (`database:1` is not `dataset:1`).
+_DATABASE_ID = {"action": "datasources:query", "uid_prefix": "database:",
+                "uids": [{"json_pointer": "/database_id"}]}
+_EXPORT_DATA = {"kind": "data"}
+_EXPORT_IMAGE = {"kind": "image"}
+
+# The data routes: where their datasource, SQL and export markers are.
+DATA_ROUTES = {
+    "SqlLabRestApi.execute_sql_query": {
+        "name": "superset-sqllab-execute", "authenticated": True, "datasource": _DATABASE_ID,
+        "sql": {"locations": [{"json_pointer": "/sql", "datasource": "from_route"}]},
+    },
+    "SqlLabRestApi.estimate_query_cost": {
+        "name": "superset-sqllab-estimate", "authenticated": True, "datasource": _DATABASE_ID,
+        "sql": {"locations": [{"json_pointer": "/sql", "datasource": "from_route"}]},
+    },
+    "SqlLabRestApi.format_sql": {"name": "superset-sqllab-format", "authenticated": True},
+    # Results and exports re-run or read the stored query of the `client_id`/key's owner.
+    "SqlLabRestApi.get_results": {"name": "superset-sqllab-results", "authenticated": True},
+    "SqlLabRestApi.export_csv": {
+        "name": "superset-sqllab-export", "authenticated": True, "export": _EXPORT_DATA},
+    "SqlLabRestApi.export_streaming_csv": {
+        "name": "superset-sqllab-export-streaming", "authenticated": True, "export": _EXPORT_DATA},
+    "ChartDataRestApi.data": {
+        "name": "superset-chart-data",
+        "datasource": {"action": "datasources:query", "uid_prefix": "dataset:",
+                       "uids": [{"json_pointer": "/datasource/id"}]},
+        "export": {"kind": "data", "when": [{"json_pointer": "/result_format", "values": ["csv", "xlsx"]}]},
+    },
+    "ChartDataRestApi.get_data": {
+        "name": "superset-chart-data-by-pk",
+        "export": {"kind": "data", "when": [{"query_param": "format", "values": ["csv", "xlsx"]}]},
+    },
+    "ChartDataRestApi.data_from_cache": {"name": "superset-chart-data-from-cache"},
+    "Superset.explore_json": {
+        "name": "superset-explore-json",
+        "export": {"kind": "data", "when": [
+            {"query_param": "csv", "values": ["true"]}, {"query_param": "xlsx", "values": ["true"]}]},
+    },
+    "Superset.explore_json_data": {"name": "superset-explore-json-data"},
+    "Datasource.samples": {
+        "name": "superset-datasource-samples",
+        "datasource": {"action": "datasources:query", "uid_prefix": "dataset:",
+                       "uids": [{"query_param": "datasource_id"}]},
+    },
+    "ChartRestApi.export": {"name": "superset-chart-export", "export": _EXPORT_DATA},
+    "DashboardRestApi.export": {"name": "superset-dashboard-export", "export": _EXPORT_DATA},
+    "ChartRestApi.thumbnail": {"name": "superset-chart-thumbnail", "export": _EXPORT_IMAGE},
+    "ChartRestApi.screenshot": {"name": "superset-chart-screenshot", "export": _EXPORT_IMAGE},
+    "ChartRestApi.cache_screenshot": {"name": "superset-chart-cache-screenshot", "export": _EXPORT_IMAGE},
+    "DashboardRestApi.thumbnail": {"name": "superset-dashboard-thumbnail", "export": _EXPORT_IMAGE},
+    "DashboardRestApi.screenshot": {"name": "superset-dashboard-screenshot", "export": _EXPORT_IMAGE},
+    "DashboardRestApi.cache_dashboard_screenshot": {
+        "name": "superset-dashboard-cache-screenshot", "export": _EXPORT_IMAGE},
+}
+
+# `superset mcp run` is its own server (port and `/mcp`); not in the Flask url_map.
+# execute_sql takes {"request": {"database_id", "sql"}} (also `query` for `sql`).
+MCP_ROUTE = """\
+# --- MCP service (`superset mcp run`, JSON-RPC): every `tools/call` is authorized per tool.
+# Permissions from Superset's MCP RBAC table; unknown tools are refused; `health_check` is
+# public. Other JSON-RPC methods (initialize, tools/list, notifications) pass for any caller
+# the route admits.
+- name: superset-mcp
+  methods: [POST]
+  path: /mcp
+  mcp:
+    tools:
+      health_check: {public: true}
+      get_instance_info: {permissions: {all_of: ["can_read on Dashboard"]}}
+      search_tools: {permissions: {all_of: ["can_read on Dashboard"]}}
+      list_charts: {permissions: {all_of: ["can_read on Chart"]}}
+      get_chart_info: {permissions: {all_of: ["can_read on Chart"]}}
+      get_chart_data: {permissions: {all_of: ["can_read on Chart"]}}
+      get_chart_preview: {permissions: {all_of: ["can_read on Chart"]}}
+      generate_chart: {permissions: {all_of: ["can_write on Chart"]}}
+      update_chart: {permissions: {all_of: ["can_write on Chart"]}}
+      list_dashboards: {permissions: {all_of: ["can_read on Dashboard"]}}
+      get_dashboard_info: {permissions: {all_of: ["can_read on Dashboard"]}}
+      generate_dashboard: {permissions: {all_of: ["can_write on Dashboard"]}}
+      add_chart_to_existing_dashboard: {permissions: {all_of: ["can_write on Dashboard"]}}
+      list_datasets: {permissions: {all_of: ["can_read on Dataset"]}}
+      get_dataset_info: {permissions: {all_of: ["can_read on Dataset"]}}
+      create_virtual_dataset: {permissions: {all_of: ["can_write on Dataset"]}}
+      list_databases: {permissions: {all_of: ["can_read on Database"]}}
+      get_database_info: {permissions: {all_of: ["can_read on Database"]}}
+      open_sql_lab_with_context: {permissions: {all_of: ["can_read on SQLLab"]}}
+      save_sql_query: {permissions: {all_of: ["can_write on SavedQuery"]}}
+      execute_sql:
+        permissions: {all_of: ["can_execute_sql_query on SQLLab"]}
+        datasource:
+          action: "datasources:query"
+          uid_prefix: "database:"
+          uids:
+            - {json_pointer: /params/arguments/request/database_id}
+            - {json_pointer: /params/arguments/database_id}
+        sql:
+          locations:
+            - {json_pointer: /params/arguments/request/sql, datasource: from_route}
+            - {json_pointer: /params/arguments/request/query, datasource: from_route}
+            - {json_pointer: /params/arguments/sql, datasource: from_route}
+            - {json_pointer: /params/arguments/query, datasource: from_route}
+"""
+
+
+def template(rule: str) -> str:
+    """A Werkzeug rule as a datagate path template (`<int:pk>` -> `{pk}`, `<path:x>` -> `{*x}`)."""
+    segments = rule.strip("/").split("/") if rule != "/" else []
+    out = []
+    for segment in segments:
+        match = re.fullmatch(r"<(?:(\w+):)?(\w+)>", segment)
+        if match and match.group(1) == "path":
+            # `path` swallows slashes: everything from here on.
+            out.append("{*" + match.group(2) + "}")
+            break
+        if match:
+            out.append("{" + match.group(2) + "}")
+        elif "<" in segment:
+            raise SystemExit(f"rule `{rule}`: a converter inside a segment is not supported")
+        else:
+            out.append(segment)
+    path = "/" + "/".join(out)
+    if rule.endswith("/") and rule != "/" and "{*" not in path:
+        path += "/"
+    return path
+
+
+def shape(path: str) -> str:
+    return re.sub(r"\{\*?\w+\}", "{}", path)
+
+
+def slug(endpoint: str) -> str:
+    view, _, method = endpoint.partition(".")
+    view = re.sub(r"(RestApi|RestAPI|ModelView|View|Api|API)$", "", view) or view
+    words = re.sub(r"(?<!^)(?=[A-Z])", "-", view).lower() + "-" + method.replace("_", "-")
+    return "superset-" + re.sub(r"-+", "-", words).strip("-")
+
+
+def permission_of(view, method_name: str):
+    """(permission text, None) for a FAB-protected method, (None, reason) when FAB refuses
+    it to everyone, (None, None) when FAB does not protect it."""
+    function = getattr(view, method_name, None)
+    base = getattr(function, "_permission_name", None)
+    if base is None:
+        return None, None
+    override = (getattr(view, "method_permission_name", None) or {}).get(method_name)
+    action = "can_" + (override or base)
+    allowed = getattr(view, "base_permissions", None)
+    if allowed is not None and action not in allowed:
+        return None, f"`{action}` is not in base_permissions: Superset answers 403 to everyone"
+    return f"{action} on {view.class_permission_name}", None
+
+
+def collect(app):
+    views = {view.endpoint: view for view in app.appbuilder.baseviews}
+    routes = OrderedDict()  # (path, permission, extras key) -> route
+    refused = []
+    seen_shapes = set()
+    unknown = []
+    # Registration order decides between identical rules (Werkzeug serves the first);
+    # the pack is written sorted by path.
+    for rule in app.url_map.iter_rules():
+        methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
+        endpoint = rule.endpoint
+        path = template(rule.rule)
+        # Identical rules: Werkzeug serves the first registered; so does datagate.
+        methods = [method for method in methods if (shape(path), method) not in seen_shapes]
+        if not methods:
+            continue
+        seen_shapes.update((shape(path), method) for method in methods)
+        view_name, _, method_name = endpoint.partition(".")
+        view = views.get(view_name)
+        permission, refusal = (None, None)
+        if view is not None and method_name:
+            permission, refusal = permission_of(view, method_name)
+        entry = {"methods": methods, "path": path}
+        if permission is not None:
+            entry["permissions"] = {"all_of": [permission]}
+            kind = "protected"
+        elif refusal is not None:
+            refused.append((methods, path, endpoint, refusal))
+            continue
+        elif endpoint in UNPROTECTED:
+            kind, why = UNPROTECTED[endpoint]
+            if kind == REFUSED:
+                refused.append((methods, path, endpoint, why))
+                continue
+            if kind == AUTHENTICATED:
+                entry["authenticated"] = True
+        else:
+            unknown.append(f"{','.join(methods)} {rule.rule} ({endpoint})")
+            continue
+        extras = DATA_ROUTES.get(endpoint, {})
+        name = extras.get("name") or NAMES.get(endpoint) or slug(endpoint)
+        body = {key: value for key, value in extras.items() if key != "name"}
+        entry.update(body)
+        key = (name, path, repr(entry.get("permissions")), repr(body), entry.get("authenticated"))
+        if key in routes:
+            routes[key]["methods"] = sorted(set(routes[key]["methods"]) | set(methods))
+        else:
+            routes[key] = {"name": name, **entry}
+    if unknown:
+        raise SystemExit("endpoints neither FAB-protected nor reviewed in UNPROTECTED:\n  "
+                         + "\n  ".join(unknown))
+    # Names must be unique: number repeats (one endpoint under several rules).
+    counts = {}
+    for route in routes.values():
+        counts[route["name"]] = counts.get(route["name"], 0) + 1
+    used = {}
+    for route in routes.values():
+        if counts[route["name"]] > 1:
+            used[route["name"]] = used.get(route["name"], 0) + 1
+            if used[route["name"]] > 1:
+                route["name"] = f"{route['name']}-{used[route['name']]}"
+    ordered = sorted(routes.values(), key=lambda route: (route["path"], route["methods"]))
+    return ordered, sorted(refused, key=lambda item: item[1])
+
+
+def flow(value) -> str:
+    """YAML flow style, quoting every string that needs it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {flow(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(flow(item) for item in value) + "]"
+    text = str(value)
+    keywords = {"true", "false", "null", "yes", "no", "on", "off", "y", "n"}
+    if (re.fullmatch(r"[A-Za-z0-9_/.-]+", text) and not text[0].isdigit()
+            and text.lower() not in keywords):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(routes, refused, version: str) -> str:
+    lines = [
+        f"# Route pack: Apache Superset {version} (web UI, REST API v1, and the MCP service).",
+        "# GENERATED by tests/compat/superset/generate_pack.py from the real app's url_map and",
+        "# Flask-AppBuilder views; regenerate for a new Superset release instead of editing.",
+        "# Enable with `routes: {packs: [superset], unmatched: deny}`: every endpoint of the app is",
+        "# mapped to the permission Superset itself checks (`can_<verb> on <View>`), or listed",
+        "# under `Refused` at the end and left unmapped, so `unmatched: deny` refuses it.",
+        "# Superset database ids (SQL Lab) and dataset ids (chart data, samples) are datagate",
+        "# datasource uids: declare them under `datasources:` and grant them like any datasource.",
+        "",
+    ]
+    data = [route for route in routes if any(key in route for key in ("datasource", "sql", "export"))]
+    other = [route for route in routes if route not in data]
+    lines.append("# --- Data routes: SQL, chart data, exports ------------------------------------------")
+    for route in data:
+        lines.append("- " + flow(route))
+    lines.append("")
+    lines.append("# --- Every other endpoint -------------------------------------------------------------")
+    for route in other:
+        lines.append("- " + flow(route))
+    lines.append("")
+    lines.append(MCP_ROUTE)
+    lines.append("# --- Refused (not mapped; refused by `routes.unmatched: deny`) ------------------------")
+    for methods, path, endpoint, why in refused:
+        lines.append(f"#   {','.join(methods)} {path}  ({endpoint}): {why}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--output", default=PACK)
+    args = parser.parse_args()
+    os.environ.setdefault("SUPERSET_CONFIG_PATH", os.path.join(HERE, "superset_config.py"))
+    os.environ.setdefault("DATAGATE_SUPERSET_HOME", os.environ.get("TMPDIR", "/tmp"))
+    from superset.app import create_app
+    import superset
+
+    app = create_app()
+    with app.app_context():
+        routes, refused = collect(app)
+    text = render(routes, refused, getattr(superset, "__version__", "6.1"))
+    if args.check:
+        current = open(args.output).read() if os.path.exists(args.output) else ""
+        if current != text:
+            print(f"{args.output} is stale: regenerate it", file=sys.stderr)
+            sys.exit(1)
+        return
+    with open(args.output, "w") as handle:
+        handle.write(text)
+    print(f"{args.output}: {len(routes)} routes, {len(refused)} refused endpoints", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
