@@ -19,7 +19,8 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 # the Datasette route pack is tested against a real Datasette server; AWS IAM auth
 # against moto's STS and Redshift emulation (python3 -m moto.server).
 # Header tests put Werkzeug, gunicorn and wsgiref behind datagate (tests/headers.rs).
-if ! python3 -c 'import grafana_client, datasette, moto.server, flask, gunicorn' >/dev/null 2>&1; then
+# The admin API's OpenAPI document is checked by openapi-spec-validator and schemathesis.
+if ! python3 -c 'import grafana_client, datasette, moto.server, flask, gunicorn, schemathesis, openapi_spec_validator' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../tests/compat/requirements.txt"
 fi
 # The Superset integration test (tests/superset.rs) runs a real Apache Superset 6.1 from

@@ -310,14 +310,39 @@ fn grafana_permissions_api_refuses_bad_input_and_the_unauthorised() {
     assert_eq!(status, 403);
     for path in [
         "/api/users",
+        "/api/users/search",
+        "/api/users/lookup?loginOrEmail=dana",
         "/api/teams",
+        "/api/teams/search",
+        "/api/serviceaccounts/search",
         "/api/audit",
         "/api/roles",
-        "/api/datasources",
     ] {
         let (status, _) = call("GET", &gateway.admin_url(path), Some(&viewer), None);
         assert_eq!(status, 403, "{path}");
     }
+    // Datasources are listed to whoever may read them, as in Grafana.
+    let (status, visible) = call(
+        "GET",
+        &gateway.admin_url("/api/datasources"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 200, "{visible}");
+    let uids: Vec<&str> = visible
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|datasource| datasource["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uids, ["demo"], "a Viewer reads demo only: {visible}");
+    let (status, _) = call(
+        "GET",
+        &gateway.admin_url("/api/datasources/uid/pg_main"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 403);
 
     // None of the refused writes changed anything.
     let (_, listing) = call(
@@ -388,31 +413,72 @@ fn management_api_covers_every_resource() {
                 json!({"login": format!("user{index}"), "email": format!("u{index}@example.com")}),
             );
         }
+        // Grafana's paging: `page` from 1, `perpage`, a page past the end is empty.
         let (status, page) = call(
             "GET",
-            &gateway.admin_url("/api/users?page=2&page_size=2"),
+            &gateway.admin_url("/api/users/search?page=2&perpage=2"),
             Some(&admin),
             None,
         );
         assert_eq!(status, 200);
         assert_eq!(
             (
-                page["count"].clone(),
-                page["total_count"].clone(),
-                page["total_pages"].clone(),
-                page["has_next"].clone(),
-                page["has_previous"].clone()
+                page["totalCount"].clone(),
+                page["page"].clone(),
+                page["perPage"].clone(),
+                page["users"].as_array().map(Vec::len),
             ),
-            (json!(2), json!(5), json!(3), json!(true), json!(true)),
+            (json!(5), json!(2), json!(2), Some(2)),
             "{backend}: {page}"
         );
-        assert_eq!(page["items"][0]["login"], "user2");
+        assert_eq!(page["users"][0]["login"], "user2");
+        let (_, found) = call(
+            "GET",
+            &gateway.admin_url("/api/users/search?query=U3%40EXAMPLE"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(
+            found["totalCount"], 1,
+            "{backend}: email, any case: {found}"
+        );
+        assert_eq!(found["users"][0]["login"], "user3");
+        let (_, found) = call(
+            "GET",
+            &gateway.admin_url("/api/users/search?query=%25"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(found["totalCount"], 0, "{backend}: `%` is literal: {found}");
+        let (status, last) = call(
+            "GET",
+            &gateway.admin_url("/api/users?page=3&perpage=2"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(last.as_array().map(Vec::len), Some(1), "{last}");
+        let (_, past_the_end) = call(
+            "GET",
+            &gateway.admin_url("/api/users?page=4&perpage=2"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(past_the_end, json!([]), "{backend}");
+        let (status, looked_up) = call(
+            "GET",
+            &gateway.admin_url("/api/users/lookup?loginOrEmail=u4%40example.com"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!((status, &looked_up["login"]), (200, &json!("user4")));
         for bad in [
             "page=0",
-            "page_size=5000",
+            "perpage=5000",
             "page=x",
             "sort=login",
             "page=1&page=2",
+            "page_size=2",
         ] {
             let (status, body) = call(
                 "GET",
@@ -1026,12 +1092,27 @@ fn openapi_describes_every_route_and_only_served_ones() {
 fn the_grafana_client_package_drives_the_api() {
     let (gateway, _upstream_process, _upstream) = start(sqlite_store());
     let admin = gateway.admin_token();
-    let user = create(&gateway, &admin, "/api/users", json!({"login": "harry"}));
+    // More users than one page of `perpage=1`, so the client's paging is exercised.
+    for login in ["ann", "bea"] {
+        create(&gateway, &admin, "/api/users", json!({ "login": login }));
+    }
+    let user = create(
+        &gateway,
+        &admin,
+        "/api/users",
+        json!({"login": "harry", "email": "harry@example.com"}),
+    );
     let team = create(
         &gateway,
         &admin,
         "/api/teams",
         json!({"name": "grafana-team"}),
+    );
+    create(
+        &gateway,
+        &admin,
+        "/api/serviceaccounts",
+        json!({"login": "reporter"}),
     );
     let viewer = gateway.token("viv", &["Gamma"], &[], Some(BasicRole::Viewer));
     let script = support::gateway::repository_root().join("tests/compat/grafana_client_check.py");
@@ -1051,6 +1132,14 @@ fn the_grafana_client_package_drives_the_api() {
             &user["id"].to_string(),
             "--team-id",
             &team["id"].to_string(),
+            "--user-login",
+            "harry",
+            "--user-email",
+            "harry@example.com",
+            "--team-name",
+            "grafana-team",
+            "--service-account-login",
+            "reporter",
         ])
         .output()
         .unwrap();
@@ -1085,4 +1174,372 @@ fn without_a_store_management_endpoints_say_so() {
     assert_eq!(status, 200);
     assert!(!listing.as_array().unwrap().is_empty());
     drop(upstream_process);
+}
+
+/// Status, `Content-Type` and the body text of one admin call.
+fn raw_call(method: &str, url: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut request = ureq::request(method, url).timeout(std::time::Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let content_type = response
+        .header("Content-Type")
+        .unwrap_or_default()
+        .to_string();
+    (
+        status,
+        content_type,
+        response.into_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn grant_ids_are_the_grants_own_and_survive_other_revokes() {
+    for (backend, store_yaml) in store_backends() {
+        let (gateway, _upstream_process, _upstream) = start(store_yaml);
+        let admin = gateway.admin_token();
+        let ids: Vec<i64> = ["ida", "ivo", "ike"]
+            .iter()
+            .map(|login| {
+                create(&gateway, &admin, "/api/users", json!({ "login": login }))["id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        for id in &ids {
+            let (status, _) =
+                set_permission(&gateway, &admin, &format!("demo/users/{id}"), "Query");
+            assert_eq!(status, 200);
+        }
+        let listing = |gateway: &Gateway| -> Vec<Value> {
+            let (status, listing) = call(
+                "GET",
+                &gateway.admin_url("/api/access-control/datasources/demo"),
+                Some(&admin),
+                None,
+            );
+            assert_eq!(status, 200);
+            listing.as_array().unwrap().clone()
+        };
+        let grant_id = |items: &[Value], user_id: i64| -> i64 {
+            items
+                .iter()
+                .find(|item| item["userId"] == json!(user_id) && item["isManaged"] == true)
+                .unwrap_or_else(|| panic!("no grant for user {user_id} in {items:?}"))["id"]
+                .as_i64()
+                .unwrap()
+        };
+        let before = listing(&gateway);
+        let all_ids: BTreeSet<i64> = before
+            .iter()
+            .map(|item| item["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            all_ids.len(),
+            before.len(),
+            "{backend}: ids are unique: {before:?}"
+        );
+        let (first, second, third) = (
+            grant_id(&before, ids[0]),
+            grant_id(&before, ids[1]),
+            grant_id(&before, ids[2]),
+        );
+        let file_ids: Vec<i64> = before
+            .iter()
+            .filter(|item| item["isManaged"] == false)
+            .map(|item| item["id"].as_i64().unwrap())
+            .collect();
+
+        // Revoking the first grant renumbers nothing; changing a level keeps the id.
+        let (status, _) = set_permission(&gateway, &admin, &format!("demo/users/{}", ids[0]), "");
+        assert_eq!(status, 200);
+        let (status, _) =
+            set_permission(&gateway, &admin, &format!("demo/users/{}", ids[2]), "Edit");
+        assert_eq!(status, 200);
+        let after = listing(&gateway);
+        assert!(
+            after.iter().all(|item| item["userId"] != json!(ids[0])),
+            "{after:?}"
+        );
+        assert_eq!(grant_id(&after, ids[1]), second, "{backend}");
+        assert_eq!(
+            grant_id(&after, ids[2]),
+            third,
+            "{backend}: a level change keeps the id"
+        );
+        let file_ids_after: Vec<i64> = after
+            .iter()
+            .filter(|item| item["isManaged"] == false)
+            .map(|item| item["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            file_ids, file_ids_after,
+            "{backend}: file grant ids are stable"
+        );
+
+        // A revoked grant's id is never handed to a new grant.
+        let (status, _) =
+            set_permission(&gateway, &admin, &format!("demo/users/{}", ids[0]), "Query");
+        assert_eq!(status, 200);
+        let regranted = grant_id(&listing(&gateway), ids[0]);
+        assert_ne!(regranted, first, "{backend}: a new grant, a new id");
+        assert!(!all_ids.contains(&regranted), "{backend}");
+    }
+}
+
+#[test]
+fn listings_name_no_policy_files_and_list_role_grants_apart() {
+    let (gateway, _upstream_process, _upstream) = start(sqlite_store());
+    let admin = gateway.admin_token();
+    std::fs::write(
+        gateway.policy_dir().join("30-role-grants.csv"),
+        "p, role:Gamma, datasources:uid:demo, Query\n",
+    )
+    .unwrap();
+    let (status, body) = call(
+        "POST",
+        &gateway.admin_url("/api/admin/reload"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let dana = create(&gateway, &admin, "/api/users", json!({"login": "dana"}));
+    let (status, _) = set_permission(
+        &gateway,
+        &admin,
+        &format!("demo/users/{}", dana["id"]),
+        "Admin",
+    );
+    assert_eq!(status, 200);
+    let datasource_admin = gateway.token("dana", &[], &[], None);
+    for token in [&admin, &datasource_admin] {
+        for path in [
+            "/api/access-control/datasources/demo",
+            "/api/access-control/datasources/demo/role-grants",
+        ] {
+            let (status, content_type, text) =
+                raw_call("GET", &gateway.admin_url(path), Some(token));
+            assert_eq!(status, 200, "{path}: {text}");
+            assert_eq!(content_type, "application/json; charset=UTF-8");
+            for leak in [".csv", "policies", "line ", "file:"] {
+                assert!(!text.contains(leak), "{path} names `{leak}`: {text}");
+            }
+        }
+    }
+    let (_, listing) = call(
+        "GET",
+        &gateway.admin_url("/api/access-control/datasources/demo"),
+        Some(&admin),
+        None,
+    );
+    for item in listing.as_array().unwrap() {
+        let grantee_fields = ["userId", "userLogin", "teamId", "builtInRole"];
+        assert!(
+            grantee_fields
+                .iter()
+                .any(|field| item.get(*field).is_some()),
+            "every Grafana item names its grantee: {item}"
+        );
+    }
+    let (_, role_grants) = call(
+        "GET",
+        &gateway.admin_url("/api/access-control/datasources/demo/role-grants"),
+        Some(&admin),
+        None,
+    );
+    let gamma = role_grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|grant| grant["role"] == "Gamma")
+        .unwrap_or_else(|| panic!("no Gamma grant in {role_grants}"));
+    assert_eq!(gamma["subject"], "role:Gamma");
+    assert_eq!(gamma["permission"], "Query");
+    assert!(gamma["id"].as_i64().unwrap() > 0);
+}
+
+#[test]
+fn every_answer_is_json_with_a_charset_errors_included() {
+    let (gateway, _upstream_process, _upstream) = start(sqlite_store());
+    let admin = gateway.admin_token();
+    for (method, path, token, status) in [
+        (
+            "DELETE",
+            "/api/access-control/datasources/demo",
+            Some(&admin),
+            405,
+        ),
+        ("PATCH", "/api/users", Some(&admin), 405),
+        ("GET", "/api/no/such/route", Some(&admin), 404),
+        ("GET", "/api/users/1", None, 401),
+        ("GET", "/api/users/0", Some(&admin), 400),
+        ("GET", "/api/users/999", Some(&admin), 404),
+        ("GET", "/api/users", Some(&admin), 200),
+        ("GET", "/readyz", None, 200),
+        ("GET", "/api/health", None, 200),
+    ] {
+        let (answered, content_type, text) =
+            raw_call(method, &gateway.admin_url(path), token.map(String::as_str));
+        assert_eq!(answered, status, "{method} {path}: {text}");
+        assert_eq!(
+            content_type, "application/json; charset=UTF-8",
+            "{method} {path}"
+        );
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text:?}"));
+        if status >= 400 {
+            assert!(
+                body["message"]
+                    .as_str()
+                    .is_some_and(|message| !message.is_empty()),
+                "{method} {path}: {body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn grafana_directory_endpoints_answer_in_grafanas_shapes() {
+    let (gateway, _upstream_process, _upstream) = start(sqlite_store());
+    let admin = gateway.admin_token();
+    // Grafana's documented examples: health and build information need no credentials.
+    let (status, health) = call("GET", &gateway.admin_url("/api/health"), None, None);
+    assert_eq!(status, 200);
+    assert_eq!(health["database"], "ok");
+    assert!(health["version"].as_str().is_some() && health["commit"].as_str().is_some());
+    let (_, settings) = call(
+        "GET",
+        &gateway.admin_url("/api/frontend/settings"),
+        None,
+        None,
+    );
+    assert!(
+        settings["buildInfo"]["version"].as_str().is_some(),
+        "{settings}"
+    );
+    let (status, org) = call("GET", &gateway.admin_url("/api/org"), Some(&admin), None);
+    assert_eq!(
+        (status, &org["id"], &org["name"]),
+        (200, &json!(1), &json!("Main Org."))
+    );
+
+    let team = create(
+        &gateway,
+        &admin,
+        "/api/teams",
+        json!({"name": "MyTestTeam"}),
+    );
+    create(&gateway, &admin, "/api/teams", json!({"name": "Other"}));
+    let (status, found) = call(
+        "GET",
+        &gateway.admin_url("/api/teams/search?perpage=10&page=1&query=mytest"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(found["totalCount"], 1, "{found}");
+    assert_eq!(
+        (found["page"].clone(), found["perPage"].clone()),
+        (json!(1), json!(10))
+    );
+    let first = &found["teams"][0];
+    assert_eq!(first["id"], team["id"]);
+    for key in ["id", "orgId", "name", "email", "avatarUrl", "memberCount"] {
+        assert!(first.get(key).is_some(), "`{key}` missing from {first}");
+    }
+    let (_, exact) = call(
+        "GET",
+        &gateway.admin_url("/api/teams/search?name=MyTestTea"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(exact["totalCount"], 0, "`name` is exact: {exact}");
+
+    create(
+        &gateway,
+        &admin,
+        "/api/serviceaccounts",
+        json!({"login": "grafana", "basic_role": "Viewer"}),
+    );
+    let (status, accounts) = call(
+        "GET",
+        &gateway.admin_url("/api/serviceaccounts/search?perpage=10&page=1&query=graf"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(accounts["totalCount"], 1, "{accounts}");
+    let account = &accounts["serviceAccounts"][0];
+    assert_eq!(
+        (
+            account["login"].clone(),
+            account["role"].clone(),
+            account["tokens"].clone()
+        ),
+        (json!("grafana"), json!("Viewer"), json!(0))
+    );
+    let (_, past_the_end) = call(
+        "GET",
+        &gateway.admin_url("/api/serviceaccounts/search?page=2&perpage=10"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(past_the_end["serviceAccounts"], json!([]));
+
+    // Datasources: the config file's (read-only) and the store's, in Grafana's shape;
+    // secure settings show as names only.
+    let stored = create(
+        &gateway,
+        &admin,
+        "/api/datasources",
+        json!({"uid": "finance", "name": "Finance", "dialect": "postgres", "secure_settings": {"password": "s3cret-value"}}),
+    );
+    let (status, listed) = call(
+        "GET",
+        &gateway.admin_url("/api/datasources"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(!listed.to_string().contains("s3cret-value"));
+    let by_uid: std::collections::HashMap<&str, &Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|datasource| (datasource["uid"].as_str().unwrap(), datasource))
+        .collect();
+    assert_eq!(by_uid["demo"]["readOnly"], true);
+    assert_eq!(by_uid["demo"]["type"], "sqlite");
+    assert_eq!(by_uid["finance"]["readOnly"], false);
+    assert_eq!(by_uid["finance"]["id"], stored["id"]);
+    assert_eq!(by_uid["finance"]["name"], "Finance");
+    let (status, one) = call(
+        "GET",
+        &gateway.admin_url("/api/datasources/uid/finance"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(one["secureJsonFields"], json!({"password": true}));
+    let (status, demo) = call(
+        "GET",
+        &gateway.admin_url("/api/datasources/uid/demo"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!((status, &demo["id"]), (200, &by_uid["demo"]["id"]));
+    let (status, _) = call(
+        "GET",
+        &gateway.admin_url("/api/datasources/uid/nowhere"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 404);
 }

@@ -160,21 +160,6 @@ async fn update<Input: DeserializeOwned, Record: Serialize>(
 
 // ---------------------------------------------------------------- users
 
-#[utoipa::path(get, path = "/api/users", tag = "users",
-    params(crate::store::PageRequest),
-    responses((status = 200, body = Page<UserRecord>), (status = 400, body = Message), (status = 401, body = Message), (status = 403, body = Message)),
-    security(("bearer" = [])))]
-pub async fn list_users(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    paged(&state, &headers, query.as_deref(), |store, page| {
-        Box::pin(store.list_users(page, false))
-    })
-    .await
-}
-
 #[utoipa::path(post, path = "/api/users", tag = "users", request_body = UserInput,
     responses((status = 201, body = UserRecord), (status = 400, body = Message), (status = 409, body = Message)),
     security(("bearer" = [])))]
@@ -928,20 +913,6 @@ pub async fn delete_filter(
 }
 
 // ---------------------------------------------------------------- datasources
-
-#[utoipa::path(get, path = "/api/datasources", tag = "datasources", params(crate::store::PageRequest),
-    responses((status = 200, body = Page<crate::store::DatasourceRecord>), (status = 400, body = Message)),
-    security(("bearer" = [])))]
-pub async fn list_datasources(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    paged(&state, &headers, query.as_deref(), |store, page| {
-        Box::pin(store.list_datasources(page))
-    })
-    .await
-}
 
 #[utoipa::path(post, path = "/api/datasources", tag = "datasources", request_body = DatasourceInput,
     responses((status = 201, body = crate::store::DatasourceRecord), (status = 400, body = Message), (status = 409, body = Message)),

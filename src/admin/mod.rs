@@ -11,7 +11,9 @@
 //! lists exactly the routes that are served.
 
 mod error;
+mod grafana;
 mod manage;
+mod openapi;
 mod permissions;
 mod support;
 
@@ -33,7 +35,7 @@ pub use support::ADMIN_ROLE;
 
 use crate::http_error::HttpError;
 use crate::state::{AppState, ReloadTrigger};
-use support::{error_response, http_error_response, require_admin};
+use support::{JSON_CONTENT_TYPE, error_response, http_error_response, require_admin};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -80,11 +82,19 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(reload))
         .routes(routes!(policy_status))
         .routes(routes!(explain))
+        .routes(routes!(grafana::health))
+        .routes(routes!(grafana::frontend_settings))
+        .routes(routes!(grafana::current_org))
         .routes(routes!(permissions::get_permissions))
+        .routes(routes!(permissions::get_role_grants))
         .routes(routes!(permissions::set_user_permission))
         .routes(routes!(permissions::set_team_permission))
         .routes(routes!(permissions::set_built_in_role_permission))
-        .routes(routes!(manage::list_users, manage::create_user))
+        .routes(routes!(grafana::list_users, manage::create_user))
+        .routes(routes!(grafana::search_users))
+        .routes(routes!(grafana::lookup_user))
+        .routes(routes!(grafana::search_teams))
+        .routes(routes!(grafana::search_service_accounts))
         .routes(routes!(
             manage::get_user,
             manage::update_user,
@@ -122,7 +132,11 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
             manage::update_filter,
             manage::delete_filter
         ))
-        .routes(routes!(manage::list_datasources, manage::create_datasource))
+        .routes(routes!(
+            grafana::list_datasources,
+            manage::create_datasource
+        ))
+        .routes(routes!(grafana::get_datasource_by_uid))
         .routes(routes!(
             manage::get_datasource,
             manage::update_datasource,
@@ -138,7 +152,53 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    routes().0.fallback(not_found).with_state(state)
+    routes()
+        .0
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(json_everywhere))
+        .with_state(state)
+}
+
+/// Every answer is JSON with its charset, errors included: axum's own answers (405 for
+/// a method a route does not serve, rejections) get a `{"message"}` body here, keeping
+/// their status and headers such as `Allow`.
+async fn json_everywhere(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let mut response = next.run(request).await;
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/json") {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(JSON_CONTENT_TYPE),
+        );
+        return response;
+    }
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!("method `{method}` is not allowed on this endpoint")
+    } else {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_lowercase()
+    };
+    let mut replaced = http_error_response(HttpError::new(status.as_u16(), message));
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replaced.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    replaced
 }
 
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
@@ -146,13 +206,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn openapi_json() -> Response {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let document = DOCUMENT.get_or_init(|| {
-        openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|_| "{}".to_string())
+        let mut document = serde_json::to_value(openapi()).unwrap_or_else(|_| json!({}));
+        openapi::complete(&mut document);
+        serde_json::to_string_pretty(&document).unwrap_or_else(|_| "{}".to_string())
     });
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, JSON_CONTENT_TYPE)],
         document.clone(),
     )
         .into_response()
@@ -170,7 +230,7 @@ pub async fn serve(state: Arc<AppState>, address: SocketAddr) -> std::io::Result
 async fn healthz() -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, JSON_CONTENT_TYPE)],
         r#"{"status":"ok"}"#,
     )
 }

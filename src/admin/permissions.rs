@@ -7,8 +7,11 @@
 //! Reading needs `datasources.permissions:read` and writing
 //! `datasources.permissions:write` on the datasource's scope. Listings show the grants
 //! made through this API (`isManaged: true`) and those from policy files
-//! (`isManaged: false`; a wildcard-scope file grant is `isInherited: true`). Removing a
-//! grant here removes only the managed one: a file grant stays until its file changes.
+//! (`isManaged: false`; a wildcard-scope file grant is `isInherited: true`). Every item's
+//! `id` is the grant's own and survives changes to other grants. File grants to Superset
+//! roles have no Grafana item shape; `…/role-grants` lists them. No response names a
+//! policy file or line. Removing a grant here removes only the managed one: a file grant
+//! stays until its file changes.
 
 use std::sync::Arc;
 
@@ -107,12 +110,59 @@ fn known_datasource(snapshot: &PolicySnapshot, uid: &str) -> Result<(), AdminErr
     }
 }
 
-/// Every grant on `uid`, managed ones first, in a stable order.
+/// Ids of policy-file grants sit above 2^52 (store ids never get there) and below 2^53,
+/// so they never collide with a store grant's and stay exact in JavaScript clients.
+const FILE_GRANT_ID_BASE: i64 = 1 << 52;
+
+/// A policy-file grant's id: derived from the grant itself (who, on what, which level),
+/// so it stays the same across reloads, revokes of other grants and edits elsewhere in
+/// the file.
+fn file_grant_id(subject: &str, object: &str, action: &str) -> i64 {
+    let digest = Sha256::digest(format!("{subject}\n{object}\n{action}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    FILE_GRANT_ID_BASE | (i64::from_be_bytes(bytes) & (FILE_GRANT_ID_BASE - 1))
+}
+
+/// The policy-file grants on `uid` (exact or wildcard scope), with whether each is
+/// inherited from a wildcard.
+fn file_grants_on<'a>(
+    snapshot: &'a PolicySnapshot,
+    uid: &str,
+) -> impl Iterator<Item = (&'a str, &'a str, &'a str, bool)> + 'a {
+    let exact = crate::policy::datasource_object(uid);
+    snapshot
+        .store
+        .file_datasource_grants
+        .iter()
+        .filter_map(move |sourced| {
+            let PolicyLine::Grant {
+                subject: grantee,
+                object,
+                action,
+            } = &sourced.line
+            else {
+                return None;
+            };
+            let inherited = object == "datasources:*" || object == "datasources:uid:*";
+            (object == &exact || inherited).then_some((
+                grantee.as_str(),
+                object.as_str(),
+                action.as_str(),
+                inherited,
+            ))
+        })
+}
+
+/// Every grant on `uid` to a grantee Grafana's item shape can express (users, service
+/// accounts, teams, built-in roles), managed ones first, in a stable order. Ids are the
+/// grants' own (see [`file_grant_id`] for file grants). Grants to Superset roles are
+/// listed apart, by [`role_grants`].
 pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionItem> {
     let contents = &snapshot.store.contents;
     let mut items = Vec::new();
-    let blank = |role_name: String, permission: &str| PermissionItem {
-        id: 0,
+    let blank = |id: i64, role_name: String, permission: &str| PermissionItem {
+        id,
         role_name,
         is_managed: true,
         is_inherited: false,
@@ -143,6 +193,7 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
                     continue;
                 };
                 let mut item = blank(
+                    grant.id,
                     format!("managed:users:{}:permissions", user.id),
                     &grant.permission,
                 );
@@ -162,6 +213,7 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
                     continue;
                 };
                 let mut item = blank(
+                    grant.id,
                     format!("managed:teams:{team_id}:permissions"),
                     &grant.permission,
                 );
@@ -172,6 +224,7 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
             }
             "builtin" => {
                 let mut item = blank(
+                    grant.id,
                     format!(
                         "managed:builtins:{}:permissions",
                         grant.grantee.to_lowercase()
@@ -184,21 +237,13 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
             _ => {}
         }
     }
-    let exact = crate::policy::datasource_object(uid);
-    for sourced in &snapshot.store.file_datasource_grants {
-        let PolicyLine::Grant {
-            subject: grantee,
-            object,
+    for (grantee, object, action, inherited) in file_grants_on(snapshot, uid) {
+        // `policy:` plus the grantee, never the file or line: those are operator detail.
+        let mut item = blank(
+            file_grant_id(grantee, object, action),
+            format!("policy:{grantee}"),
             action,
-        } = &sourced.line
-        else {
-            continue;
-        };
-        let inherited = object == "datasources:*" || object == "datasources:uid:*";
-        if object != &exact && !inherited {
-            continue;
-        }
-        let mut item = blank(format!("file:{}", sourced.source), action);
+        );
         item.is_managed = false;
         item.is_inherited = inherited;
         if let Some(login) = grantee.strip_prefix(subject::USER) {
@@ -229,16 +274,53 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
         } else if let Some(role) = grantee.strip_prefix(subject::BASIC) {
             item.built_in_role = Some(role.to_string());
         } else {
-            // A Superset role (`role:Admin`): no Grafana grantee field fits; the role
-            // name says who it is.
-            item.role_name = format!("{grantee} ({})", sourced.source);
+            continue;
         }
         items.push(item);
     }
-    for (index, item) in items.iter_mut().enumerate() {
-        item.id = index as i64 + 1;
-    }
     items
+}
+
+/// One policy-file grant on a datasource to a Superset/FAB role (or another grantee
+/// Grafana's permission items have no field for).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleGrant {
+    /// Stable, derived from the grant (as in the Grafana listing).
+    pub id: i64,
+    /// The grantee as the policy names it, e.g. `role:Gamma`.
+    pub subject: String,
+    /// The Superset role's name, for `role:` grantees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub permission: String,
+    pub actions: Vec<String>,
+    /// Granted on every datasource (`datasources:*`).
+    pub is_inherited: bool,
+}
+
+/// The grants on `uid` that [`permission_items`] cannot list in Grafana's shape.
+pub fn role_grants(snapshot: &PolicySnapshot, uid: &str) -> Vec<RoleGrant> {
+    file_grants_on(snapshot, uid)
+        .filter(|(grantee, ..)| {
+            ![
+                subject::USER,
+                subject::SERVICE_ACCOUNT,
+                subject::TEAM,
+                subject::BASIC,
+            ]
+            .iter()
+            .any(|prefix| grantee.starts_with(prefix))
+        })
+        .map(|(grantee, object, action, inherited)| RoleGrant {
+            id: file_grant_id(grantee, object, action),
+            subject: grantee.to_string(),
+            role: grantee.strip_prefix(subject::ROLE).map(str::to_string),
+            permission: action.to_string(),
+            actions: level_actions(action),
+            is_inherited: inherited,
+        })
+        .collect()
 }
 
 #[utoipa::path(
@@ -265,6 +347,34 @@ pub async fn get_permissions(
         Ok(json_response(
             StatusCode::OK,
             &permission_items(&caller.snapshot, &uid),
+        ))
+    })())
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/access-control/datasources/{uid}/role-grants",
+    tag = "datasource permissions",
+    params(("uid" = String, Path, description = "datasource uid")),
+    responses(
+        (status = 200, description = "policy-file grants on the datasource to Superset roles, which Grafana's permission items cannot express", body = [RoleGrant]),
+        (status = 401, description = "no or invalid credentials", body = Message),
+        (status = 403, description = "caller lacks `datasources.permissions:read` on it", body = Message),
+        (status = 404, description = "unknown datasource", body = Message),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_role_grants(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+) -> Response {
+    into_response((|| -> AdminResult {
+        let caller = require_datasource_action(&state, &headers, &uid, READ)?;
+        known_datasource(&caller.snapshot, &uid)?;
+        Ok(json_response(
+            StatusCode::OK,
+            &role_grants(&caller.snapshot, &uid),
         ))
     })())
 }

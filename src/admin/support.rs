@@ -22,6 +22,9 @@ use crate::store::{Applied, Change, Store, StoreContents};
 /// The role that may use every admin endpoint.
 pub const ADMIN_ROLE: &str = "Admin";
 
+/// Every JSON response of the admin API says so, with its charset (as Grafana does).
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=UTF-8";
+
 /// Inspected admin bodies larger than this are refused.
 pub const MAX_ADMIN_BODY_BYTES: usize = 256 * 1024;
 
@@ -32,7 +35,7 @@ pub fn error_response(error: &AdminError) -> Response {
 pub fn http_error_response(error: HttpError) -> Response {
     let mut response = (
         StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, JSON_CONTENT_TYPE)],
         error.json_body(),
     )
         .into_response();
@@ -48,7 +51,7 @@ pub fn http_error_response(error: HttpError) -> Response {
 
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, JSON_CONTENT_TYPE)], bytes).into_response(),
         Err(error) => error_response(&AdminError::Internal(error.to_string())),
     }
 }

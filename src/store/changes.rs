@@ -168,9 +168,9 @@ pub(crate) fn check_name(field: &str, value: &str) -> Result<(), StoreError> {
     if value.trim().is_empty() {
         return Err(StoreError::Invalid(format!("`{field}` must not be empty")));
     }
-    if value.len() > 190 {
+    if value.chars().count() > 190 {
         return Err(StoreError::Invalid(format!(
-            "`{field}` is longer than 190 bytes"
+            "`{field}` is longer than 190 characters"
         )));
     }
     if value != value.trim()
@@ -418,25 +418,28 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
             .await?
             .map(|row| row.try_get::<String, _>(0))
             .transpose()?;
-            sqlx::query(
-                "DELETE FROM datasource_grants WHERE datasource_uid = $1 AND grantee_kind = $2 AND grantee = $3",
-            )
-            .bind(datasource_uid.clone())
-            .bind(kind)
-            .bind(key.clone())
-            .execute(&mut **tx)
-            .await?;
-            if let Some(level) = level {
-                sqlx::query(
-                    "INSERT INTO datasource_grants (datasource_uid, grantee_kind, grantee, permission) VALUES ($1, $2, $3, $4)",
-                )
+            // A changed level updates the row in place, so the grant keeps its id.
+            let statement = match (&before, level) {
+                (_, None) => {
+                    "DELETE FROM datasource_grants WHERE datasource_uid = $1 AND grantee_kind = $2 AND grantee = $3"
+                }
+                (Some(_), Some(_)) => {
+                    "UPDATE datasource_grants SET permission = $4 WHERE datasource_uid = $1 AND grantee_kind = $2 AND grantee = $3"
+                }
+                (None, Some(_)) => {
+                    "INSERT INTO datasource_grants (datasource_uid, grantee_kind, grantee, permission) VALUES ($1, $2, $3, $4)"
+                }
+            };
+            let query = sqlx::query(statement)
                 .bind(datasource_uid.clone())
                 .bind(kind)
-                .bind(key.clone())
-                .bind(level.clone())
-                .execute(&mut **tx)
-                .await?;
+                .bind(key.clone());
+            match level {
+                Some(level) => query.bind(level.clone()),
+                None => query,
             }
+            .execute(&mut **tx)
+            .await?;
             let state = |permission: &Option<String>| {
                 permission
                     .as_ref()

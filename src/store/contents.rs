@@ -129,7 +129,7 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
     .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
     .collect::<Result<_, StoreError>>()?;
     let grants = sqlx::query(
-        "SELECT datasource_uid, grantee_kind, grantee, permission FROM datasource_grants \
+        "SELECT datasource_uid, grantee_kind, grantee, permission, id FROM datasource_grants \
          ORDER BY datasource_uid, grantee_kind, grantee",
     )
     .fetch_all(&mut **tx)
@@ -141,6 +141,7 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
             grantee_kind: row.try_get(1)?,
             grantee: row.try_get(2)?,
             permission: row.try_get(3)?,
+            id: row.try_get(4)?,
         })
     })
     .collect::<Result<_, StoreError>>()?;

@@ -17,6 +17,7 @@
 mod changes;
 mod contents;
 mod records;
+mod search;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,6 +29,7 @@ use sqlx::{AnyPool, Row};
 pub use changes::{Change, DatasourceInput, Grantee, ServiceAccountTokenInput, UserInput};
 pub use contents::{StoreContents, StoreIdentity};
 pub use records::*;
+pub use search::{Found, SearchPage};
 
 /// The PostgreSQL channel every write announces its revision on.
 pub const CHANGE_CHANNEL: &str = "datagate_policy";

@@ -13,15 +13,23 @@ use crate::rls::{Dialect, FilterDefinition};
 
 /// `page` (1-based) and `page_size` query parameters.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageRequest {
+    /// 1-based page number.
     #[serde(default = "default_page")]
+    #[param(minimum = 1, maximum = 1_000_000, default = 1, required = false)]
     pub page: i64,
+    /// Items per page.
     #[serde(default = "default_page_size")]
+    #[param(minimum = 1, maximum = 1000, default = 50, required = false)]
     pub page_size: i64,
 }
 
 pub const MAX_PAGE_SIZE: i64 = 1000;
+
+/// The largest `page` accepted (pages past the end are empty anyway).
+pub const MAX_PAGE: i64 = 1_000_000;
 
 fn default_page() -> i64 {
     1
@@ -41,9 +49,9 @@ impl Default for PageRequest {
 
 impl PageRequest {
     pub fn validate(&self) -> Result<(), StoreError> {
-        if self.page < 1 {
+        if !(1..=MAX_PAGE).contains(&self.page) {
             return Err(StoreError::Invalid(format!(
-                "`page` must be at least 1, got `{}`",
+                "`page` must be between 1 and {MAX_PAGE}, got `{}`",
                 self.page
             )));
         }
@@ -175,6 +183,8 @@ pub struct DatasourceRecord {
 /// One datasource grant held in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GrantRow {
+    /// Stable for the grant's life: a permission change keeps it, a revoke retires it.
+    pub id: i64,
     pub datasource_uid: String,
     /// `user`, `team` or `builtin`.
     pub grantee_kind: String,
@@ -199,11 +209,16 @@ pub struct AuditRecord {
 
 /// Filters for `GET /api/audit`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// 1-based page number.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1_000_000, default = 1)]
     pub page: Option<i64>,
+    /// Items per page.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000, default = 50)]
     pub page_size: Option<i64>,
     /// Only changes made by this actor (login).
     #[serde(default)]
@@ -213,9 +228,11 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// RFC 3339; only changes at or after.
     #[serde(default)]
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; only changes before.
     #[serde(default)]
+    #[param(format = DateTime)]
     pub to: Option<String>,
 }
 

@@ -2,7 +2,16 @@
 """Compatibility check: drive datagate's Grafana-compatible datasource
 permissions API (admin listener) with the real `grafana-client` package.
 
-Endpoints exercised (all under the client's fixed `/api` prefix):
+Endpoints exercised (all under the client's fixed `/api` prefix), through
+the client's high-level methods:
+  connect(), version, health.check()      GET /api/frontend/settings
+  organization.get_current_organization() GET /api/org
+  users.search_users()                     GET /api/users?page=N (until an empty page)
+  users.find_user()                        GET /api/users/lookup?loginOrEmail=
+  teams.search_teams(), get_team_by_name() GET /api/teams/search
+  serviceaccount.search()                  GET /api/serviceaccounts/search
+  datasource.list_datasources()            GET /api/datasources
+  datasource.get_datasource_by_uid()       GET /api/datasources/uid/{uid}
   GET  /api/access-control/datasources/{uid}
   POST /api/access-control/datasources/{uid}/users/{id}           {"permission": ...}
   POST /api/access-control/datasources/{uid}/teams/{id}           {"permission": ...}
@@ -15,7 +24,8 @@ client's generic `api.client.POST` is used and a `note:` line says so.
 Usage:
   python3 tests/compat/grafana_client_check.py --url http://127.0.0.1:PORT \
       --admin-token JWT --viewer-token JWT --datasource UID \
-      --user-id N --team-id N
+      --user-id N --user-login LOGIN --user-email EMAIL \
+      --team-id N --team-name NAME --service-account-login LOGIN
 
 Prints one `ok: ...` / `FAIL: ...` line per check; exit 1 if any failed.
 """
@@ -164,6 +174,138 @@ def find_items(items, key, value, managed_only=False):
     ]
 
 
+def run_directory_checks(admin, anon, args):
+    """The read calls a typical permissions script makes around the permission
+    methods: connect, look people and teams up, find the datasource."""
+
+    def connect():
+        info = admin.connect()
+        assert isinstance(info, dict) and info.get("version"), "no buildInfo.version in %r" % (info,)
+
+    check("connect() returns buildInfo with a version", connect)
+
+    def version_only():
+        assert admin.version and admin.version.split(".")[0].isdigit(), (
+            "version %r is not a Grafana version" % (admin.version,)
+        )
+        return None
+
+    check("version is a Grafana version number (%s)" % admin.version, version_only)
+    check("health.check() answers", lambda: None if admin.health.check() else "empty")
+    check(
+        "health.check() without credentials (clients call it before logging in)",
+        lambda: None if anon.health.check() else "empty",
+    )
+
+    def org():
+        found = admin.organization.get_current_organization()
+        assert found.get("id") == 1 and found.get("name"), "unexpected org %r" % (found,)
+
+    check("organization.get_current_organization()", org)
+
+    def all_users():
+        users = admin.users.search_users()
+        assert isinstance(users, list), "expected a list, got %r" % (users,)
+        logins = [u.get("login") for u in users]
+        assert args.user_login in logins, "%s not in %r" % (args.user_login, logins)
+        assert len(logins) == len(set(logins)), "a user listed twice: %r" % (logins,)
+
+    check("users.search_users() returns every user (pages until an empty page)", all_users)
+
+    def paged_users():
+        users = admin.users.search_users(perpage=1)
+        logins = [u.get("login") for u in users]
+        assert args.user_login in logins and len(logins) == len(set(logins)), logins
+
+    check("users.search_users(perpage=1) walks every page once", paged_users)
+
+    def queried_users():
+        users = admin.users.search_users(query=args.user_login.upper(), page=1)
+        assert [u.get("login") for u in users] == [args.user_login], users
+
+    check("users.search_users(query=..., page=1) matches case-insensitively", queried_users)
+
+    def find_by_login():
+        found = admin.users.find_user(args.user_login)
+        assert found.get("id") == args.user_id and found.get("login") == args.user_login, found
+
+    check("users.find_user(login)", find_by_login)
+
+    def find_by_email():
+        found = admin.users.find_user(args.user_email)
+        assert found.get("id") == args.user_id, found
+
+    check("users.find_user(email)", find_by_email)
+    expect_error(
+        "users.find_user(unknown)",
+        lambda: admin.users.find_user("nobody-%s" % uuid.uuid4().hex[:8]),
+        GrafanaClientError,
+        404,
+    )
+
+    def teams():
+        found = admin.teams.search_teams()
+        assert args.team_name in [t.get("name") for t in found], found
+
+    check("teams.search_teams() returns every team", teams)
+
+    def teams_query():
+        found = admin.teams.search_teams(query=args.team_name[:4])
+        assert args.team_name in [t.get("name") for t in found], found
+
+    check("teams.search_teams(query=...)", teams_query)
+
+    def team_by_name():
+        found = admin.teams.get_team_by_name(args.team_name)
+        assert [t.get("id") for t in found] == [args.team_id], found
+
+    check("teams.get_team_by_name(name)", team_by_name)
+    check(
+        "teams.get_team_by_name(unknown) is empty",
+        lambda: None
+        if admin.teams.get_team_by_name("no-such-team-%s" % uuid.uuid4().hex[:8]) == []
+        else "not empty",
+    )
+
+    def service_accounts():
+        pages = admin.serviceaccount.search()
+        logins = [a.get("login") for page in pages for a in page.get("serviceAccounts", [])]
+        assert args.service_account_login in logins, pages
+
+    check("serviceaccount.search() returns every service account", service_accounts)
+
+    def one_service_account():
+        found = admin.serviceaccount.search_one(service_account_name=args.service_account_login)
+        assert found.get("login") == args.service_account_login, found
+
+    check("serviceaccount.search_one(name)", one_service_account)
+
+    def datasources():
+        found = admin.datasource.list_datasources()
+        assert args.datasource in [d.get("uid") for d in found], found
+
+    check("datasource.list_datasources() includes the config-file datasource", datasources)
+
+    def by_uid():
+        found = admin.datasource.get_datasource_by_uid(args.datasource)
+        assert found.get("uid") == args.datasource and isinstance(found.get("id"), int), found
+        assert found.get("readOnly") is True, "a config-file datasource is read-only: %r" % (found,)
+
+    check("datasource.get_datasource_by_uid(uid)", by_uid)
+    expect_error(
+        "datasource.get_datasource_by_uid(unknown)",
+        lambda: admin.datasource.get_datasource_by_uid("no-such-%s" % uuid.uuid4().hex[:8]),
+        GrafanaClientError,
+        404,
+    )
+    expect_error(
+        "users.search_users() without credentials",
+        lambda: anon.users.search_users(),
+        GrafanaUnauthorizedError,
+        401,
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description="Check datagate's Grafana-compatible datasource "
@@ -179,6 +321,12 @@ def main(argv=None):
     p.add_argument("--datasource", required=True, help="uid of an existing datasource")
     p.add_argument("--user-id", required=True, type=int, help="id of an existing store user")
     p.add_argument("--team-id", required=True, type=int, help="id of an existing store team")
+    p.add_argument("--user-login", required=True, help="login of that user")
+    p.add_argument("--user-email", required=True, help="email of that user")
+    p.add_argument("--team-name", required=True, help="name of that team")
+    p.add_argument(
+        "--service-account-login", required=True, help="login of an existing service account"
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout (s)")
     args = p.parse_args(argv)
 
@@ -216,6 +364,9 @@ def main(argv=None):
                 prior[key] = found[0].get("permission", "")
 
     check("initial GET /api/access-control/datasources/%s" % uid, snapshot)
+
+    # --- what scripts call around the permission methods ---------------------
+    run_directory_checks(admin, anon, args)
 
     granted = {"user": False, "team": False, "role": False}
     try:
@@ -325,7 +476,31 @@ def main(argv=None):
                 granted["user"] = False
             return r
 
+        ids_before = {
+            (it.get("teamId"), it.get("builtInRole"), it.get("userLogin"), it.get("roleName")): it.get("id")
+            for it in items
+            if isinstance(it, dict) and it.get("userId") != user_id
+        }
+
         check("revoke user %d (permission \"\") -> Permission removed" % user_id, revoke_user)
+
+        def ids_stable():
+            after = get_perms(uid)
+            for it in after:
+                key = (it.get("teamId"), it.get("builtInRole"), it.get("userLogin"), it.get("roleName"))
+                if key in ids_before:
+                    assert it.get("id") == ids_before[key], (
+                        "grant %r changed id from %r to %r after another grant's revoke"
+                        % (key, ids_before[key], it.get("id"))
+                    )
+            ids = [it.get("id") for it in after]
+            assert len(ids) == len(set(ids)), "duplicate ids in %r" % (after,)
+            for it in after:
+                assert "file" not in str(it.get("roleName")) and ".csv" not in str(it), (
+                    "a policy file is named in %r" % (it,)
+                )
+
+        check("GET after revoke: the other grants keep their ids, ids unique, no file names", ids_stable)
 
         def user_gone():
             after = get_perms(uid)
