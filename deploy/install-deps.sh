@@ -26,3 +26,5 @@ fi
 # The Superset integration test (tests/superset.rs) runs a real Apache Superset 6.1 from
 # its own virtual environment, cached between runs on a kept machine.
 "$(dirname "$0")/../tests/compat/superset/install.sh"
+# Identity tests: a real OpenID Connect provider (oidc-provider on Node) and Chromium.
+"$(dirname "$0")/../tests/compat/oidc/install.sh"

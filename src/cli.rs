@@ -445,6 +445,7 @@ fn start_admin_listener(
         .spawn(move || {
             runtime.block_on(async move {
                 crate::replication::start(state.clone());
+                state.authenticator.start_key_refresh(state.metrics.clone());
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
                         tracing::info!(%address, "admin listener ready");

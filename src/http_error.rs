@@ -111,6 +111,15 @@ impl From<&Refusal> for HttpError {
             Refusal::Authentication(error) if error.is_config_error() => {
                 HttpError::new(500, "authentication is misconfigured")
             }
+            Refusal::Authentication(AuthnError::KeysUnavailable) => {
+                HttpError::new(503, message).with_kind("identity_keys_unavailable")
+            }
+            Refusal::Authentication(AuthnError::CrossSiteRequest) => {
+                HttpError::new(403, message).with_kind("cross_site_request")
+            }
+            Refusal::Authentication(AuthnError::Login(_)) => {
+                HttpError::new(400, message).with_kind("sign_in_failed")
+            }
             Refusal::Authentication(_) => HttpError::unauthorized(message, true),
             Refusal::BadPath(_)
             | Refusal::BadRequest(_)

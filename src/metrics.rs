@@ -42,6 +42,17 @@ pub struct Metrics {
     pub credential_age_seconds: prometheus::Histogram,
     /// Database token cache lookups, by result (hit, miss).
     pub token_cache: IntCounterVec,
+    /// Identity-provider JWKS fetches, by trigger (startup, scheduled, kid_miss) and
+    /// result (updated, unchanged, failed).
+    pub jwks_fetches: IntCounterVec,
+    /// Failed JWKS fetches, by reason (unreachable, status, too_large, invalid, discovery).
+    pub jwks_fetch_failures: IntCounterVec,
+    /// Tokens naming an unknown kid, by what followed (refetched, waited, rate_limited).
+    pub jwks_kid_misses: IntCounterVec,
+    /// Seconds since the serving JWKS was last fetched successfully.
+    pub jwks_key_set_age_seconds: prometheus::Gauge,
+    /// Signing keys in the serving JWKS.
+    pub jwks_keys: IntGauge,
     /// Seconds between a write's commit on some replica and this replica serving it
     /// (measured from the audit timestamp; clocks of different hosts must agree).
     pub store_propagation_seconds: prometheus::Histogram,
@@ -292,6 +303,35 @@ impl Metrics {
         ] {
             registry.register(collector)?;
         }
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "datagate_jwks_fetches_total",
+                "Identity-provider JWKS fetches, by trigger and result (updated, unchanged, failed).",
+            ),
+            &["trigger", "result"],
+        )?;
+        let jwks_fetch_failures = IntCounterVec::new(
+            Opts::new(
+                "datagate_jwks_fetch_failures_total",
+                "Failed identity-provider JWKS fetches, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let jwks_kid_misses = IntCounterVec::new(
+            Opts::new(
+                "datagate_jwks_kid_misses_total",
+                "Tokens naming a kid no key set holds, by what followed (refetched, waited, rate_limited).",
+            ),
+            &["result"],
+        )?;
+        let jwks_key_set_age_seconds = prometheus::Gauge::new(
+            "datagate_jwks_key_set_age_seconds",
+            "Seconds since the serving identity-provider JWKS was last fetched successfully.",
+        )?;
+        let jwks_keys = IntGauge::new(
+            "datagate_jwks_keys",
+            "Signing keys in the serving identity-provider JWKS.",
+        )?;
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decision_seconds.clone()),
@@ -309,6 +349,11 @@ impl Metrics {
             Box::new(credential_refreshes.clone()),
             Box::new(credential_age_seconds.clone()),
             Box::new(token_cache.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_fetch_failures.clone()),
+            Box::new(jwks_kid_misses.clone()),
+            Box::new(jwks_key_set_age_seconds.clone()),
+            Box::new(jwks_keys.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -338,6 +383,11 @@ impl Metrics {
             build_info,
             connections_refused,
             connections_open,
+            jwks_fetches,
+            jwks_fetch_failures,
+            jwks_kid_misses,
+            jwks_key_set_age_seconds,
+            jwks_keys,
         })
     }
 

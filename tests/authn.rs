@@ -896,3 +896,63 @@ fn repeated_tokens_give_the_same_principal_with_or_without_cache() {
         );
     }
 }
+
+// ------------------------------------------------- claims read two ways (issue 10)
+
+/// A correctly signed HS256 token over exactly these header and payload bytes.
+fn hs256_over_raw_payload(payload: &str) -> String {
+    let header = b64(&json!({"alg": "HS256", "typ": "JWT", "kid": "hmac-1"}));
+    let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{message}.{signature}")
+}
+
+#[test]
+fn a_token_naming_one_claim_twice_is_refused_not_read_last_wins() {
+    let exp = now() + 600;
+    // serde_json (and so jsonwebtoken) would keep the second `roles`; other JWT
+    // libraries keep the first.
+    let payload = format!(
+        r#"{{"sub":"u-1","iss":"https://idp.example","aud":"datagate","exp":{exp},"roles":["Gamma"],"roles":["Admin"]}}"#
+    );
+    assert_eq!(
+        auth_jwt(&hs256_over_raw_payload(&payload)),
+        Err(AuthnError::Malformed(Malformed::RepeatedClaim))
+    );
+    let nested = format!(
+        r#"{{"sub":"u-1","iss":"https://idp.example","aud":"datagate","exp":{exp},"realm":{{"r":1,"r":2}}}}"#
+    );
+    assert_eq!(
+        auth_jwt(&hs256_over_raw_payload(&nested)),
+        Err(AuthnError::Malformed(Malformed::RepeatedClaim))
+    );
+    let fine = format!(
+        r#"{{"sub":"u-1","iss":"https://idp.example","aud":"datagate","exp":{exp},"roles":["Gamma"]}}"#
+    );
+    assert!(auth_jwt(&hs256_over_raw_payload(&fine)).is_ok());
+}
+
+#[test]
+fn iss_must_be_a_single_string() {
+    // jsonwebtoken accepts an array `iss` containing the configured issuer.
+    let claims = with(
+        good_claims(),
+        "iss",
+        json!(["https://idp.example", "https://evil.example"]),
+    );
+    match auth_jwt(&hs256(&claims)) {
+        Err(AuthnError::InvalidClaim { claim, .. }) => assert_eq!(claim, "iss"),
+        other => panic!("array iss accepted: {other:?}"),
+    }
+    let claims = with(good_claims(), "iss", json!(42));
+    assert!(auth_jwt(&hs256(&claims)).is_err());
+    // Without a configured issuer, a non-string `iss` is refused just the same.
+    let no_issuer = build(&full_yaml().replace("  issuer: https://idp.example\n", "")).unwrap();
+    let claims = with(good_claims(), "iss", json!(["a", "b"]));
+    assert!(no_issuer.authenticate(Some(&bearer(&hs256(&claims))), None).is_err());
+}

@@ -238,6 +238,8 @@ async fn healthz() -> impl IntoResponse {
 /// Ready once the proxy port accepts connections, a valid snapshot is serving and, with a
 /// store, this replica has confirmed its grants are current within `store.max_staleness`;
 /// 503 `draining` from SIGTERM (or SIGQUIT, an upgrade) on.
+/// With remote JWT keys, also not ready until the identity provider's JWKS has been
+/// fetched, nor once it is older than `max_stale`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "serving a valid, current policy"), (status = 503, description = "starting (the proxy port is not accepting yet), draining (shutting down or upgrading), or grants may be stale")))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -261,6 +263,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "status": "stale",
             "policy_revision": snapshot.revision,
             "message": format!("grants not confirmed current for {} s", age.as_secs()),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    if let Err(reason) = state.authenticator.readiness() {
+        let body = json!({
+            "status": "identity_keys_unavailable",
+            "policy_revision": snapshot.revision,
+            "message": reason,
         });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }

@@ -3,7 +3,9 @@
 //! RS256/ES256 verification costs hundreds of microseconds per request while clients
 //! resend the same token for its whole lifetime. The cache is keyed by sha256(token), so a
 //! hit requires presenting exactly the verified bytes, and each entry remembers the
-//! token's `exp` (+ leeway), which is enforced on every hit. It lives inside the
+//! token's `exp` (+ leeway), which is enforced on every hit, and the generation of the
+//! key set that verified it, so a key rotated out of a remote JWKS stops verifying cached
+//! tokens at the same refresh that removes it. It lives inside the
 //! `Authenticator`, so a config reload (key removed, issuer changed) drops it entirely.
 
 use std::collections::HashMap;
@@ -17,6 +19,9 @@ struct Entry {
     principal: Principal,
     /// Unix seconds after which the entry must not be used (`exp` + leeway).
     usable_until: u64,
+    /// The key set generation that verified the token (see `jwt::LOCAL_GENERATION`);
+    /// the caller refuses the entry once that set no longer serves.
+    generation: u64,
 }
 
 pub(crate) struct VerifiedTokenCache {
@@ -36,12 +41,12 @@ impl VerifiedTokenCache {
         self.capacity > 0
     }
 
-    pub(crate) fn get(&self, digest: &TokenDigest, now: u64) -> Option<Principal> {
+    pub(crate) fn get(&self, digest: &TokenDigest, now: u64) -> Option<(Principal, u64)> {
         // A poisoned lock only means another thread panicked mid-insert; treating it as
         // a miss falls back to full verification, which is always correct.
         let entries = self.entries.lock().ok()?;
         let entry = entries.get(digest)?;
-        (now <= entry.usable_until).then(|| entry.principal.clone())
+        (now <= entry.usable_until).then(|| (entry.principal.clone(), entry.generation))
     }
 
     pub(crate) fn insert(
@@ -50,6 +55,7 @@ impl VerifiedTokenCache {
         principal: &Principal,
         usable_until: u64,
         now: u64,
+        generation: u64,
     ) {
         let Ok(mut entries) = self.entries.lock() else {
             return;
@@ -67,6 +73,7 @@ impl VerifiedTokenCache {
             Entry {
                 principal: principal.clone(),
                 usable_until,
+                generation,
             },
         );
     }
@@ -80,17 +87,17 @@ mod tests {
     fn entries_expire_and_capacity_is_bounded() {
         let cache = VerifiedTokenCache::new(2);
         let principal = Principal::anonymous(vec![]);
-        cache.insert([1; 32], &principal, 100, 50);
+        cache.insert([1; 32], &principal, 100, 50, 0);
         assert!(cache.get(&[1; 32], 100).is_some());
         assert!(cache.get(&[1; 32], 101).is_none());
         assert!(cache.get(&[2; 32], 50).is_none());
-        cache.insert([2; 32], &principal, 200, 50);
-        cache.insert([3; 32], &principal, 200, 150);
+        cache.insert([2; 32], &principal, 200, 50, 0);
+        cache.insert([3; 32], &principal, 200, 150, 0);
         // [1] had expired at 150 and was evicted; [2] and [3] are live.
         assert!(cache.get(&[1; 32], 60).is_none());
         assert!(cache.get(&[2; 32], 150).is_some());
         assert!(cache.get(&[3; 32], 150).is_some());
-        cache.insert([4; 32], &principal, 300, 150);
+        cache.insert([4; 32], &principal, 300, 150, 0);
         let live = [[2; 32], [3; 32], [4; 32]]
             .iter()
             .filter(|digest| cache.get(digest, 150).is_some())

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
@@ -23,7 +24,7 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 pub const DEFAULT_API_KEY_HEADER: &str = "X-API-Key";
 pub const DEFAULT_VERIFIED_TOKEN_CACHE_ENTRIES: usize = 10_000;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     #[serde(default)]
@@ -32,6 +33,25 @@ pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
     #[serde(default)]
     pub api_keys: Option<ApiKeysConfig>,
+    /// Where tokens are read from, in order (see `sources.rs`); default `authorization`.
+    #[serde(default = "super::sources::default_token_sources")]
+    pub token_sources: Vec<super::sources::TokenSourceConfig>,
+    /// Browser sign-in with OpenID Connect (see `oidc.rs`); needs `jwt.issuer` with
+    /// `discovery: true`.
+    #[serde(default)]
+    pub oidc: Option<super::oidc::OidcConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: AnonymousConfig::default(),
+            jwt: None,
+            api_keys: None,
+            token_sources: super::sources::default_token_sources(),
+            oidc: None,
+        }
+    }
 }
 
 /// Callers without credentials. Disabled unless configured: a forgotten `auth:` section
@@ -75,11 +95,91 @@ pub struct JwtConfig {
     /// A JWKS document; every key in it must carry `alg`, which pins it.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS served by the identity provider (https, or http on a loopback address),
+    /// fetched at start and kept fresh in the background (see `remote.rs`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Read `jwks_uri` from `{issuer}/.well-known/openid-configuration` (needs `issuer`).
+    #[serde(default)]
+    pub discovery: bool,
+    /// When and how remote keys are refreshed.
+    #[serde(default)]
+    pub jwks_refresh: JwksRefreshConfig,
+    /// The algorithm for remote JWKS keys that carry no `alg` (Entra ID omits it). Must
+    /// be asymmetric and fit the key type; without it such keys are skipped.
+    #[serde(default)]
+    pub jwks_default_algorithm: Option<Algorithm>,
     #[serde(default)]
     pub claims: ClaimMapping,
     /// How many verified tokens to remember (0 disables the cache); see `cache.rs`.
     #[serde(default = "default_cache_entries")]
     pub verified_token_cache_entries: usize,
+}
+
+/// The refresh schedule of a remote JWKS. Durations are written `30s`, `10m`, `1h`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksRefreshConfig {
+    /// Refresh interval when the response has no `Cache-Control: max-age`.
+    #[serde(default = "default_refresh_interval", with = "crate::config::duration_text")]
+    pub interval: Duration,
+    /// `max-age` is honoured, but never below this...
+    #[serde(default = "default_min_refresh", with = "crate::config::duration_text")]
+    pub min_interval: Duration,
+    /// ...nor above this: a key the IdP removes stops verifying within it.
+    #[serde(default = "default_max_refresh", with = "crate::config::duration_text")]
+    pub max_interval: Duration,
+    /// After a failed fetch, the next attempt comes this much later.
+    #[serde(default = "default_retry_interval", with = "crate::config::duration_text")]
+    pub retry_interval: Duration,
+    /// How long the last good key set keeps verifying while the IdP cannot be reached;
+    /// after that, tokens it would verify are refused and `/readyz` reports why.
+    #[serde(default = "default_max_stale", with = "crate::config::duration_text")]
+    pub max_stale: Duration,
+    /// A token naming an unknown `kid` triggers a refetch at most this often (a flood of
+    /// made-up kids costs the IdP one request per interval).
+    #[serde(default = "default_kid_miss_interval", with = "crate::config::duration_text")]
+    pub kid_miss_min_interval: Duration,
+    /// Bound on one fetch (connect + response); also how long a request waits for a
+    /// kid-miss refetch.
+    #[serde(default = "default_fetch_timeout", with = "crate::config::duration_text")]
+    pub fetch_timeout: Duration,
+}
+
+impl Default for JwksRefreshConfig {
+    fn default() -> Self {
+        JwksRefreshConfig {
+            interval: default_refresh_interval(),
+            min_interval: default_min_refresh(),
+            max_interval: default_max_refresh(),
+            retry_interval: default_retry_interval(),
+            max_stale: default_max_stale(),
+            kid_miss_min_interval: default_kid_miss_interval(),
+            fetch_timeout: default_fetch_timeout(),
+        }
+    }
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_retry_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_stale() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_kid_miss_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_cache_entries() -> usize {
@@ -210,6 +310,17 @@ impl AuthConfig {
         if let Some(api_keys) = &self.api_keys {
             api_keys.validate()?;
         }
+        if self.oidc.is_some()
+            && !self
+                .jwt
+                .as_ref()
+                .is_some_and(|jwt| jwt.discovery && jwt.issuer.is_some())
+        {
+            return Err(AuthnError::config(
+                "auth.oidc",
+                "needs `auth.jwt.issuer` with `discovery: true` (endpoints and keys come from the provider's metadata)",
+            ));
+        }
         Ok(())
     }
 
@@ -249,10 +360,11 @@ impl JwtConfig {
             }
             check_names("auth.jwt.audience", audience)?;
         }
-        if self.keys.is_empty() && self.jwks_file.is_none() {
+        self.validate_remote()?;
+        if self.keys.is_empty() && self.jwks_file.is_none() && !self.has_remote_keys() {
             return Err(AuthnError::config(
                 "auth.jwt.keys",
-                "no verification keys: configure `keys` or `jwks_file` (or remove `jwt`)",
+                "no verification keys: configure `keys`, `jwks_file`, `jwks_url` or `discovery` (or remove `jwt`)",
             ));
         }
         let mut kids = HashSet::new();
@@ -268,6 +380,98 @@ impl JwtConfig {
             }
         }
         self.claims.validate()
+    }
+}
+
+impl JwtConfig {
+    /// Whether keys come from the identity provider (a JWKS URL or discovery).
+    pub fn has_remote_keys(&self) -> bool {
+        self.jwks_url.is_some() || self.discovery
+    }
+
+    fn validate_remote(&self) -> Result<(), AuthnError> {
+        if let Some(url) = &self.jwks_url {
+            if self.discovery {
+                return Err(AuthnError::config(
+                    "auth.jwt.jwks_url",
+                    "set `jwks_url` or `discovery: true`, not both",
+                ));
+            }
+            check_fetch_url(url).map_err(|problem| AuthnError::config("auth.jwt.jwks_url", problem))?;
+        }
+        if self.discovery {
+            let Some(issuer) = &self.issuer else {
+                return Err(AuthnError::config(
+                    "auth.jwt.discovery",
+                    "needs `auth.jwt.issuer` (discovery reads `{issuer}/.well-known/openid-configuration`)",
+                ));
+            };
+            check_fetch_url(issuer).map_err(|problem| AuthnError::config("auth.jwt.issuer", problem))?;
+        }
+        if let Some(algorithm) = self.jwks_default_algorithm
+            && algorithm.family() == AlgorithmFamily::Hmac
+        {
+            return Err(AuthnError::config(
+                "auth.jwt.jwks_default_algorithm",
+                format!("{algorithm:?} is symmetric; remote keys are public keys"),
+            ));
+        }
+        let refresh = &self.jwks_refresh;
+        let zero = Duration::ZERO;
+        for (key, value) in [
+            ("interval", refresh.interval),
+            ("min_interval", refresh.min_interval),
+            ("max_interval", refresh.max_interval),
+            ("retry_interval", refresh.retry_interval),
+            ("max_stale", refresh.max_stale),
+            ("fetch_timeout", refresh.fetch_timeout),
+        ] {
+            if value == zero {
+                return Err(AuthnError::config(
+                    format!("auth.jwt.jwks_refresh.{key}"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        if !(refresh.min_interval <= refresh.interval && refresh.interval <= refresh.max_interval) {
+            return Err(AuthnError::config(
+                "auth.jwt.jwks_refresh",
+                "needs min_interval <= interval <= max_interval",
+            ));
+        }
+        if refresh.max_stale <= refresh.max_interval {
+            return Err(AuthnError::config(
+                "auth.jwt.jwks_refresh.max_stale",
+                "must be longer than max_interval, or keys would go stale between two refreshes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Remote key material is fetched over https only; plain http is accepted for loopback
+/// addresses (an IdP on the same host or in the same pod), where nobody is on the path.
+pub fn check_fetch_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|error| format!("`{text}` is not a URL: {error}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("`{text}` must not carry credentials"));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback_host(&url) => Ok(url),
+        "http" => Err(format!(
+            "`{text}` is plain http; use https (http is accepted on loopback addresses only)"
+        )),
+        other => Err(format!("`{text}`: scheme `{other}` is not https")),
+    }
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 

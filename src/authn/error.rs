@@ -29,6 +29,8 @@ pub enum Malformed {
     TokenHeader,
     /// The token header lists `crit` extensions, none of which we understand.
     CriticalHeader,
+    /// The token's claims object names one claim twice.
+    RepeatedClaim,
 }
 
 impl fmt::Display for Malformed {
@@ -47,6 +49,7 @@ impl fmt::Display for Malformed {
             Malformed::Token => "token is not a well-formed JWT",
             Malformed::TokenHeader => "token header is invalid or names an unsupported algorithm",
             Malformed::CriticalHeader => "token header lists unsupported critical extensions",
+            Malformed::RepeatedClaim => "token claims name one claim more than once",
         })
     }
 }
@@ -93,6 +96,23 @@ pub enum AuthnError {
     InvalidClaim { claim: String, reason: String },
     #[error("unknown api key")]
     UnknownApiKey,
+    /// The identity provider's keys could not be fetched, or the last good set is older
+    /// than `auth.jwt.jwks_refresh.max_stale`; tokens are refused rather than trusted.
+    #[error("the identity provider's signing keys are unavailable; try again later")]
+    KeysUnavailable,
+    #[error("the session cookie is not valid; sign in again")]
+    SessionInvalid,
+    #[error("the session has expired; sign in again")]
+    SessionExpired,
+    #[error("the identity is too large for a session cookie")]
+    SessionTooLarge,
+    /// A state-changing request authenticated by a cookie came from another site (or
+    /// did not say where it came from).
+    #[error("cross-site request refused: a request authenticated by a cookie must come from this site (Origin / Sec-Fetch-Site)")]
+    CrossSiteRequest,
+    /// The OpenID Connect login callback could not complete.
+    #[error("sign-in failed: {0}")]
+    Login(String),
     #[error("invalid auth config at {0}")]
     Config(ConfigError),
 }

@@ -8,7 +8,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use super::config::{JwtConfig, JwtKeyConfig, MIN_HMAC_SECRET_BYTES};
@@ -190,62 +192,95 @@ fn load_jwks(path: &Path) -> Result<Vec<LoadedKey>, AuthnError> {
     })?;
     let mut loaded = Vec::with_capacity(set.keys.len());
     for (index, jwk) in set.keys.iter().enumerate() {
-        let invalid = |problem: String| {
-            AuthnError::config(
-                KEY,
-                format!("`{}` keys[{index}]: {problem}", path.display()),
-            )
-        };
-        // Encryption keys share JWKS documents with signing keys at many IdPs; they can
-        // never verify a JWS, so they are skipped rather than refused.
-        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
-            continue;
-        }
-        let key_algorithm = jwk
-            .common
-            .key_algorithm
-            .ok_or_else(|| invalid("has no `alg`; every JWK must pin its algorithm".into()))?;
-        if matches!(
-            key_algorithm,
-            KeyAlgorithm::RSA1_5 | KeyAlgorithm::RSA_OAEP | KeyAlgorithm::RSA_OAEP_256
-        ) {
-            continue;
-        }
-        let algorithm = Algorithm::try_from(key_algorithm)
-            .map_err(|_| invalid(format!("unsupported `alg` {key_algorithm}")))?;
-        let curve_fits = match (&jwk.algorithm, algorithm) {
-            (AlgorithmParameters::OctetKey(_), _) => {
-                return Err(invalid(
-                    "symmetric (`oct`) keys are not accepted from JWKS; configure them under auth.jwt.keys"
-                        .into(),
+        match key_from_jwk(jwk, None) {
+            Ok(Some(key)) => loaded.push(key),
+            Ok(None) => {}
+            Err(problem) => {
+                return Err(AuthnError::config(
+                    KEY,
+                    format!("`{}` keys[{index}]: {problem}", path.display()),
                 ));
             }
-            (AlgorithmParameters::EllipticCurve(params), Algorithm::ES256) => {
-                params.curve == EllipticCurve::P256
-            }
-            (AlgorithmParameters::EllipticCurve(params), Algorithm::ES384) => {
-                params.curve == EllipticCurve::P384
-            }
-            (AlgorithmParameters::OctetKeyPair(params), Algorithm::EdDSA) => {
-                params.curve == EllipticCurve::Ed25519
-            }
-            (AlgorithmParameters::RSA(_), _) => algorithm.family() == AlgorithmFamily::Rsa,
-            _ => false,
-        };
-        if !curve_fits {
-            return Err(invalid(format!(
-                "key type or curve does not match `alg` {algorithm:?}"
-            )));
         }
-        let decoding_key = DecodingKey::from_jwk(jwk)
-            .map_err(|_| invalid("key parameters are not valid base64url".into()))?;
-        loaded.push(LoadedKey {
-            kid: jwk.common.key_id.clone(),
-            algorithm,
-            decoding_key,
-        });
     }
     Ok(loaded)
+}
+
+/// The signing keys of a JWKS served by the identity provider. Unlike a local file, a
+/// key datagate cannot use is skipped (reported in the second list) rather than failing
+/// the whole set: IdPs publish keys for other algorithms and purposes beside the ones
+/// that sign their tokens, and a skipped key can only make fewer tokens verify.
+pub(crate) fn parse_remote_jwks(
+    body: &[u8],
+    default_algorithm: Option<Algorithm>,
+) -> Result<(Vec<LoadedKey>, Vec<String>), String> {
+    crate::json_guard::reject_duplicate_keys(body)
+        .map_err(|error| format!("the JWKS is not valid JSON without repeated keys: {error}"))?;
+    let set: JwkSet =
+        serde_json::from_slice(body).map_err(|error| format!("not a JWK set: {error}"))?;
+    let mut loaded = Vec::with_capacity(set.keys.len());
+    let mut skipped = Vec::new();
+    for (index, jwk) in set.keys.iter().enumerate() {
+        match key_from_jwk(jwk, default_algorithm) {
+            Ok(Some(key)) => loaded.push(key),
+            Ok(None) => {}
+            Err(problem) => skipped.push(format!("keys[{index}]: {problem}")),
+        }
+    }
+    Ok((loaded, skipped))
+}
+
+/// One JWK as a verification key pinned to one algorithm; `Ok(None)` for encryption keys,
+/// which can never verify a JWS.
+fn key_from_jwk(
+    jwk: &Jwk,
+    default_algorithm: Option<Algorithm>,
+) -> Result<Option<LoadedKey>, String> {
+    // Encryption keys share JWKS documents with signing keys at many IdPs; they are
+    // skipped rather than refused.
+    if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+        return Ok(None);
+    }
+    let algorithm = match jwk.common.key_algorithm {
+        Some(KeyAlgorithm::RSA1_5 | KeyAlgorithm::RSA_OAEP | KeyAlgorithm::RSA_OAEP_256) => {
+            return Ok(None);
+        }
+        Some(key_algorithm) => Algorithm::try_from(key_algorithm)
+            .map_err(|_| format!("unsupported `alg` {key_algorithm}"))?,
+        None => default_algorithm
+            .ok_or_else(|| "has no `alg`; every JWK must pin its algorithm".to_string())?,
+    };
+    let curve_fits = match (&jwk.algorithm, algorithm) {
+        (AlgorithmParameters::OctetKey(_), _) => {
+            return Err(
+                "symmetric (`oct`) keys are not accepted from JWKS; configure them under auth.jwt.keys"
+                    .into(),
+            );
+        }
+        (AlgorithmParameters::EllipticCurve(params), Algorithm::ES256) => {
+            params.curve == EllipticCurve::P256
+        }
+        (AlgorithmParameters::EllipticCurve(params), Algorithm::ES384) => {
+            params.curve == EllipticCurve::P384
+        }
+        (AlgorithmParameters::OctetKeyPair(params), Algorithm::EdDSA) => {
+            params.curve == EllipticCurve::Ed25519
+        }
+        (AlgorithmParameters::RSA(_), _) => algorithm.family() == AlgorithmFamily::Rsa,
+        _ => false,
+    };
+    if !curve_fits {
+        return Err(format!(
+            "key type or curve does not match `alg` {algorithm:?}"
+        ));
+    }
+    let decoding_key = DecodingKey::from_jwk(jwk)
+        .map_err(|_| "key parameters are not valid base64url".to_string())?;
+    Ok(Some(LoadedKey {
+        kid: jwk.common.key_id.clone(),
+        algorithm,
+        decoding_key,
+    }))
 }
 
 fn resolve(base_dir: &Path, file: &Path) -> PathBuf {

@@ -19,6 +19,11 @@
 //! all with `auth.jwt.leeway_seconds`. All cryptography and JWS parsing is jsonwebtoken's.
 //! Verified tokens are remembered (bounded, `exp` enforced on every hit; see `cache.rs`)
 //! because asymmetric verification dominates the per-request cost.
+//!
+//! Keys: configured ones (`keys`, `jwks_file`, read at start) and the identity provider's
+//! JWKS (`jwks_url` or OIDC discovery), which a background task keeps fresh
+//! (`remote.rs`); the request path only ever reads the current set, except for the one
+//! bounded, rate-limited refetch after an unknown `kid` ([`Authenticator::refetch_for_unknown_kid`]).
 
 mod api_key;
 mod cache;
@@ -26,9 +31,14 @@ mod claims;
 mod config;
 mod credentials;
 mod error;
+mod fetch;
 mod jwt;
 mod keys;
 mod mint;
+mod oidc;
+mod remote;
+mod session;
+mod sources;
 
 use std::path::Path;
 
@@ -36,12 +46,16 @@ pub use api_key::api_key_digest;
 pub use claims::service_account;
 pub use config::{
     AnonymousConfig, ApiKeyConfig, ApiKeysConfig, AuthConfig, ClaimMapping, DEFAULT_API_KEY_HEADER,
-    DEFAULT_LEEWAY_SECONDS, JwtConfig, JwtKeyConfig, MAX_LEEWAY_SECONDS, MIN_HMAC_SECRET_BYTES,
+    DEFAULT_LEEWAY_SECONDS, JwksRefreshConfig, JwtConfig, JwtKeyConfig, MAX_LEEWAY_SECONDS, MIN_HMAC_SECRET_BYTES,
 };
 pub use credentials::MAX_CREDENTIAL_BYTES;
 pub use error::{AuthnError, ConfigError, Malformed};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::MAX_KEYS_TRIED_WITHOUT_KID;
+pub use oidc::{BrowserEndpoint, OidcConfig, SessionConfig, SyntheticResponse};
+pub use remote::ProviderMetadata;
+pub use sources::check_same_origin;
+pub use sources::{PresentedCredential, TokenSourceConfig, TokenSources, UpstreamCredentialEdits};
 pub use keys::EnvLookup;
 pub use mint::{MintRequest, mint_token, mint_token_with_env};
 
@@ -54,6 +68,11 @@ use jwt::JwtVerifier;
 /// apart from JWTs and configured API keys without trying each.
 pub const SERVICE_ACCOUNT_TOKEN_PREFIX: &str = "dgsa_";
 
+/// The internal scheme under which the session cookie reaches
+/// [`Authenticator::authenticate_with_tokens`]. It starts with a NUL byte, which no HTTP
+/// header value can hold, so a client can never present it as an `Authorization` header.
+const SESSION_SCHEME: &str = "\u{0}session ";
+
 /// Looks a presented service-account token up (in the serving policy snapshot).
 pub type ServiceAccountTokens<'a> = &'a dyn Fn(&str) -> Result<Principal, AuthnError>;
 
@@ -63,6 +82,10 @@ pub struct Authenticator {
     jwt: Option<JwtVerifier>,
     api_keys: ApiKeyTable,
     api_key_header: String,
+    sources: TokenSources,
+    browser: Option<oidc::BrowserLogin>,
+    /// `auth.jwt.issuer`, for ID tokens.
+    issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -92,10 +115,33 @@ impl Authenticator {
     ) -> Result<Self, AuthnError> {
         config.validate()?;
         let jwt = match &config.jwt {
-            Some(jwt) => Some(JwtVerifier::new(jwt, keys::load_keys(jwt, base_dir, env)?)?),
+            Some(jwt) => Some(JwtVerifier::new(
+                jwt,
+                keys::load_keys(jwt, base_dir, env)?,
+                remote::RemoteKeys::new(jwt)?,
+            )?),
             None => None,
         };
+        let browser = match &config.oidc {
+            Some(oidc_config) => {
+                let fetch_timeout = config
+                    .jwt
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(5), |jwt| {
+                        jwt.jwks_refresh.fetch_timeout
+                    });
+                Some(oidc::BrowserLogin::new(oidc_config, fetch_timeout, base_dir, env)?)
+            }
+            None => None,
+        };
+        let mut sources = TokenSources::new(&config.token_sources, config.api_key_header())?;
+        if let Some(browser) = &browser {
+            sources = sources.with_own_cookies(browser.own_cookies());
+        }
         Ok(Authenticator {
+            browser,
+            issuer: config.jwt.as_ref().and_then(|jwt| jwt.issuer.clone()),
+            sources,
             anonymous_roles: config
                 .anonymous
                 .enabled
@@ -125,6 +171,9 @@ impl Authenticator {
         api_key: Option<&str>,
         tokens: ServiceAccountTokens<'_>,
     ) -> Result<Principal, AuthnError> {
+        if let Some(sealed) = authorization.and_then(|value| value.strip_prefix(SESSION_SCHEME)) {
+            return self.session_principal(sealed);
+        }
         match presented(authorization, api_key)? {
             Presented::ApiKey(token) | Presented::Bearer(token)
                 if token.starts_with(SERVICE_ACCOUNT_TOKEN_PREFIX) =>
@@ -145,6 +194,145 @@ impl Authenticator {
                 None => Err(AuthnError::UnknownKey),
             },
         }
+    }
+
+    /// Starts the background task that fetches and refreshes the identity provider's
+    /// JWKS (`auth.jwt.jwks_url` or discovery), on the current tokio runtime. Without
+    /// remote keys this does nothing. Call once, at start.
+    pub fn start_key_refresh(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        if let Some(remote) = self.remote_keys() {
+            tokio::spawn(remote.clone().run(metrics));
+        }
+    }
+
+    /// After [`AuthnError::UnknownKey`]: a bounded, rate-limited refetch of the remote
+    /// JWKS. True when the key set changed (authenticate again); false at once without
+    /// remote keys or when the rate limit says no.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        match self.remote_keys() {
+            Some(remote) => remote.refetch_for_unknown_kid().await,
+            None => false,
+        }
+    }
+
+    /// `Err(reason)` while datagate cannot verify the identity provider's tokens (the
+    /// JWKS was never fetched, or is older than `max_stale`); `/readyz` reports it.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.remote_keys().map_or(Ok(()), |remote| remote.readiness())
+    }
+
+    /// The identity provider's metadata, once discovery has read it.
+    pub fn provider_metadata(&self) -> Option<std::sync::Arc<ProviderMetadata>> {
+        self.remote_keys()
+            .and_then(|remote| remote.provider_metadata())
+    }
+
+    fn remote_keys(&self) -> Option<&std::sync::Arc<remote::RemoteKeys>> {
+        self.jwt.as_ref().and_then(|jwt| jwt.remote())
+    }
+
+    /// The credential a request presents: the first token source that holds one, else
+    /// (with `auth.oidc`) the session cookie. A cookie-borne credential on a
+    /// state-changing request must pass the same-origin check.
+    pub fn presented(
+        &self,
+        method: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<PresentedCredential, AuthnError> {
+        let mut presented = self.sources.presented(headers)?;
+        if presented.authorization.is_none()
+            && let Some(browser) = &self.browser
+            && let Some(sealed) = sources::cookie_value(headers, browser.session_cookie_name())?
+        {
+            presented = PresentedCredential {
+                authorization: Some(format!("{SESSION_SCHEME}{sealed}")),
+                cookie_borne: true,
+            };
+        }
+        if presented.cookie_borne {
+            check_same_origin(
+                method,
+                headers,
+                self.browser.as_ref().map(|browser| browser.public_origin()),
+            )?;
+        }
+        Ok(presented)
+    }
+
+    fn session_principal(&self, sealed: &str) -> Result<Principal, AuthnError> {
+        let (Some(browser), Some(jwt)) = (&self.browser, &self.jwt) else {
+            return Err(AuthnError::SessionInvalid);
+        };
+        let claims = browser.open_session(sealed, jsonwebtoken::get_current_timestamp())?;
+        jwt.principal_from_session(claims)
+    }
+
+    /// Whether `path` is one of datagate's own browser endpoints (callback, logout).
+    pub fn browser_endpoint(&self, path: &str) -> Option<BrowserEndpoint> {
+        self.browser.as_ref()?.endpoint(path)
+    }
+
+    /// Answers the callback or the logout. Errors are refusals (rendered as JSON).
+    pub async fn answer_browser_endpoint(
+        &self,
+        endpoint: BrowserEndpoint,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Result<SyntheticResponse, AuthnError> {
+        let Some(browser) = &self.browser else {
+            return Err(AuthnError::Login("browser sign-in is not configured".into()));
+        };
+        let metadata = self.provider_metadata();
+        match endpoint {
+            BrowserEndpoint::Logout => Ok(browser.logout(metadata.as_deref())),
+            BrowserEndpoint::Callback => {
+                let metadata = metadata.ok_or(AuthnError::KeysUnavailable)?;
+                let login_cookie = sources::cookie_value(headers, browser.login_cookie_name())?;
+                let (Some(jwt), Some(issuer)) = (&self.jwt, &self.issuer) else {
+                    return Err(AuthnError::Login("browser sign-in is not configured".into()));
+                };
+                let verify = |token: &str, client_id: &str| {
+                    jwt.verify_id_token(token, issuer, client_id)
+                };
+                browser
+                    .callback(
+                        &metadata,
+                        query,
+                        login_cookie.as_deref(),
+                        &verify,
+                        jsonwebtoken::get_current_timestamp(),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// For a request refused for lack of (valid) credentials: the redirect to sign in,
+    /// when it comes from a browser (see [`oidc::BrowserLogin::wants_sign_in`]).
+    /// `return_to` is the request's path and query.
+    pub fn sign_in_redirect(
+        &self,
+        method: &str,
+        path: &str,
+        return_to: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<SyntheticResponse> {
+        let browser = self.browser.as_ref()?;
+        let accept = headers
+            .get(http::header::ACCEPT)
+            .and_then(|value| value.to_str().ok());
+        if !browser.wants_sign_in(method, path, accept) {
+            return None;
+        }
+        let metadata = self.provider_metadata()?;
+        browser
+            .start(&metadata, return_to, jsonwebtoken::get_current_timestamp())
+            .ok()
+    }
+
+    /// Where tokens are read from, and what the upstream must not see of them.
+    pub fn token_sources(&self) -> &TokenSources {
+        &self.sources
     }
 
     /// The header API keys are read from (default `X-API-Key`).

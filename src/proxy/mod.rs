@@ -166,11 +166,28 @@ impl ProxyHttp for DatagateProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         let snapshot = self.state.snapshot();
+        // datagate's own sign-in endpoints (OIDC callback, logout) are answered here.
+        if let Some(endpoint) = self
+            .state
+            .authenticator
+            .browser_endpoint(session.req_header().uri.path())
+        {
+            return self.answer_browser_endpoint(session, ctx, endpoint).await;
+        }
         let request = session.req_header();
         let method = request.method.as_str().to_owned();
         let raw_path = request.uri.path().to_owned();
         let query = request.uri.query().map(str::to_owned);
-        let authorization = headers::header_text(request, http::header::AUTHORIZATION.as_str());
+        // The configured token sources, in order; a conflict or an unreadable value is
+        // a refusal, never "no credentials".
+        let presented = self
+            .state
+            .authenticator
+            .presented(request.method.as_str(), &request.headers);
+        let (authorization, presented_error) = match presented {
+            Ok(presented) => (presented.authorization, None),
+            Err(error) => (None, Some(error)),
+        };
         let api_key = headers::header_text(request, self.state.authenticator.api_key_header());
         let content_type = headers::header_text(request, http::header::CONTENT_TYPE.as_str());
         let declared_length = headers::content_length(request);
@@ -182,10 +199,11 @@ impl ProxyHttp for DatagateProxy {
             api_key: api_key.as_deref(),
             content_type: content_type.as_deref(),
         };
-        let credential_headers = [
+        let mut credential_headers = vec![
             http::header::AUTHORIZATION.as_str(),
             self.state.authenticator.api_key_header(),
         ];
+        credential_headers.extend(self.state.authenticator.token_sources().header_names());
         if let Err(error) = headers::check_client_headers(session.req_header(), &credential_headers)
         {
             let refusal = Refusal::from(error);
@@ -193,7 +211,22 @@ impl ProxyHttp for DatagateProxy {
             return self.refuse(session, ctx, refusal, outcome).await;
         }
 
-        let mut identified = match pipeline::identify(&self.state, &snapshot, &head) {
+        if let Some(error) = presented_error {
+            let refusal = Refusal::Authentication(error);
+            let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
+            return self.refuse(session, ctx, refusal, outcome).await;
+        }
+        let identified = match pipeline::identify(&self.state, &snapshot, &head) {
+            // A kid no key set holds may be the IdP's new key: one bounded, rate-limited
+            // JWKS refetch, then one more try.
+            Err(Refusal::Authentication(crate::authn::AuthnError::UnknownKey))
+                if self.state.authenticator.refetch_for_unknown_kid().await =>
+            {
+                pipeline::identify(&self.state, &snapshot, &head)
+            }
+            other => other,
+        };
+        let mut identified = match identified {
             Ok(identified) => identified,
             Err(refusal) => {
                 let outcome =
@@ -333,6 +366,13 @@ impl ProxyHttp for DatagateProxy {
             {}
             upstream_request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         }
+        // The caller's own credentials stay here unless a token source forwards them.
+        let edits = self
+            .state
+            .authenticator
+            .token_sources()
+            .upstream_edits(&upstream_request.headers);
+        remove_consumed_credentials(upstream_request, edits)?;
         let peer = session
             .client_addr()
             .and_then(|address| address.as_inet())
@@ -480,6 +520,25 @@ impl ProxyHttp for DatagateProxy {
             });
         }
     }
+}
+
+fn remove_consumed_credentials(
+    upstream_request: &mut RequestHeader,
+    edits: crate::authn::UpstreamCredentialEdits,
+) -> Result<()> {
+    for name in &edits.remove_headers {
+        while upstream_request.remove_header(name.as_str()).is_some() {}
+    }
+    if let Some(cookie) = edits.cookie {
+        while upstream_request
+            .remove_header(&http::header::COOKIE)
+            .is_some()
+        {}
+        if let Some(cookie) = cookie {
+            upstream_request.insert_header(http::header::COOKIE, cookie)?;
+        }
+    }
+    Ok(())
 }
 
 fn refused_outcome(
@@ -636,6 +695,64 @@ impl DatagateProxy {
         }
     }
 
+    /// The OIDC callback or logout: a redirect with cookies, or a refusal.
+    async fn answer_browser_endpoint(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        endpoint: crate::authn::BrowserEndpoint,
+    ) -> Result<bool> {
+        let request = session.req_header();
+        let query = request.uri.query().map(str::to_owned);
+        let headers = request.headers.clone();
+        let head_method = request.method.as_str().to_owned();
+        let head_path = request.uri.path().to_owned();
+        match self
+            .state
+            .authenticator
+            .answer_browser_endpoint(endpoint, query.as_deref(), &headers)
+            .await
+        {
+            Ok(response) => {
+                self.write_synthetic(session, response).await?;
+                Ok(true)
+            }
+            Err(error) => {
+                let head = RequestHead {
+                    method: &head_method,
+                    raw_path: &head_path,
+                    query: None,
+                    authorization: None,
+                    api_key: None,
+                    content_type: None,
+                };
+                let refusal = Refusal::Authentication(error);
+                let revision = self.state.snapshot().revision;
+                let outcome = refused_outcome(&head, &refusal, "sign-in", None, revision);
+                self.refuse(session, ctx, refusal, outcome).await
+            }
+        }
+    }
+
+    async fn write_synthetic(
+        &self,
+        session: &mut Session,
+        synthetic: crate::authn::SyntheticResponse,
+    ) -> Result<()> {
+        let mut response = ResponseHeader::build(synthetic.status, Some(4))?;
+        for (name, value) in synthetic.headers {
+            response.append_header(name, value)?;
+        }
+        response.insert_header(http::header::CONTENT_LENGTH, synthetic.body.len().to_string())?;
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from(synthetic.body)), true)
+            .await?;
+        Ok(())
+    }
+
     /// Answers a refused request; the upstream is never contacted.
     async fn refuse(
         &self,
@@ -669,6 +786,32 @@ impl DatagateProxy {
             outcome.status = error.status;
         }
         ctx.outcome = Some(outcome);
+        // A browser without (valid) credentials is sent to sign in instead.
+        if matches!(
+            refusal,
+            Refusal::Authentication(
+                crate::authn::AuthnError::MissingCredentials
+                    | crate::authn::AuthnError::SessionExpired
+                    | crate::authn::AuthnError::SessionInvalid
+            ) | Refusal::AuthenticationRequired { .. }
+        ) {
+            let request = session.req_header();
+            let return_to = request
+                .uri
+                .path_and_query()
+                .map_or("/", |path_and_query| path_and_query.as_str())
+                .to_owned();
+            if let Some(redirect) = self.state.authenticator.sign_in_redirect(
+                request.method.as_str(),
+                request.uri.path(),
+                &return_to,
+                &request.headers,
+            ) {
+                session.set_keepalive(None);
+                self.write_synthetic(session, redirect).await?;
+                return Ok(true);
+            }
+        }
         let body = Bytes::from(error.json_body());
         let mut response = ResponseHeader::build(error.status, Some(4))?;
         response.insert_header(http::header::CONTENT_TYPE, "application/json")?;

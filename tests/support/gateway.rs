@@ -13,6 +13,19 @@ use datagate::principal::BasicRole;
 
 use super::{ChildProcess, free_port};
 
+/// The `auth.jwt` section of the default test config: the HMAC key tokens are minted with.
+pub const TEST_JWT_YAML: &str = "jwt:
+  leeway_seconds: 0
+  keys:
+    - kid: test-hmac
+      algorithm: HS256
+      secret_file: hmac.secret
+  claims:
+    roles: roles
+    teams: teams
+    org_role: org_role
+";
+
 pub const TEST_HMAC_SECRET: &str = "test-only-hmac-secret-0123456789abcdef-0123456789";
 
 /// Options for [`Gateway::start`].
@@ -40,6 +53,10 @@ pub struct GatewayOptions {
     pub extra_yaml: Option<String>,
     /// Extra keys for the `listen:` section, e.g. `header_timeout: 1s`.
     pub listen_yaml: Option<String>,
+    /// YAML for the `auth:` key, replacing the test HMAC key setup when set.
+    pub auth_yaml: Option<String>,
+    /// The proxy port, when the test must know it before start (a free one otherwise).
+    pub proxy_port: Option<u16>,
 }
 
 impl GatewayOptions {
@@ -58,6 +75,8 @@ impl GatewayOptions {
             env: Vec::new(),
             extra_yaml: None,
             listen_yaml: None,
+            auth_yaml: None,
+            proxy_port: None,
         }
     }
 }
@@ -121,27 +140,20 @@ policy:
   debounce: 100ms
   poll_interval: 500ms
 auth:
-  anonymous:
-    enabled: {anonymous}
-    roles: [Public]
-  jwt:
-    leeway_seconds: 0
-    keys:
-      - kid: test-hmac
-        algorithm: HS256
-        secret_file: hmac.secret
-    claims:
-      roles: roles
-      teams: teams
-      org_role: org_role
-routes:
+{auth}routes:
 {routes}datasources:
 {datasources}{store}{exports}{aws}audit:
   output: audit.log
   log_allowed: {log_allowed}
 {extra}"#,
             upstream = options.upstream,
-            anonymous = options.anonymous_enabled,
+            auth = indent(
+                &options.auth_yaml.clone().unwrap_or_else(|| format!(
+                    "anonymous:\n  enabled: {}\n  roles: [Public]\n{TEST_JWT_YAML}",
+                    options.anonymous_enabled
+                )),
+                2
+            ),
             routes = indent(&routes, 2),
             datasources = indent(&datasources, 2),
             log_allowed = options.log_allowed,
@@ -193,7 +205,8 @@ routes:
                 }
             }
         }
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy_port = options.proxy_port.unwrap_or_else(free_port);
+        let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("datagate.yaml");
         std::fs::write(&config_path, Gateway::config_yaml(&options, proxy, admin)).unwrap();
