@@ -326,7 +326,9 @@ fn when_the_provider_is_down_the_last_keys_serve_until_max_stale_then_tokens_are
     assert!(message.contains("max_stale"), "{message}");
     assert!(message.contains("could not be reached"), "{message}");
     assert!(!message.contains("127.0.0.1"), "no addresses in readyz: {message}");
-    assert_eq!(recorded_requests(upstream).len(), 2);
+    let forwarded = recorded_requests(upstream).len();
+    assert_eq!(status_with(&gateway, &token).0, 503);
+    assert_eq!(recorded_requests(upstream).len(), forwarded, "refused: nothing forwarded");
 
     // The provider comes back with the same keys: served again, ready again.
     provider.restart();
