@@ -954,5 +954,9 @@ fn iss_must_be_a_single_string() {
     // Without a configured issuer, a non-string `iss` is refused just the same.
     let no_issuer = build(&full_yaml().replace("  issuer: https://idp.example\n", "")).unwrap();
     let claims = with(good_claims(), "iss", json!(["a", "b"]));
-    assert!(no_issuer.authenticate(Some(&bearer(&hs256(&claims))), None).is_err());
+    assert!(
+        no_issuer
+            .authenticate(Some(&bearer(&hs256(&claims))), None)
+            .is_err()
+    );
 }

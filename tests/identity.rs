@@ -186,7 +186,10 @@ fn fetches(gateway: &Gateway, result: &str) -> f64 {
         .map(|trigger| {
             gateway.metric_with(
                 "datagate_jwks_fetches_total",
-                &[&format!("trigger=\"{trigger}\""), &format!("result=\"{result}\"")],
+                &[
+                    &format!("trigger=\"{trigger}\""),
+                    &format!("result=\"{result}\""),
+                ],
             )
         })
         .sum()
@@ -220,7 +223,11 @@ fn discovery_finds_the_jwks_and_the_providers_tokens_are_accepted() {
     // A token for another audience, and one signed by nobody the provider knows.
     let forged = token_with_kid("key-1");
     assert_eq!(status_with(&gateway, &forged).0, 401);
-    assert_eq!(recorded_requests(upstream).len(), 1, "refusals reach nobody");
+    assert_eq!(
+        recorded_requests(upstream).len(),
+        1,
+        "refusals reach nobody"
+    );
     assert!(fetches(&gateway, "updated") >= 1.0);
     assert_eq!(gateway.metric("datagate_jwks_keys"), 1.0);
 }
@@ -270,7 +277,10 @@ fn a_flood_of_unknown_kids_costs_the_provider_one_fetch_per_interval() {
     let hits = provider.jwks_hits() - hits_before;
     assert!(hits <= 1, "{hits} JWKS fetches for 40 unknown kids");
     assert_eq!(
-        gateway.metric_with("datagate_jwks_kid_misses_total", &["result=\"rate_limited\""]),
+        gateway.metric_with(
+            "datagate_jwks_kid_misses_total",
+            &["result=\"rate_limited\""]
+        ),
         (40 - hits) as f64
     );
     assert!(recorded_requests(upstream).is_empty());
@@ -283,7 +293,7 @@ fn cache_control_max_age_sets_the_refresh_schedule() {
     let provider = Provider::start("http://127.0.0.1:1/oauth2/callback");
     provider.set_cache_control("public, max-age=1");
     // Without max-age the schedule would be an hour.
-    let (_upstream_process, _upstream, gateway) = start_gateway(
+    let (_upstream_process, _upstream, _gateway) = start_gateway(
         &provider,
         "  jwks_refresh: {interval: 1h, min_interval: 1s, max_interval: 2h, max_stale: 3h}\n",
     );
@@ -304,19 +314,21 @@ fn when_the_provider_is_down_the_last_keys_serve_until_max_stale_then_tokens_are
     let token = provider.access_token();
     assert_eq!(status_with(&gateway, &token).0, 200);
     provider.stop();
-    assert!(Gateway::eventually(Duration::from_secs(10), || gateway.metric_with(
-        "datagate_jwks_fetch_failures_total",
-        &["reason=\"unreachable\""]
-    ) >= 1.0));
+    assert!(Gateway::eventually(Duration::from_secs(10), || gateway
+        .metric_with(
+            "datagate_jwks_fetch_failures_total",
+            &["reason=\"unreachable\""]
+        )
+        >= 1.0));
     // The last good key set keeps serving (it is about a second old, max_stale is 6 s)...
     let (status, body) = status_with(&gateway, &token);
     assert_eq!(status, 200, "{body}");
     assert_eq!(readyz(&gateway).0, 200);
     // ...until it is older than max_stale: then tokens are refused, fail closed.
-    assert!(Gateway::eventually(Duration::from_secs(20), || status_with(
-        &gateway, &token
-    )
-    .0 == 503));
+    assert!(Gateway::eventually(
+        Duration::from_secs(20),
+        || status_with(&gateway, &token).0 == 503
+    ));
     let (status, body) = status_with(&gateway, &token);
     assert_eq!(status, 503);
     assert_eq!(body["kind"], "identity_keys_unavailable");
@@ -325,14 +337,24 @@ fn when_the_provider_is_down_the_last_keys_serve_until_max_stale_then_tokens_are
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("max_stale"), "{message}");
     assert!(message.contains("could not be reached"), "{message}");
-    assert!(!message.contains("127.0.0.1"), "no addresses in readyz: {message}");
+    assert!(
+        !message.contains("127.0.0.1"),
+        "no addresses in readyz: {message}"
+    );
     let forwarded = recorded_requests(upstream).len();
     assert_eq!(status_with(&gateway, &token).0, 503);
-    assert_eq!(recorded_requests(upstream).len(), forwarded, "refused: nothing forwarded");
+    assert_eq!(
+        recorded_requests(upstream).len(),
+        forwarded,
+        "refused: nothing forwarded"
+    );
 
     // The provider comes back with the same keys: served again, ready again.
     provider.restart();
-    assert!(Gateway::eventually(Duration::from_secs(10), || readyz(&gateway).0 == 200));
+    assert!(Gateway::eventually(Duration::from_secs(10), || readyz(
+        &gateway
+    )
+    .0 == 200));
     assert_eq!(status_with(&gateway, &token).0, 200);
 }
 
@@ -432,7 +454,13 @@ impl CookieBrowser {
             .join("; ")
     }
 
-    fn request(&mut self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Page {
+    fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Page {
         let mut request = self
             .agent
             .request(method, url)
@@ -445,7 +473,9 @@ impl CookieBrowser {
             request = request.set(name, value);
         }
         let result = match body {
-            Some(body) => request.set("Content-Type", "application/json").send_string(body),
+            Some(body) => request
+                .set("Content-Type", "application/json")
+                .send_string(body),
             None => request.call(),
         };
         let response = match result {
@@ -459,7 +489,8 @@ impl CookieBrowser {
             if set_cookie.contains("Max-Age=0") || value.is_empty() {
                 self.cookies.remove(name.trim());
             } else {
-                self.cookies.insert(name.trim().to_string(), value.to_string());
+                self.cookies
+                    .insert(name.trim().to_string(), value.to_string());
             }
         }
         Page {
@@ -513,11 +544,17 @@ fn a_real_chromium_signs_in_through_the_provider_and_reaches_the_upstream_as_the
     let dom = String::from_utf8_lossy(&output.stdout);
     assert!(dom.contains("\"x-datagate-user\":[\"alice\"]"), "{dom}");
     let seen = recorded_requests(upstream);
-    let chart: Vec<_> = seen.iter().filter(|request| request.path == "/api/v1/chart/7").collect();
+    let chart: Vec<_> = seen
+        .iter()
+        .filter(|request| request.path == "/api/v1/chart/7")
+        .collect();
     assert_eq!(chart.len(), 1, "{seen:?}");
     assert_eq!(chart[0].header_values("x-datagate-user"), vec!["alice"]);
     for cookie in chart[0].header_values("cookie") {
-        assert!(!cookie.contains("datagate-session"), "the session cookie stays at datagate: {cookie}");
+        assert!(
+            !cookie.contains("datagate-session"),
+            "the session cookie stays at datagate: {cookie}"
+        );
     }
 }
 
@@ -535,8 +572,15 @@ fn sign_in_sessions_tampering_api_clients_csrf_and_logout() {
     let echoed: Value = serde_json::from_str(&page.body).unwrap();
     assert_eq!(echoed["x-datagate-user"], json!(["alice"]));
     assert_eq!(echoed["path"], "/api/v1/chart/7");
-    let session = browser.cookies.get("datagate-session").cloned().expect("a session cookie");
-    assert!(!browser.cookies.contains_key("datagate-login"), "the login cookie is cleared");
+    let session = browser
+        .cookies
+        .get("datagate-session")
+        .cloned()
+        .expect("a session cookie");
+    assert!(
+        !browser.cookies.contains_key("datagate-login"),
+        "the login cookie is cleared"
+    );
 
     // The session holds the verified claims: later requests need no provider at all.
     let hits = provider.jwks_hits();
@@ -552,7 +596,9 @@ fn sign_in_sessions_tampering_api_clients_csrf_and_logout() {
     tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     let mut forger = CookieBrowser::new();
-    forger.cookies.insert("datagate-session".into(), tampered.clone());
+    forger
+        .cookies
+        .insert("datagate-session".into(), tampered.clone());
     let page = forger.request("GET", &gateway.url("/api/v1/chart/7"), &[], None);
     assert_eq!(page.status, 302);
     assert!(page.location.unwrap().starts_with(&provider.url("/auth")));
@@ -567,7 +613,10 @@ fn sign_in_sessions_tampering_api_clients_csrf_and_logout() {
     let public_origin = format!("http://{}", gateway.proxy);
     for hostile in [
         vec![("Origin", "http://evil.example")],
-        vec![("Sec-Fetch-Site", "cross-site"), ("Origin", public_origin.as_str())],
+        vec![
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Origin", public_origin.as_str()),
+        ],
         vec![],
     ] {
         let page = browser.request("POST", &url, &hostile, Some("{}"));
@@ -576,9 +625,19 @@ fn sign_in_sessions_tampering_api_clients_csrf_and_logout() {
         assert_eq!(body["kind"], "cross_site_request");
     }
     assert_eq!(recorded_requests(upstream).len(), before);
-    let page = browser.request("POST", &url, &[("Origin", public_origin.as_str())], Some("{}"));
+    let page = browser.request(
+        "POST",
+        &url,
+        &[("Origin", public_origin.as_str())],
+        Some("{}"),
+    );
     assert_eq!(page.status, 200, "{}", page.body);
-    let page = browser.request("POST", &url, &[("Sec-Fetch-Site", "same-origin")], Some("{}"));
+    let page = browser.request(
+        "POST",
+        &url,
+        &[("Sec-Fetch-Site", "same-origin")],
+        Some("{}"),
+    );
     assert_eq!(page.status, 200, "{}", page.body);
 
     // datagate's cookies never reach the upstream.
@@ -591,7 +650,11 @@ fn sign_in_sessions_tampering_api_clients_csrf_and_logout() {
     // Logout clears the session (and goes on to the provider's logout).
     let page = browser.request("GET", &gateway.url("/oauth2/logout"), &[], None);
     assert_eq!(page.status, 302);
-    assert!(page.location.unwrap().starts_with(&provider.url("/session/end")));
+    assert!(
+        page.location
+            .unwrap()
+            .starts_with(&provider.url("/session/end"))
+    );
     assert!(!browser.cookies.contains_key("datagate-session"));
     let page = browser.request("GET", &gateway.url("/api/v1/chart/7"), &[], None);
     assert_eq!(page.status, 302, "signed out: back to sign-in");
@@ -612,7 +675,10 @@ fn a_session_ends_at_its_lifetime() {
     match response {
         Err(ureq::Error::Status(401, response)) => {
             let body: Value = response.into_json().unwrap();
-            assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+            assert!(
+                body["message"].as_str().unwrap().contains("expired"),
+                "{body}"
+            );
         }
         other => panic!("expired session accepted: {:?}", other.map(|r| r.status())),
     }

@@ -121,7 +121,10 @@ pub struct JwtConfig {
 #[serde(deny_unknown_fields)]
 pub struct JwksRefreshConfig {
     /// Refresh interval when the response has no `Cache-Control: max-age`.
-    #[serde(default = "default_refresh_interval", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_refresh_interval",
+        with = "crate::config::duration_text"
+    )]
     pub interval: Duration,
     /// `max-age` is honoured, but never below this...
     #[serde(default = "default_min_refresh", with = "crate::config::duration_text")]
@@ -130,7 +133,10 @@ pub struct JwksRefreshConfig {
     #[serde(default = "default_max_refresh", with = "crate::config::duration_text")]
     pub max_interval: Duration,
     /// After a failed fetch, the next attempt comes this much later.
-    #[serde(default = "default_retry_interval", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_retry_interval",
+        with = "crate::config::duration_text"
+    )]
     pub retry_interval: Duration,
     /// How long the last good key set keeps verifying while the IdP cannot be reached;
     /// after that, tokens it would verify are refused and `/readyz` reports why.
@@ -138,11 +144,17 @@ pub struct JwksRefreshConfig {
     pub max_stale: Duration,
     /// A token naming an unknown `kid` triggers a refetch at most this often (a flood of
     /// made-up kids costs the IdP one request per interval).
-    #[serde(default = "default_kid_miss_interval", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_kid_miss_interval",
+        with = "crate::config::duration_text"
+    )]
     pub kid_miss_min_interval: Duration,
     /// Bound on one fetch (connect + response); also how long a request waits for a
     /// kid-miss refetch.
-    #[serde(default = "default_fetch_timeout", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_fetch_timeout",
+        with = "crate::config::duration_text"
+    )]
     pub fetch_timeout: Duration,
 }
 
@@ -397,7 +409,8 @@ impl JwtConfig {
                     "set `jwks_url` or `discovery: true`, not both",
                 ));
             }
-            check_fetch_url(url).map_err(|problem| AuthnError::config("auth.jwt.jwks_url", problem))?;
+            check_fetch_url(url)
+                .map_err(|problem| AuthnError::config("auth.jwt.jwks_url", problem))?;
         }
         if self.discovery {
             let Some(issuer) = &self.issuer else {
@@ -406,7 +419,8 @@ impl JwtConfig {
                     "needs `auth.jwt.issuer` (discovery reads `{issuer}/.well-known/openid-configuration`)",
                 ));
             };
-            check_fetch_url(issuer).map_err(|problem| AuthnError::config("auth.jwt.issuer", problem))?;
+            check_fetch_url(issuer)
+                .map_err(|problem| AuthnError::config("auth.jwt.issuer", problem))?;
         }
         if let Some(algorithm) = self.jwks_default_algorithm
             && algorithm.family() == AlgorithmFamily::Hmac

@@ -108,7 +108,9 @@ pub enum AuthnError {
     SessionTooLarge,
     /// A state-changing request authenticated by a cookie came from another site (or
     /// did not say where it came from).
-    #[error("cross-site request refused: a request authenticated by a cookie must come from this site (Origin / Sec-Fetch-Site)")]
+    #[error(
+        "cross-site request refused: a request authenticated by a cookie must come from this site (Origin / Sec-Fetch-Site)"
+    )]
     CrossSiteRequest,
     /// The OpenID Connect login callback could not complete.
     #[error("sign-in failed: {0}")]

@@ -235,7 +235,9 @@ impl JwtVerifier {
             .unwrap_or_default();
         if local_candidates.is_empty() && remote_candidates.is_empty() {
             let any_key = !self.local.is_empty()
-                || remote_keys.as_ref().is_some_and(|keys| !keys.set.is_empty());
+                || remote_keys
+                    .as_ref()
+                    .is_some_and(|keys| !keys.set.is_empty());
             return Err(if any_key {
                 AuthnError::WrongAlgorithm
             } else {
@@ -246,7 +248,11 @@ impl JwtVerifier {
         let tagged = local_candidates
             .into_iter()
             .map(|key| (key, LOCAL_GENERATION))
-            .chain(remote_candidates.into_iter().map(|key| (key, remote_generation)));
+            .chain(
+                remote_candidates
+                    .into_iter()
+                    .map(|key| (key, remote_generation)),
+            );
         for (key, generation) in tagged {
             match decode_checked(token, key, header.alg, generation) {
                 Err(AuthnError::BadSignature) => continue,
@@ -268,7 +274,8 @@ impl JwtVerifier {
         issuer: &str,
         client_id: &str,
     ) -> Result<Value, AuthnError> {
-        let header = decode_header(token).map_err(|_| AuthnError::Malformed(Malformed::TokenHeader))?;
+        let header =
+            decode_header(token).map_err(|_| AuthnError::Malformed(Malformed::TokenHeader))?;
         if header.crit.is_some() {
             return Err(AuthnError::Malformed(Malformed::CriticalHeader));
         }

@@ -46,18 +46,19 @@ pub use api_key::api_key_digest;
 pub use claims::service_account;
 pub use config::{
     AnonymousConfig, ApiKeyConfig, ApiKeysConfig, AuthConfig, ClaimMapping, DEFAULT_API_KEY_HEADER,
-    DEFAULT_LEEWAY_SECONDS, JwksRefreshConfig, JwtConfig, JwtKeyConfig, MAX_LEEWAY_SECONDS, MIN_HMAC_SECRET_BYTES,
+    DEFAULT_LEEWAY_SECONDS, JwksRefreshConfig, JwtConfig, JwtKeyConfig, MAX_LEEWAY_SECONDS,
+    MIN_HMAC_SECRET_BYTES,
 };
 pub use credentials::MAX_CREDENTIAL_BYTES;
 pub use error::{AuthnError, ConfigError, Malformed};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::MAX_KEYS_TRIED_WITHOUT_KID;
+pub use keys::EnvLookup;
+pub use mint::{MintRequest, mint_token, mint_token_with_env};
 pub use oidc::{BrowserEndpoint, OidcConfig, SessionConfig, SyntheticResponse};
 pub use remote::ProviderMetadata;
 pub use sources::check_same_origin;
 pub use sources::{PresentedCredential, TokenSourceConfig, TokenSources, UpstreamCredentialEdits};
-pub use keys::EnvLookup;
-pub use mint::{MintRequest, mint_token, mint_token_with_env};
 
 use crate::principal::Principal;
 use api_key::ApiKeyTable;
@@ -130,7 +131,12 @@ impl Authenticator {
                     .map_or(std::time::Duration::from_secs(5), |jwt| {
                         jwt.jwks_refresh.fetch_timeout
                     });
-                Some(oidc::BrowserLogin::new(oidc_config, fetch_timeout, base_dir, env)?)
+                Some(oidc::BrowserLogin::new(
+                    oidc_config,
+                    fetch_timeout,
+                    base_dir,
+                    env,
+                )?)
             }
             None => None,
         };
@@ -218,7 +224,8 @@ impl Authenticator {
     /// `Err(reason)` while datagate cannot verify the identity provider's tokens (the
     /// JWKS was never fetched, or is older than `max_stale`); `/readyz` reports it.
     pub fn readiness(&self) -> Result<(), String> {
-        self.remote_keys().map_or(Ok(()), |remote| remote.readiness())
+        self.remote_keys()
+            .map_or(Ok(()), |remote| remote.readiness())
     }
 
     /// The identity provider's metadata, once discovery has read it.
@@ -280,7 +287,9 @@ impl Authenticator {
         headers: &http::HeaderMap,
     ) -> Result<SyntheticResponse, AuthnError> {
         let Some(browser) = &self.browser else {
-            return Err(AuthnError::Login("browser sign-in is not configured".into()));
+            return Err(AuthnError::Login(
+                "browser sign-in is not configured".into(),
+            ));
         };
         let metadata = self.provider_metadata();
         match endpoint {
@@ -289,11 +298,12 @@ impl Authenticator {
                 let metadata = metadata.ok_or(AuthnError::KeysUnavailable)?;
                 let login_cookie = sources::cookie_value(headers, browser.login_cookie_name())?;
                 let (Some(jwt), Some(issuer)) = (&self.jwt, &self.issuer) else {
-                    return Err(AuthnError::Login("browser sign-in is not configured".into()));
+                    return Err(AuthnError::Login(
+                        "browser sign-in is not configured".into(),
+                    ));
                 };
-                let verify = |token: &str, client_id: &str| {
-                    jwt.verify_id_token(token, issuer, client_id)
-                };
+                let verify =
+                    |token: &str, client_id: &str| jwt.verify_id_token(token, issuer, client_id);
                 browser
                     .callback(
                         &metadata,

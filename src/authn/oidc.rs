@@ -72,7 +72,10 @@ pub struct SessionConfig {
     pub keys_env: Option<String>,
     /// A session ends this long after sign-in (and never after the ID token's own
     /// lifetime would allow a refresh... the session does not outlive this bound).
-    #[serde(default = "default_session_lifetime", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_session_lifetime",
+        with = "crate::config::duration_text"
+    )]
     pub lifetime: Duration,
     /// Default `__Host-datagate-session` over https, `datagate-session` over http.
     #[serde(default)]
@@ -168,7 +171,10 @@ impl BrowserLogin {
         env: EnvLookup<'_>,
     ) -> Result<BrowserLogin, AuthnError> {
         if config.client_id.trim().is_empty() {
-            return Err(AuthnError::config("auth.oidc.client_id", "must not be empty"));
+            return Err(AuthnError::config(
+                "auth.oidc.client_id",
+                "must not be empty",
+            ));
         }
         let client_secret = read_secret(
             config.client_secret_env.as_deref(),
@@ -196,11 +202,17 @@ impl BrowserLogin {
             ("auth.oidc.logout_path", &config.logout_path),
         ] {
             if !path.starts_with('/') || path.contains(['?', '#']) {
-                return Err(AuthnError::config(key, format!("`{path}` must be a path starting with `/`")));
+                return Err(AuthnError::config(
+                    key,
+                    format!("`{path}` must be a path starting with `/`"),
+                ));
             }
         }
         if !config.scopes.iter().any(|scope| scope == "openid") {
-            return Err(AuthnError::config("auth.oidc.scopes", "must include `openid`"));
+            return Err(AuthnError::config(
+                "auth.oidc.scopes",
+                "must include `openid`",
+            ));
         }
         let keys = read_secret(
             config.session.keys_env.as_deref(),
@@ -212,7 +224,10 @@ impl BrowserLogin {
         .replace(' ', "\n");
         let sealer = CookieSealer::from_key_lines(&keys, secure, "auth.oidc.session.keys")?;
         if config.session.lifetime.is_zero() {
-            return Err(AuthnError::config("auth.oidc.session.lifetime", "must be greater than zero"));
+            return Err(AuthnError::config(
+                "auth.oidc.session.lifetime",
+                "must be greater than zero",
+            ));
         }
         let session_cookie = config.session.cookie_name.clone().unwrap_or_else(|| {
             if secure {
@@ -293,10 +308,9 @@ impl BrowserLogin {
         return_to: &str,
         now: u64,
     ) -> Result<SyntheticResponse, AuthnError> {
-        let endpoint = metadata
-            .authorization_endpoint
-            .as_deref()
-            .ok_or_else(|| AuthnError::Login("the provider has no authorization endpoint".into()))?;
+        let endpoint = metadata.authorization_endpoint.as_deref().ok_or_else(|| {
+            AuthnError::Login("the provider has no authorization endpoint".into())
+        })?;
         let mut location = super::config::check_fetch_url(endpoint)
             .map_err(|problem| AuthnError::Login(format!("authorization endpoint {problem}")))?;
         let pending = PendingLogin {
@@ -322,7 +336,10 @@ impl BrowserLogin {
         let cookie = self
             .sealer
             .seal(&self.login_cookie, &pending, LOGIN_TIMEOUT_SECONDS)?;
-        Ok(SyntheticResponse::redirect(location.to_string(), vec![cookie]))
+        Ok(SyntheticResponse::redirect(
+            location.to_string(),
+            vec![cookie],
+        ))
     }
 
     /// Finishes a login: checks `state`, redeems the code, verifies the ID token with
@@ -358,11 +375,15 @@ impl BrowserLogin {
             .and_then(|json| serde_json::from_str(&json).ok())
             .ok_or_else(|| AuthnError::Login("no sign-in is in progress in this browser".into()))?;
         if now >= pending.expires_at {
-            return Err(AuthnError::Login("the sign-in took too long; start again".into()));
+            return Err(AuthnError::Login(
+                "the sign-in took too long; start again".into(),
+            ));
         }
         let state = single("state")?.unwrap_or_default();
         if !constant_time_eq(state.as_bytes(), pending.state.as_bytes()) {
-            return Err(AuthnError::Login("`state` does not match this browser's sign-in".into()));
+            return Err(AuthnError::Login(
+                "`state` does not match this browser's sign-in".into(),
+            ));
         }
         let code = single("code")?
             .filter(|code| !code.is_empty())
@@ -380,7 +401,8 @@ impl BrowserLogin {
             .append_pair("code_verifier", &pending.verifier)
             .finish();
         // RFC 6749 §2.3.1: client_secret_basic with form-encoded id and secret.
-        let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+        let encode =
+            |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
         let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             encode(&self.config.client_id),
@@ -405,11 +427,18 @@ impl BrowserLogin {
             .ok_or_else(|| AuthnError::Login("the token response has no id_token".into()))?;
         let claims = verify_id_token(&id_token, &self.config.client_id)?;
         let Value::Object(mut claims) = claims else {
-            return Err(AuthnError::Login("the ID token claims are not an object".into()));
+            return Err(AuthnError::Login(
+                "the ID token claims are not an object".into(),
+            ));
         };
         match claims.get("nonce") {
-            Some(Value::String(nonce)) if constant_time_eq(nonce.as_bytes(), pending.nonce.as_bytes()) => {}
-            _ => return Err(AuthnError::Login("the ID token's nonce does not match".into())),
+            Some(Value::String(nonce))
+                if constant_time_eq(nonce.as_bytes(), pending.nonce.as_bytes()) => {}
+            _ => {
+                return Err(AuthnError::Login(
+                    "the ID token's nonce does not match".into(),
+                ));
+            }
         }
         // Protocol claims mean nothing once the session exists; dropping them keeps the
         // cookie small.
@@ -540,7 +569,13 @@ mod tests {
     #[test]
     fn only_local_paths_are_returned_to() {
         assert_eq!(safe_return_to("/dashboards?x=1"), "/dashboards?x=1");
-        for hostile in ["//evil.example/", "/\\evil.example", "https://evil.example/", "", "/a\nb"] {
+        for hostile in [
+            "//evil.example/",
+            "/\\evil.example",
+            "https://evil.example/",
+            "",
+            "/a\nb",
+        ] {
             assert_eq!(safe_return_to(hostile), "/", "{hostile:?}");
         }
     }
@@ -557,13 +592,17 @@ mod tests {
             "K" => Some(key.clone()),
             _ => None,
         };
-        let login = BrowserLogin::new(&config, Duration::from_secs(1), Path::new("."), &env).unwrap();
+        let login =
+            BrowserLogin::new(&config, Duration::from_secs(1), Path::new("."), &env).unwrap();
         assert!(login.wants_sign_in("GET", "/x", Some("text/html,application/xhtml+xml")));
         assert!(!login.wants_sign_in("GET", "/x", Some("application/json")));
         assert!(!login.wants_sign_in("POST", "/x", Some("text/html")));
         assert!(login.wants_sign_in("POST", "/superset/welcome", None));
         assert_eq!(login.session_cookie_name(), "__Host-datagate-session");
-        assert_eq!(login.endpoint("/oauth2/callback"), Some(BrowserEndpoint::Callback));
+        assert_eq!(
+            login.endpoint("/oauth2/callback"),
+            Some(BrowserEndpoint::Callback)
+        );
         assert_eq!(login.public_origin(), "https://d.example");
     }
 
@@ -579,7 +618,8 @@ mod tests {
             "K" => Some(key.clone()),
             _ => None,
         };
-        let login = BrowserLogin::new(&config, Duration::from_secs(1), Path::new("."), &env).unwrap();
+        let login =
+            BrowserLogin::new(&config, Duration::from_secs(1), Path::new("."), &env).unwrap();
         let metadata = ProviderMetadata {
             issuer: "https://idp.example".into(),
             jwks_uri: "https://idp.example/jwks".into(),
@@ -589,15 +629,28 @@ mod tests {
         };
         let response = login.start(&metadata, "/page?a=1", 1000).unwrap();
         assert_eq!(response.status, 302);
-        let location = &response.headers.iter().find(|(name, _)| *name == "location").unwrap().1;
+        let location = &response
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "location")
+            .unwrap()
+            .1;
         let url = url::Url::parse(location).unwrap();
         let pairs: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(pairs["code_challenge_method"], "S256");
         assert_eq!(pairs["redirect_uri"], "http://127.0.0.1:9/oauth2/callback");
         assert_eq!(pairs["client_id"], "c");
         assert!(pairs["state"].len() >= 43 && pairs["nonce"].len() >= 43);
-        let cookie = &response.headers.iter().find(|(name, _)| *name == "set-cookie").unwrap().1;
+        let cookie = &response
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "set-cookie")
+            .unwrap()
+            .1;
         assert!(cookie.starts_with("datagate-login="), "{cookie}");
-        assert!(!cookie.contains(&pairs["state"]), "the state is sealed, not readable");
+        assert!(
+            !cookie.contains(&pairs["state"]),
+            "the state is sealed, not readable"
+        );
     }
 }

@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 
 use super::config::{JwksRefreshConfig, JwtConfig, check_fetch_url};
 use super::error::AuthnError;
-use super::jwt::KeySet;
 use super::fetch::{FetchError, IdpClient};
+use super::jwt::KeySet;
 use super::keys::parse_remote_jwks;
 use crate::metrics::Metrics;
 
@@ -43,7 +43,9 @@ const NEVER: u64 = u64::MAX;
 enum KeySource {
     Url(url::Url),
     /// `{issuer}/.well-known/openid-configuration` names it.
-    Discovery { issuer: String },
+    Discovery {
+        issuer: String,
+    },
 }
 
 /// The parts of an OpenID Provider's metadata datagate uses (OIDC Discovery 1.0 §3).
@@ -130,7 +132,10 @@ impl RemoteKeys {
     }
 
     fn usable_at(&self, now: Instant) -> Result<Arc<FetchedKeys>, AuthnError> {
-        let keys = self.current.load_full().ok_or(AuthnError::KeysUnavailable)?;
+        let keys = self
+            .current
+            .load_full()
+            .ok_or(AuthnError::KeysUnavailable)?;
         if now.saturating_duration_since(keys.fetched_at) > self.refresh.max_stale {
             return Err(AuthnError::KeysUnavailable);
         }
@@ -146,12 +151,10 @@ impl RemoteKeys {
         };
         match self.current.load_full() {
             None => Err(why("the identity provider's JWKS has not been fetched yet")),
-            Some(keys) if keys.fetched_at.elapsed() > self.refresh.max_stale => Err(why(
-                &format!(
-                    "the identity provider's JWKS was last fetched {} s ago, beyond max_stale; tokens are refused",
-                    keys.fetched_at.elapsed().as_secs()
-                ),
-            )),
+            Some(keys) if keys.fetched_at.elapsed() > self.refresh.max_stale => Err(why(&format!(
+                "the identity provider's JWKS was last fetched {} s ago, beyond max_stale; tokens are refused",
+                keys.fetched_at.elapsed().as_secs()
+            ))),
             Some(_) => Ok(()),
         }
     }
@@ -521,11 +524,20 @@ mod tests {
     #[test]
     fn max_age_is_honoured_within_bounds() {
         let refresh = JwksRefreshConfig::default();
-        assert_eq!(cache_max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            cache_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
         assert_eq!(cache_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(cache_max_age("public"), None);
-        assert_eq!(next_refresh(Some(Duration::from_secs(300)), &refresh), Duration::from_secs(300));
-        assert_eq!(next_refresh(Some(Duration::from_secs(1)), &refresh), refresh.min_interval);
+        assert_eq!(
+            next_refresh(Some(Duration::from_secs(300)), &refresh),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            next_refresh(Some(Duration::from_secs(1)), &refresh),
+            refresh.min_interval
+        );
         assert_eq!(
             next_refresh(Some(Duration::from_secs(86_400)), &refresh),
             refresh.max_interval
@@ -540,7 +552,9 @@ mod tests {
         let error = parse_provider_metadata(body, "https://other.example").unwrap_err();
         assert!(error.contains("not the configured"), "{error}");
         assert_eq!(
-            discovery_url("https://idp.example/realms/x/").unwrap().as_str(),
+            discovery_url("https://idp.example/realms/x/")
+                .unwrap()
+                .as_str(),
             "https://idp.example/realms/x/.well-known/openid-configuration"
         );
         assert!(discovery_url("http://idp.example").is_err());

@@ -91,7 +91,12 @@ impl CookieSealer {
     }
 
     /// A `Set-Cookie` value carrying `value` encrypted under the current key.
-    pub fn seal(&self, name: &str, value: &str, max_age_seconds: u64) -> Result<String, AuthnError> {
+    pub fn seal(
+        &self,
+        name: &str,
+        value: &str,
+        max_age_seconds: u64,
+    ) -> Result<String, AuthnError> {
         let key = self.keys.first().ok_or(AuthnError::SessionInvalid)?;
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| AuthnError::SessionInvalid)?;
@@ -158,7 +163,12 @@ impl CookieSealer {
 
     /// Opens a session cookie: it must decrypt under a configured key and not have
     /// expired (`now` in unix seconds).
-    pub fn open_session(&self, name: &str, sealed_value: &str, now: u64) -> Result<Session, AuthnError> {
+    pub fn open_session(
+        &self,
+        name: &str,
+        sealed_value: &str,
+        now: u64,
+    ) -> Result<Session, AuthnError> {
         let json = self
             .open(name, sealed_value)
             .ok_or(AuthnError::SessionInvalid)?;
@@ -194,11 +204,22 @@ mod tests {
     fn a_sealed_session_opens_and_its_cookie_is_locked_down() {
         let sealer = CookieSealer::from_key_lines(&key_line(1), true, "k").unwrap();
         let set_cookie = sealer.seal_session("s", &session(200), 3600).unwrap();
-        for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=3600"] {
+        for attribute in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=3600",
+        ] {
             assert!(set_cookie.contains(attribute), "{set_cookie}");
         }
-        assert!(!set_cookie.contains("alice"), "the claims are encrypted: {set_cookie}");
-        let opened = sealer.open_session("s", &sealed_value(&set_cookie), 100).unwrap();
+        assert!(
+            !set_cookie.contains("alice"),
+            "the claims are encrypted: {set_cookie}"
+        );
+        let opened = sealer
+            .open_session("s", &sealed_value(&set_cookie), 100)
+            .unwrap();
         assert_eq!(opened, session(200));
     }
 
@@ -206,15 +227,29 @@ mod tests {
     fn tampered_moved_expired_and_foreign_sessions_are_refused() {
         let sealer = CookieSealer::from_key_lines(&key_line(1), true, "k").unwrap();
         let value = sealed_value(&sealer.seal_session("s", &session(200), 3600).unwrap());
-        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&value).unwrap();
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&value)
+            .unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         let tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        assert_eq!(sealer.open_session("s", &tampered, 100), Err(AuthnError::SessionInvalid));
-        assert_eq!(sealer.open_session("other", &value, 100), Err(AuthnError::SessionInvalid));
-        assert_eq!(sealer.open_session("s", &value, 200), Err(AuthnError::SessionExpired));
+        assert_eq!(
+            sealer.open_session("s", &tampered, 100),
+            Err(AuthnError::SessionInvalid)
+        );
+        assert_eq!(
+            sealer.open_session("other", &value, 100),
+            Err(AuthnError::SessionInvalid)
+        );
+        assert_eq!(
+            sealer.open_session("s", &value, 200),
+            Err(AuthnError::SessionExpired)
+        );
         let stranger = CookieSealer::from_key_lines(&key_line(2), true, "k").unwrap();
-        assert_eq!(stranger.open_session("s", &value, 100), Err(AuthnError::SessionInvalid));
+        assert_eq!(
+            stranger.open_session("s", &value, 100),
+            Err(AuthnError::SessionInvalid)
+        );
     }
 
     #[test]
@@ -234,7 +269,13 @@ mod tests {
     #[test]
     fn short_and_missing_keys_are_config_errors() {
         let long = base64::engine::general_purpose::STANDARD.encode([1u8; 64]);
-        for text in ["", "# only a comment\n", "c2hvcnQ=", "not base64!", long.as_str()] {
+        for text in [
+            "",
+            "# only a comment\n",
+            "c2hvcnQ=",
+            "not base64!",
+            long.as_str(),
+        ] {
             assert!(
                 CookieSealer::from_key_lines(text, true, "k")
                     .unwrap_err()

@@ -183,13 +183,15 @@ impl TokenSources {
                     single_header(headers, http::header::AUTHORIZATION.as_str())?
                         .map(|value| (value.clone(), bearer_token(&value).to_string()))
                 }
-                TokenSourceConfig::Header { name, .. } => single_header(headers, name)?
-                    .map(|value| {
+                TokenSourceConfig::Header { name, .. } => {
+                    single_header(headers, name)?.map(|value| {
                         let value = value.trim().to_string();
                         (format!("Bearer {value}"), value)
-                    }),
-                TokenSourceConfig::Cookie { name, .. } => single_cookie(headers, name)?
-                    .map(|value| (format!("Bearer {value}"), value)),
+                    })
+                }
+                TokenSourceConfig::Cookie { name, .. } => {
+                    single_cookie(headers, name)?.map(|value| (format!("Bearer {value}"), value))
+                }
             };
             let Some((authorization, token)) = found else {
                 continue;
@@ -274,9 +276,9 @@ fn normalised(source: &TokenSourceConfig) -> String {
 /// RFC 9110 token characters (header and cookie names).
 fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|byte| {
-            byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
-        })
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
 }
 
 /// The value after `Bearer ` for comparing sources (the authenticator parses it
@@ -387,7 +389,10 @@ mod tests {
             .presented(&headers(&[("authorization", "Bearer a.b.c")]))
             .unwrap();
         assert_eq!(presented.authorization.as_deref(), Some("Bearer a.b.c"));
-        assert_eq!(sources.presented(&HeaderMap::new()).unwrap(), PresentedCredential::default());
+        assert_eq!(
+            sources.presented(&HeaderMap::new()).unwrap(),
+            PresentedCredential::default()
+        );
     }
 
     #[test]
@@ -399,9 +404,18 @@ mod tests {
         ]);
         assert!(!sources.presented(&same).unwrap().cookie_borne);
         for conflicting in [
-            headers(&[("cf-access-jwt-assertion", "a.b.c"), ("cookie", "CF_Authorization=x.y.z")]),
-            headers(&[("authorization", "Bearer a.b.c"), ("cf-access-jwt-assertion", "x.y.z")]),
-            headers(&[("authorization", "Bearer a.b.c"), ("authorization", "Bearer x.y.z")]),
+            headers(&[
+                ("cf-access-jwt-assertion", "a.b.c"),
+                ("cookie", "CF_Authorization=x.y.z"),
+            ]),
+            headers(&[
+                ("authorization", "Bearer a.b.c"),
+                ("cf-access-jwt-assertion", "x.y.z"),
+            ]),
+            headers(&[
+                ("authorization", "Bearer a.b.c"),
+                ("authorization", "Bearer x.y.z"),
+            ]),
             headers(&[("cookie", "CF_Authorization=a.b.c; CF_Authorization=x.y.z")]),
         ] {
             assert_eq!(
@@ -461,7 +475,9 @@ mod tests {
         ] {
             let config: Vec<TokenSourceConfig> = serde_yaml::from_str(yaml).unwrap();
             assert!(
-                TokenSources::new(&config, "X-API-Key").unwrap_err().is_config_error(),
+                TokenSources::new(&config, "X-API-Key")
+                    .unwrap_err()
+                    .is_config_error(),
                 "{yaml}"
             );
         }
@@ -538,7 +554,13 @@ mod same_origin_tests {
         for (pairs, allowed) in [
             (vec![("sec-fetch-site", "same-origin")], true),
             (vec![("sec-fetch-site", "same-site")], false),
-            (vec![("sec-fetch-site", "cross-site"), ("origin", "https://data.example")], false),
+            (
+                vec![
+                    ("sec-fetch-site", "cross-site"),
+                    ("origin", "https://data.example"),
+                ],
+                false,
+            ),
             (vec![("origin", "https://data.example")], true),
             (vec![("origin", "https://evil.example")], false),
             (vec![("origin", "null")], false),
@@ -550,9 +572,15 @@ mod same_origin_tests {
                 "{pairs:?}"
             );
         }
-        let by_host = headers(&[("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")]);
+        let by_host = headers(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ]);
         assert!(check_same_origin("DELETE", &by_host, None).is_ok());
-        let other = headers(&[("origin", "http://127.0.0.1:9999"), ("host", "127.0.0.1:8080")]);
+        let other = headers(&[
+            ("origin", "http://127.0.0.1:9999"),
+            ("host", "127.0.0.1:8080"),
+        ]);
         assert!(check_same_origin("DELETE", &other, None).is_err());
     }
 }

@@ -743,7 +743,10 @@ impl DatagateProxy {
         for (name, value) in synthetic.headers {
             response.append_header(name, value)?;
         }
-        response.insert_header(http::header::CONTENT_LENGTH, synthetic.body.len().to_string())?;
+        response.insert_header(
+            http::header::CONTENT_LENGTH,
+            synthetic.body.len().to_string(),
+        )?;
         session
             .write_response_header(Box::new(response), false)
             .await?;

@@ -154,6 +154,9 @@ const server = http.createServer(async (req, res) => {
       if (details.prompt.details.missingOIDCClaims) {
         grant.addOIDCClaims(details.prompt.details.missingOIDCClaims);
       }
+      for (const [indicator, scopes] of Object.entries(details.prompt.details.missingResourceScopes || {})) {
+        grant.addResourceScope(indicator, scopes.join(' '));
+      }
       const grantId = await grant.save();
       return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
     }
