@@ -138,7 +138,7 @@ const server = http.createServer(async (req, res) => {
     if (url.pathname.startsWith('/interaction/')) {
       const details = await provider.interactionDetails(req, res);
       if (details.prompt.name === 'login') {
-        return provider.interactionFinished(
+        return await provider.interactionFinished(
           req,
           res,
           { login: { accountId: nextLogin.account } },
@@ -154,11 +154,8 @@ const server = http.createServer(async (req, res) => {
       if (details.prompt.details.missingOIDCClaims) {
         grant.addOIDCClaims(details.prompt.details.missingOIDCClaims);
       }
-      for (const [indicator, scopes] of Object.entries(details.prompt.details.missingResourceScopes || {})) {
-        grant.addResourceScope(indicator, scopes.join(' '));
-      }
       const grantId = await grant.save();
-      return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+      return await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
     }
     if (url.pathname === '/jwks') {
       jwksHits += 1;
@@ -170,12 +167,18 @@ const server = http.createServer(async (req, res) => {
         };
       }
     }
-    return handler(req, res);
+    return await handler(req, res);
   } catch (error) {
     res.statusCode = 500;
     res.end(String(error));
   }
 });
+
+process.on('unhandledRejection', (error) => console.error('unhandled', error));
+// The tests read stdout only up to the `listening on` line, then close the pipe; the
+// provider's later notices must not kill it with EPIPE.
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});
 
 server.listen(Number(args.port || 0), '127.0.0.1', async () => {
   const { port } = server.address();
