@@ -9,7 +9,8 @@ CARGO ?= cargo
 deps:
 	./deploy/install-deps.sh
 
-demo: deps
+demo:
+	./deploy/install-deps.sh --build-only
 	./deploy/demo.sh
 
 lint:

@@ -5,8 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --bins --quiet
-bin=target/debug
+bin="${CARGO_TARGET_DIR:-target}/debug"
+if [ ! -x "$bin/datagate" ]; then
+  # Measured on a 2-core machine: see README, *Quickstart*.
+  echo "First build: compiling datagate and its ~430 dependencies (pingora, the AWS SDKs, sqlx, …)." >&2
+  echo "That took @FIRST_BUILD@ on 2 cores; later runs start in seconds." >&2
+fi
+started=$SECONDS
+cargo build --bins        # cargo's progress bar shows which crate is compiling
+echo "built in $((SECONDS - started)) s" >&2
 config=deploy/datagate.example.yaml
 
 for port in 8080 8088 9180; do

@@ -15,6 +15,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# `make demo` needs only the build tools above; what follows is for `make test`.
+if [ "${1:-}" = "--build-only" ]; then
+  exit 0
+fi
 # The Grafana API compatibility test drives the admin API with the real grafana-client;
 # the Datasette route pack is tested against a real Datasette server; AWS IAM auth
 # against moto's STS and Redshift emulation (python3 -m moto.server).
@@ -28,3 +32,5 @@ fi
 "$(dirname "$0")/../tests/compat/superset/install.sh"
 # Identity tests: a real OpenID Connect provider (oidc-provider on Node) and Chromium.
 "$(dirname "$0")/../tests/compat/oidc/install.sh"
+# Validators for the deployment artifacts (Kubernetes, systemd, Dockerfile, dashboard).
+"$(dirname "$0")/install-validators.sh"
