@@ -41,7 +41,10 @@ fn read(relative: &str) -> String {
 /// directory, which need not be on PATH; fall back to PATH for system packages.
 fn tool(name: &str) -> PathBuf {
     let scripts = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string());
@@ -136,9 +139,10 @@ fn sidecar_config(documents: &[Yaml]) -> SidecarConfig {
     let policies = config_maps
         .iter()
         .find(|map| {
-            map["data"]
-                .as_mapping()
-                .is_some_and(|data| data.keys().any(|key| key.as_str().unwrap().ends_with(".csv")))
+            map["data"].as_mapping().is_some_and(|data| {
+                data.keys()
+                    .any(|key| key.as_str().unwrap().ends_with(".csv"))
+            })
         })
         .expect("a ConfigMap with policy files");
     SidecarConfig {
@@ -234,8 +238,16 @@ fn kubernetes_sidecar_only_exposes_datagate_and_is_locked_down() {
         let security = &datagate["securityContext"];
         assert_eq!(security["runAsNonRoot"], Yaml::Bool(true), "{name}");
         assert!(security["runAsUser"].as_u64().unwrap() > 0, "{name}");
-        assert_eq!(security["readOnlyRootFilesystem"], Yaml::Bool(true), "{name}");
-        assert_eq!(security["allowPrivilegeEscalation"], Yaml::Bool(false), "{name}");
+        assert_eq!(
+            security["readOnlyRootFilesystem"],
+            Yaml::Bool(true),
+            "{name}"
+        );
+        assert_eq!(
+            security["allowPrivilegeEscalation"],
+            Yaml::Bool(false),
+            "{name}"
+        );
         assert_eq!(
             seq(&security["capabilities"]["drop"]),
             &vec![Yaml::from("ALL")],
@@ -246,14 +258,21 @@ fn kubernetes_sidecar_only_exposes_datagate_and_is_locked_down() {
             Some("RuntimeDefault"),
             "{name}"
         );
-        assert_eq!(pod["automountServiceAccountToken"], Yaml::Bool(false), "{name}");
+        assert_eq!(
+            pod["automountServiceAccountToken"],
+            Yaml::Bool(false),
+            "{name}"
+        );
         for resource in ["cpu", "memory"] {
             assert!(
                 !datagate["resources"]["requests"][resource].is_null(),
                 "{name}: no {resource} request"
             );
         }
-        assert!(!datagate["resources"]["limits"]["memory"].is_null(), "{name}");
+        assert!(
+            !datagate["resources"]["limits"]["memory"].is_null(),
+            "{name}"
+        );
 
         // Container ports are the config's listen ports; probes hit the admin port's paths.
         let ports: BTreeMap<String, u64> = seq(&datagate["ports"])
@@ -290,7 +309,10 @@ fn kubernetes_sidecar_only_exposes_datagate_and_is_locked_down() {
                 .unwrap_or_else(|| panic!("{name}: nothing mounted at {path}"))
         };
         for mount in mounts {
-            assert!(mount["subPath"].is_null(), "{name}: subPath mount {mount:?}");
+            assert!(
+                mount["subPath"].is_null(),
+                "{name}: subPath mount {mount:?}"
+            );
             assert_eq!(mount["readOnly"], Yaml::Bool(true), "{name}: {mount:?}");
         }
         let config_dir = Path::new("/etc/datagate/config");
@@ -304,7 +326,12 @@ fn kubernetes_sidecar_only_exposes_datagate_and_is_locked_down() {
         // Keys: every secret_file sits on a Secret volume.
         for key in seq(&config["auth"]["jwt"]["keys"]) {
             let file = normalize(&config_dir.join(str_of(&key["secret_file"], "secret_file")));
-            let directory = Path::new(&file).parent().unwrap().to_str().unwrap().to_string();
+            let directory = Path::new(&file)
+                .parent()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
             let volume = volumes[str_of(&mount_at(&directory)["name"], "volume")];
             assert!(
                 volume["secret"]["secretName"].is_string(),
@@ -351,12 +378,19 @@ fn kubernetes_sidecar_only_exposes_datagate_and_is_locked_down() {
         let service = one(&documents, "Service");
         let service_ports = seq(&service["spec"]["ports"]);
         assert_eq!(service_ports.len(), 1, "{name}");
-        assert_eq!(service_ports[0]["targetPort"].as_str(), Some("proxy"), "{name}");
+        assert_eq!(
+            service_ports[0]["targetPort"].as_str(),
+            Some("proxy"),
+            "{name}"
+        );
         assert_eq!(&service["spec"]["selector"], labels, "{name}");
 
         // NetworkPolicy: the proxy port, and the admin port only from a selected source.
         let policy = one(&documents, "NetworkPolicy");
-        assert_eq!(&policy["spec"]["podSelector"]["matchLabels"], labels, "{name}");
+        assert_eq!(
+            &policy["spec"]["podSelector"]["matchLabels"], labels,
+            "{name}"
+        );
         let mut allowed = BTreeSet::new();
         for rule in seq(&policy["spec"]["ingress"]) {
             for port in seq(&rule["ports"]) {
@@ -377,7 +411,10 @@ fn kubernetes_sidecar_only_exposes_datagate_and_is_locked_down() {
 
         let budget = one(&documents, "PodDisruptionBudget");
         assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels, "{name}");
-        assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2, "{name}");
+        assert!(
+            deployment["spec"]["replicas"].as_u64().unwrap() >= 2,
+            "{name}"
+        );
     }
 }
 
@@ -440,7 +477,10 @@ fn kubernetes_config_maps_pass_datagate_check() {
         let output = Command::new(env!("CARGO_BIN_EXE_datagate"))
             .args(["check", "--config"])
             .arg(directory.path().join("config/datagate.yaml"))
-            .env("DATAGATE_STORE_URL", "postgresql://datagate@127.0.0.1:1/unused")
+            .env(
+                "DATAGATE_STORE_URL",
+                "postgresql://datagate@127.0.0.1:1/unused",
+            )
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -610,7 +650,29 @@ fn grafana_sidecar_runs_from_its_config_maps() {
         None,
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(recorded_requests(upstream).len(), 1);
+    // Grafana's auth proxy, as the manifest configures it, reads the caller datagate sent.
+    let documents = manifest_documents("grafana.yaml");
+    let grafana_env: BTreeMap<String, String> =
+        seq(&container(one(&documents, "Deployment"), "grafana")["env"])
+            .iter()
+            .filter_map(|variable| {
+                Some((
+                    variable["name"].as_str()?.to_string(),
+                    variable["value"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+    let received = recorded_requests(upstream);
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].header_values(&grafana_env["GF_AUTH_PROXY_HEADER_NAME"]),
+        vec!["carol"]
+    );
+    let role_header = grafana_env["GF_AUTH_PROXY_HEADERS"]
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix("Role:"))
+        .unwrap();
+    assert_eq!(received[0].header_values(role_header), vec!["Viewer"]);
     support::clear_recorded(upstream);
     let (status, body) = call(
         "GET",
@@ -669,8 +731,11 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     );
 
     // Not vacuous: a misspelt directive is reported.
-    let broken = read("deploy/systemd/datagate.service")
-        .replacen("ProtectSystem=strict", "ProtectSystm=strict", 1);
+    let broken = read("deploy/systemd/datagate.service").replacen(
+        "ProtectSystem=strict",
+        "ProtectSystm=strict",
+        1,
+    );
     let broken_directory = tempfile::tempdir().unwrap();
     let output = systemd_verify(&unit_for_this_build(broken_directory.path(), &broken));
     assert!(
@@ -719,7 +784,10 @@ fn systemd_unit_has_the_hardening_and_lifecycle_datagate_relies_on() {
         assert_eq!(get(key), vec![value.to_string()], "{key}");
     }
     assert!(get("SystemCallFilter").contains(&"@system-service".to_string()));
-    assert_eq!(get("ExecReload"), vec!["/bin/kill -HUP $MAINPID".to_string()]);
+    assert_eq!(
+        get("ExecReload"),
+        vec!["/bin/kill -HUP $MAINPID".to_string()]
+    );
     // The ExecStart commands are real subcommands of this build.
     for command in get("ExecStartPre").iter().chain(get("ExecStart").iter()) {
         let mut words = command.split_whitespace();
@@ -729,7 +797,10 @@ fn systemd_unit_has_the_hardening_and_lifecycle_datagate_relies_on() {
         assert!(output.status.success(), "{command}: {}", describe(&output));
     }
     let timeout = humantime::parse_duration(&get("TimeoutStopSec")[0]).unwrap();
-    assert!(timeout > Duration::from_secs(30), "TimeoutStopSec {timeout:?}");
+    assert!(
+        timeout > Duration::from_secs(30),
+        "TimeoutStopSec {timeout:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -752,7 +823,10 @@ fn dockerfile_builds_a_release_binary_into_a_non_root_runtime() {
     let text = read("Dockerfile");
     let stages: Vec<&str> = text.split("\nFROM ").skip(1).collect();
     let runtime = stages.last().unwrap();
-    assert!(runtime.starts_with("gcr.io/distroless/cc-debian12"), "{runtime}");
+    assert!(
+        runtime.starts_with("gcr.io/distroless/cc-debian12"),
+        "{runtime}"
+    );
     let user = runtime
         .lines()
         .find_map(|line| line.strip_prefix("USER "))
@@ -883,7 +957,10 @@ fn dashboard_expressions(dashboard: &Json) -> Vec<String> {
 
 /// Problems with `expressions` against `declared`: unparsable PromQL, metrics datagate does
 /// not export, labels those metrics do not carry.
-fn dashboard_problems(expressions: &[String], declared: &BTreeMap<String, Declared>) -> Vec<String> {
+fn dashboard_problems(
+    expressions: &[String],
+    declared: &BTreeMap<String, Declared>,
+) -> Vec<String> {
     let mut child = Command::new("python3")
         .arg(root().join("tests/deploy/promql_selectors.py"))
         .stdin(Stdio::piped())
@@ -908,16 +985,21 @@ fn dashboard_problems(expressions: &[String], declared: &BTreeMap<String, Declar
         let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
         for selector in parsed["selectors"].as_array().unwrap() {
             let Some(name) = selector["name"].as_str() else {
-                problems.push(format!("`{expression}` has a selector without a metric name"));
+                problems.push(format!(
+                    "`{expression}` has a selector without a metric name"
+                ));
                 continue;
             };
-            let resolved = declared.get(name).map(|metric| (metric, false)).or_else(|| {
-                ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-                    let base = name.strip_suffix(suffix)?;
-                    let metric = declared.get(base).filter(|metric| metric.histogram)?;
-                    Some((metric, *suffix == "_bucket"))
-                })
-            });
+            let resolved = declared
+                .get(name)
+                .map(|metric| (metric, false))
+                .or_else(|| {
+                    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+                        let base = name.strip_suffix(suffix)?;
+                        let metric = declared.get(base).filter(|metric| metric.histogram)?;
+                        Some((metric, *suffix == "_bucket"))
+                    })
+                });
             let Some((metric, bucket)) = resolved else {
                 problems.push(format!(
                     "`{expression}`: `{name}` is not a metric src/metrics.rs declares"
@@ -973,7 +1055,10 @@ fn dashboard_queries_only_metrics_and_labels_datagate_exports() {
         "datagate_sts_calls_total",
         "datagate_credential_cache_total",
     ] {
-        assert!(text.contains(metric), "the dashboard does not show {metric}");
+        assert!(
+            text.contains(metric),
+            "the dashboard does not show {metric}"
+        );
     }
 }
 
@@ -1012,7 +1097,11 @@ fn dashboard_panels_use_the_datasource_variable_and_do_not_overlap() {
             grid["w"].as_u64().unwrap(),
             grid["h"].as_u64().unwrap(),
         );
-        assert!(x + w <= 24, "panel {} is wider than the grid", panel["title"]);
+        assert!(
+            x + w <= 24,
+            "panel {} is wider than the grid",
+            panel["title"]
+        );
         for row in y..y + h {
             for column in x..x + w {
                 assert!(
@@ -1025,7 +1114,11 @@ fn dashboard_panels_use_the_datasource_variable_and_do_not_overlap() {
         if panel["type"] == "row" {
             continue;
         }
-        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
         for target in panel["targets"].as_array().unwrap() {
             assert_eq!(target["datasource"]["uid"], "${datasource}");
         }
