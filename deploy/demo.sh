@@ -9,7 +9,7 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 if [ ! -x "$bin/datagate" ]; then
   # Measured on a 2-core machine: see README, *Quickstart*.
   echo "First build: compiling datagate and its ~430 dependencies (pingora, the AWS SDKs, sqlx, …)." >&2
-  echo "That took @FIRST_BUILD@ on 2 cores; later runs start in seconds." >&2
+  echo "Budget about 20 minutes on 2 cores (README, *Quickstart*); later runs start in seconds." >&2
 fi
 started=$SECONDS
 cargo build --bins        # cargo's progress bar shows which crate is compiling
