@@ -34,6 +34,7 @@ fn policy() -> RlsPolicy {
         deny_unlisted_tables: true,
         denied_functions: None,
         aws_iam: None,
+        templating: None,
     };
     let filter = |name: &str, table: &str, group: Option<&str>, clause: &str| FilterDefinition {
         name: name.into(),

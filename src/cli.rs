@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::authn::{Authenticator, MintRequest, mint_token};
 use crate::config::Config;
+use crate::decision::{self, RequestHead};
 use crate::http_error::HttpError;
-use crate::pipeline::{self, RequestHead};
 use crate::principal::BasicRole;
 use crate::route::RouteTable;
 use crate::state::AppState;
@@ -196,11 +196,20 @@ pub fn explain(
 ) -> Result<serde_json::Value, CliError> {
     let config = load_config(config_path)?;
     let state = AppState::build(config)?;
-    Ok(explain_request(&state, args))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::Other {
+            context: "explain runtime",
+            message: error.to_string(),
+        })?;
+    Ok(runtime.block_on(explain_request(&state, args)))
 }
 
-/// Shared by the CLI and (later) the admin API's explain endpoint.
-pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json::Value {
+/// `explain`: [`crate::decision::admit`] on a request described by arguments, traced.
+/// The proxy makes the same call, so the answer is the proxy's, stage for stage (MCP
+/// tool, SQL, results binding and credentials included).
+pub async fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json::Value {
     let snapshot = state.snapshot();
     let (raw_path, query) = match args.path.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -215,61 +224,37 @@ pub fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde_json:
         api_key: args.api_key.as_deref(),
         content_type: Some(&args.content_type),
     };
-    let mut checks = Vec::new();
-    let mut statements = Vec::new();
-    let identified = pipeline::identify(state, &snapshot, &head);
-    let (result, route, principal, canonical_path) = match identified {
-        Err(refusal) => (Err(refusal), None, None, None),
-        Ok(identified) => {
-            let body = args.body.as_deref().map(str::as_bytes);
-            let oversized = identified.needs_body()
-                && body.is_some_and(|body| body.len() > state.routes.max_body_bytes());
-            let result = if oversized {
-                Err(pipeline::Refusal::BodyTooLarge {
-                    route: identified.route_name().to_string(),
-                    limit: state.routes.max_body_bytes(),
-                })
-            } else {
-                let body = if identified.needs_body() { body } else { None };
-                pipeline::authorize(&snapshot, &identified, &head, body, Some(&mut checks))
-                    .and_then(|permit| {
-                        let limits = state.config.sql.rewrite_limits();
-                        let rewrite = pipeline::rewrite_sql(
-                            &snapshot,
-                            &identified,
-                            &permit,
-                            &head,
-                            body,
-                            limits,
-                            Some(&mut checks),
-                        )?;
-                        if let Some(rewrite) = rewrite {
-                            statements = rewrite.statements;
-                        }
-                        Ok(permit)
-                    })
-            };
-            (
-                result,
-                Some(identified.route_name().to_string()),
-                Some(identified.principal.clone()),
-                Some(identified.canonical_path.clone()),
-            )
+    let mut body = decision::GivenBody(args.body.as_deref().map(str::as_bytes));
+    let options = decision::AdmitOptions { trace: true };
+    let admitted = decision::admit(state, &snapshot, &head, &mut body, options).await;
+    let (verdict, status, reason, forwarded) = match &admitted.verdict {
+        decision::Verdict::Forward(forward) => (
+            "allow",
+            200,
+            "allowed".to_string(),
+            Some(json!({
+                "query": forward.query,
+                "body": forward.body.as_ref().map(|body| String::from_utf8_lossy(body).into_owned()),
+                "database_credentials": forward.db_credentials.is_some(),
+            })),
+        ),
+        decision::Verdict::Answer(_) => ("answer", 200, "answered by datagate".to_string(), None),
+        decision::Verdict::Refuse(refusal) => {
+            let error = HttpError::from(refusal);
+            ("deny", error.status, refusal.to_string(), None)
         }
     };
-    let (decision, status, reason) = match &result {
-        Ok(_) => ("allow", 200, "allowed".to_string()),
-        Err(refusal) => ("deny", HttpError::from(refusal).status, refusal.to_string()),
-    };
     json!({
-        "decision": decision,
+        "decision": verdict,
         "status": status,
         "reason": reason,
-        "route": route,
-        "canonical_path": canonical_path,
-        "principal": principal,
-        "checks": checks,
-        "sql": statements,
+        "kind": admitted.refusal().and_then(|refusal| HttpError::from(refusal).kind),
+        "route": admitted.route,
+        "canonical_path": admitted.canonical_path,
+        "principal": admitted.principal,
+        "checks": admitted.checks,
+        "sql": admitted.statements,
+        "forwarded": forwarded,
         "policy_revision": snapshot.revision,
     })
 }

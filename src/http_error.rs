@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::authn::AuthnError;
-use crate::pipeline::Refusal;
+use crate::decision::Refusal;
 
 /// A status code plus the JSON body `{"message": …}` and the headers that go with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,10 +121,29 @@ impl From<&Refusal> for HttpError {
                 HttpError::new(400, message).with_kind("sign_in_failed")
             }
             Refusal::Authentication(_) => HttpError::unauthorized(message, true),
-            Refusal::BadPath(_)
-            | Refusal::BadRequest(_)
-            | Refusal::BadBody(_)
-            | Refusal::BodyUnreadable => HttpError::new(400, message),
+            Refusal::BadRequest(crate::route::RouteError::CaseFoldedKey { .. }) => {
+                HttpError::new(400, message).with_kind("case_folded_key")
+            }
+            Refusal::BadBody(error) => {
+                use crate::decision::request::RequestError;
+                use crate::json_guard::JsonGuardError;
+                let kind = match error {
+                    RequestError::Json(JsonGuardError::DuplicateKey(_)) => "duplicate_key",
+                    RequestError::Json(JsonGuardError::CaseFoldedKeys(..)) => "case_folded_key",
+                    RequestError::Json(JsonGuardError::Malformed(_)) => "malformed_json",
+                    RequestError::FormNotUtf8 => "malformed_form",
+                };
+                HttpError::new(400, message).with_kind(kind)
+            }
+            Refusal::BadPath(_) | Refusal::BadRequest(_) | Refusal::BodyUnreadable => {
+                HttpError::new(400, message)
+            }
+            Refusal::ResultOwner { .. } => HttpError::new(403, message).with_kind("result_owner"),
+            Refusal::ResultUnknown { .. } => {
+                HttpError::new(403, message).with_kind("result_unknown")
+            }
+            Refusal::ResultStore => HttpError::new(503, message).with_kind("result_store"),
+            Refusal::UriTooLong { .. } => HttpError::new(414, message).with_kind("uri_too_long"),
             Refusal::UnmatchedRoute { .. }
             | Refusal::MissingPermission { .. }
             | Refusal::MissingDatasourcePermission { .. } => HttpError::new(403, message),
@@ -157,7 +176,14 @@ impl From<&Refusal> for HttpError {
                 HttpError::new(403, message).with_kind("mcp_unknown_tool")
             }
             Refusal::PolicyStale { .. } => HttpError::new(503, message).with_kind("policy_stale"),
-            Refusal::SqlLocation(_) => HttpError::new(400, message).with_kind("bad_sql_location"),
+            Refusal::SqlLocation(error) => {
+                let kind = error.kind();
+                let status = match kind {
+                    "write_option" | "template_syntax" => 403,
+                    _ => 400,
+                };
+                HttpError::new(status, message).with_kind(kind)
+            }
             Refusal::Sql { error, .. } => {
                 let kind = error.kind();
                 let status = match kind {
@@ -173,6 +199,42 @@ impl From<&Refusal> for HttpError {
                 HttpError::new(status, message).with_kind(kind)
             }
         }
+    }
+}
+
+impl HttpError {
+    /// pingora's own failure of a request datagate allowed (the upstream unreachable, a
+    /// timeout, a broken connection), as the JSON body every other error has; `None` when
+    /// the client connection is already gone. Upstream addresses and causes stay in the log.
+    pub fn from_proxy_failure(error: &pingora::Error) -> Option<HttpError> {
+        use pingora::{ErrorSource, ErrorType};
+        let etype = error.etype();
+        let rendered = match (etype, error.esource()) {
+            (ErrorType::HTTPStatus(code), _) => {
+                HttpError::new(*code, "the request could not be proxied").with_kind("proxy_error")
+            }
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                ErrorSource::Upstream,
+            ) => HttpError::new(504, "the upstream did not answer in time")
+                .with_kind("upstream_timeout"),
+            (_, ErrorSource::Upstream) => {
+                HttpError::new(502, "the upstream could not be reached or answered badly")
+                    .with_kind("upstream_error")
+            }
+            (
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => return None,
+            (_, ErrorSource::Downstream) => {
+                HttpError::new(400, "the request could not be read").with_kind("bad_request")
+            }
+            (_, ErrorSource::Internal | ErrorSource::Unset) => {
+                HttpError::new(500, "internal error").with_kind("internal")
+            }
+        };
+        tracing::warn!(error = %error, status = rendered.status, "request failed in the proxy");
+        Some(rendered)
     }
 }
 

@@ -1,15 +1,25 @@
-//! Refuses JSON bodies whose objects repeat a key.
+//! The one JSON reader for request bodies datagate inspects: strict, and unambiguous for
+//! every mainstream parser behind it.
+//!
+//! Called once per request by [`crate::decision::request`] (and by the admin API for its
+//! own bodies); every later stage — datasource checks, export markers, MCP, SQL locations —
+//! reads the value it returns, never the raw bytes.
 //!
 //! `{"uid": "allowed", "uid": "secret"}` is valid JSON with an undefined meaning: parsers
-//! disagree on which value wins. If datagate checked one and the upstream used the other,
-//! the check would be worthless, so a body that datagate inspects must be unambiguous.
-//! This is a serde visitor over serde_json's own parser, not a JSON parser of its own.
+//! disagree on which value wins. Go's `encoding/json` (Grafana) also matches object keys
+//! case-insensitively, with Unicode simple folding (`rawſql` reads as `rawSql`), the last
+//! match winning. So an object whose keys repeat, or whose keys are equal after case
+//! folding, is refused here: whatever datagate checks, the upstream cannot read another
+//! value at that place. This is a serde visitor over serde_json's own parser, not a JSON
+//! parser of its own; serde_json also refuses invalid UTF-8, lone surrogates, comments,
+//! trailing data and nesting deeper than 128.
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,88 +28,129 @@ pub enum JsonGuardError {
     Malformed(String),
     #[error("JSON body repeats the key `{0}` in one object; refusing an ambiguous body")]
     DuplicateKey(String),
+    #[error(
+        "JSON body has keys `{0}` and `{1}` in one object, which case-insensitive decoders (Go's encoding/json) read as the same key; refusing an ambiguous body"
+    )]
+    CaseFoldedKeys(String, String),
 }
 
-/// Ok when `body` is JSON whose objects never repeat a key (at any depth).
-pub fn reject_duplicate_keys(body: &[u8]) -> Result<(), JsonGuardError> {
+/// `body` as a JSON value, refused when any object repeats a key, exactly or after case
+/// folding.
+pub fn parse_strict(body: &[u8]) -> Result<Value, JsonGuardError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let result = UniqueKeys.deserialize(&mut deserializer);
-    match result {
-        Ok(()) => deserializer
-            .end()
-            .map_err(|error| JsonGuardError::Malformed(error.to_string())),
-        Err(error) => {
-            let message = error.to_string();
-            match message.strip_prefix(DUPLICATE_MARKER) {
-                Some(rest) => Err(JsonGuardError::DuplicateKey(
-                    rest.split(DUPLICATE_END)
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                )),
-                None => Err(JsonGuardError::Malformed(message)),
-            }
+    match StrictValue.deserialize(&mut deserializer) {
+        Ok(value) => {
+            deserializer
+                .end()
+                .map_err(|error| JsonGuardError::Malformed(error.to_string()))?;
+            Ok(value)
         }
+        Err(error) => Err(decode_error(&error.to_string())),
     }
 }
 
-const DUPLICATE_MARKER: &str = "\u{1}duplicate:";
-const DUPLICATE_END: char = '\u{1}';
+/// Ok when `body` is JSON that [`parse_strict`] accepts.
+pub fn reject_duplicate_keys(body: &[u8]) -> Result<(), JsonGuardError> {
+    parse_strict(body).map(drop)
+}
 
-/// Walks any JSON value, checking every object's keys.
+/// The key as Go's `bytes.EqualFold` compares it, or coarser: every character mapped to
+/// upper case and back to lower case, so `ſ` → `S` → `s` and the Kelvin sign `K` → `k`.
+/// Coarser folding can only refuse more bodies, never fewer.
+pub fn fold_key(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+// serde's error type carries only a message; the marker keeps the kind and the keys apart
+// from serde_json's own text (which appends a position).
+const MARKER: char = '\u{1}';
+
+fn decode_error(message: &str) -> JsonGuardError {
+    let mut parts = message.split(MARKER);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some("duplicate"), Some(key), _) => JsonGuardError::DuplicateKey(key.into()),
+        (Some(""), Some("folded"), Some(first), Some(second)) => {
+            JsonGuardError::CaseFoldedKeys(first.into(), second.into())
+        }
+        _ => JsonGuardError::Malformed(message.to_string()),
+    }
+}
+
+/// Builds a [`Value`] while checking every object's keys.
 #[derive(Clone, Copy)]
-struct UniqueKeys;
+struct StrictValue;
 
-impl<'de> DeserializeSeed<'de> for UniqueKeys {
-    type Value = ();
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for UniqueKeys {
-    type Value = ();
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
+        Number::from_f64(value)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_string()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<(), A::Error> {
-        while sequence.next_element_seed(UniqueKeys)?.is_some() {}
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(sequence.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = sequence.next_element_seed(StrictValue)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = HashSet::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        let mut folded: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+            if members.contains_key(&key) {
                 return Err(de::Error::custom(format!(
-                    "{DUPLICATE_MARKER}{key}{DUPLICATE_END}"
+                    "{MARKER}duplicate{MARKER}{key}{MARKER}"
                 )));
             }
-            map.next_value_seed(UniqueKeys)?;
+            let fold = fold_key(&key);
+            if !folded.insert(fold.clone())
+                && let Some(other) = members.keys().find(|other| fold_key(other) == fold)
+            {
+                return Err(de::Error::custom(format!(
+                    "{MARKER}folded{MARKER}{other}{MARKER}{key}{MARKER}"
+                )));
+            }
+            let value = map.next_value_seed(StrictValue)?;
+            members.insert(key, value);
         }
-        Ok(())
+        Ok(Value::Object(members))
     }
 }
 
@@ -109,10 +160,8 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_json() {
-        assert_eq!(
-            reject_duplicate_keys(br#"{"queries":[{"a":1,"b":{"a":2}},{"a":3}],"x":null}"#),
-            Ok(())
-        );
+        let value = parse_strict(br#"{"queries":[{"a":1,"b":{"a":2}},{"a":3}],"x":null}"#).unwrap();
+        assert_eq!(value["queries"][1]["a"], 3);
     }
 
     #[test]
@@ -133,12 +182,51 @@ mod tests {
     }
 
     #[test]
+    fn refuses_keys_that_go_reads_as_one() {
+        for body in [
+            r#"{"queries":[{"rawSql":"SELECT 1","rawsql":"SELECT * FROM orders"}]}"#,
+            r#"{"rawSql":"SELECT 1","RAWSQL":"x"}"#,
+            r#"{"rawSql":"SELECT 1","rawſql":"x"}"#,
+            r#"{"kind":"a","\u212aind":"b"}"#,
+        ] {
+            assert!(
+                matches!(
+                    reject_duplicate_keys(body.as_bytes()),
+                    Err(JsonGuardError::CaseFoldedKeys(_, _))
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn folding_is_at_least_as_coarse_as_go_simple_folding() {
+        // Go's unicode.SimpleFold orbits that are not plain ASCII case pairs.
+        for (left, right) in [
+            ("s", "ſ"),
+            ("k", "\u{212a}"),
+            ("σ", "ς"),
+            ("θ", "ϑ"),
+            ("å", "\u{212b}"),
+        ] {
+            assert_eq!(fold_key(left), fold_key(right), "{left} {right}");
+        }
+        assert_ne!(fold_key("rawSql"), fold_key("rawSq1"));
+    }
+
+    #[test]
     fn malformed_json_is_reported_with_position() {
         let error = reject_duplicate_keys(br#"{"queries": ["#).unwrap_err();
         assert!(matches!(error, JsonGuardError::Malformed(message) if message.contains("line 1")));
-        assert!(matches!(
-            reject_duplicate_keys(br#"{} trailing"#),
-            Err(JsonGuardError::Malformed(_))
-        ));
+        for body in [
+            &br#"{} trailing"#[..],
+            br#"{"a":"\ud800"}"#,
+            b"{\"a\":\"\xff\"}",
+        ] {
+            assert!(matches!(
+                reject_duplicate_keys(body),
+                Err(JsonGuardError::Malformed(_))
+            ));
+        }
     }
 }

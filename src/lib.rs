@@ -3,7 +3,7 @@
 //! It runs as a pingora reverse proxy in front of a BI or SQL-over-HTTP service and
 //! decides, for every request, who is calling ([`authn`]), which endpoint it is
 //! ([`route`]), and whether the grants allow it ([`policy`]), before any byte reaches the
-//! upstream. The request path is [`pipeline`]; [`proxy`] glues it to pingora, [`admin`]
+//! upstream. The request path is [`decision::admit`]; [`proxy`] glues it to pingora, [`admin`]
 //! serves health, metrics and policy administration, [`state`] holds the hot-swappable
 //! policy snapshot and [`reload`] decides when to rebuild it.
 
@@ -14,13 +14,13 @@ pub mod cli;
 pub mod config;
 pub mod connection_guard;
 pub mod creds;
+pub mod decision;
 pub mod export;
 pub mod http_error;
 pub mod json_guard;
 pub mod lifecycle;
 pub mod metrics;
 pub mod migrate;
-pub mod pipeline;
 pub mod policy;
 pub mod principal;
 pub mod proxy;

@@ -11,7 +11,7 @@
 //! The check reads the store's revision; when it is newer than the one serving, it loads
 //! the store and swaps in a new snapshot. Whenever the check succeeds, the replica has
 //! confirmed its grants are current; if it cannot confirm for longer than
-//! `store.max_staleness`, data requests are refused with 503 (see `pipeline::identify`).
+//! `store.max_staleness`, data requests are refused with 503 (see `decision::identify`).
 
 use std::sync::Arc;
 use std::time::Duration;

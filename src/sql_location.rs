@@ -1,16 +1,24 @@
-//! Where a route's SQL lives in a request, and how rewritten SQL is put back.
+//! Where a route's SQL lives in a request, what else about it is checked, and how the
+//! rewritten SQL is put back.
 //!
-//! Runs after authorization and before the rewrite: [`find_sql`] pulls every SQL string
-//! (JSON pointers with `*` over arrays, a query parameter as in Datasette's `?sql=`, or a
-//! form field) with the datasource each one targets; [`splice`] writes the rewritten SQL
-//! back in place, so every other byte of the body and query string arrives unchanged.
-//! JSON positions come from `json-spanned-value` (serde_json underneath), never from a
-//! parser of our own; anything ambiguous (a repeated key or parameter) is refused.
+//! Runs after authorization and before the rewrite, on the request as
+//! [`crate::decision::request`] read it once: [`find_sql`] pulls every SQL string (JSON
+//! pointers with `*` over arrays, a query parameter as in Datasette's `?sql=`, or a form
+//! field) with the datasource each one targets; [`apply`] builds what the upstream
+//! receives. A JSON body is re-serialised from the checked value (so every JSON parser
+//! reads exactly what datagate checked); a query string or form body keeps every byte
+//! except the SQL value, which is re-encoded in place.
+//!
+//! Anything ambiguous is refused: SQL missing at a configured location (unless the route
+//! says SQL is optional), SQL that is not a string, a repeated parameter, a raw `;` in a
+//! text SQL is read from, template syntax where templating is refused, and body fields
+//! the route forbids (options that make the upstream write).
 
-use std::ops::Range;
-
-use json_spanned_value::spanned;
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::decision::request::{FormValueError, ParsedBody, ParsedRequest};
+use crate::route::JsonPointer;
 
 /// A route's `sql:` section: where its SQL is and whether writes are allowed.
 ///
@@ -30,6 +38,40 @@ pub struct RouteSqlConfig {
     /// Non-query statements pass (never against protected tables). Off by default.
     #[serde(default)]
     pub allow_writes: bool,
+    /// A request carrying no SQL at any location passes (e.g. Datasette's database page,
+    /// whose `?sql=` is optional). Off by default: a SQL route without SQL is refused.
+    #[serde(default)]
+    pub optional: bool,
+    /// Whether SQL may contain template syntax the upstream renders after datagate's
+    /// rewrite (Superset's Jinja). Unset: the datasource's setting, else `refuse`.
+    #[serde(default)]
+    pub templating: Option<Templating>,
+    /// Where the request carries template parameters (Superset's `/templateParams`);
+    /// non-empty parameters are refused where templating is refused.
+    #[serde(default)]
+    pub template_params: Option<String>,
+    /// Body fields that must be absent or hold one of `allowed` (e.g. Superset's
+    /// `select_as_cta`, which makes SQL Lab create a table).
+    #[serde(default)]
+    pub forbidden_fields: Vec<ForbiddenFieldConfig>,
+}
+
+/// Whether template syntax may reach an upstream that renders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Templating {
+    Refuse,
+    Allow,
+}
+
+/// A body field that makes the upstream do more than read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForbiddenFieldConfig {
+    pub json_pointer: String,
+    /// Values that are harmless (e.g. `false`); absent or `null` always is.
+    #[serde(default)]
+    pub allowed: Vec<Value>,
 }
 
 /// One configured location; exactly one of `json_pointer`, `query_param`, `form_field`.
@@ -46,50 +88,127 @@ pub struct SqlLocationConfig {
 }
 
 impl RouteSqlConfig {
-    /// The locations as (source, datasource) pairs; an error names the location by index.
-    pub fn sources(&self) -> Result<Vec<(SqlSource, SqlDatasource)>, String> {
+    /// Compiles the section; an error names the offending entry.
+    pub fn compile(&self) -> Result<CompiledSql, String> {
         if self.locations.is_empty() {
             return Err("`locations` must name at least one place the SQL is".to_string());
         }
-        self.locations
+        let pointer = |text: &str, key: String| {
+            JsonPointer::parse(text).map_err(|error| format!("{key}: {error}"))
+        };
+        let mut locations = Vec::with_capacity(self.locations.len());
+        for (index, location) in self.locations.iter().enumerate() {
+            let source = match (
+                &location.json_pointer,
+                &location.query_param,
+                &location.form_field,
+            ) {
+                (Some(text), None, None) => {
+                    SqlSource::JsonPointer(pointer(text, format!("locations[{index}]"))?)
+                }
+                (None, Some(name), None) => SqlSource::QueryParam(name.clone()),
+                (None, None, Some(name)) => SqlSource::FormField(name.clone()),
+                _ => {
+                    return Err(format!(
+                        "locations[{index}] needs exactly one of `json_pointer`, `query_param`, `form_field`"
+                    ));
+                }
+            };
+            let datasource = match &location.datasource {
+                SqlDatasource::JsonPointer(text) => CompiledDatasource::JsonPointer(pointer(
+                    text,
+                    format!("locations[{index}].datasource"),
+                )?),
+                SqlDatasource::Fixed(uid) => CompiledDatasource::Fixed(uid.clone()),
+                SqlDatasource::FromRoute => CompiledDatasource::FromRoute,
+            };
+            locations.push(SqlLocation { source, datasource });
+        }
+        let template_params = self
+            .template_params
+            .as_deref()
+            .map(|text| pointer(text, "template_params".into()))
+            .transpose()?;
+        let forbidden_fields = self
+            .forbidden_fields
             .iter()
             .enumerate()
-            .map(|(index, location)| {
-                let source = match (&location.json_pointer, &location.query_param, &location.form_field) {
-                    (Some(pointer), None, None) => {
-                        pointer_segments(pointer).map_err(|error| format!("locations[{index}]: {error}"))?;
-                        SqlSource::JsonPointer(pointer.clone())
-                    }
-                    (None, Some(name), None) => SqlSource::QueryParam(name.clone()),
-                    (None, None, Some(name)) => SqlSource::FormField(name.clone()),
-                    _ => {
-                        return Err(format!(
-                            "locations[{index}] needs exactly one of `json_pointer`, `query_param`, `form_field`"
-                        ));
-                    }
-                };
-                if let SqlDatasource::JsonPointer(pointer) = &location.datasource {
-                    pointer_segments(pointer).map_err(|error| format!("locations[{index}].datasource: {error}"))?;
-                }
-                Ok((source, location.datasource.clone()))
+            .map(|(index, field)| {
+                Ok(ForbiddenField {
+                    pointer: pointer(&field.json_pointer, format!("forbidden_fields[{index}]"))?,
+                    allowed: field.allowed.clone(),
+                })
             })
-            .collect()
-    }
-
-    /// Whether any location is in the body (the proxy must then read it).
-    pub fn reads_body(&self) -> bool {
-        self.locations
-            .iter()
-            .any(|location| location.json_pointer.is_some() || location.form_field.is_some())
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(CompiledSql {
+            reads_body: self
+                .locations
+                .iter()
+                .any(|location| location.json_pointer.is_some() || location.form_field.is_some())
+                || template_params.is_some()
+                || !forbidden_fields.is_empty(),
+            locations,
+            allow_writes: self.allow_writes,
+            optional: self.optional,
+            templating: self.templating,
+            template_params,
+            forbidden_fields,
+        })
     }
 }
 
-/// One place SQL can be found, as configured on a route.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+/// A route's SQL section, compiled at config load.
+#[derive(Debug, Clone)]
+pub struct CompiledSql {
+    pub locations: Vec<SqlLocation>,
+    pub allow_writes: bool,
+    pub optional: bool,
+    pub templating: Option<Templating>,
+    pub template_params: Option<JsonPointer>,
+    pub forbidden_fields: Vec<ForbiddenField>,
+    reads_body: bool,
+}
+
+impl CompiledSql {
+    /// Whether any check reads the body (the proxy must then read it).
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+
+    /// Whether any location uses the route's datasource check.
+    pub fn uses_route_datasource(&self) -> bool {
+        self.locations
+            .iter()
+            .any(|location| matches!(location.datasource, CompiledDatasource::FromRoute))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqlLocation {
+    pub source: SqlSource,
+    pub datasource: CompiledDatasource,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForbiddenField {
+    pub pointer: JsonPointer,
+    pub allowed: Vec<Value>,
+}
+
+/// Where a SQL item's datasource comes from, compiled.
+#[derive(Debug, Clone)]
+pub enum CompiledDatasource {
+    /// `*`s take the SQL pointer's indices.
+    JsonPointer(JsonPointer),
+    Fixed(String),
+    FromRoute,
+}
+
+/// One place SQL can be found, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlSource {
     /// A JSON pointer; `*` matches every element of an array.
-    JsonPointer(String),
+    JsonPointer(JsonPointer),
     /// A query-string parameter (`?sql=…`).
     QueryParam(String),
     /// A field of an `application/x-www-form-urlencoded` body.
@@ -148,32 +267,70 @@ impl TryFrom<SqlDatasourceSyntax> for SqlDatasource {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SqlLocationError {
-    #[error("malformed JSON body: {0}")]
-    MalformedJson(String),
     #[error("`{pointer}` must be a string of SQL, found {found}")]
     NotAString {
         pointer: String,
         found: &'static str,
     },
+    #[error("this route carries SQL and the request has none at {0}")]
+    Missing(String),
     #[error("datasource at `{0}` is missing or not a string")]
     MissingDatasource(String),
-    #[error(
-        "the request names the SQL parameter `{0}` more than once; refusing an ambiguous request"
-    )]
-    RepeatedParameter(String),
-    #[error("parameter `{0}` is not valid UTF-8 after decoding")]
-    InvalidEncoding(String),
+    #[error("SQL parameter: {0}")]
+    Form(#[from] FormValueError),
     #[error("the route's SQL needs exactly one datasource, found {0}")]
     AmbiguousDatasource(usize),
-    #[error("invalid JSON pointer `{0}`")]
-    InvalidPointer(String),
+    #[error("{0}")]
+    Body(crate::route::RouteError),
+    #[error("the route reads SQL from a {expected} body, and this body is {found}")]
+    WrongBody {
+        expected: &'static str,
+        found: String,
+    },
+    #[error(
+        "field `{pointer}` holds {found}, which would make the upstream write; this route is read-only"
+    )]
+    ForbiddenField { pointer: String, found: String },
+    #[error(
+        "SQL at `{location}` contains template syntax (`{syntax}`) that the upstream would render after datagate's rewrite; templating is refused here"
+    )]
+    TemplateSyntax {
+        location: String,
+        syntax: &'static str,
+    },
+    #[error(
+        "template parameters at `{0}` are refused: the upstream would render them into the SQL after datagate's rewrite"
+    )]
+    TemplateParams(String),
+}
+
+impl SqlLocationError {
+    /// The machine-readable kind in the refusal body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SqlLocationError::Missing(_) => "sql_missing",
+            SqlLocationError::Form(FormValueError::Semicolon) => "ambiguous_query",
+            SqlLocationError::ForbiddenField { .. } => "write_option",
+            SqlLocationError::TemplateSyntax { .. } | SqlLocationError::TemplateParams(_) => {
+                "template_syntax"
+            }
+            SqlLocationError::Body(crate::route::RouteError::CaseFoldedKey { .. }) => {
+                "case_folded_key"
+            }
+            _ => "bad_sql_location",
+        }
+    }
 }
 
 /// Which part of the request an item came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Body,
-    Query,
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// A concrete JSON pointer into the body.
+    Json(String),
+    /// The encoded value's bytes in the query string.
+    Query(std::ops::Range<usize>),
+    /// The encoded value's bytes in the form body.
+    Form(std::ops::Range<usize>),
 }
 
 /// One SQL string found in a request.
@@ -183,140 +340,235 @@ pub struct SqlItem {
     pub location: String,
     pub sql: String,
     pub datasource_uid: String,
-    part: Part,
-    /// Bytes of the encoded value in its part (JSON string incl. quotes, or the raw
-    /// percent-encoded parameter value).
-    span: Range<usize>,
-    encoding: Encoding,
+    place: Place,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    JsonString,
-    FormUrlEncoded,
-}
-
-/// Finds every configured SQL string. `route_datasources` are the uids the route's
-/// datasource check extracted (for [`SqlDatasource::FromRoute`]).
+/// Finds every configured SQL string and runs the route's body checks (forbidden
+/// fields). `route_datasources` are the uids the route's datasource check extracted (for
+/// `from_route`).
 pub fn find_sql(
-    sources: &[(SqlSource, SqlDatasource)],
+    sql: &CompiledSql,
     route_datasources: &[String],
-    query: Option<&str>,
-    body: Option<&[u8]>,
+    request: &ParsedRequest,
 ) -> Result<Vec<SqlItem>, SqlLocationError> {
+    check_forbidden_fields(sql, request)?;
     let mut items = Vec::new();
-    let mut parsed_body: Option<spanned::Value> = None;
-    for (source, datasource) in sources {
-        match source {
+    let mut missing = Vec::new();
+    for location in &sql.locations {
+        match &location.source {
             SqlSource::JsonPointer(pointer) => {
-                let Some(body) = body else { continue };
-                if parsed_body.is_none() {
-                    parsed_body = Some(
-                        json_spanned_value::from_slice(body)
-                            .map_err(|error| SqlLocationError::MalformedJson(error.to_string()))?,
-                    );
-                }
-                let Some(root) = parsed_body.as_ref() else {
-                    continue;
+                let root = match &request.body {
+                    ParsedBody::Json(root) => root,
+                    ParsedBody::Absent => {
+                        missing.push(format!("`{pointer}`"));
+                        continue;
+                    }
+                    ParsedBody::Form(_) | ParsedBody::Unreadable { .. } => {
+                        return Err(SqlLocationError::WrongBody {
+                            expected: "JSON",
+                            found: body_description(&request.body),
+                        });
+                    }
                 };
-                let segments = pointer_segments(pointer)?;
-                let mut found = Vec::new();
-                collect_matches(root, &segments, &mut Vec::new(), &mut found);
-                for (indices, value) in found {
-                    let concrete = substitute(&segments, &indices);
-                    let sql = match value.get_ref() {
-                        json_spanned_value::Value::String(text) => text.clone(),
-                        json_spanned_value::Value::Null => continue,
-                        other => {
+                for reached in pointer.reach(root).map_err(SqlLocationError::Body)? {
+                    let concrete = if reached.location.is_empty() {
+                        "/".to_string()
+                    } else {
+                        reached.location.clone()
+                    };
+                    let sql_text = match reached.value {
+                        Some(Value::String(text)) => text.clone(),
+                        None => {
+                            missing.push(format!("`{concrete}`"));
+                            // Every element of a list must carry its SQL: a hole could be
+                            // filled by another key the upstream reads.
+                            if reached.under_wildcard && !sql.optional {
+                                return Err(SqlLocationError::Missing(format!("`{concrete}`")));
+                            }
+                            continue;
+                        }
+                        Some(other) => {
                             return Err(SqlLocationError::NotAString {
                                 pointer: concrete,
-                                found: other.type_str(),
+                                found: json_type(other),
                             });
                         }
                     };
-                    let datasource_uid =
-                        resolve_datasource(datasource, root, &indices, route_datasources)?;
+                    let datasource_uid = match &location.datasource {
+                        CompiledDatasource::JsonPointer(datasource) => {
+                            json_datasource(&datasource.with_indices(&reached.indices), root)?
+                        }
+                        other => plain_datasource(other, route_datasources)?,
+                    };
                     items.push(SqlItem {
                         location: concrete,
-                        sql,
+                        sql: sql_text,
                         datasource_uid,
-                        part: Part::Body,
-                        span: value.range(),
-                        encoding: Encoding::JsonString,
+                        place: Place::Json(reached.location),
                     });
                 }
             }
-            SqlSource::QueryParam(name) => {
-                if let Some((span, sql)) = find_form_value(query.unwrap_or_default(), name)? {
-                    let datasource_uid = resolve_plain_datasource(datasource, route_datasources)?;
-                    items.push(SqlItem {
-                        location: format!("?{name}"),
-                        sql,
-                        datasource_uid,
-                        part: Part::Query,
-                        span,
-                        encoding: Encoding::FormUrlEncoded,
-                    });
-                }
-            }
+            SqlSource::QueryParam(name) => match request.query.single_value(name)? {
+                Some((pair, text)) => items.push(SqlItem {
+                    location: format!("?{name}"),
+                    sql: text,
+                    datasource_uid: plain_datasource(&location.datasource, route_datasources)?,
+                    place: Place::Query(pair.value_span.clone()),
+                }),
+                None => missing.push(format!("query parameter `{name}`")),
+            },
             SqlSource::FormField(name) => {
-                let Some(body) = body else { continue };
-                let text = std::str::from_utf8(body)
-                    .map_err(|_| SqlLocationError::InvalidEncoding(name.clone()))?;
-                if let Some((span, sql)) = find_form_value(text, name)? {
-                    let datasource_uid = resolve_plain_datasource(datasource, route_datasources)?;
-                    items.push(SqlItem {
+                let form = match &request.body {
+                    ParsedBody::Form(form) => form,
+                    ParsedBody::Absent => {
+                        missing.push(format!("form field `{name}`"));
+                        continue;
+                    }
+                    ParsedBody::Json(_) | ParsedBody::Unreadable { .. } => {
+                        return Err(SqlLocationError::WrongBody {
+                            expected: "form-encoded",
+                            found: body_description(&request.body),
+                        });
+                    }
+                };
+                match form.single_value(name)? {
+                    Some((pair, text)) => items.push(SqlItem {
                         location: format!("form field `{name}`"),
-                        sql,
-                        datasource_uid,
-                        part: Part::Body,
-                        span,
-                        encoding: Encoding::FormUrlEncoded,
-                    });
+                        sql: text,
+                        datasource_uid: plain_datasource(&location.datasource, route_datasources)?,
+                        place: Place::Form(pair.value_span.clone()),
+                    }),
+                    None => missing.push(format!("form field `{name}`")),
                 }
             }
         }
+    }
+    if items.is_empty() && !sql.optional {
+        return Err(SqlLocationError::Missing(if missing.is_empty() {
+            "any configured location".to_string()
+        } else {
+            missing.join(" or ")
+        }));
     }
     Ok(items)
 }
 
-/// Replaces each item's SQL with its rewrite (`None` keeps the original bytes). Returns
-/// the new query string and body, or `None` for a part that did not change.
-pub fn splice(
-    query: Option<&str>,
-    body: Option<&[u8]>,
+/// Refuses template syntax in `item`'s SQL and non-empty template parameters, for
+/// upstreams that render templates (Superset's Jinja) after datagate's rewrite. Template
+/// syntax inside string literals counts: Jinja renders the whole text.
+pub fn check_templating(
+    sql: &CompiledSql,
+    items: &[SqlItem],
+    request: &ParsedRequest,
+) -> Result<(), SqlLocationError> {
+    for item in items {
+        for syntax in ["{{", "{%", "{#"] {
+            if item.sql.contains(syntax) {
+                return Err(SqlLocationError::TemplateSyntax {
+                    location: item.location.clone(),
+                    syntax,
+                });
+            }
+        }
+    }
+    if let (Some(pointer), Some(root)) = (&sql.template_params, request.json()) {
+        for reached in pointer.reach(root).map_err(SqlLocationError::Body)? {
+            let empty = match reached.value {
+                None => true,
+                Some(Value::String(text)) => {
+                    let text = text.trim();
+                    text.is_empty()
+                        || serde_json::from_str::<Value>(text)
+                            .is_ok_and(|value| is_empty_params(&value))
+                }
+                Some(value) => is_empty_params(value),
+            };
+            if !empty {
+                return Err(SqlLocationError::TemplateParams(pointer.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_empty_params(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(members) => members.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+fn check_forbidden_fields(
+    sql: &CompiledSql,
+    request: &ParsedRequest,
+) -> Result<(), SqlLocationError> {
+    if sql.forbidden_fields.is_empty() {
+        return Ok(());
+    }
+    let Some(root) = request.json() else {
+        return Ok(());
+    };
+    for field in &sql.forbidden_fields {
+        for reached in field.pointer.reach(root).map_err(SqlLocationError::Body)? {
+            if let Some(value) = reached.value
+                && !field.allowed.contains(value)
+            {
+                let mut found = value.to_string();
+                if found.len() > 64 {
+                    found = format!("{}…", found.chars().take(64).collect::<String>());
+                }
+                return Err(SqlLocationError::ForbiddenField {
+                    pointer: field.pointer.to_string(),
+                    found,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the upstream receives instead of the original query string and body (`None`:
+/// forward the original). A JSON body is always re-serialised from the checked value.
+pub fn apply(
+    request: &ParsedRequest,
     items: &[SqlItem],
     rewrites: &[Option<String>],
 ) -> (Option<String>, Option<Vec<u8>>) {
-    let mut body_edits = Vec::new();
+    let mut json = request.json().cloned();
     let mut query_edits = Vec::new();
+    let mut form_edits = Vec::new();
     for (item, rewrite) in items.iter().zip(rewrites) {
         let Some(rewrite) = rewrite else { continue };
-        let encoded = match item.encoding {
-            Encoding::JsonString => serde_json::to_string(rewrite).unwrap_or_default(),
-            Encoding::FormUrlEncoded => {
-                form_urlencoded::byte_serialize(rewrite.as_bytes()).collect()
+        match &item.place {
+            Place::Json(pointer) => {
+                if let Some(slot) = json.as_mut().and_then(|root| root.pointer_mut(pointer)) {
+                    *slot = Value::String(rewrite.clone());
+                }
             }
-        };
-        match item.part {
-            Part::Body => body_edits.push((item.span.clone(), encoded)),
-            Part::Query => query_edits.push((item.span.clone(), encoded)),
+            Place::Query(span) => query_edits.push((span.clone(), encode_form(rewrite))),
+            Place::Form(span) => form_edits.push((span.clone(), encode_form(rewrite))),
         }
     }
-    let new_query = match query {
-        Some(query) if !query_edits.is_empty() => {
-            Some(String::from_utf8_lossy(&apply_edits(query.as_bytes(), query_edits)).into_owned())
+    let query = (!query_edits.is_empty()).then(|| {
+        String::from_utf8_lossy(&apply_edits(request.query.text(), query_edits)).into_owned()
+    });
+    let body = match (&request.body, json) {
+        (ParsedBody::Json(_), Some(json)) => serde_json::to_vec(&json).ok(),
+        (ParsedBody::Form(form), _) if !form_edits.is_empty() => {
+            Some(apply_edits(form.text(), form_edits))
         }
         _ => None,
     };
-    let new_body = match body {
-        Some(body) if !body_edits.is_empty() => Some(apply_edits(body, body_edits)),
-        _ => None,
-    };
-    (new_query, new_body)
+    (query, body)
 }
 
-fn apply_edits(original: &[u8], mut edits: Vec<(Range<usize>, String)>) -> Vec<u8> {
+fn encode_form(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn apply_edits(original: &[u8], mut edits: Vec<(std::ops::Range<usize>, String)>) -> Vec<u8> {
     edits.sort_by_key(|(range, _)| range.start);
     let mut output = Vec::with_capacity(original.len() + 256);
     let mut cursor = 0;
@@ -332,160 +584,52 @@ fn apply_edits(original: &[u8], mut edits: Vec<(Range<usize>, String)>) -> Vec<u
     output
 }
 
-/// The raw span and decoded value of `name` in `a=1&name=…` form encoding. A name given
-/// twice is refused: which copy an upstream uses is its own business.
-fn find_form_value(
-    text: &str,
-    name: &str,
-) -> Result<Option<(Range<usize>, String)>, SqlLocationError> {
-    let mut found = None;
-    let mut offset = 0;
-    for pair in text.split('&') {
-        let start = offset;
-        offset += pair.len() + 1;
-        let (raw_name, value_start) = match pair.find('=') {
-            Some(position) => (&pair[..position], start + position + 1),
-            None => (pair, start + pair.len()),
-        };
-        if decode_form(raw_name).as_deref() != Some(name) {
-            continue;
-        }
-        if found.is_some() {
-            return Err(SqlLocationError::RepeatedParameter(name.to_string()));
-        }
-        let raw_value = text
-            .get(value_start..start + pair.len())
-            .unwrap_or_default();
-        let value = decode_form(raw_value)
-            .ok_or_else(|| SqlLocationError::InvalidEncoding(name.to_string()))?;
-        found = Some((value_start..start + pair.len(), value));
-    }
-    Ok(found)
-}
-
-fn decode_form(raw: &str) -> Option<String> {
-    let spaced = raw.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8()
-        .ok()
-        .map(|text| text.into_owned())
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Key(String),
-    Every,
-}
-
-fn pointer_segments(pointer: &str) -> Result<Vec<Segment>, SqlLocationError> {
-    if pointer.is_empty() {
-        return Ok(Vec::new());
-    }
-    let Some(rest) = pointer.strip_prefix('/') else {
-        return Err(SqlLocationError::InvalidPointer(pointer.to_string()));
-    };
-    Ok(rest
-        .split('/')
-        .map(|segment| {
-            if segment == "*" {
-                Segment::Every
-            } else {
-                Segment::Key(segment.replace("~1", "/").replace("~0", "~"))
-            }
-        })
-        .collect())
-}
-
-fn collect_matches<'v>(
-    value: &'v spanned::Value,
-    segments: &[Segment],
-    indices: &mut Vec<usize>,
-    found: &mut Vec<(Vec<usize>, &'v spanned::Value)>,
-) {
-    let Some((first, rest)) = segments.split_first() else {
-        found.push((indices.clone(), value));
-        return;
-    };
-    match (first, value.get_ref()) {
-        (Segment::Every, json_spanned_value::Value::Array(items)) => {
-            for (index, item) in items.iter().enumerate() {
-                indices.push(index);
-                collect_matches(item, rest, indices, found);
-                indices.pop();
-            }
-        }
-        (Segment::Key(key), json_spanned_value::Value::Object(map)) => {
-            if let Some(child) = map.get(key.as_str()) {
-                collect_matches(child, rest, indices, found);
-            }
-        }
-        (Segment::Key(key), json_spanned_value::Value::Array(items)) => {
-            if let Some(child) = key.parse::<usize>().ok().and_then(|index| items.get(index)) {
-                collect_matches(child, rest, indices, found);
-            }
-        }
-        _ => {}
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
-/// The pointer with its `*`s replaced by the matched indices, for messages.
-fn substitute(segments: &[Segment], indices: &[usize]) -> String {
-    let mut indices = indices.iter();
-    segments
-        .iter()
-        .map(|segment| match segment {
-            Segment::Key(key) => format!("/{}", key.replace('~', "~0").replace('/', "~1")),
-            Segment::Every => format!("/{}", indices.next().copied().unwrap_or_default()),
-        })
-        .collect()
-}
-
-fn resolve_datasource(
-    datasource: &SqlDatasource,
-    root: &spanned::Value,
-    indices: &[usize],
-    route_datasources: &[String],
-) -> Result<String, SqlLocationError> {
-    match datasource {
-        SqlDatasource::JsonPointer(pointer) => {
-            let segments = pointer_segments(pointer)?;
-            let mut indices = indices.iter();
-            let concrete: Vec<Segment> = segments
-                .into_iter()
-                .map(|segment| match segment {
-                    Segment::Every => indices
-                        .next()
-                        .map(|index| Segment::Key(index.to_string()))
-                        .unwrap_or(Segment::Every),
-                    key => key,
-                })
-                .collect();
-            let mut found = Vec::new();
-            collect_matches(root, &concrete, &mut Vec::new(), &mut found);
-            let described = substitute(&concrete, &[]);
-            match found.as_slice() {
-                [(_, value)] => match value.get_ref() {
-                    json_spanned_value::Value::String(uid) if !uid.is_empty() => Ok(uid.clone()),
-                    json_spanned_value::Value::Number(number) => Ok(number.to_string()),
-                    _ => Err(SqlLocationError::MissingDatasource(described)),
-                },
-                _ => Err(SqlLocationError::MissingDatasource(described)),
-            }
-        }
-        other => resolve_plain_datasource(other, route_datasources),
+fn body_description(body: &ParsedBody) -> String {
+    match body {
+        ParsedBody::Absent => "absent".into(),
+        ParsedBody::Json(_) => "JSON".into(),
+        ParsedBody::Form(_) => "form-encoded".into(),
+        ParsedBody::Unreadable { media_type } => format!("`{media_type}`"),
     }
 }
 
-fn resolve_plain_datasource(
-    datasource: &SqlDatasource,
-    route_datasources: &[String],
-) -> Result<String, SqlLocationError> {
-    match datasource {
-        SqlDatasource::Fixed(uid) => Ok(uid.clone()),
-        SqlDatasource::FromRoute | SqlDatasource::JsonPointer(_) => match route_datasources {
-            [uid] => Ok(uid.clone()),
-            other => Err(SqlLocationError::AmbiguousDatasource(other.len())),
+fn json_datasource(pointer: &JsonPointer, root: &Value) -> Result<String, SqlLocationError> {
+    let reached = pointer.reach(root).map_err(SqlLocationError::Body)?;
+    match reached.as_slice() {
+        [one] => match one.value {
+            Some(Value::String(uid)) if !uid.is_empty() => Ok(uid.clone()),
+            Some(Value::Number(number)) if number.is_i64() || number.is_u64() => {
+                Ok(number.to_string())
+            }
+            _ => Err(SqlLocationError::MissingDatasource(pointer.to_string())),
         },
+        _ => Err(SqlLocationError::MissingDatasource(pointer.to_string())),
+    }
+}
+
+fn plain_datasource(
+    datasource: &CompiledDatasource,
+    route_datasources: &[String],
+) -> Result<String, SqlLocationError> {
+    match datasource {
+        CompiledDatasource::Fixed(uid) => Ok(uid.clone()),
+        CompiledDatasource::FromRoute | CompiledDatasource::JsonPointer(_) => {
+            match route_datasources {
+                [uid] => Ok(uid.clone()),
+                other => Err(SqlLocationError::AmbiguousDatasource(other.len())),
+            }
+        }
     }
 }
 
@@ -493,17 +637,27 @@ fn resolve_plain_datasource(
 mod tests {
     use super::*;
 
-    fn grafana_sources() -> Vec<(SqlSource, SqlDatasource)> {
-        vec![(
-            SqlSource::JsonPointer("/queries/*/rawSql".into()),
-            SqlDatasource::JsonPointer("/queries/*/datasource/uid".into()),
-        )]
+    fn compile(yaml: &str) -> CompiledSql {
+        let config: RouteSqlConfig = serde_yaml::from_str(yaml).unwrap();
+        config.compile().unwrap()
+    }
+
+    fn grafana() -> CompiledSql {
+        compile(
+            "locations:\n  - json_pointer: /queries/*/rawSql\n    datasource: {json_pointer: /queries/*/datasource/uid}\n",
+        )
+    }
+
+    fn json(body: &str) -> ParsedRequest {
+        ParsedRequest::parse(None, None, Some(body.as_bytes())).unwrap()
     }
 
     #[test]
     fn finds_every_array_item_with_its_own_datasource() {
-        let body = br#"{"queries":[{"datasource":{"uid":"a"},"rawSql":"SELECT 1"},{"rawSql":"SELECT \"x\"","datasource":{"uid":"b"}}],"from":"now-1h"}"#;
-        let items = find_sql(&grafana_sources(), &[], None, Some(body)).unwrap();
+        let request = json(
+            r#"{"queries":[{"datasource":{"uid":"a"},"rawSql":"SELECT 1"},{"rawSql":"SELECT \"x\"","datasource":{"uid":"b"}}],"from":"now-1h"}"#,
+        );
+        let items = find_sql(&grafana(), &[], &request).unwrap();
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].sql, "SELECT 1");
         assert_eq!(items[0].datasource_uid, "a");
@@ -513,27 +667,76 @@ mod tests {
     }
 
     #[test]
-    fn splicing_changes_only_the_sql_bytes() {
-        let body = br#"{ "queries" : [ {"datasource":{"uid":"a"},"rawSql":"SELECT 1", "maxDataPoints": 1e3 } ], "x":"\u00e9" }"#;
-        let items = find_sql(&grafana_sources(), &[], None, Some(body)).unwrap();
-        let (query, new_body) =
-            splice(None, Some(body), &items, &[Some("SELECT 'é' \"q\"".into())]);
+    fn the_json_body_is_re_serialised_from_the_checked_value() {
+        let request = json(
+            r#"{ "queries" : [ {"datasource":{"uid":"a"},"rawSql":"SELECT 1", "maxDataPoints": 1000 } ], "x":"\u00e9" }"#,
+        );
+        let items = find_sql(&grafana(), &[], &request).unwrap();
+        let (query, body) = apply(&request, &items, &[Some("SELECT 'é' \"q\"".into())]);
         assert_eq!(query, None);
-        let expected = r#"{ "queries" : [ {"datasource":{"uid":"a"},"rawSql":"SELECT 'é' \"q\"", "maxDataPoints": 1e3 } ], "x":"\u00e9" }"#;
-        assert_eq!(String::from_utf8(new_body.unwrap()).unwrap(), expected);
+        // serde_json's map keeps keys sorted; object member order carries no meaning.
+        let expected = r#"{"queries":[{"datasource":{"uid":"a"},"maxDataPoints":1000,"rawSql":"SELECT 'é' \"q\""}],"x":"é"}"#;
+        assert_eq!(String::from_utf8(body.unwrap()).unwrap(), expected);
+        // Unchanged SQL still forwards the canonical form.
+        let (_, body) = apply(&request, &items, &[None]);
+        assert!(
+            String::from_utf8(body.unwrap())
+                .unwrap()
+                .starts_with(r#"{"queries":[{"#)
+        );
+    }
+
+    #[test]
+    fn sql_that_is_missing_null_or_elsewhere_is_refused() {
+        for body in [
+            r#"{"queries":[{"datasource":{"uid":"a"},"rawSql":"SELECT 1"},{"datasource":{"uid":"a"}}]}"#,
+            r#"{"queries":[{"datasource":{"uid":"a"},"rawSql":null,"rawQuery":"SELECT * FROM orders"}]}"#,
+            r#"{"queries":[]}"#,
+            r#"{}"#,
+        ] {
+            assert!(
+                matches!(
+                    find_sql(&grafana(), &[], &json(body)),
+                    Err(SqlLocationError::Missing(_))
+                ),
+                "{body}"
+            );
+        }
+        // A key Go would read as `rawSql` is refused before anything else.
+        assert_eq!(
+            find_sql(
+                &grafana(),
+                &[],
+                &json(r#"{"queries":[{"datasource":{"uid":"a"},"RAWSQL":"SELECT 1"}]}"#)
+            )
+            .unwrap_err()
+            .kind(),
+            "case_folded_key"
+        );
+        // A top-level array is not the object the pointer walks.
+        assert!(matches!(
+            find_sql(&grafana(), &[], &json(r#"[{"queries":[]}]"#)),
+            Err(SqlLocationError::Body(_))
+        ));
+        let optional =
+            compile("optional: true\nlocations:\n  - {query_param: sql, datasource: {fixed: d}}\n");
+        let request = ParsedRequest::parse(Some("_size=10"), None, None).unwrap();
+        assert_eq!(find_sql(&optional, &[], &request).unwrap(), vec![]);
     }
 
     #[test]
     fn query_parameters_are_decoded_and_re_encoded_in_place() {
-        let sources = vec![(
-            SqlSource::QueryParam("sql".into()),
-            SqlDatasource::FromRoute,
-        )];
-        let query = "_shape=array&sql=select+*+from+orders%3B&_size=10";
-        let items = find_sql(&sources, &["demo".into()], Some(query), None).unwrap();
+        let sql = compile("locations:\n  - {query_param: sql, datasource: from_route}\n");
+        let request = ParsedRequest::parse(
+            Some("_shape=array&sql=select+*+from+orders%3B&_size=10"),
+            None,
+            None,
+        )
+        .unwrap();
+        let items = find_sql(&sql, &["demo".into()], &request).unwrap();
         assert_eq!(items[0].sql, "select * from orders;");
         assert_eq!(items[0].datasource_uid, "demo");
-        let (new_query, body) = splice(Some(query), None, &items, &[Some("SELECT a&b=1".into())]);
+        let (new_query, body) = apply(&request, &items, &[Some("SELECT a&b=1".into())]);
         assert_eq!(body, None);
         assert_eq!(
             new_query.unwrap(),
@@ -542,37 +745,93 @@ mod tests {
     }
 
     #[test]
-    fn repeated_parameters_and_non_string_sql_are_refused() {
-        let sources = vec![(
-            SqlSource::QueryParam("sql".into()),
-            SqlDatasource::Fixed("d".into()),
-        )];
+    fn repeated_parameters_semicolons_and_non_string_sql_are_refused() {
+        let sql = compile("locations:\n  - {query_param: sql, datasource: {fixed: d}}\n");
+        let query = |text: &str| ParsedRequest::parse(Some(text), None, None).unwrap();
         assert_eq!(
-            find_sql(&sources, &[], Some("sql=select+1&s%71l=select+2"), None),
-            Err(SqlLocationError::RepeatedParameter("sql".into()))
+            find_sql(&sql, &[], &query("sql=select+1&s%71l=select+2")),
+            Err(SqlLocationError::Form(FormValueError::Repeated(
+                "sql".into()
+            )))
         );
-        let body = br#"{"queries":[{"datasource":{"uid":"a"},"rawSql":["SELECT 1"]}]}"#;
+        let error = find_sql(&sql, &[], &query("x=1;sql=SELECT%20*%20FROM%20orders")).unwrap_err();
+        assert_eq!(error.kind(), "ambiguous_query");
         assert!(matches!(
-            find_sql(&grafana_sources(), &[], None, Some(body)),
+            find_sql(
+                &grafana(),
+                &[],
+                &json(r#"{"queries":[{"datasource":{"uid":"a"},"rawSql":["SELECT 1"]}]}"#)
+            ),
             Err(SqlLocationError::NotAString { .. })
         ));
-        let body = br#"{"queries":[{"rawSql":"SELECT 1"}]}"#;
         assert!(matches!(
-            find_sql(&grafana_sources(), &[], None, Some(body)),
+            find_sql(
+                &grafana(),
+                &[],
+                &json(r#"{"queries":[{"rawSql":"SELECT 1"}]}"#)
+            ),
             Err(SqlLocationError::MissingDatasource(_))
         ));
     }
 
     #[test]
     fn form_fields_work_like_query_parameters() {
-        let sources = vec![(
-            SqlSource::FormField("sql".into()),
-            SqlDatasource::Fixed("d".into()),
-        )];
-        let body = b"csrf=x&sql=SELECT%201";
-        let items = find_sql(&sources, &[], None, Some(body)).unwrap();
+        let sql = compile("locations:\n  - {form_field: sql, datasource: {fixed: d}}\n");
+        let request = ParsedRequest::parse(
+            None,
+            Some("application/x-www-form-urlencoded"),
+            Some(b"csrf=x&sql=SELECT%201"),
+        )
+        .unwrap();
+        let items = find_sql(&sql, &[], &request).unwrap();
         assert_eq!(items[0].sql, "SELECT 1");
-        let (_, new_body) = splice(None, Some(body), &items, &[Some("SELECT 2".into())]);
-        assert_eq!(new_body.unwrap(), b"csrf=x&sql=SELECT+2");
+        let (_, body) = apply(&request, &items, &[Some("SELECT 2".into())]);
+        assert_eq!(body.unwrap(), b"csrf=x&sql=SELECT+2");
+    }
+
+    #[test]
+    fn templating_and_write_options_are_refused() {
+        let sql = compile(
+            "template_params: /templateParams\nforbidden_fields:\n  - {json_pointer: /select_as_cta, allowed: [false]}\n  - {json_pointer: /tmp_table_name, allowed: [\"\"]}\nlocations:\n  - {json_pointer: /sql, datasource: {fixed: d}}\n",
+        );
+        let check = |body: &str| -> Result<(), SqlLocationError> {
+            let request = json(body);
+            let items = find_sql(&sql, &[], &request)?;
+            check_templating(&sql, &items, &request)
+        };
+        assert_eq!(
+            check(
+                r#"{"sql":"SELECT 1","templateParams":"{}","select_as_cta":false,"tmp_table_name":""}"#
+            ),
+            Ok(())
+        );
+        assert_eq!(check(r#"{"sql":"SELECT 1","templateParams":{}}"#), Ok(()));
+        for (body, kind) in [
+            (r#"{"sql":"SELECT '{{ t }}' AS x"}"#, "template_syntax"),
+            (r#"{"sql":"SELECT 1 {# c #}"}"#, "template_syntax"),
+            (
+                r#"{"sql":"SELECT 1 {% if 1 %}{% endif %}"}"#,
+                "template_syntax",
+            ),
+            (
+                r#"{"sql":"SELECT 1","templateParams":"{\"t\": \"x\"}"}"#,
+                "template_syntax",
+            ),
+            (
+                r#"{"sql":"SELECT 1","templateParams":{"t":"x"}}"#,
+                "template_syntax",
+            ),
+            (
+                r#"{"sql":"SELECT 1","select_as_cta":true,"tmp_table_name":"t"}"#,
+                "write_option",
+            ),
+            (r#"{"sql":"SELECT 1","tmp_table_name":"t"}"#, "write_option"),
+        ] {
+            assert_eq!(
+                check(body).map_err(|error| error.kind()),
+                Err(kind),
+                "{body}"
+            );
+        }
     }
 }

@@ -245,6 +245,8 @@ pub struct AppState {
     pub lifecycle: crate::lifecycle::Lifecycle,
     /// Where the decision path runs SQL rewrites, off the proxy's I/O threads.
     pub sql_pool: crate::sql_pool::SqlPool,
+    /// Results ids bound to their callers, when there is no store to hold them.
+    pub result_owners: crate::decision::results::MemoryOwners,
     snapshot: ArcSwap<PolicySnapshot>,
     next_revision: AtomicU64,
     /// The store contents the serving snapshot was built from; file-triggered reloads
@@ -340,6 +342,7 @@ impl AppState {
             admin_writes: tokio::sync::Mutex::new(()),
             lifecycle: crate::lifecycle::Lifecycle::default(),
             sql_pool,
+            result_owners: Default::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             next_revision: AtomicU64::new(2),
             store_contents: Mutex::new(contents),

@@ -1,7 +1,7 @@
 //! The admin API's one error type. Handlers return it; [`crate::http_error`] turns it
 //! into the JSON `{"message": …}` response, so statuses are decided in one place.
 
-use crate::pipeline::Refusal;
+use crate::decision::Refusal;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

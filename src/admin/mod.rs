@@ -366,7 +366,7 @@ async fn explain(
     };
     (
         StatusCode::OK,
-        axum::Json(crate::cli::explain_request(&state, &request)),
+        axum::Json(crate::cli::explain_request(&state, &request).await),
     )
         .into_response()
 }

@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::AdminError;
+use crate::decision::Refusal;
 use crate::http_error::HttpError;
-use crate::pipeline::Refusal;
 use crate::policy::datasource_object;
 use crate::principal::{Principal, PrincipalKind};
 use crate::state::{AppState, PolicySnapshot, ReloadTrigger, build_snapshot_content_with_store};
@@ -74,7 +74,7 @@ pub struct Caller {
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, AdminError> {
     let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let snapshot = state.snapshot();
-    let principal = crate::pipeline::authenticate(
+    let principal = crate::decision::authenticate(
         state,
         &snapshot,
         text(header::AUTHORIZATION.as_str()),

@@ -6,16 +6,28 @@
 //! arrive at the upstream as headers without a body (measured, DESIGN.md §4). So the limit
 //! is enforced here, before any upstream connection exists: over the limit is a 413.
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::prelude::Session;
+
+use crate::decision::{BodyReadError, BodySource};
 
 /// pingora's retry buffer size: the largest body that can be read here and still forwarded.
 pub const RETRY_BUFFER_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
-    TooLarge,
-    Unreadable,
+type BodyError = BodyReadError;
+
+/// The client connection as [`crate::decision::admit`]'s body source.
+pub struct SessionBody<'a> {
+    pub session: &'a mut Session,
+    pub declared_length: Option<usize>,
+}
+
+#[async_trait]
+impl BodySource for SessionBody<'_> {
+    async fn read(&mut self, limit: usize) -> Result<Bytes, BodyReadError> {
+        read_bounded(self.session, self.declared_length, limit).await
+    }
 }
 
 /// Reads the whole request body, refusing as soon as it exceeds `limit` bytes (or the

@@ -1,11 +1,11 @@
-//! The pingora `ProxyHttp` implementation: thin glue from pingora's phases to the pipeline.
+//! The pingora `ProxyHttp` implementation: thin glue from pingora's phases to
+//! [`crate::decision::admit`].
 //!
-//! - `request_filter`: [`headers::check_client_headers`], [`crate::pipeline::identify`],
-//!   [`headers::check_upgrade`], then (in `decide`) the bounded body
-//!   read when the route inspects bodies, the MCP tool, [`crate::pipeline::authorize`],
-//!   row-level security and database credentials; a refusal is answered here, in one
-//!   place, so the upstream never sees a refused request. `/api/me/permissions` is
-//!   answered here too.
+//! - `request_filter`: [`headers::check_client_headers`] and the token sources, then
+//!   [`crate::decision::admit`] with the connection as its body source, then
+//!   [`headers::check_upgrade`]; a refusal (or datagate's own answer,
+//!   `/api/me/permissions`) is written here by [`write_json`], so the upstream never sees
+//!   a refused request. `fail_to_proxy` renders pingora's own failures the same way.
 //! - `upstream_peer`: the configured upstream with its timeouts.
 //! - `upstream_request_filter`: canonical path, then [`HeaderPlan::prepare_upstream_request`]:
 //!   protected client headers removed, identity, database-credential and forwarding
@@ -28,8 +28,8 @@ use pingora::proxy::ProxyHttp;
 use pingora::{Error, ErrorType, Result};
 
 use crate::audit::AuditEvent;
+use crate::decision::{self, Permit, Refusal, RequestHead, Verdict};
 use crate::http_error::HttpError;
-use crate::pipeline::{self, Permit, Refusal, RequestHead};
 use crate::state::AppState;
 
 pub use headers::{
@@ -112,14 +112,12 @@ pub struct RequestContext {
     /// Filled for every decided request; `logging` turns it into metrics and audit.
     outcome: Option<Outcome>,
     /// The JSON-RPC call on an MCP route: refusals are answered as JSON-RPC errors.
-    mcp: Option<pipeline::McpCall>,
+    mcp: Option<decision::McpCall>,
     /// The upstream response was an export the caller may not make: its body is
     /// replaced by this refusal.
     refused_response_body: Option<Bytes>,
     /// The snapshot the request was decided against (the response guard decides with it).
     snapshot: Option<Arc<crate::state::PolicySnapshot>>,
-    /// Datasources the request's SQL named (for IAM credentials).
-    sql_datasources: Vec<String>,
     /// IAM database credentials for the upstream.
     db_credentials: Option<crate::creds::DbCredentials>,
 }
@@ -155,7 +153,6 @@ impl ProxyHttp for DatagateProxy {
             mcp: None,
             refused_response_body: None,
             snapshot: None,
-            sql_datasources: Vec::new(),
             db_credentials: None,
         }
     }
@@ -216,61 +213,42 @@ impl ProxyHttp for DatagateProxy {
             let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
             return self.refuse(session, ctx, refusal, outcome).await;
         }
-        let identified = match pipeline::identify(&self.state, &snapshot, &head) {
-            // A kid no key set holds may be the IdP's new key: one bounded, rate-limited
-            // JWKS refetch, then one more try.
-            Err(Refusal::Authentication(crate::authn::AuthnError::UnknownKey))
-                if self.state.authenticator.refetch_for_unknown_kid().await =>
-            {
-                pipeline::identify(&self.state, &snapshot, &head)
-            }
-            other => other,
+        let mut body = body::SessionBody {
+            session,
+            declared_length,
         };
-        let mut identified = match identified {
-            Ok(identified) => identified,
-            Err(refusal) => {
-                let outcome =
-                    refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
-                return self.refuse(session, ctx, refusal, outcome).await;
-            }
-        };
-        let allows_upgrade = identified
-            .route
-            .as_ref()
-            .is_some_and(|(route, _)| route.allows_upgrade());
-        if let Err(error) = headers::check_upgrade(
-            session.req_header(),
-            identified.route_name(),
-            allows_upgrade,
-        ) {
-            let refusal = Refusal::from(error);
-            let outcome = refused_outcome(
-                &head,
-                &refusal,
-                identified.route_name(),
-                Some(&identified.principal),
-                snapshot.revision,
-            );
-            return self.refuse(session, ctx, refusal, outcome).await;
-        }
-        if pipeline::is_permissions_request(&head, &identified) {
-            return self
-                .answer_permissions(session, &snapshot, &identified.principal)
-                .await;
-        }
-
-        let authorized = self
-            .decide(
-                session,
-                ctx,
-                &snapshot,
-                &head,
-                &mut identified,
-                declared_length,
-            )
-            .await;
-        match authorized {
-            Ok(permit) => {
+        let decision = decision::admit(
+            &self.state,
+            &snapshot,
+            &head,
+            &mut body,
+            decision::AdmitOptions::default(),
+        )
+        .await;
+        ctx.body_read = decision.body_read;
+        ctx.mcp = decision.mcp.clone();
+        self.count_sql(&decision);
+        match decision.verdict {
+            Verdict::Forward(forward) => {
+                // An upgraded connection is a tunnel nothing inspects: only where the
+                // route allows it, and only after every check passed.
+                if let Err(error) = headers::check_upgrade(
+                    session.req_header(),
+                    &decision.route,
+                    decision.allows_upgrade,
+                ) {
+                    let refusal = Refusal::from(error);
+                    let outcome = refused_outcome(
+                        &head,
+                        &refusal,
+                        &decision.route,
+                        decision.principal.as_ref(),
+                        decision.policy_revision,
+                    );
+                    return self.refuse(session, ctx, refusal, outcome).await;
+                }
+                let forward = *forward;
+                let permit = forward.permit;
                 self.state
                     .metrics
                     .decision_seconds
@@ -292,17 +270,30 @@ impl ProxyHttp for DatagateProxy {
                     revision: permit.policy_revision(),
                     refused_response: false,
                 });
+                ctx.rewritten_query = forward.query;
+                ctx.rewritten_body = forward.body;
+                ctx.db_credentials = forward.db_credentials;
                 ctx.permit = Some(permit);
                 ctx.snapshot = Some(snapshot);
                 Ok(false)
             }
-            Err(refusal) => {
+            Verdict::Answer(decision::Answer::Permissions(permissions)) => {
+                self.state
+                    .metrics
+                    .requests
+                    .with_label_values(&[decision::PERMISSIONS_ROUTE, "allow"])
+                    .inc();
+                let body = serde_json::to_vec(&permissions).unwrap_or_default();
+                write_json(session, &HttpError::new(200, ""), Some(body)).await?;
+                Ok(true)
+            }
+            Verdict::Refuse(refusal) => {
                 let outcome = refused_outcome(
                     &head,
                     &refusal,
-                    identified.route_name(),
-                    Some(&identified.principal),
-                    snapshot.revision,
+                    &decision.route,
+                    decision.principal.as_ref(),
+                    decision.policy_revision,
                 );
                 self.refuse(session, ctx, refusal, outcome).await
             }
@@ -446,7 +437,7 @@ impl ProxyHttp for DatagateProxy {
                     .allowance(&snapshot.policy, &permit.principal().subjects())
                     .allows(kind)
             {
-                let refusal = pipeline::export_refusal(&self.state.config.exports, kind);
+                let refusal = decision::export_refusal(&self.state.config.exports, kind);
                 let error = HttpError::from(&refusal);
                 let body = Bytes::from(error.json_body());
                 *response = ResponseHeader::build(error.status, Some(4))?;
@@ -488,6 +479,29 @@ impl ProxyHttp for DatagateProxy {
             };
         }
         Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut RequestContext,
+    ) -> pingora::proxy::FailToProxy {
+        let rendered = HttpError::from_proxy_failure(error);
+        if let Some(outcome) = ctx.outcome.as_mut() {
+            outcome.status = rendered.as_ref().map_or(0, |rendered| rendered.status);
+            outcome.reason = format!("proxy failure: {:?}", error.etype());
+        }
+        if let Some(rendered) = &rendered
+            && session.response_written().is_none()
+            && let Err(write_error) = write_json(session, rendered, None).await
+        {
+            tracing::debug!(%write_error, "could not answer a failed request");
+        }
+        pingora::proxy::FailToProxy {
+            error_code: rendered.map_or(0, |rendered| rendered.status),
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(
@@ -566,132 +580,42 @@ fn refused_outcome(
 }
 
 impl DatagateProxy {
-    /// Everything after identification, as one result: the bounded body read (routes
-    /// that inspect it), the MCP tool, authorization, row-level security and database
-    /// credentials. Any error is a refusal; the caller answers it before the upstream.
-    async fn decide(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-        snapshot: &Arc<crate::state::PolicySnapshot>,
-        head: &RequestHead<'_>,
-        identified: &mut pipeline::Identified<'_>,
-        declared_length: Option<usize>,
-    ) -> std::result::Result<Permit, Refusal> {
-        let body = if identified.needs_body() {
-            let limit = self.state.routes.max_body_bytes();
-            let body = body::read_bounded(session, declared_length, limit)
-                .await
-                .map_err(|error| match error {
-                    body::BodyError::TooLarge => Refusal::BodyTooLarge {
-                        route: identified.route_name().to_string(),
-                        limit,
-                    },
-                    body::BodyError::Unreadable => Refusal::BodyUnreadable,
-                })?;
-            ctx.body_read = true;
-            Some(body)
-        } else {
-            None
-        };
-        ctx.mcp = pipeline::select_mcp_tool(identified, body.as_deref())
-            // Refusals on an MCP route are answered as JSON-RPC errors.
-            .inspect_err(|_| ctx.mcp = Some(pipeline::McpCall::default()))?;
-        let permit = pipeline::authorize(snapshot, identified, head, body.as_deref(), None)?;
-        if identified.carries_sql() {
-            let started = Instant::now();
-            let limits = self.state.config.sql.rewrite_limits();
-            let result = pipeline::rewrite_sql(
-                snapshot,
-                identified,
-                &permit,
-                head,
-                body.as_deref(),
-                limits,
-                None,
-            );
-            self.state
-                .metrics
-                .sql_rewrite_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.count_rewrites(&result);
-            if let Some(rewrite) = result? {
-                ctx.sql_datasources = rewrite
-                    .statements
-                    .iter()
-                    .map(|statement| statement.datasource.clone())
-                    .collect();
-                ctx.rewritten_query = rewrite.query;
-                ctx.rewritten_body = rewrite.body.map(Bytes::from);
-            }
-        }
-        ctx.db_credentials =
-            pipeline::database_credentials(&self.state, snapshot, &permit, &ctx.sql_datasources)
-                .await?;
-        Ok(permit)
-    }
-
-    /// `GET /api/me/permissions`: answered by datagate itself, never forwarded.
-    async fn answer_permissions(
-        &self,
-        session: &mut Session,
-        snapshot: &crate::state::PolicySnapshot,
-        principal: &crate::principal::Principal,
-    ) -> Result<bool> {
-        let permissions = pipeline::caller_permissions(snapshot, principal);
-        self.state
-            .metrics
-            .requests
-            .with_label_values(&[pipeline::PERMISSIONS_ROUTE, "allow"])
-            .inc();
-        let body = Bytes::from(serde_json::to_vec(&permissions).unwrap_or_default());
-        let mut response = ResponseHeader::build(200, Some(4))?;
-        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        session
-            .write_response_header(Box::new(response), false)
-            .await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
-    }
-
-    fn count_rewrites(&self, result: &std::result::Result<Option<pipeline::SqlRewrite>, Refusal>) {
+    fn count_sql(&self, decision: &decision::Decision) {
         let metrics = &self.state.metrics;
-        match result {
-            Ok(Some(rewrite)) => {
-                for statement in &rewrite.statements {
-                    let outcome = if statement.rewritten.changed {
-                        "rewritten"
-                    } else {
-                        "unchanged"
-                    };
-                    metrics
-                        .sql_rewrites
-                        .with_label_values(&[outcome, "none"])
-                        .inc();
-                    let cache = if statement.rewritten.cache_hit {
-                        "hit"
-                    } else {
-                        "miss"
-                    };
-                    metrics.sql_rewrite_cache.with_label_values(&[cache]).inc();
-                }
-            }
-            Ok(None) => {}
-            Err(Refusal::Sql { error, .. }) => {
+        if let Some(elapsed) = decision.sql_time {
+            metrics.sql_rewrite_seconds.observe(elapsed.as_secs_f64());
+        }
+        for statement in &decision.statements {
+            let outcome = if statement.rewritten.changed {
+                "rewritten"
+            } else {
+                "unchanged"
+            };
+            metrics
+                .sql_rewrites
+                .with_label_values(&[outcome, "none"])
+                .inc();
+            let cache = if statement.rewritten.cache_hit {
+                "hit"
+            } else {
+                "miss"
+            };
+            metrics.sql_rewrite_cache.with_label_values(&[cache]).inc();
+        }
+        match decision.refusal() {
+            Some(Refusal::Sql { error, .. }) => {
                 metrics
                     .sql_rewrites
                     .with_label_values(&["refused", error.kind()])
                     .inc();
             }
-            Err(Refusal::SqlLocation(_)) => {
+            Some(Refusal::SqlLocation(error)) => {
                 metrics
                     .sql_rewrites
-                    .with_label_values(&["refused", "bad_sql_location"])
+                    .with_label_values(&["refused", error.kind()])
                     .inc();
             }
-            Err(_) => {}
+            _ => {}
         }
     }
 
@@ -815,20 +739,9 @@ impl DatagateProxy {
                 return Ok(true);
             }
         }
-        let body = Bytes::from(error.json_body());
-        let mut response = ResponseHeader::build(error.status, Some(4))?;
-        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        if let Some(challenge) = error.www_authenticate {
-            response.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;
-        }
         // The unread body of a refused request would desynchronise a kept-alive connection.
         session.set_keepalive(None);
-        session
-            .write_response_header(Box::new(response), false)
-            .await?;
-        session.write_response_body(Some(body), true).await?;
+        write_json(session, &error, None).await?;
         // A client still sending its body would see the connection reset before reading
         // the answer; read and discard for a bounded time first (a lingering close).
         if !session.as_downstream_mut().is_body_done() {
@@ -840,4 +753,22 @@ impl DatagateProxy {
         }
         Ok(true)
     }
+}
+
+/// Writes a JSON response datagate makes itself: `body`, or the error's `{message, kind}`
+/// body. Every refusal, datagate's own answers and pingora's failures go out through here.
+async fn write_json(session: &mut Session, error: &HttpError, body: Option<Vec<u8>>) -> Result<()> {
+    let body = Bytes::from(body.unwrap_or_else(|| error.json_body()));
+    let mut response = ResponseHeader::build(error.status, Some(4))?;
+    response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(challenge) = &error.www_authenticate {
+        response.insert_header(http::header::WWW_AUTHENTICATE, challenge.clone())?;
+    }
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Row-level security: every SQL string a route carries is rewritten so it can only see
 //! the rows the caller's Superset-style filters allow, or it is refused.
 //!
-//! Sits after authorization in the request path (`pipeline::rewrite_sql`). Built with
+//! Sits after authorization in the request path (`decision::rewrite_sql`). Built with
 //! each policy snapshot from `policies/*.rls.yaml` and the config's datasources:
 //! [`RlsPolicy::compile`] parses every filter clause once; [`RlsPolicy::rewrite`] parses
 //! the user's SQL with the datasource's dialect, checks it (one statement, a query unless
@@ -57,6 +57,10 @@ pub struct DatasourceConfig {
     /// Database credentials through AWS IAM (see `creds`); a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_iam: Option<crate::creds::AwsIamConfig>,
+    /// Whether SQL for this datasource may carry template syntax its service renders
+    /// after datagate's rewrite (a route's `sql.templating` overrides). Unset: refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templating: Option<crate::sql_location::Templating>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]

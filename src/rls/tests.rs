@@ -10,6 +10,7 @@ fn policy(dialect: Dialect) -> RlsPolicy {
             deny_unlisted_tables: false,
             denied_functions: None,
             aws_iam: None,
+            templating: None,
         }],
         vec![FilterDefinition {
             name: "own".into(),

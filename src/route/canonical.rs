@@ -216,7 +216,7 @@ pub(super) fn decode_segment(segment: &str) -> Cow<'_, [u8]> {
 
 /// Decodes `%XX`; anything that is not a valid escape is kept as it is (the behaviour of
 /// Python's `unquote` and WHATWG form decoding, which upstreams share).
-pub(super) fn percent_decode_lenient(input: &[u8]) -> Vec<u8> {
+pub(crate) fn percent_decode_lenient(input: &[u8]) -> Vec<u8> {
     let mut output = Vec::with_capacity(input.len());
     let mut index = 0;
     while let Some(&byte) = input.get(index) {

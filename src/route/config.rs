@@ -89,6 +89,22 @@ pub struct RouteConfig {
     /// flows inside the upgraded connection is not inspected. Off: `Upgrade` is refused.
     #[serde(default)]
     pub allow_upgrade: bool,
+    /// Results bound to the caller who ran the query (Superset's SQL Lab `client_id`).
+    #[serde(default)]
+    pub results: Option<ResultsConfig>,
+}
+
+/// `routes.table[i].results`: where a request names a results id, and whether it binds
+/// the id to the caller (running a query) or must be the id's owner (reading results).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Ids this request creates: recorded as the caller's (refused if another's).
+    #[serde(default)]
+    pub bind: Vec<UidSourceConfig>,
+    /// Ids this request reads: refused unless the caller owns them.
+    #[serde(default)]
+    pub owned: Vec<UidSourceConfig>,
 }
 
 /// `routes.table[i].table_page`.

@@ -24,7 +24,7 @@
 //! Compiled once per config load; `resolve` scans the table (tens of routes) without
 //! allocation beyond the split path and the matched parameters.
 
-use crate::sql_location::{SqlDatasource, SqlSource};
+pub use crate::sql_location::CompiledSql;
 
 mod canonical;
 mod config;
@@ -39,6 +39,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+pub(crate) use canonical::percent_decode_lenient;
 pub use canonical::{MAX_PATH_BYTES, canonicalize_path};
 pub use config::{
     DatasourceConfig, ExportMarkerConfig, ExportRouteConfig, MAX_INSPECTED_BODY_BYTES, McpConfig,
@@ -82,6 +83,10 @@ pub enum RouteError {
     UidNotUtf8(String),
     #[error("route `{0}` needs a datasource uid and the request names none")]
     NoDatasource(String),
+    #[error(
+        "the JSON body has `{found}` where `{location}` is expected; case-insensitive decoders read it as that key, so it is refused"
+    )]
+    CaseFoldedKey { location: String, found: String },
 }
 
 fn config_error(key: impl Into<String>, message: impl Into<String>) -> RouteError {
@@ -191,6 +196,15 @@ pub struct Route {
     mcp: Option<McpTools>,
     table_page: Option<String>,
     allow_upgrade: bool,
+    results: Option<ResultsRequirement>,
+}
+
+/// A route's results binding (see [`crate::decision::results`]): each is a set of places
+/// to read ids from, compiled like datasource uid sources.
+#[derive(Debug, Clone)]
+pub struct ResultsRequirement {
+    pub bind: Option<DatasourceRequirement>,
+    pub owned: Option<DatasourceRequirement>,
 }
 
 /// A route's export declaration: what kind of export, and when a request is one.
@@ -206,15 +220,13 @@ impl ExportRequirement {
     pub fn applies(
         &self,
         params: &PathParams,
-        raw_query: Option<&str>,
-        body: Option<&[u8]>,
-        content_type: Option<&str>,
+        request: &crate::decision::request::ParsedRequest,
     ) -> Result<bool, RouteError> {
         if self.markers.is_empty() {
             return Ok(true);
         }
         for (source, values) in &self.markers {
-            let found = extract_datasource_uids(source, params, raw_query, body, content_type)?;
+            let found = extract_datasource_uids(source, params, request)?;
             if found
                 .iter()
                 .any(|value| values.contains(&value.to_lowercase()))
@@ -244,14 +256,6 @@ impl McpTools {
     }
 }
 
-/// A route's SQL locations, compiled (see [`crate::sql_location`]).
-#[derive(Debug, Clone)]
-pub struct CompiledSql {
-    pub sources: Vec<(SqlSource, SqlDatasource)>,
-    pub allow_writes: bool,
-    reads_body: bool,
-}
-
 impl Route {
     pub fn name(&self) -> &str {
         &self.name
@@ -278,12 +282,18 @@ impl Route {
             .as_ref()
             .is_some_and(|requirement| requirement.sources.iter().any(UidSource::reads_body));
         uids_in_body
-            || self.sql.as_ref().is_some_and(|sql| sql.reads_body)
+            || self.sql.as_ref().is_some_and(CompiledSql::reads_body)
             || self
                 .export
                 .as_ref()
                 .is_some_and(ExportRequirement::reads_body)
             || self.mcp.is_some()
+            || self.results.as_ref().is_some_and(|results| {
+                [&results.bind, &results.owned]
+                    .into_iter()
+                    .flatten()
+                    .any(|requirement| requirement.sources.iter().any(UidSource::reads_body))
+            })
     }
 
     /// The route's export declaration, if it has one.
@@ -304,6 +314,11 @@ impl Route {
     /// The path parameter naming the table, when the route is a table page.
     pub fn table_page_param(&self) -> Option<&str> {
         self.table_page.as_deref()
+    }
+
+    /// The route's results binding, if any.
+    pub fn results(&self) -> Option<&ResultsRequirement> {
+        self.results.as_ref()
     }
 
     /// Where the route's SQL is, for row-level security.
@@ -521,23 +536,16 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
     let sql = match &config.sql {
         None => None,
         Some(sql) => {
-            let sources = sql
-                .sources()
+            let compiled = sql
+                .compile()
                 .map_err(|message| config_error(format!("{key}.sql"), message))?;
-            let from_route = sources
-                .iter()
-                .any(|(_, datasource)| matches!(datasource, SqlDatasource::FromRoute));
-            if from_route && datasource.is_none() {
+            if compiled.uses_route_datasource() && datasource.is_none() {
                 return Err(config_error(
                     format!("{key}.sql"),
                     "`datasource: from_route` needs the route's `datasource` check",
                 ));
             }
-            Some(CompiledSql {
-                reads_body: sql.reads_body(),
-                sources,
-                allow_writes: sql.allow_writes,
-            })
+            Some(compiled)
         }
     };
     let export = config
@@ -578,6 +586,7 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
                     mcp: None,
                     table_page: None,
                     allow_upgrade: false,
+                    results: None,
                 };
                 tools.insert(name.clone(), compile_route(&tool_route, &tool_key)?);
             }
@@ -605,7 +614,42 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
             Some(page.table_param.clone())
         }
     };
+    let results = match &config.results {
+        None => None,
+        Some(results) => {
+            let compile = |uids: &[UidSourceConfig], which: &str| {
+                if uids.is_empty() {
+                    return Ok(None);
+                }
+                let source = DatasourceConfig {
+                    action: "results".to_string(),
+                    uids: uids.to_vec(),
+                    required: false,
+                };
+                let key = format!("{key}.results.{which}");
+                compile_datasource(&source, &template, &config.name, &key)
+                    .map(Some)
+                    .map_err(|error| match error {
+                        RouteError::Config { key, message } => RouteError::Config {
+                            key: key.replace(".datasource.uids", ""),
+                            message,
+                        },
+                        other => other,
+                    })
+            };
+            let bind = compile(&results.bind, "bind")?;
+            let owned = compile(&results.owned, "owned")?;
+            if bind.is_none() && owned.is_none() {
+                return Err(config_error(
+                    format!("{key}.results"),
+                    "needs `bind` or `owned` (where the results id is)",
+                ));
+            }
+            Some(ResultsRequirement { bind, owned })
+        }
+    };
     Ok(Route {
+        results,
         name: config.name.clone(),
         path: config.path.clone(),
         methods,

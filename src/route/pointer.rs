@@ -66,12 +66,92 @@ impl JsonPointer {
         &self.text
     }
 
-    /// Every uid the pointer names in `document`, with the concrete location of each.
-    pub(super) fn uids(&self, document: &Value) -> Result<Vec<(String, String)>, RouteError> {
+    /// The same pointer with its `*`s replaced, in order, by `indices` (a datasource
+    /// pointer that follows the SQL pointer's array positions).
+    pub fn with_indices(&self, indices: &[usize]) -> JsonPointer {
+        let mut indices = indices.iter();
+        let steps: Vec<Step> = self
+            .steps
+            .iter()
+            .map(|step| match step {
+                Step::EveryElement => indices
+                    .next()
+                    .map_or(Step::EveryElement, |index| Step::Key(index.to_string())),
+                key => key.clone(),
+            })
+            .collect();
+        let text = steps
+            .iter()
+            .map(|step| match step {
+                Step::Key(key) => format!("/{}", escape_segment(key)),
+                Step::EveryElement => "/*".to_string(),
+            })
+            .collect();
+        JsonPointer { text, steps }
+    }
+
+    /// Every place the pointer reaches in `document`, absent members included (so a
+    /// caller can require them). Walking through a value of the wrong shape is an error;
+    /// so is a member that is absent while a key equal to it after case folding is
+    /// present (Go's `encoding/json` would read that key here).
+    pub fn reach<'v>(&self, document: &'v Value) -> Result<Vec<Reached<'v>>, RouteError> {
         let mut found = Vec::new();
-        walk(document, &self.steps, &mut String::new(), false, &mut found)?;
+        walk(
+            document,
+            &self.steps,
+            &mut Walked::default(),
+            false,
+            &mut found,
+        )?;
         Ok(found)
     }
+
+    /// Every uid the pointer names in `document`, with the concrete location of each.
+    pub(super) fn uids(&self, document: &Value) -> Result<Vec<(String, String)>, RouteError> {
+        let mut uids = Vec::new();
+        for reached in self.reach(document)? {
+            let location = location_text(&reached.location);
+            match reached.value {
+                None if reached.under_wildcard => return Err(RouteError::MissingUid(location)),
+                None => {}
+                Some(Value::String(uid)) => uids.push((location, uid.clone())),
+                Some(Value::Number(number)) if number.is_i64() || number.is_u64() => {
+                    uids.push((location, number.to_string()));
+                }
+                Some(other) => {
+                    return Err(RouteError::UidNotScalar {
+                        location,
+                        found: if other.is_number() {
+                            "a non-integer number"
+                        } else {
+                            kind_of(other)
+                        },
+                    });
+                }
+            }
+        }
+        Ok(uids)
+    }
+}
+
+/// One place a pointer reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reached<'v> {
+    /// The concrete pointer (`*` replaced by indices), escaped; `""` is the root.
+    pub location: String,
+    /// The array index each `*` took.
+    pub indices: Vec<usize>,
+    /// `None` when the member (or an object on the way to it) is absent or `null`.
+    pub value: Option<&'v Value>,
+    /// Whether a `*` was crossed: an element that lacks the member is then a hole in a
+    /// list rather than an optional field.
+    pub under_wildcard: bool,
+}
+
+#[derive(Default)]
+struct Walked {
+    location: String,
+    indices: Vec<usize>,
 }
 
 fn unescape_segment(segment: &str) -> Option<String> {
@@ -124,88 +204,85 @@ fn location_text(location: &str) -> String {
     }
 }
 
-/// `location` is the concrete pointer walked so far; `under_wildcard` makes a missing
-/// value an error instead of "nothing named here".
-fn walk(
-    value: &Value,
+fn walk<'v>(
+    value: &'v Value,
     steps: &[Step],
-    location: &mut String,
+    walked: &mut Walked,
     under_wildcard: bool,
-    found: &mut Vec<(String, String)>,
+    found: &mut Vec<Reached<'v>>,
 ) -> Result<(), RouteError> {
-    let missing = |location: &str| {
-        if under_wildcard {
-            Err(RouteError::MissingUid(location_text(location)))
-        } else {
-            Ok(())
-        }
+    let mut reached = |walked: &Walked, value: Option<&'v Value>| {
+        found.push(Reached {
+            location: walked.location.clone(),
+            indices: walked.indices.clone(),
+            value,
+            under_wildcard,
+        });
+        Ok(())
     };
     let Some((step, rest)) = steps.split_first() else {
-        return match value {
-            Value::String(uid) => {
-                found.push((location_text(location), uid.clone()));
-                Ok(())
-            }
-            Value::Number(number) if number.is_i64() || number.is_u64() => {
-                found.push((location_text(location), number.to_string()));
-                Ok(())
-            }
-            Value::Null => missing(location),
-            other => Err(RouteError::UidNotScalar {
-                location: location_text(location),
-                found: if other.is_number() {
-                    "a non-integer number"
-                } else {
-                    kind_of(other)
-                },
-            }),
-        };
+        return reached(walked, Some(value).filter(|value| !value.is_null()));
     };
-    let restore = location.len();
+    let restore = walked.location.len();
     let result = match (step, value) {
-        (_, Value::Null) => missing(location),
+        (_, Value::Null) => reached(walked, None),
         (Step::EveryElement, Value::Array(items)) => {
             for (index, item) in items.iter().enumerate() {
-                location.push_str(&format!("/{index}"));
-                walk(item, rest, location, true, found)?;
-                location.truncate(restore);
+                walked.location.push_str(&format!("/{index}"));
+                walked.indices.push(index);
+                let result = walk(item, rest, walked, true, found);
+                walked.indices.pop();
+                walked.location.truncate(restore);
+                result?;
             }
             Ok(())
         }
         (Step::Key(key), Value::Object(members)) => {
-            location.push('/');
-            location.push_str(&escape_segment(key));
+            walked.location.push('/');
+            walked.location.push_str(&escape_segment(key));
             match members.get(key) {
-                Some(child) => walk(child, rest, location, under_wildcard, found),
-                None => missing(location),
+                Some(child) => walk(child, rest, walked, under_wildcard, found),
+                None => {
+                    let folded = crate::json_guard::fold_key(key);
+                    match members
+                        .keys()
+                        .find(|other| crate::json_guard::fold_key(other) == folded)
+                    {
+                        Some(other) => Err(RouteError::CaseFoldedKey {
+                            location: location_text(&walked.location),
+                            found: other.clone(),
+                        }),
+                        None => reached(walked, None),
+                    }
+                }
             }
         }
         (Step::Key(key), Value::Array(items)) => match array_index(key) {
             Some(index) => {
-                location.push_str(&format!("/{index}"));
+                walked.location.push_str(&format!("/{index}"));
                 match items.get(index) {
-                    Some(child) => walk(child, rest, location, under_wildcard, found),
-                    None => missing(location),
+                    Some(child) => walk(child, rest, walked, under_wildcard, found),
+                    None => reached(walked, None),
                 }
             }
             None => Err(RouteError::JsonShape {
-                location: location_text(location),
+                location: location_text(&walked.location),
                 expected: "an object",
                 found: "an array",
             }),
         },
         (Step::EveryElement, other) => Err(RouteError::JsonShape {
-            location: location_text(location),
+            location: location_text(&walked.location),
             expected: "an array",
             found: kind_of(other),
         }),
         (Step::Key(_), other) => Err(RouteError::JsonShape {
-            location: location_text(location),
+            location: location_text(&walked.location),
             expected: "an object",
             found: kind_of(other),
         }),
     };
-    location.truncate(restore);
+    walked.location.truncate(restore);
     result
 }
 
@@ -356,6 +433,33 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn a_key_that_only_case_folds_onto_the_member_is_refused() {
+        for body in [
+            json!({"queries": [{"datasource": {"UID": "secret"}}]}),
+            json!({"queries": [{"datasource": {"uid": "a"}}, {"Datasource": {"uid": "b"}}]}),
+        ] {
+            assert!(
+                matches!(
+                    uids("/queries/*/datasource/uid", &body),
+                    Err(RouteError::CaseFoldedKey { .. })
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn indices_substitute_wildcards() {
+        let datasource = pointer("/queries/*/datasource/uid").with_indices(&[2]);
+        assert_eq!(datasource.as_str(), "/queries/2/datasource/uid");
+        let body = json!({"queries": [{}, {}, {"datasource": {"uid": "c"}}]});
+        assert_eq!(
+            datasource.uids(&body),
+            Ok(vec![("/queries/2/datasource/uid".into(), "c".into())])
+        );
     }
 
     #[test]

@@ -175,6 +175,7 @@ pub(super) async fn load(tx: &mut Transaction<'_, Any>) -> Result<StoreContents,
             deny_unlisted_tables: row.try_get::<i64, _>("deny_unlisted_tables")? != 0,
             denied_functions: None,
             aws_iam: aws_iam_of(&row.try_get::<String, _>("secure_settings")?)?,
+            templating: None,
         });
     }
     Ok(StoreContents {

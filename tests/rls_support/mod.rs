@@ -232,6 +232,7 @@ pub fn compile_policy(filters: &[CorpusFilter], dialect: Dialect, tables: &[Stri
         deny_unlisted_tables: false,
         denied_functions: None,
         aws_iam: None,
+        templating: None,
     };
     RlsPolicy::compile(&[datasource], filter_definitions(filters, "demo"))
         .unwrap_or_else(|error| panic!("policy does not compile: {error}"))

@@ -1,0 +1,381 @@
+//! Identification and authorization: who is calling, which route the request is, and
+//! whether every check of that route passes against one policy snapshot.
+//!
+//! ```text
+//! identify(head)            stale-grants check → authenticate → canonicalise → resolve
+//! authorize(snapshot, ..)   role permissions → datasource permissions → table page →
+//!                           export permission                               → Permit
+//! ```
+//! A [`Permit`] can only be built here: holding one proves every check ran against one
+//! snapshot.
+
+use serde::Serialize;
+use sha2::Digest;
+
+use super::request::ParsedRequest;
+use super::{Refusal, RequestHead};
+use crate::authn::AuthnError;
+use crate::principal::{Principal, PrincipalKind};
+use crate::route::PathParams;
+use crate::route::{
+    Resolution, Route, UnmatchedPolicy, canonicalize_path, extract_datasource_uids,
+};
+use crate::state::{AppState, PolicySnapshot};
+
+/// Who is calling and which route the request is. The body has not been read yet.
+pub struct Identified<'t> {
+    pub principal: Principal,
+    /// The path the route was matched on; it is also what the upstream receives.
+    pub canonical_path: String,
+    pub route: Option<(&'t Route, PathParams)>,
+    pub(super) unmatched_policy: UnmatchedPolicy,
+}
+
+impl Identified<'_> {
+    pub fn route_name(&self) -> &str {
+        self.route
+            .as_ref()
+            .map(|(route, _)| route.name())
+            .unwrap_or("unmatched")
+    }
+
+    /// Whether authorization needs the request body (the route extracts from it).
+    pub fn needs_body(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|(route, _)| route.needs_body())
+    }
+
+    /// Whether the route carries SQL that row-level security must see.
+    pub fn carries_sql(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|(route, _)| route.sql().is_some())
+    }
+}
+
+/// Proof that a request passed every check. Only [`authorize`] builds one (the fields are
+/// private to this module).
+#[derive(Debug, Clone)]
+pub struct Permit {
+    principal: Principal,
+    route: String,
+    canonical_path: String,
+    datasource_uids: Vec<String>,
+    policy_revision: u64,
+}
+
+impl Permit {
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+    pub fn canonical_path(&self) -> &str {
+        &self.canonical_path
+    }
+    pub fn datasource_uids(&self) -> &[String] {
+        &self.datasource_uids
+    }
+    pub fn policy_revision(&self) -> u64 {
+        self.policy_revision
+    }
+}
+
+/// One check and how it went, for `explain` and the audit reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub check: String,
+    pub passed: bool,
+}
+
+/// Stage 1–3: authenticate, canonicalise, resolve. Refuses bad credentials even on routes
+/// that would allow anonymous access: a client that presents a credential must present a
+/// valid one. A replica that cannot confirm its grants are current refuses everything
+/// first (fail closed on stale grants).
+pub fn identify<'t>(
+    state: &'t AppState,
+    snapshot: &PolicySnapshot,
+    head: &RequestHead<'_>,
+) -> Result<Identified<'t>, Refusal> {
+    if let Some(age) = state.policy_staleness() {
+        return Err(Refusal::PolicyStale {
+            seconds: age.as_secs(),
+        });
+    }
+    let principal = authenticate(state, snapshot, head.authorization, head.api_key)?;
+    let canonical_path = canonicalize_path(head.raw_path).map_err(Refusal::BadPath)?;
+    let (route, unmatched_policy) = match state.routes.resolve(head.method, &canonical_path) {
+        Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
+        Resolution::Unmatched(policy) => (None, policy),
+    };
+    Ok(Identified {
+        principal,
+        canonical_path,
+        route,
+        unmatched_policy,
+    })
+}
+
+/// Authenticates against the config's keys and the snapshot's service-account tokens,
+/// then adds what the grants store says about the caller (roles, teams, basic role), so
+/// authorization and row-level security see the same identity.
+pub fn authenticate(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    authorization: Option<&str>,
+    api_key: Option<&str>,
+) -> Result<Principal, AuthnError> {
+    let tokens = |token: &str| {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let (login, expires_at_ms) = snapshot
+            .store
+            .tokens
+            .get(&digest)
+            .ok_or(AuthnError::UnknownApiKey)?;
+        if expires_at_ms.is_some_and(|expires| expires <= crate::store::now_ms()) {
+            return Err(AuthnError::Expired);
+        }
+        Ok(crate::authn::service_account(login, &[], &[], None))
+    };
+    let mut principal =
+        state
+            .authenticator
+            .authenticate_with_tokens(authorization, api_key, &tokens)?;
+    if principal.kind != PrincipalKind::Anonymous
+        && let Some(subject) = principal.subjects().first()
+        && let Some(identity) = snapshot.store.identities.get(subject)
+    {
+        for role in &identity.roles {
+            if !principal.roles.contains(role) {
+                principal.roles.push(role.clone());
+            }
+        }
+        for team in &identity.teams {
+            if !principal.teams.contains(team) {
+                principal.teams.push(team.clone());
+            }
+        }
+        principal.basic_role = principal.basic_role.max(identity.basic_role);
+    }
+    // Roles, teams and basic roles held through policy memberships (`g, user:alice,
+    // role:Gamma`) count like the token's: authorization already grants their
+    // permissions, so row-level security must apply their filters too.
+    {
+        for group in snapshot.policy.groups_of(&principal.subjects()) {
+            if let Some(role) = group.strip_prefix(crate::principal::subject::ROLE) {
+                if !principal.roles.iter().any(|held| held == role) {
+                    principal.roles.push(role.to_string());
+                }
+            } else if let Some(team) = group.strip_prefix(crate::principal::subject::TEAM) {
+                if !principal.teams.iter().any(|held| held == team) {
+                    principal.teams.push(team.to_string());
+                }
+            } else if let Some(basic) = group.strip_prefix(crate::principal::subject::BASIC) {
+                principal.basic_role = principal.basic_role.max(basic.parse().ok());
+            }
+        }
+    }
+    Ok(principal)
+}
+
+/// Stage 5: every check against one snapshot, reading the request as parsed once. `trace`, when given, receives every check with its outcome.
+pub fn authorize(
+    snapshot: &PolicySnapshot,
+    identified: &Identified<'_>,
+    head: &RequestHead<'_>,
+    request: &ParsedRequest,
+    mut trace: Option<&mut Vec<CheckOutcome>>,
+) -> Result<Permit, Refusal> {
+    let principal = &identified.principal;
+    let anonymous = principal.kind == PrincipalKind::Anonymous;
+    let mut record = |check: String, passed: bool| {
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(CheckOutcome { check, passed });
+        }
+    };
+    let Some((route, params)) = &identified.route else {
+        return match identified.unmatched_policy {
+            UnmatchedPolicy::Allow => {
+                record(
+                    "unmatched route: allowed by `routes.unmatched: allow`".into(),
+                    true,
+                );
+                Ok(permit(snapshot, identified, Vec::new()))
+            }
+            UnmatchedPolicy::Authenticated if !anonymous => {
+                record("unmatched route: caller is authenticated".into(), true);
+                Ok(permit(snapshot, identified, Vec::new()))
+            }
+            UnmatchedPolicy::Authenticated => {
+                record("unmatched route: caller is authenticated".into(), false);
+                Err(Refusal::AuthenticationRequired {
+                    reason: "unmatched routes require an authenticated caller".into(),
+                })
+            }
+            UnmatchedPolicy::Deny => {
+                record("unmatched route: `routes.unmatched: deny`".into(), false);
+                Err(Refusal::UnmatchedRoute {
+                    method: head.method.to_string(),
+                    path: identified.canonical_path.clone(),
+                })
+            }
+        };
+    };
+
+    if route.requires_authentication() {
+        record("route requires an authenticated caller".into(), !anonymous);
+        if anonymous {
+            return Err(Refusal::AuthenticationRequired {
+                reason: format!("route `{}` does not allow anonymous callers", route.name()),
+            });
+        }
+    }
+
+    let subjects = principal.subjects();
+    let denied = |permission: String| {
+        if anonymous {
+            Refusal::AuthenticationRequired {
+                reason: format!("anonymous callers lack `{permission}`"),
+            }
+        } else {
+            Refusal::MissingPermission { permission }
+        }
+    };
+
+    for required in route.permissions_all_of() {
+        let passed = snapshot
+            .policy
+            .allows(&subjects, &required.view, &required.action);
+        record(format!("role permission `{required}`"), passed);
+        if !passed {
+            return Err(denied(required.to_string()));
+        }
+    }
+    let any_of = route.permissions_any_of();
+    if !any_of.is_empty() {
+        let passed = any_of.iter().any(|candidate| {
+            snapshot
+                .policy
+                .allows(&subjects, &candidate.view, &candidate.action)
+        });
+        let listed = any_of
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("` or `");
+        record(format!("role permission `{listed}`"), passed);
+        if !passed {
+            return Err(denied(listed));
+        }
+    }
+
+    let mut datasource_uids = Vec::new();
+    if let Some(requirement) = route.datasource() {
+        datasource_uids =
+            extract_datasource_uids(requirement, params, request).map_err(Refusal::BadRequest)?;
+        for uid in &datasource_uids {
+            let object = crate::policy::datasource_object(uid);
+            let passed = snapshot
+                .policy
+                .allows(&subjects, &object, &requirement.action);
+            record(
+                format!("datasource permission `{}` on `{uid}`", requirement.action),
+                passed,
+            );
+            if !passed {
+                return Err(if anonymous {
+                    Refusal::AuthenticationRequired {
+                        reason: format!(
+                            "anonymous callers lack `{}` on datasource `{uid}`",
+                            requirement.action
+                        ),
+                    }
+                } else {
+                    Refusal::MissingDatasourcePermission {
+                        action: requirement.action.clone(),
+                        uid: uid.clone(),
+                    }
+                });
+            }
+        }
+    }
+
+    if let Some(table_param) = route.table_page_param() {
+        let table = match params.lookup(table_param) {
+            Some(crate::route::ParamValue::Text(table)) => {
+                tilde_decode(table).ok_or_else(|| Refusal::TablePageFiltered {
+                    reason: format!("table name `{table}` is not validly encoded"),
+                })?
+            }
+            _ => {
+                return Err(Refusal::TablePageFiltered {
+                    reason: "the table name is not valid UTF-8".into(),
+                });
+            }
+        };
+        for uid in &datasource_uids {
+            let result = snapshot.rls.table_page_allowed(uid, &table, principal);
+            record(
+                format!("table page `{table}` unfiltered for this caller"),
+                result.is_ok(),
+            );
+            result.map_err(|reason| Refusal::TablePageFiltered { reason })?;
+        }
+    }
+
+    if let Some(export) = route.export() {
+        let is_export = export
+            .applies(params, request)
+            .map_err(Refusal::BadRequest)?;
+        if is_export && let Some(required) = snapshot.exports.required_permission(export.kind) {
+            let passed = snapshot
+                .policy
+                .allows(&subjects, &required.view, &required.action);
+            record(
+                format!("{} export needs `{required}`", export.kind.as_str()),
+                passed,
+            );
+            if !passed {
+                return Err(denied(required.to_string()));
+            }
+        }
+    }
+    Ok(permit(snapshot, identified, datasource_uids))
+}
+
+/// Datasette's tilde-encoding of names in paths (`~2F` is `/`); `None` when a `~` is not
+/// followed by two hex digits or the result is not UTF-8, so an encoded name can never
+/// name a different table to datagate than to Datasette.
+pub fn tilde_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'~' {
+            let hex = bytes.get(index + 1..index + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+pub(super) fn permit(
+    snapshot: &PolicySnapshot,
+    identified: &Identified<'_>,
+    datasource_uids: Vec<String>,
+) -> Permit {
+    Permit {
+        principal: identified.principal.clone(),
+        route: identified.route_name().to_string(),
+        canonical_path: identified.canonical_path.clone(),
+        datasource_uids,
+        policy_revision: snapshot.revision,
+    }
+}

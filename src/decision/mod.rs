@@ -1,0 +1,313 @@
+//! `admit`: the request path as one straight line of plain functions, free of pingora.
+//! The proxy, `datagate explain`, `datagate test` and the tests all call [`admit`], so
+//! what `explain` says is what the proxy does.
+//!
+//! ```text
+//! admit(state, snapshot, head, body) -> Decision
+//!   identify      stale grants → credentials → principal → canonical path → route
+//!   (answer)      GET /api/me/permissions is answered here, never forwarded
+//!   read body     only when the route inspects it, bounded (413 over the limit)
+//!   parse once    ParsedRequest: query pairs, one JSON value (repeated and case-folded
+//!                 keys refused) or form pairs — every later stage reads this
+//!   MCP tool      a `tools/call` switches to the tool's own route
+//!   authorize     role → datasource → table page → export               → Permit
+//!   rewrite       SQL locations → templating / write options → verified RLS rewrite
+//!   results       who owns a SQL Lab `client_id` (bound on execute, checked on read)
+//!   credentials   STS-backed database tokens
+//!   forward       the canonical request: a JSON body re-serialised from the checked
+//!                 value, rewritten query string and form values re-encoded in place
+//! ```
+//!
+//! Every refusal is a [`Refusal`], rendered to HTTP in one place ([`crate::http_error`]).
+
+mod authorize;
+mod creds;
+mod mcp;
+mod permissions;
+mod refusal;
+pub mod request;
+pub mod results;
+mod sql;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use authorize::{
+    CheckOutcome, Identified, Permit, authenticate, authorize, identify, tilde_decode,
+};
+pub use creds::database_credentials;
+pub use mcp::{McpCall, select_mcp_tool};
+pub use permissions::{
+    CallerPermissions, DatasourceAccess, ExportPermissions, GrantedPermission, PERMISSIONS_PATH,
+    PERMISSIONS_ROUTE, caller_permissions, export_refusal, is_permissions_request,
+};
+pub use refusal::Refusal;
+pub use sql::{QUERY_ACTION, SqlRewrite, StatementRewrite, rewrite_sql};
+
+use crate::principal::Principal;
+use crate::state::{AppState, PolicySnapshot};
+use request::{ParsedBody, ParsedRequest};
+
+/// The parts of an HTTP request the decision depends on, borrowed from whatever server
+/// received it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The path exactly as received, without the query string.
+    pub raw_path: &'a str,
+    pub query: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+}
+
+/// Why a body could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyReadError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Where [`admit`] gets the body from, only when the route inspects it: the proxy reads
+/// it from the connection, `explain` and `datagate test` hand over bytes.
+#[async_trait]
+pub trait BodySource: Send {
+    /// The whole body; more than `limit` bytes is [`BodyReadError::TooLarge`].
+    async fn read(&mut self, limit: usize) -> Result<Bytes, BodyReadError>;
+}
+
+/// A body given as bytes (`None`: no body).
+pub struct GivenBody<'a>(pub Option<&'a [u8]>);
+
+#[async_trait]
+impl BodySource for GivenBody<'_> {
+    async fn read(&mut self, limit: usize) -> Result<Bytes, BodyReadError> {
+        match self.0 {
+            Some(body) if body.len() > limit => Err(BodyReadError::TooLarge),
+            Some(body) => Ok(Bytes::copy_from_slice(body)),
+            None => Ok(Bytes::new()),
+        }
+    }
+}
+
+/// What [`admit`] should record beyond the verdict.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitOptions {
+    /// Record every check with its outcome (`explain`, `datagate test`).
+    pub trace: bool,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Send the canonical request upstream.
+    Forward(Box<Forward>),
+    /// datagate answers the request itself (it never reaches the upstream).
+    Answer(Answer),
+    /// Refuse; nothing reaches the upstream.
+    Refuse(Refusal),
+}
+
+/// The request the upstream receives, and the proof it may.
+#[derive(Debug)]
+pub struct Forward {
+    pub permit: Permit,
+    /// Replaces the query string (`None`: the original).
+    pub query: Option<String>,
+    /// Replaces the body (`None`: the original, or no body).
+    pub body: Option<Bytes>,
+    pub db_credentials: Option<crate::creds::DbCredentials>,
+}
+
+/// A response datagate gives itself.
+#[derive(Debug)]
+pub enum Answer {
+    Permissions(Box<CallerPermissions>),
+}
+
+/// The decision on one request, with what `explain`, metrics and the audit line need.
+#[derive(Debug)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The route's name (`unmatched` when none matched or identification failed).
+    pub route: String,
+    pub principal: Option<Principal>,
+    pub canonical_path: Option<String>,
+    /// Set on MCP routes: refusals are answered as JSON-RPC errors with this id.
+    pub mcp: Option<McpCall>,
+    /// Every check with its outcome, when traced.
+    pub checks: Vec<CheckOutcome>,
+    /// Every SQL statement and its rewrite.
+    pub statements: Vec<StatementRewrite>,
+    /// Time spent in row-level security, when the route carries SQL.
+    pub sql_time: Option<Duration>,
+    /// The body was read from the client (so `Expect: 100-continue` was answered).
+    pub body_read: bool,
+    /// The route lets an `Upgrade` through (after every check passed).
+    pub allows_upgrade: bool,
+    pub policy_revision: u64,
+}
+
+impl Decision {
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match &self.verdict {
+            Verdict::Refuse(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+/// The longest path and query string datagate forwards; a rewrite that makes the query
+/// string longer is refused rather than sent as a URI the upstream may not parse.
+pub const MAX_FORWARDED_URI_BYTES: usize = 32 * 1024;
+
+/// Decides one request against one snapshot. Never touches the upstream.
+pub async fn admit(
+    state: &AppState,
+    snapshot: &Arc<PolicySnapshot>,
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+    options: AdmitOptions,
+) -> Decision {
+    let mut decision = Decision {
+        verdict: Verdict::Refuse(Refusal::BodyUnreadable),
+        route: "unmatched".to_string(),
+        principal: None,
+        canonical_path: None,
+        mcp: None,
+        checks: Vec::new(),
+        statements: Vec::new(),
+        sql_time: None,
+        body_read: false,
+        allows_upgrade: false,
+        policy_revision: snapshot.revision,
+    };
+    let identified = match identify(state, snapshot, head) {
+        // A kid no key set holds may be the IdP's new key: one bounded, rate-limited JWKS
+        // refetch, then one more try.
+        Err(Refusal::Authentication(crate::authn::AuthnError::UnknownKey))
+            if state.authenticator.refetch_for_unknown_kid().await =>
+        {
+            identify(state, snapshot, head)
+        }
+        other => other,
+    };
+    let mut identified = match identified {
+        Ok(identified) => identified,
+        Err(refusal) => {
+            decision.verdict = Verdict::Refuse(refusal);
+            return decision;
+        }
+    };
+    decision.route = identified.route_name().to_string();
+    decision.principal = Some(identified.principal.clone());
+    decision.canonical_path = Some(identified.canonical_path.clone());
+    if is_permissions_request(head, &identified) {
+        decision.route = PERMISSIONS_ROUTE.to_string();
+        decision.verdict = Verdict::Answer(Answer::Permissions(Box::new(caller_permissions(
+            snapshot,
+            &identified.principal,
+        ))));
+        return decision;
+    }
+    decision.verdict = match decide(
+        state,
+        snapshot,
+        head,
+        body,
+        options,
+        &mut identified,
+        &mut decision,
+    )
+    .await
+    {
+        Ok(forward) => Verdict::Forward(Box::new(forward)),
+        Err(refusal) => Verdict::Refuse(refusal),
+    };
+    // The tool's own route decides an MCP call, and is what metrics and audit name.
+    decision.route = identified.route_name().to_string();
+    decision.allows_upgrade = identified
+        .route
+        .as_ref()
+        .is_some_and(|(route, _)| route.allows_upgrade());
+    decision
+}
+
+/// Everything after identification, as one result.
+async fn decide(
+    state: &AppState,
+    snapshot: &Arc<PolicySnapshot>,
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+    options: AdmitOptions,
+    identified: &mut Identified<'_>,
+    decision: &mut Decision,
+) -> Result<Forward, Refusal> {
+    let needs_body = identified.needs_body();
+    let limit = state.routes.max_body_bytes();
+    let body_bytes = if needs_body {
+        let bytes = body.read(limit).await.map_err(|error| match error {
+            BodyReadError::TooLarge => Refusal::BodyTooLarge {
+                route: identified.route_name().to_string(),
+                limit,
+            },
+            BodyReadError::Unreadable => Refusal::BodyUnreadable,
+        })?;
+        decision.body_read = true;
+        Some(bytes)
+    } else {
+        None
+    };
+    if mcp::is_mcp(identified) {
+        decision.mcp = Some(McpCall::default());
+    }
+    let request = ParsedRequest::parse(head.query, head.content_type, body_bytes.as_deref())?;
+    if let Some(call) = decision.mcp.as_mut() {
+        select_mcp_tool(identified, &request, call)?;
+    }
+    let mut trace = options.trace.then_some(&mut decision.checks);
+    let permit = authorize(snapshot, identified, head, &request, trace.as_deref_mut())?;
+
+    let mut query = None;
+    let mut forwarded_body = None;
+    let mut sql_datasources = Vec::new();
+    if identified.carries_sql() {
+        let started = Instant::now();
+        let limits = state.config.sql.rewrite_limits();
+        let result = rewrite_sql(snapshot, identified, &permit, &request, limits, trace);
+        decision.sql_time = Some(started.elapsed());
+        if let Some(rewrite) = result? {
+            sql_datasources = rewrite
+                .statements
+                .iter()
+                .map(|statement| statement.datasource.clone())
+                .collect();
+            query = rewrite.query;
+            forwarded_body = rewrite.body.map(Bytes::from);
+            decision.statements = rewrite.statements;
+        }
+    }
+    // Whatever datagate inspected as JSON goes upstream as datagate read it.
+    if forwarded_body.is_none()
+        && let ParsedBody::Json(value) = &request.body
+    {
+        forwarded_body = serde_json::to_vec(value).ok().map(Bytes::from);
+    }
+    let forwarded_query = query.as_deref().or(head.query).unwrap_or_default();
+    if identified.canonical_path.len() + forwarded_query.len() + 1 > MAX_FORWARDED_URI_BYTES {
+        return Err(Refusal::UriTooLong {
+            limit: MAX_FORWARDED_URI_BYTES,
+        });
+    }
+    results::check(state, identified, &permit, &request).await?;
+    let db_credentials = database_credentials(state, snapshot, &permit, &sql_datasources).await?;
+    Ok(Forward {
+        permit,
+        query,
+        body: forwarded_body,
+        db_credentials,
+    })
+}
