@@ -720,7 +720,9 @@ table:
     assert!(matched_route(&form_only, "POST", "/f").0.needs_body());
     assert_eq!(
         extract_uids(&requirement, &params, None, Some(br#"{"ds": "x"}"#), None),
-        Err(RouteError::UnsupportedContentType("application/json".into()))
+        Err(RouteError::UnsupportedContentType(
+            "application/json".into()
+        ))
     );
     assert_eq!(
         extract_uids(&requirement, &params, None, Some(br#"{"ds": "x"}"#), JSON),

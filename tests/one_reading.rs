@@ -1,0 +1,471 @@
+//! One reading of every request (issue [1/6]): on every route datagate inspects, the
+//! upstream receives only what datagate parsed and checked, in a form every mainstream
+//! parser reads the same way; anything that could be read two ways is refused with a
+//! specific `kind`, and the upstream receives nothing.
+//!
+//! Real processes: the demo upstream records every request; datagate runs the example
+//! config. The forwarded requests are read back with a Go-semantics JSON decoder
+//! (case-insensitive keys, last match wins — Grafana's `encoding/json`) and with Python's
+//! `urllib.parse`, with and without `;` as a separator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::fmt;
+
+use datagate::principal::BasicRole;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Value, json};
+use support::gateway::{Gateway, GatewayOptions};
+use support::{ChildProcess, call, clear_recorded, free_port, recorded_requests, spawn_upstream};
+
+struct Setup {
+    _upstream: ChildProcess,
+    upstream: std::net::SocketAddr,
+    gateway: Gateway,
+}
+
+fn setup() -> Setup {
+    let (upstream_process, upstream) = spawn_upstream(&[]);
+    let gateway = Gateway::start(GatewayOptions::new(upstream));
+    Setup {
+        _upstream: upstream_process,
+        upstream,
+        gateway,
+    }
+}
+
+/// A JSON value as Go's `encoding/json` builds it: objects keep every member in order,
+/// repeats included, so a lookup can do what Go does.
+#[derive(Debug, Clone)]
+enum GoJson {
+    Scalar(Value),
+    Array(Vec<GoJson>),
+    Object(Vec<(String, GoJson)>),
+}
+
+impl GoJson {
+    fn parse(text: &str) -> GoJson {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        deserializer.deserialize_any(GoVisitor).unwrap()
+    }
+
+    /// Go's struct-field matching: the last member whose key equals `field` under
+    /// Unicode case folding wins (exact matches are not preferred once decoded in order).
+    fn field(&self, field: &str) -> Option<&GoJson> {
+        let GoJson::Object(members) = self else {
+            return None;
+        };
+        members
+            .iter()
+            .filter(|(key, _)| go_equal_fold(key, field))
+            .map(|(_, value)| value)
+            .next_back()
+    }
+
+    fn index(&self, index: usize) -> Option<&GoJson> {
+        match self {
+            GoJson::Array(items) => items.get(index),
+            _ => None,
+        }
+    }
+
+    fn text(&self) -> Option<&str> {
+        match self {
+            GoJson::Scalar(Value::String(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// `bytes.EqualFold`: equal under Unicode simple case folding (`ſ` is `s`, `K` is `k`).
+fn go_equal_fold(left: &str, right: &str) -> bool {
+    fn fold(character: char) -> char {
+        match character {
+            'ſ' => 's',
+            '\u{212a}' => 'k',
+            '\u{212b}' => 'å',
+            other => other.to_lowercase().next().unwrap_or(other),
+        }
+    }
+    left.chars().count() == right.chars().count()
+        && left
+            .chars()
+            .zip(right.chars())
+            .all(|(a, b)| fold(a) == fold(b))
+}
+
+struct GoVisitor;
+
+impl<'de> Visitor<'de> for GoVisitor {
+    type Value = GoJson;
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("JSON")
+    }
+    fn visit_bool<E>(self, value: bool) -> Result<GoJson, E> {
+        Ok(GoJson::Scalar(json!(value)))
+    }
+    fn visit_i64<E>(self, value: i64) -> Result<GoJson, E> {
+        Ok(GoJson::Scalar(json!(value)))
+    }
+    fn visit_u64<E>(self, value: u64) -> Result<GoJson, E> {
+        Ok(GoJson::Scalar(json!(value)))
+    }
+    fn visit_f64<E>(self, value: f64) -> Result<GoJson, E> {
+        Ok(GoJson::Scalar(json!(value)))
+    }
+    fn visit_str<E>(self, value: &str) -> Result<GoJson, E> {
+        Ok(GoJson::Scalar(json!(value)))
+    }
+    fn visit_unit<E>(self) -> Result<GoJson, E> {
+        Ok(GoJson::Scalar(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<GoJson, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = sequence.next_element_seed(GoSeed)? {
+            items.push(item);
+        }
+        Ok(GoJson::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<GoJson, A::Error> {
+        let mut members = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            members.push((key, map.next_value_seed(GoSeed)?));
+        }
+        Ok(GoJson::Object(members))
+    }
+}
+
+struct GoSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for GoSeed {
+    type Value = GoJson;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<GoJson, D::Error> {
+        deserializer.deserialize_any(GoVisitor)
+    }
+}
+
+#[test]
+fn the_go_decoder_of_the_tests_reads_the_attack_as_grafana_does() {
+    // The decoder must see the attack, or the tests below would prove nothing.
+    let attack =
+        GoJson::parse(r#"{"queries":[{"rawSql":"SELECT 1","rawsql":"SELECT * FROM orders"}]}"#);
+    let query = attack.field("queries").unwrap().index(0).unwrap();
+    assert_eq!(
+        query.field("rawSql").unwrap().text(),
+        Some("SELECT * FROM orders")
+    );
+    let folded = GoJson::parse(r#"{"rawſql":"SELECT 2"}"#);
+    assert_eq!(folded.field("rawSql").unwrap().text(), Some("SELECT 2"));
+}
+
+#[test]
+fn grafana_bodies_go_would_read_differently_are_refused_before_the_upstream() {
+    let setup = setup();
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma", "EU_team"], &[], Some(BasicRole::Admin));
+    let url = setup.gateway.url("/api/ds/query");
+    let cases = [
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1","rawsql":"SELECT * FROM orders"}]}"#,
+            "case_folded_key",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"RAWSQL":"SELECT * FROM orders"}]}"#,
+            "case_folded_key",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"RawSql":"SELECT * FROM orders"}]}"#,
+            "case_folded_key",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawſql":"SELECT * FROM orders"}]}"#,
+            "case_folded_key",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":null,"rawQuery":"SELECT * FROM orders"}]}"#,
+            "sql_missing",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"},{"refId":"B","datasource":{"uid":"demo"}}]}"#,
+            "sql_missing",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1","rawSql":"SELECT * FROM orders"}]}"#,
+            "duplicate_key",
+        ),
+        (
+            r#"{"queries":[{"refId":"A","datasource":{"uid":"demo","UID":"other"},"rawSql":"SELECT 1"}]}"#,
+            "case_folded_key",
+        ),
+    ];
+    for (body, kind) in cases {
+        clear_recorded(setup.upstream);
+        let (status, answer) = call("POST", &url, Some(&token), Some(body));
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["kind"], kind, "{body}: {answer}");
+        assert!(
+            recorded_requests(setup.upstream).is_empty(),
+            "the upstream received {body}"
+        );
+    }
+    // A top-level array is not the object the SQL pointer walks.
+    clear_recorded(setup.upstream);
+    let (status, _) = call("POST", &url, Some(&token), Some(r#"[{"queries":[]}]"#));
+    assert_eq!(status, 400);
+    assert!(recorded_requests(setup.upstream).is_empty());
+}
+
+#[test]
+fn the_upstream_reads_exactly_the_checked_sql_with_go_semantics() {
+    let setup = setup();
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma", "EU_team"], &[], Some(BasicRole::Admin));
+    // Escaped keys and odd spacing are canonicalised: the upstream sees plain keys.
+    let body = r#"{ "queries" : [ {"refId":"A", "datasource":{"uid":"demo"}, "raw\u0053ql":"SELECT id FROM orders", "maxDataPoints": 100 } ] }"#;
+    clear_recorded(setup.upstream);
+    let (status, answer) = call(
+        "POST",
+        &setup.gateway.url("/api/ds/query"),
+        Some(&token),
+        Some(body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let recorded = recorded_requests(setup.upstream);
+    assert_eq!(recorded.len(), 1);
+    let forwarded = &recorded[0].body_text;
+    let go = GoJson::parse(forwarded);
+    let go_sql = go
+        .field("queries")
+        .and_then(|queries| queries.index(0))
+        .and_then(|query| query.field("rawSql"))
+        .and_then(GoJson::text)
+        .unwrap()
+        .to_string();
+    let exact: Value = serde_json::from_str(forwarded).unwrap();
+    assert_eq!(exact["queries"][0]["rawSql"], go_sql, "{forwarded}");
+    // The filter was applied to what both decoders read.
+    assert!(
+        go_sql.contains("tenant") || go_sql.contains("WHERE"),
+        "{go_sql}"
+    );
+    assert_ne!(go_sql, "SELECT id FROM orders");
+    assert!(!forwarded.contains("\\u0053"), "{forwarded}");
+}
+
+#[test]
+fn semicolons_in_sql_query_strings_are_refused_and_forwarded_queries_parse_one_way() {
+    let setup = setup();
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma", "EU_team"], &[], Some(BasicRole::Admin));
+    clear_recorded(setup.upstream);
+    let (status, answer) = call(
+        "GET",
+        &setup
+            .gateway
+            .url("/demo.json?x=1;sql=SELECT%20*%20FROM%20orders"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["kind"], "ambiguous_query");
+    assert!(recorded_requests(setup.upstream).is_empty());
+
+    let (status, answer) = call(
+        "GET",
+        &setup
+            .gateway
+            .url("/demo.json?sql=SELECT%20id%20FROM%20orders%20WHERE%20note%20%3C%3E%20%27a%3Bb%27&_shape=array"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let recorded = recorded_requests(setup.upstream);
+    let query = recorded[0].query.clone().unwrap();
+    // Python's reading with `&` only (3.9.2 and later) and with `&` and `;` (before):
+    // the forwarded query has one meaning to both.
+    let script = r#"
+import sys, json, re, urllib.parse
+query = sys.argv[1]
+modern = urllib.parse.parse_qs(query, separator='&', keep_blank_values=True)
+legacy = {}
+for pair in re.split('[&;]', query):
+    if pair:
+        name, _, value = pair.partition('=')
+        legacy.setdefault(urllib.parse.unquote_plus(name), []).append(urllib.parse.unquote_plus(value))
+print(json.dumps([modern, legacy]))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, &query])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let readings: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(readings[0], readings[1], "{query}");
+    let sql = readings[0]["sql"][0].as_str().unwrap();
+    assert!(
+        sql.contains("'a;b'") && sql != "SELECT id FROM orders WHERE note <> 'a;b'",
+        "{sql}"
+    );
+}
+
+#[test]
+fn templating_and_write_options_never_reach_superset() {
+    let setup = setup();
+    let token = setup.gateway.token(
+        "alice",
+        &["Gamma", "EU_team", "sql_lab"],
+        &[],
+        Some(BasicRole::Viewer),
+    );
+    let url = setup.gateway.url("/api/v1/sqllab/execute/");
+    let cases = [
+        (
+            json!({"sql": "SELECT '{{ t }}' AS x", "database_id": 1,
+                   "templateParams": "{\"t\": \"' AS x UNION SELECT note FROM orders WHERE tenant_id = 'mallory' --\"}"}),
+            "template_syntax",
+        ),
+        (
+            json!({"sql": "SELECT '{{ 1 }}' AS x", "database_id": 1}),
+            "template_syntax",
+        ),
+        (
+            json!({"sql": "SELECT 1 {% if true %}{% endif %}", "database_id": 1}),
+            "template_syntax",
+        ),
+        (
+            json!({"sql": "SELECT 1", "database_id": 1, "templateParams": {"t": "x"}}),
+            "template_syntax",
+        ),
+        (
+            json!({"sql": "SELECT * FROM orders", "database_id": 1, "select_as_cta": true, "tmp_table_name": "t"}),
+            "write_option",
+        ),
+        (json!({"database_id": 1}), "sql_missing"),
+        (json!({"sql": null, "database_id": 1}), "sql_missing"),
+    ];
+    for (body, kind) in cases {
+        clear_recorded(setup.upstream);
+        let (status, answer) = call("POST", &url, Some(&token), Some(&body.to_string()));
+        assert!(status == 400 || status == 403, "{body}: {status} {answer}");
+        assert_eq!(answer["kind"], kind, "{body}: {answer}");
+        assert!(recorded_requests(setup.upstream).is_empty(), "{body}");
+    }
+    // What the 6.1 frontend sends by default passes.
+    let (status, answer) = call(
+        "POST",
+        &url,
+        Some(&token),
+        Some(
+            &json!({"sql": "SELECT id FROM orders", "database_id": 1, "client_id": "c-ok",
+                    "select_as_cta": false, "tmp_table_name": "", "templateParams": "",
+                    "runAsync": false, "schema": null, "queryLimit": 1000})
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[test]
+fn results_are_bound_to_the_caller_who_ran_the_query() {
+    let setup = setup();
+    let alice = setup.gateway.token("alice", &["Admin"], &[], None);
+    let bob = setup.gateway.token("bob", &["Admin"], &[], None);
+    let execute = setup.gateway.url("/api/v1/sqllab/execute/");
+    let run = |token: &str, client_id: &str| {
+        call(
+            "POST",
+            &execute,
+            Some(token),
+            Some(
+                &json!({"sql": "SELECT id FROM orders", "database_id": 1, "client_id": client_id})
+                    .to_string(),
+            ),
+        )
+    };
+    assert_eq!(run(&alice, "alice-1").0, 200);
+    // The same id again is alice's; bob cannot take it over.
+    assert_eq!(run(&alice, "alice-1").0, 200);
+    clear_recorded(setup.upstream);
+    let (status, answer) = run(&bob, "alice-1");
+    assert_eq!(
+        (status, answer["kind"].clone()),
+        (403, json!("result_owner")),
+        "{answer}"
+    );
+    assert!(recorded_requests(setup.upstream).is_empty());
+
+    let export = |token: &str, client_id: &str| {
+        call(
+            "GET",
+            &setup
+                .gateway
+                .url(&format!("/api/v1/sqllab/export/{client_id}/")),
+            Some(token),
+            None,
+        )
+    };
+    clear_recorded(setup.upstream);
+    let (status, answer) = export(&bob, "alice-1");
+    assert_eq!(
+        (status, answer["kind"].clone()),
+        (403, json!("result_owner")),
+        "{answer}"
+    );
+    let (status, answer) = export(&bob, "never-ran");
+    assert_eq!(
+        (status, answer["kind"].clone()),
+        (403, json!("result_unknown")),
+        "{answer}"
+    );
+    assert!(recorded_requests(setup.upstream).is_empty());
+    // The owner's export reaches the upstream.
+    let _ = export(&alice, "alice-1");
+    let recorded = recorded_requests(setup.upstream);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].path, "/api/v1/sqllab/export/alice-1/");
+}
+
+#[test]
+fn pingora_failures_are_answered_with_the_json_error_body() {
+    let closed = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway::start(GatewayOptions::new(closed));
+    let token = gateway.token("root", &["Admin"], &[], None);
+    let (status, answer) = call("GET", &gateway.url("/api/v1/chart/1"), Some(&token), None);
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["kind"], "upstream_error");
+    let message = answer["message"].as_str().unwrap();
+    assert!(!message.contains("127.0.0.1"), "{message}");
+}
+
+#[test]
+fn explain_reads_the_request_as_the_proxy_does() {
+    let setup = setup();
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma", "EU_team"], &[], Some(BasicRole::Admin));
+    let (status, answer) = call(
+        "POST",
+        &setup.gateway.admin_url("/api/authz/explain"),
+        Some(&setup.gateway.admin_token()),
+        Some(
+            &json!({
+                "method": "POST", "path": "/api/ds/query", "token": token,
+                "body": r#"{"queries":[{"datasource":{"uid":"demo"},"RAWSQL":"SELECT 1"}]}"#,
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "deny");
+    assert_eq!(answer["kind"], "case_folded_key");
+    assert!(recorded_requests(setup.upstream).is_empty());
+}
