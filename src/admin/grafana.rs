@@ -626,7 +626,7 @@ pub async fn get_datasource_by_uid(
             let caller = authenticate(&state, &headers)?;
             if !may_read(&caller, &uid) {
                 return Err(AdminError::Refused(
-                    crate::pipeline::Refusal::MissingDatasourcePermission {
+                    crate::decision::Refusal::MissingDatasourcePermission {
                         action: "datasources:read".into(),
                         uid,
                     },
