@@ -298,6 +298,8 @@ pub enum SqlLocationError {
         location: String,
         syntax: &'static str,
     },
+    #[error("the rewritten body could not be serialised: {0}")]
+    Reserialise(String),
     #[error(
         "template parameters at `{0}` are refused: the upstream would render them into the SQL after datagate's rewrite"
     )]
@@ -535,7 +537,7 @@ pub fn apply(
     request: &ParsedRequest,
     items: &[SqlItem],
     rewrites: &[Option<String>],
-) -> (Option<String>, Option<Vec<u8>>) {
+) -> Result<(Option<String>, Option<Vec<u8>>), SqlLocationError> {
     let mut json = request.json().cloned();
     let mut query_edits = Vec::new();
     let mut form_edits = Vec::new();
@@ -555,13 +557,17 @@ pub fn apply(
         String::from_utf8_lossy(&apply_edits(request.query.text(), query_edits)).into_owned()
     });
     let body = match (&request.body, json) {
-        (ParsedBody::Json(_), Some(json)) => serde_json::to_vec(&json).ok(),
+        // A failure refuses the request: the original body still holds unrewritten SQL.
+        (ParsedBody::Json(_), Some(json)) => Some(
+            serde_json::to_vec(&json)
+                .map_err(|error| SqlLocationError::Reserialise(error.to_string()))?,
+        ),
         (ParsedBody::Form(form), _) if !form_edits.is_empty() => {
             Some(apply_edits(form.text(), form_edits))
         }
         _ => None,
     };
-    (query, body)
+    Ok((query, body))
 }
 
 fn encode_form(text: &str) -> String {
@@ -672,13 +678,13 @@ mod tests {
             r#"{ "queries" : [ {"datasource":{"uid":"a"},"rawSql":"SELECT 1", "maxDataPoints": 1000 } ], "x":"\u00e9" }"#,
         );
         let items = find_sql(&grafana(), &[], &request).unwrap();
-        let (query, body) = apply(&request, &items, &[Some("SELECT 'é' \"q\"".into())]);
+        let (query, body) = apply(&request, &items, &[Some("SELECT 'é' \"q\"".into())]).unwrap();
         assert_eq!(query, None);
         // serde_json's map keeps keys sorted; object member order carries no meaning.
         let expected = r#"{"queries":[{"datasource":{"uid":"a"},"maxDataPoints":1000,"rawSql":"SELECT 'é' \"q\""}],"x":"é"}"#;
         assert_eq!(String::from_utf8(body.unwrap()).unwrap(), expected);
         // Unchanged SQL still forwards the canonical form.
-        let (_, body) = apply(&request, &items, &[None]);
+        let (_, body) = apply(&request, &items, &[None]).unwrap();
         assert!(
             String::from_utf8(body.unwrap())
                 .unwrap()
@@ -736,7 +742,7 @@ mod tests {
         let items = find_sql(&sql, &["demo".into()], &request).unwrap();
         assert_eq!(items[0].sql, "select * from orders;");
         assert_eq!(items[0].datasource_uid, "demo");
-        let (new_query, body) = apply(&request, &items, &[Some("SELECT a&b=1".into())]);
+        let (new_query, body) = apply(&request, &items, &[Some("SELECT a&b=1".into())]).unwrap();
         assert_eq!(body, None);
         assert_eq!(
             new_query.unwrap(),
@@ -785,7 +791,7 @@ mod tests {
         .unwrap();
         let items = find_sql(&sql, &[], &request).unwrap();
         assert_eq!(items[0].sql, "SELECT 1");
-        let (_, body) = apply(&request, &items, &[Some("SELECT 2".into())]);
+        let (_, body) = apply(&request, &items, &[Some("SELECT 2".into())]).unwrap();
         assert_eq!(body.unwrap(), b"csrf=x&sql=SELECT+2");
     }
 

@@ -294,7 +294,9 @@ async fn decide(
     if forwarded_body.is_none()
         && let ParsedBody::Json(value) = &request.body
     {
-        forwarded_body = serde_json::to_vec(value).ok().map(Bytes::from);
+        // A failure refuses: the original bytes are not what was checked.
+        let canonical = serde_json::to_vec(value).map_err(|_| Refusal::BodyUnreadable)?;
+        forwarded_body = Some(Bytes::from(canonical));
     }
     let forwarded_query = query.as_deref().or(head.query).unwrap_or_default();
     if identified.canonical_path.len() + forwarded_query.len() + 1 > MAX_FORWARDED_URI_BYTES {

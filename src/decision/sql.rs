@@ -112,7 +112,7 @@ pub fn rewrite_sql(
             rewritten,
         });
     }
-    let (query, body) = crate::sql_location::apply(request, &items, &rewrites);
+    let (query, body) = crate::sql_location::apply(request, &items, &rewrites)?;
     Ok(Some(SqlRewrite {
         query,
         body,
