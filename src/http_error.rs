@@ -124,6 +124,9 @@ impl From<&Refusal> for HttpError {
             Refusal::BadRequest(crate::route::RouteError::CaseFoldedKey { .. }) => {
                 HttpError::new(400, message).with_kind("case_folded_key")
             }
+            Refusal::BadRequest(crate::route::RouteError::Rison(..)) => {
+                HttpError::new(400, message).with_kind("malformed_rison")
+            }
             Refusal::BadBody(error) => {
                 use crate::decision::request::RequestError;
                 use crate::json_guard::JsonGuardError;

@@ -469,3 +469,189 @@ fn explain_reads_the_request_as_the_proxy_does() {
     assert_eq!(answer["kind"], "case_folded_key");
     assert!(recorded_requests(setup.upstream).is_empty());
 }
+
+#[test]
+fn results_keys_from_superset_responses_are_bound_to_the_caller() {
+    let setup = setup();
+    let alice = setup.gateway.token("alice", &["Admin"], &[], None);
+    let bob = setup.gateway.token("bob", &["Admin"], &[], None);
+    let run = |token: &str, client_id: &str, run_async: bool| {
+        call(
+            "POST",
+            &setup.gateway.url("/api/v1/sqllab/execute/"),
+            Some(token),
+            Some(
+                &json!({"sql": "SELECT id FROM orders", "database_id": 1,
+                        "client_id": client_id, "runAsync": run_async})
+                .to_string(),
+            ),
+        )
+    };
+    let results = |token: &str, q: &str| {
+        let q: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
+        call(
+            "GET",
+            &setup.gateway.url(&format!("/api/v1/sqllab/results/?q={q}")),
+            Some(token),
+            None,
+        )
+    };
+    let refused = |(status, answer): (u16, Value), expected: (u16, &str)| {
+        assert_eq!(
+            (status, answer["kind"].as_str()),
+            (expected.0, Some(expected.1)),
+            "{answer}"
+        );
+    };
+
+    // Synchronous: the key is in the execute response, which reaches alice unchanged.
+    let (status, answer) = run(&alice, "alice-sync", false);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["query"]["resultsKey"], json!("results-alice-sync"));
+    clear_recorded(setup.upstream);
+    refused(
+        results(&bob, "(key:'results-alice-sync')"),
+        (403, "result_owner"),
+    );
+    refused(
+        results(&bob, "(key:results-never-seen)"),
+        (403, "result_unknown"),
+    );
+    // Rison Superset's `prison` would read differently (it keeps the last `key`), or
+    // not at all, is refused before anything reaches Superset.
+    refused(
+        results(&bob, "(key:'results-alice-sync',key:'results-bob')"),
+        (400, "malformed_rison"),
+    );
+    refused(
+        results(&bob, "(key:'results-alice-sync'"),
+        (400, "malformed_rison"),
+    );
+    // `;` splits on older Python servers: every reading must be the caller's.
+    let raw = call(
+        "GET",
+        &setup
+            .gateway
+            .url("/api/v1/sqllab/results/?q=(key:x);q=(key:'results-alice-sync')"),
+        Some(&bob),
+        None,
+    );
+    refused(raw, (400, "malformed_rison"));
+    assert!(recorded_requests(setup.upstream).is_empty());
+    let (status, _) = results(&alice, "(key:'results-alice-sync',rows:10)");
+    assert_eq!(status, 200);
+    let recorded = recorded_requests(setup.upstream);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].path, "/api/v1/sqllab/results/");
+
+    // Asynchronous: no key yet; it appears in the caller's own polling response.
+    let (status, answer) = run(&alice, "alice-async", true);
+    assert_eq!(
+        (status, answer["query"]["resultsKey"].clone()),
+        (200, Value::Null)
+    );
+    refused(
+        results(&alice, "(key:'results-alice-async')"),
+        (403, "result_unknown"),
+    );
+    let (status, answer) = call(
+        "GET",
+        &setup
+            .gateway
+            .url("/api/v1/query/updated_since?q=(last_updated_ms:0)"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["result"]
+            .as_array()
+            .is_some_and(|queries| queries.len() == 3)
+    );
+    let (status, _) = results(&alice, "(key:'results-alice-async')");
+    assert_eq!(status, 200);
+    // bob polling later sees the same keys (this demo does not filter by user): the
+    // first owner keeps them.
+    let (status, _) = call(
+        "GET",
+        &setup
+            .gateway
+            .url("/api/v1/query/updated_since?q=(last_updated_ms:0)"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(status, 200);
+    clear_recorded(setup.upstream);
+    refused(
+        results(&bob, "(key:'results-alice-async')"),
+        (403, "result_owner"),
+    );
+    assert!(recorded_requests(setup.upstream).is_empty());
+}
+
+/// Superset reads `?q=` with Python's `prison`; datagate's reading must agree on
+/// everything it accepts, and refuse whatever prison refuses.
+#[test]
+fn rison_is_read_as_superset_reads_it() {
+    let corpus = [
+        "(key:'a1-b2',rows:100)",
+        "(key:abc)",
+        "(key:'it!'s',rows:-5)",
+        "(filters:!((col:id,opr:eq,value:'x y')),page:0,page_size:25)",
+        "!(1,2,3)",
+        "(a:!t,b:!f,c:!n)",
+        "(a:1.5,b:2e3,c:-1.25e-2)",
+        "(key:'!!')",
+        "(key:été)",
+        "(key:a.b~c%d+e_f)",
+        "(key:'x'",
+        "(key:'x'))",
+        "(key:'a!b')",
+        "(key:-)",
+        "(key:1-2)",
+        "(,key:x)",
+        "(key:x,)",
+        "(key x)",
+        "'unterminated",
+        "",
+        "(key:'')",
+        "()",
+        "!()",
+    ];
+    let script = "import json, sys, prison\nout = []\nfor text in json.load(sys.stdin):\n    try:\n        out.append({'ok': prison.loads(text)})\n    except Exception:\n        out.append({'error': True})\nprint(json.dumps(out))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prison (deploy/install-deps.sh installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&corpus).unwrap().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "prison is not installed");
+    let prison: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for (text, theirs) in corpus.iter().zip(&prison) {
+        let ours = datagate::route::rison::parse(text);
+        match (&ours, theirs.get("ok")) {
+            (Ok(value), Some(expected)) => assert_eq!(value, expected, "`{text}`"),
+            (Ok(value), None) => panic!("`{text}`: datagate read {value}, prison refused it"),
+            (Err(_), Some(_)) | (Err(_), None) => {}
+        }
+        if theirs.get("error").is_some() {
+            assert!(
+                ours.is_err(),
+                "`{text}`: prison refused it, datagate did not"
+            );
+        }
+    }
+    // Where datagate is stricter than prison, on purpose: prison keeps the last of a
+    // repeated key, and takes `1.` as a number.
+    for text in ["(key:mine,key:theirs)", "(key:1.)"] {
+        assert!(datagate::route::rison::parse(text).is_err(), "`{text}`");
+    }
+}

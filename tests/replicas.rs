@@ -208,3 +208,58 @@ fn a_replica_that_cannot_confirm_its_grants_refuses_then_recovers() {
     );
     assert_eq!(call("GET", &a.admin_url("/readyz"), None, None).0, 200);
 }
+
+/// A results key Superset returns through one replica is the caller's on every replica:
+/// the binding made from the response is written to the store.
+#[test]
+fn a_results_key_bound_through_one_replica_is_enforced_by_another() {
+    let Some((store_url, _)) = support::fresh_postgres_database("replicas") else {
+        eprintln!("DATAGATE_TEST_PG_URL not set: skipped");
+        return;
+    };
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let first = replica(upstream, &store_url, "5s");
+    let second = replica(upstream, &store_url, "5s");
+    let alice = first.token("alice", &["Admin"], &[], None);
+    let bob = first.token("bob", &["Admin"], &[], None);
+    let (status, answer) = call(
+        "POST",
+        &first.url("/api/v1/sqllab/execute/"),
+        Some(&alice),
+        Some(
+            &json!({"sql": "SELECT id FROM orders", "database_id": 1, "client_id": "c-77"})
+                .to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["query"]["resultsKey"], json!("results-c-77"));
+    let read = |token: &str| {
+        call(
+            "GET",
+            &second.url("/api/v1/sqllab/results/?q=(key:'results-c-77')"),
+            Some(token),
+            None,
+        )
+    };
+    // The store write follows the response; the other replica refuses until it lands.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, answer) = read(&alice);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(answer["kind"], json!("result_unknown"), "{answer}");
+        assert!(
+            Instant::now() < deadline,
+            "the binding never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    clear_recorded(upstream);
+    let (status, answer) = read(&bob);
+    assert_eq!(
+        (status, answer["kind"].clone()),
+        (403, json!("result_owner"))
+    );
+    assert!(recorded_requests(upstream).is_empty());
+}

@@ -74,6 +74,8 @@ struct RecordedRequest {
 struct AppState {
     database: Mutex<rusqlite::Connection>,
     recorded: Mutex<Vec<RecordedRequest>>,
+    /// SQL Lab client ids that ran, for Superset's results-key polling.
+    client_ids: Mutex<Vec<String>>,
 }
 
 type Shared = Arc<AppState>;
@@ -102,6 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = Arc::new(AppState {
         database: Mutex::new(connection),
         recorded: Mutex::new(Vec::new()),
+        client_ids: Mutex::new(Vec::new()),
     });
     let recorder = Router::new()
         .route(
@@ -111,6 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/__recorder/health", get(|| async { "ok" }));
     let service = Router::new()
         .route("/api/v1/sqllab/execute/", post(sqllab_execute))
+        .route("/api/v1/query/updated_since", get(queries_updated_since))
         .route("/api/ds/query", post(grafana_query))
         .route("/mcp", post(mcp))
         .route("/{database}", get(datasette))
@@ -228,12 +232,45 @@ async fn sqllab_execute(State(state): State<Shared>, body: Bytes) -> Response {
     let Some(sql) = request.get("sql").and_then(Value::as_str) else {
         return sql_error("missing `sql`".into());
     };
+    // As Superset does with a results backend: the stored results' key comes back in
+    // `query.resultsKey` (here derived from the client id, so tests can name it); an
+    // asynchronous query has none yet, its key appears in `updated_since`.
+    let client_id = request.get("client_id").and_then(Value::as_str);
+    let run_async = request.get("runAsync").and_then(Value::as_bool) == Some(true);
+    if let Some(client_id) = client_id
+        && let Ok(mut client_ids) = state.client_ids.lock()
+    {
+        client_ids.push(client_id.to_string());
+    }
+    let query = json!({
+        "id": client_id,
+        "resultsKey": client_id
+            .filter(|_| !run_async)
+            .map(|client_id| format!("results-{client_id}")),
+    });
     match execute(&state, sql) {
         Ok((columns, data)) => {
-            axum::Json(json!({"columns": columns, "data": data})).into_response()
+            axum::Json(json!({"columns": columns, "data": data, "query": query})).into_response()
         }
         Err(error) => sql_error(error),
     }
+}
+
+/// Superset's `GET /api/v1/query/updated_since`: every query that ran, with its key.
+async fn queries_updated_since(State(state): State<Shared>) -> Response {
+    let client_ids = state
+        .client_ids
+        .lock()
+        .map(|client_ids| client_ids.clone())
+        .unwrap_or_default();
+    let result: Vec<Value> = client_ids
+        .iter()
+        .map(|client_id| json!({"id": client_id, "resultsKey": format!("results-{client_id}")}))
+        .chain(std::iter::once(
+            json!({"id": "running", "resultsKey": null}),
+        ))
+        .collect();
+    axum::Json(json!({"result": result})).into_response()
 }
 
 async fn grafana_query(State(state): State<Shared>, body: Bytes) -> Response {

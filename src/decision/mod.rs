@@ -120,6 +120,8 @@ pub struct Forward {
     /// Replaces the body (`None`: the original, or no body).
     pub body: Option<Bytes>,
     pub db_credentials: Option<crate::creds::DbCredentials>,
+    /// Ids the upstream's response will name that become the caller's.
+    pub response_binding: Option<results::ResponseBinding>,
 }
 
 /// A response datagate gives itself.
@@ -305,11 +307,13 @@ async fn decide(
         });
     }
     results::check(state, identified, &permit, &request).await?;
+    let response_binding = results::response_binding(identified, &permit);
     let db_credentials = database_credentials(state, snapshot, &permit, &sql_datasources).await?;
     Ok(Forward {
         permit,
         query,
         body: forwarded_body,
         db_credentials,
+        response_binding,
     })
 }

@@ -5,8 +5,16 @@
 //! refusing an id another caller owns — and on routes that read results
 //! (`results.owned`), it refuses every caller but the owner, and ids it never saw.
 //!
+//! Ids the upstream makes itself (Superset's `resultsKey`) are bound from the response:
+//! on routes with `results.bind_response`, the proxy holds a successful JSON response
+//! back until it is complete, records every id the pointers name as the caller's, then
+//! sends it on unchanged ([`ResponseBinding`]). A response too large or not readable as
+//! JSON binds nothing, so reading its ids later is refused (`result_unknown`).
+//!
 //! Runs after authorization, before credentials. Bindings live in the grants store when
 //! there is one (every replica sees them), with a TTL; otherwise in this process's memory.
+//! A binding made from a response is also kept in memory, because the response may reach
+//! the caller before the store write completes: this replica then already knows it.
 
 use std::time::Duration;
 
@@ -15,7 +23,12 @@ use moka::sync::Cache;
 use super::Refusal;
 use super::authorize::{Identified, Permit};
 use super::request::ParsedRequest;
+use crate::route::JsonPointer;
 use crate::state::AppState;
+use crate::store::Store;
+
+/// Responses larger than this are passed on without binding their ids.
+pub const MAX_BOUND_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How long a binding lasts after the query ran (Superset keeps results for a day by
 /// default; a binding outliving them only refuses more).
@@ -52,6 +65,87 @@ impl std::fmt::Debug for MemoryOwners {
 fn owner_of(permit: &Permit) -> String {
     let principal = permit.principal();
     format!("{:?}:{}", principal.kind, principal.username)
+}
+
+/// What a forwarded request's response binds: to whom, and where the ids are.
+#[derive(Debug, Clone)]
+pub struct ResponseBinding {
+    owner: String,
+    pointers: Vec<JsonPointer>,
+}
+
+/// Why a response's ids could not be read (nothing is bound; reading them is refused).
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBindingError {
+    #[error("the response is larger than {MAX_BOUND_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    #[error("the response is encoded (`{0}`)")]
+    Encoded(String),
+    #[error("the response is not JSON: {0}")]
+    NotJson(String),
+    #[error("the response does not have the configured shape: {0}")]
+    Shape(crate::route::RouteError),
+}
+
+/// The response binding for a request the route lets through, if the route has one.
+pub fn response_binding(identified: &Identified<'_>, permit: &Permit) -> Option<ResponseBinding> {
+    let (route, _) = identified.route.as_ref()?;
+    let results = route.results()?;
+    if results.bind_response.is_empty() {
+        return None;
+    }
+    Some(ResponseBinding {
+        owner: owner_of(permit),
+        pointers: results.bind_response.clone(),
+    })
+}
+
+impl ResponseBinding {
+    /// Every string the pointers name in a complete response body (`null` and absent
+    /// members name nothing: a query still running has no results key yet).
+    pub fn ids(&self, body: &[u8]) -> Result<Vec<String>, ResponseBindingError> {
+        let document: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|error| ResponseBindingError::NotJson(error.to_string()))?;
+        let mut ids = Vec::new();
+        for pointer in &self.pointers {
+            for reached in pointer
+                .reach(&document)
+                .map_err(ResponseBindingError::Shape)?
+            {
+                if let Some(serde_json::Value::String(id)) = reached.value
+                    && !id.is_empty()
+                    && !ids.contains(id)
+                {
+                    ids.push(id.clone());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Records `ids` as the caller's. Runs in the proxy's response path, which cannot
+    /// wait: memory at once (first owner wins), the store in the background.
+    pub fn record(&self, state: &AppState, ids: Vec<String>) {
+        for id in ids {
+            let existing = state
+                .result_owners
+                .owners
+                .get_with(id.clone(), || self.owner.clone());
+            if existing != self.owner {
+                tracing::warn!("a response named a results id another caller owns; not rebound");
+                continue;
+            }
+            if let Some(store) = &state.store {
+                let store = store.clone();
+                let owner = self.owner.clone();
+                tokio::spawn(async move {
+                    if let Err(refusal) = claim_in_store(&store, &id, &owner).await {
+                        tracing::warn!(%refusal, "a results id from a response was not stored");
+                    }
+                });
+            }
+        }
+    }
 }
 
 /// Binds or checks result ids as the route says.
@@ -101,6 +195,10 @@ async fn claim(state: &AppState, id: &str, owner: &str) -> Result<(), Refusal> {
             Err(Refusal::ResultOwner { id: id.to_string() })
         };
     };
+    claim_in_store(store, id, owner).await
+}
+
+async fn claim_in_store(store: &Store, id: &str, owner: &str) -> Result<(), Refusal> {
     let now = crate::store::now_ms();
     let expires = now + RESULT_BINDING_TTL.as_millis() as i64;
     // Insert, or take over a row that is ours or expired; a live row of another owner
@@ -131,6 +229,13 @@ async fn lookup(state: &AppState, id: &str) -> Result<Option<String>, Refusal> {
     let Some(store) = &state.store else {
         return Ok(state.result_owners.owners.get(id));
     };
+    let stored = lookup_in_store(store, id).await?;
+    // A binding from a response this replica saw, whose store write may still be on
+    // its way; the store's answer wins when it has one.
+    Ok(stored.or_else(|| state.result_owners.owners.get(id)))
+}
+
+async fn lookup_in_store(store: &Store, id: &str) -> Result<Option<String>, Refusal> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT owner FROM result_owners WHERE result_id = $1 AND expires_at > $2")
             .bind(id)

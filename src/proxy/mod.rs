@@ -120,6 +120,10 @@ pub struct RequestContext {
     snapshot: Option<Arc<crate::state::PolicySnapshot>>,
     /// IAM database credentials for the upstream.
     db_credentials: Option<crate::creds::DbCredentials>,
+    /// Results ids the response binds to the caller, and the response held back until
+    /// it is complete (see `decision::results`).
+    response_binding: Option<decision::results::ResponseBinding>,
+    held_response: Option<Vec<u8>>,
 }
 
 struct Outcome {
@@ -154,6 +158,8 @@ impl ProxyHttp for DatagateProxy {
             refused_response_body: None,
             snapshot: None,
             db_credentials: None,
+            response_binding: None,
+            held_response: None,
         }
     }
 
@@ -273,6 +279,7 @@ impl ProxyHttp for DatagateProxy {
                 ctx.rewritten_query = forward.query;
                 ctx.rewritten_body = forward.body;
                 ctx.db_credentials = forward.db_credentials;
+                ctx.response_binding = forward.response_binding;
                 ctx.permit = Some(permit);
                 ctx.snapshot = Some(snapshot);
                 Ok(false)
@@ -373,7 +380,12 @@ impl ProxyHttp for DatagateProxy {
             permit.principal(),
             ctx.db_credentials.as_ref(),
             peer,
-        )
+        )?;
+        if ctx.response_binding.is_some() {
+            // datagate reads this response's ids; a compressed one could not be read.
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
+        Ok(())
     }
 
     async fn request_body_filter(
@@ -456,6 +468,18 @@ impl ProxyHttp for DatagateProxy {
                 }
             }
         }
+        if ctx.refused_response_body.is_none()
+            && let Some(binding) = &ctx.response_binding
+            && response.status.is_success()
+        {
+            match response_encoding(response) {
+                None => ctx.held_response = Some(Vec::new()),
+                Some(encoding) => {
+                    let error = decision::results::ResponseBindingError::Encoded(encoding);
+                    tracing::warn!(%error, ?binding, "results ids in a response were not bound");
+                }
+            }
+        }
         if let Some(outcome) = ctx.outcome.as_mut() {
             outcome.status = response.status.as_u16();
         }
@@ -477,6 +501,36 @@ impl ProxyHttp for DatagateProxy {
             } else {
                 None
             };
+            return Ok(None);
+        }
+        if let Some(held) = ctx.held_response.as_mut() {
+            if let Some(chunk) = body.take() {
+                if held.len() + chunk.len() > decision::results::MAX_BOUND_RESPONSE_BYTES {
+                    // Too large to read: sent on as it is, binding nothing.
+                    tracing::warn!(
+                        error = %decision::results::ResponseBindingError::TooLarge,
+                        "results ids in a response were not bound"
+                    );
+                    let mut released = std::mem::take(held);
+                    released.extend_from_slice(&chunk);
+                    *body = Some(Bytes::from(released));
+                    ctx.held_response = None;
+                    return Ok(None);
+                }
+                held.extend_from_slice(&chunk);
+            }
+            if end_of_stream {
+                let complete = ctx.held_response.take().unwrap_or_default();
+                if let Some(binding) = &ctx.response_binding {
+                    match binding.ids(&complete) {
+                        Ok(ids) => binding.record(&self.state, ids),
+                        Err(error) => {
+                            tracing::warn!(%error, "results ids in a response were not bound");
+                        }
+                    }
+                }
+                *body = Some(Bytes::from(complete));
+            }
         }
         Ok(None)
     }
@@ -753,6 +807,22 @@ impl DatagateProxy {
         }
         Ok(true)
     }
+}
+
+/// A response's `Content-Encoding` other than `identity`, if any.
+fn response_encoding(response: &ResponseHeader) -> Option<String> {
+    let encodings: Vec<&str> = response
+        .headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("not text"))
+        .collect();
+    let encoded = encodings
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|encoding| !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity"));
+    encoded.then(|| encodings.join(", "))
 }
 
 /// Writes a JSON response datagate makes itself: `body`, or the error's `{message, kind}`

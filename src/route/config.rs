@@ -105,6 +105,11 @@ pub struct ResultsConfig {
     /// Ids this request reads: refused unless the caller owns them.
     #[serde(default)]
     pub owned: Vec<UidSourceConfig>,
+    /// JSON pointers (`*` for every element) into a successful JSON response whose
+    /// string values are ids the caller now owns (Superset's `resultsKey`). The response
+    /// is held back until it is complete and the ids are recorded, then sent unchanged.
+    #[serde(default)]
+    pub bind_response: Vec<String>,
 }
 
 /// `routes.table[i].table_page`.
@@ -209,4 +214,15 @@ pub struct UidSourceConfig {
     /// A field of an `application/x-www-form-urlencoded` body.
     #[serde(default)]
     pub form_field: Option<String>,
+    /// A value inside a Rison query parameter (Superset's `?q=(key:'…')`).
+    #[serde(default)]
+    pub rison: Option<RisonSourceConfig>,
+}
+
+/// `…uids[j].rison`: the query parameter holding Rison, and a JSON pointer into it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RisonSourceConfig {
+    pub query_param: String,
+    pub json_pointer: String,
 }

@@ -100,6 +100,17 @@ pub fn extract_datasource_uids(
                     found.add(value, location)?;
                 }
             }
+            UidSource::Rison { param, pointer } => {
+                let location = || format!("query parameter `{param}`");
+                for value in request.query.all_values(param) {
+                    let value = value.ok_or_else(|| RouteError::UidNotUtf8(location()))?;
+                    let document = super::rison::parse(&value)
+                        .map_err(|error| RouteError::Rison(param.clone(), error))?;
+                    for (inner, uid) in pointer.uids(&document)? {
+                        found.add(uid, || format!("`{inner}` of {}", location()))?;
+                    }
+                }
+            }
             UidSource::JsonPointer(pointer) => {
                 let Some(document) = request.json() else {
                     continue;

@@ -31,6 +31,7 @@ mod config;
 mod extract;
 mod packs;
 mod pointer;
+pub mod rison;
 mod template;
 
 #[cfg(test)]
@@ -43,8 +44,8 @@ pub(crate) use canonical::percent_decode_lenient;
 pub use canonical::{MAX_PATH_BYTES, canonicalize_path};
 pub use config::{
     DatasourceConfig, ExportMarkerConfig, ExportRouteConfig, MAX_INSPECTED_BODY_BYTES, McpConfig,
-    McpToolConfig, PermissionsConfig, RouteConfig, RoutesConfig, TablePageConfig, UidSourceConfig,
-    UnmatchedPolicy,
+    McpToolConfig, PermissionsConfig, RisonSourceConfig, RouteConfig, RoutesConfig,
+    TablePageConfig, UidSourceConfig, UnmatchedPolicy,
 };
 pub use extract::extract_datasource_uids;
 pub use pointer::JsonPointer;
@@ -87,6 +88,8 @@ pub enum RouteError {
         "the JSON body has `{found}` where `{location}` is expected; case-insensitive decoders read it as that key, so it is refused"
     )]
     CaseFoldedKey { location: String, found: String },
+    #[error("query parameter `{0}` is not rison datagate can read the way the upstream does: {1}")]
+    Rison(String, rison::RisonError),
 }
 
 fn config_error(key: impl Into<String>, message: impl Into<String>) -> RouteError {
@@ -146,6 +149,8 @@ pub enum UidSource {
     JsonPointer(JsonPointer),
     /// Every occurrence of a field of an `application/x-www-form-urlencoded` body.
     FormField(String),
+    /// Every value a pointer names inside every occurrence of a Rison query parameter.
+    Rison { param: String, pointer: JsonPointer },
 }
 
 impl UidSource {
@@ -205,6 +210,8 @@ pub struct Route {
 pub struct ResultsRequirement {
     pub bind: Option<DatasourceRequirement>,
     pub owned: Option<DatasourceRequirement>,
+    /// Where a successful JSON response names ids the caller now owns.
+    pub bind_response: Vec<JsonPointer>,
 }
 
 /// A route's export declaration: what kind of export, and when a request is one.
@@ -639,13 +646,23 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
             };
             let bind = compile(&results.bind, "bind")?;
             let owned = compile(&results.owned, "owned")?;
-            if bind.is_none() && owned.is_none() {
+            let mut bind_response = Vec::with_capacity(results.bind_response.len());
+            for (index, pointer) in results.bind_response.iter().enumerate() {
+                bind_response.push(JsonPointer::parse(pointer).map_err(|message| {
+                    config_error(format!("{key}.results.bind_response[{index}]"), message)
+                })?);
+            }
+            if bind.is_none() && owned.is_none() && bind_response.is_empty() {
                 return Err(config_error(
                     format!("{key}.results"),
-                    "needs `bind` or `owned` (where the results id is)",
+                    "needs `bind`, `owned` or `bind_response` (where the results id is)",
                 ));
             }
-            Some(ResultsRequirement { bind, owned })
+            Some(ResultsRequirement {
+                bind,
+                owned,
+                bind_response,
+            })
         }
     };
     Ok(Route {
@@ -688,6 +705,7 @@ fn compile_export(
                 query_param: marker.query_param.clone(),
                 json_pointer: marker.json_pointer.clone(),
                 form_field: marker.form_field.clone(),
+                rison: None,
             }],
             required: false,
         };
@@ -762,8 +780,23 @@ fn compile_datasource(
             &source.query_param,
             &source.json_pointer,
             &source.form_field,
+            &source.rison,
         ) {
-            (Some(name), None, None, None) => {
+            (None, None, None, None, Some(rison)) => {
+                if rison.query_param.is_empty() {
+                    return Err(config_error(
+                        format!("{source_key}.rison.query_param"),
+                        "must not be empty",
+                    ));
+                }
+                UidSource::Rison {
+                    param: rison.query_param.clone(),
+                    pointer: JsonPointer::parse(&rison.json_pointer).map_err(|message| {
+                        config_error(format!("{source_key}.rison.json_pointer"), message)
+                    })?,
+                }
+            }
+            (Some(name), None, None, None, None) => {
                 if !template.has_param(name) {
                     return Err(config_error(
                         format!("{source_key}.path_param"),
@@ -772,7 +805,7 @@ fn compile_datasource(
                 }
                 UidSource::PathParam(name.clone())
             }
-            (None, Some(name), None, None) => {
+            (None, Some(name), None, None, None) => {
                 if name.is_empty() {
                     return Err(config_error(
                         format!("{source_key}.query_param"),
@@ -781,12 +814,12 @@ fn compile_datasource(
                 }
                 UidSource::QueryParam(name.clone())
             }
-            (None, None, Some(pointer), None) => {
+            (None, None, Some(pointer), None, None) => {
                 UidSource::JsonPointer(JsonPointer::parse(pointer).map_err(|message| {
                     config_error(format!("{source_key}.json_pointer"), message)
                 })?)
             }
-            (None, None, None, Some(name)) => {
+            (None, None, None, Some(name), None) => {
                 if name.is_empty() {
                     return Err(config_error(
                         format!("{source_key}.form_field"),
@@ -798,7 +831,7 @@ fn compile_datasource(
             _ => {
                 return Err(config_error(
                     source_key,
-                    "needs exactly one of `path_param`, `query_param`, `json_pointer`, `form_field`",
+                    "needs exactly one of `path_param`, `query_param`, `json_pointer`, `form_field`, `rison`",
                 ));
             }
         };

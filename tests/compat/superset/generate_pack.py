@@ -111,6 +111,15 @@ DATA_ROUTES = {
     "SqlLabRestApi.execute_sql_query": {
         "name": "superset-sqllab-execute", "authenticated": True, "datasource": _DATABASE_ID,
         "sql": {"locations": [{"json_pointer": "/sql", "datasource": "from_route"}]},
+        # Export and results re-run or read this query for whoever names its client_id or
+        # results key: both become the caller's (the key from Superset's response).
+        "results": {"bind": [{"json_pointer": "/client_id"}],
+                    "bind_response": ["/query/resultsKey"]},
+    },
+    # Lists only the caller's own queries (Superset filters by user): their results keys.
+    "QueryRestApi.get_updated_since": {
+        "name": "superset-query-get-updated-since",
+        "results": {"bind_response": ["/result/*/resultsKey"]},
     },
     "SqlLabRestApi.estimate_query_cost": {
         "name": "superset-sqllab-estimate", "authenticated": True, "datasource": _DATABASE_ID,
@@ -118,11 +127,15 @@ DATA_ROUTES = {
     },
     "SqlLabRestApi.format_sql": {"name": "superset-sqllab-format", "authenticated": True},
     # Results and exports re-run or read the stored query of the `client_id`/key's owner.
-    "SqlLabRestApi.get_results": {"name": "superset-sqllab-results", "authenticated": True},
+    "SqlLabRestApi.get_results": {
+        "name": "superset-sqllab-results", "authenticated": True,
+        "results": {"owned": [{"rison": {"query_param": "q", "json_pointer": "/key"}}]}},
     "SqlLabRestApi.export_csv": {
-        "name": "superset-sqllab-export", "authenticated": True, "export": _EXPORT_DATA},
+        "name": "superset-sqllab-export", "authenticated": True, "export": _EXPORT_DATA,
+        "results": {"owned": [{"path_param": "client_id"}]}},
     "SqlLabRestApi.export_streaming_csv": {
-        "name": "superset-sqllab-export-streaming", "authenticated": True, "export": _EXPORT_DATA},
+        "name": "superset-sqllab-export-streaming", "authenticated": True, "export": _EXPORT_DATA,
+        "results": {"owned": [{"form_field": "client_id"}]}},
     "ChartDataRestApi.data": {
         "name": "superset-chart-data",
         "datasource": {"action": "datasources:query", "uid_prefix": "dataset:",
