@@ -158,7 +158,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
 /// `datagate check`: everything `run` would build, without binding ports.
 pub fn check(config_path: Option<&Path>) -> Result<String, CliError> {
     let config = load_config(config_path)?;
-    Authenticator::from_config(&config.auth, &config.base_dir)?;
+    let authenticator = Authenticator::from_config(&config.auth, &config.base_dir)?;
     RouteTable::from_config(&config.routes)?;
     let content = build_snapshot_content(&config)?;
     let mut report = format!(
@@ -166,6 +166,15 @@ pub fn check(config_path: Option<&Path>) -> Result<String, CliError> {
         content.policy.line_count(),
         content.digest
     );
+    // A remote key set is fetched once, as `run` does before it is ready; failing to
+    // reach the identity provider now is a warning (the config itself is valid).
+    match command_runtime()?.block_on(authenticator.fetch_remote_keys_once()) {
+        Ok(false) => {}
+        Ok(true) => report.push_str("\nok: the identity provider's key set was fetched"),
+        Err(reason) => report.push_str(&format!(
+            "\nwarning: the identity provider's key set could not be fetched now ({reason}); `run` is not ready until it is"
+        )),
+    }
     if content.policy.uses_casbin_fallback() {
         report.push_str("\nwarning: the casbin model is not the shape the compiled index understands; decisions will use casbin's enforcer (much slower)");
     }
@@ -196,14 +205,24 @@ pub fn explain(
 ) -> Result<serde_json::Value, CliError> {
     let config = load_config(config_path)?;
     let state = AppState::build(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    Ok(command_runtime()?.block_on(async {
+        // As `run` does before it is ready; without the keys the decision says so.
+        if let Err(reason) = state.authenticator.fetch_remote_keys_once().await {
+            tracing::warn!(%reason, "the identity provider's key set could not be fetched");
+        }
+        explain_request(&state, args).await
+    }))
+}
+
+/// A runtime for a command's own I/O (fetching remote keys, the store).
+fn command_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| CliError::Other {
-            context: "explain runtime",
+            context: "command runtime",
             message: error.to_string(),
-        })?;
-    Ok(runtime.block_on(explain_request(&state, args)))
+        })
 }
 
 /// `explain`: [`crate::decision::admit`] on a request described by arguments, traced.

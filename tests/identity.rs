@@ -722,3 +722,196 @@ fn a_callback_without_this_browsers_login_state_is_refused() {
     assert_eq!(page.status, 400);
     assert!(recorded_requests(upstream).is_empty());
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("the openssl command");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=datagate test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "idp.key",
+            "-out",
+            "idp.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("idp.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "idp.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "idp.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "idp.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("idp.pem"), dir.join("idp.key"))
+}
+
+/// The provider over https with a certificate from a private CA: datagate trusts it
+/// through `auth.jwt.ca_file` (and not without it), for discovery, the JWKS, `check` and
+/// `explain`, which fetch the keys as `run` does.
+#[test]
+fn an_https_provider_behind_a_private_ca_is_trusted_through_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, certificate, key) = private_ca(dir.path());
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new("node")
+        .arg(provider_dir().join("provider.mjs"))
+        .args([
+            "--port",
+            "0",
+            "--redirect-uri",
+            "http://127.0.0.1:1/oauth2/callback",
+        ])
+        .args(["--client-secret", CLIENT_SECRET])
+        .arg("--state")
+        .arg(state.path())
+        .arg("--tls-cert")
+        .arg(&certificate)
+        .arg("--tls-key")
+        .arg(&key)
+        .current_dir(provider_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node runs tests/compat/oidc/provider.mjs");
+    let stdout = child.stdout.take().unwrap();
+    let _provider = ChildProcess::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let issuer = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("provider: {line:?}"))
+        .to_string();
+    assert!(issuer.starts_with("https://127.0.0.1:"), "{issuer}");
+    // A token from the provider's https token endpoint, fetched by curl with the CA.
+    let output = Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(&ca)
+        .args(["-u", &format!("datagate:{CLIENT_SECRET}")])
+        .args([
+            "-d",
+            "grant_type=client_credentials&scope=api&resource=urn:datagate",
+        ])
+        .arg(format!("{issuer}/token"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "curl could not get a token");
+    let token: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+
+    let auth = |ca_file: Option<&Path>| {
+        let ca_line = ca_file
+            .map(|path| format!("  ca_file: {}\n", path.display()))
+            .unwrap_or_default();
+        format!(
+            "jwt:\n  issuer: {issuer}\n  discovery: true\n  audience: [urn:datagate]\n  jwks_refresh: {{fetch_timeout: 2s}}\n{ca_line}"
+        )
+    };
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let mut options = GatewayOptions::new(upstream);
+    options.routes_yaml = Some(ROUTES.to_string());
+    options.policy_files = Some(vec![("10-grants.csv".to_string(), GRANTS.to_string())]);
+    options.auth_yaml = Some(auth(Some(&ca)));
+    let gateway = Gateway::start(options);
+    let (status, body) = status_with(&gateway, &token);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(recorded_requests(upstream).len(), 1);
+
+    // The same config through `check` and `explain`, with and without the CA.
+    let cli = |auth_yaml: String, args: &[&str]| {
+        let config = std::fs::read_to_string(&gateway.config_path).unwrap();
+        let start = config.find("\nauth:\n").expect("an auth section") + 1;
+        let end = config.find("\nroutes:").expect("a routes section") + 1;
+        let indented: String = auth_yaml
+            .lines()
+            .map(|line| format!("  {line}\n"))
+            .collect();
+        let rewritten = format!("{}auth:\n{indented}{}", &config[..start], &config[end..]);
+        let path = gateway.config_path.with_file_name("cli.yaml");
+        std::fs::write(&path, rewritten).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_datagate"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let checked = cli(auth(Some(&ca)), &["check"]);
+    assert!(checked.contains("key set was fetched"), "{checked}");
+    let checked = cli(auth(None), &["check"]);
+    assert!(checked.contains("could not be fetched now"), "{checked}");
+    assert!(
+        !checked.contains("127.0.0.1"),
+        "no address in the report: {checked}"
+    );
+    let explain = [
+        "explain",
+        "--path",
+        "/api/v1/chart/1",
+        "--token",
+        token.as_str(),
+    ];
+    let explained: Value = serde_json::from_str(&cli(auth(Some(&ca)), &explain)).unwrap();
+    assert_eq!(explained["decision"], json!("allow"), "{explained}");
+    let explained: Value = serde_json::from_str(&cli(auth(None), &explain)).unwrap();
+    assert_eq!(
+        (explained["status"].clone(), explained["kind"].clone()),
+        (json!(503), json!("identity_keys_unavailable")),
+        "{explained}"
+    );
+}

@@ -105,6 +105,10 @@ pub struct JwtConfig {
     /// When and how remote keys are refreshed.
     #[serde(default)]
     pub jwks_refresh: JwksRefreshConfig,
+    /// PEM certificates trusted for the identity provider (discovery, JWKS, the OIDC
+    /// token endpoint) besides the system's roots: an IdP behind a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The algorithm for remote JWKS keys that carry no `alg` (Entra ID omits it). Must
     /// be asymmetric and fit the key type; without it such keys are skipped.
     #[serde(default)]

@@ -1,11 +1,13 @@
 //! The HTTP client datagate uses to talk to the identity provider: the JWKS and discovery
 //! documents (background task, `remote.rs`) and the token endpoint (login callback,
-//! `oidc.rs`). hyper-util's client over rustls (ring provider, the system's roots).
+//! `oidc.rs`). hyper-util's client over rustls (ring provider, the system's roots plus
+//! `auth.jwt.ca_file` when set).
 //!
 //! Every URL has passed `config::check_fetch_url` (https, or http on loopback). Redirects
 //! are never followed (hyper does not), bodies are bounded, and each exchange — connect,
 //! request, whole response — is bounded by one timeout.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,11 +63,19 @@ pub(crate) struct IdpClient {
 impl IdpClient {
     /// `keep_alive`: pool connections (the background task); off for clients used from
     /// the proxy's many runtimes, whose pooled connections would stay bound to one.
-    pub(crate) fn new(timeout: Duration, keep_alive: bool) -> Result<IdpClient, String> {
+    pub(crate) fn new(
+        timeout: Duration,
+        keep_alive: bool,
+        ca_file: Option<&Path>,
+    ) -> Result<IdpClient, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| format!("no usable TLS versions: {error}"))?
+            .with_root_certificates(trust_roots(ca_file)?)
+            .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(|error| format!("no usable TLS roots: {error}"))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();
@@ -149,6 +159,36 @@ impl IdpClient {
             .await
             .map_err(|_| FetchError::Unreachable)?
     }
+}
+
+/// The system's roots, plus every certificate in `ca_file`. A `ca_file` that cannot be
+/// read or holds no certificate is a configuration error, not a silent fallback.
+fn trust_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let mut added = 0;
+        for certificate in CertificateDer::pem_file_iter(path)
+            .map_err(|error| format!("`ca_file` cannot be read: {error}"))?
+        {
+            let certificate =
+                certificate.map_err(|error| format!("`ca_file` is not PEM: {error}"))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("`ca_file` holds an unusable certificate: {error}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("`ca_file` holds no certificate".into());
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted TLS roots: the system has none and `ca_file` is unset".into());
+    }
+    Ok(roots)
 }
 
 fn user_agent() -> &'static str {

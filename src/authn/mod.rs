@@ -119,7 +119,7 @@ impl Authenticator {
             Some(jwt) => Some(JwtVerifier::new(
                 jwt,
                 keys::load_keys(jwt, base_dir, env)?,
-                remote::RemoteKeys::new(jwt)?,
+                remote::RemoteKeys::new(jwt, base_dir)?,
             )?),
             None => None,
         };
@@ -131,9 +131,15 @@ impl Authenticator {
                     .map_or(std::time::Duration::from_secs(5), |jwt| {
                         jwt.jwks_refresh.fetch_timeout
                     });
+                let ca_file = config
+                    .jwt
+                    .as_ref()
+                    .and_then(|jwt| jwt.ca_file.as_ref())
+                    .map(|path| base_dir.join(path));
                 Some(oidc::BrowserLogin::new(
                     oidc_config,
                     fetch_timeout,
+                    ca_file.as_deref(),
                     base_dir,
                     env,
                 )?)
@@ -208,6 +214,15 @@ impl Authenticator {
     pub fn start_key_refresh(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
         if let Some(remote) = self.remote_keys() {
             tokio::spawn(remote.clone().run(metrics));
+        }
+    }
+
+    /// Fetches the identity provider's keys once, for commands without the background
+    /// refresh (`check`, `explain`). `Ok(false)` when no remote keys are configured.
+    pub async fn fetch_remote_keys_once(&self) -> Result<bool, String> {
+        match self.remote_keys() {
+            Some(remote) => remote.fetch_once().await.map(|()| true),
+            None => Ok(false),
         }
     }
 

@@ -167,6 +167,7 @@ impl BrowserLogin {
     pub(crate) fn new(
         config: &OidcConfig,
         fetch_timeout: Duration,
+        ca_file: Option<&Path>,
         base_dir: &Path,
         env: EnvLookup<'_>,
     ) -> Result<BrowserLogin, AuthnError> {
@@ -243,8 +244,8 @@ impl BrowserLogin {
         };
         // The callback runs on whichever proxy thread took the request; no pooled
         // connection is kept tied to one thread's runtime.
-        let client = IdpClient::new(fetch_timeout, false)
-            .map_err(|problem| AuthnError::config("auth.oidc", problem))?;
+        let client = IdpClient::new(fetch_timeout, false, ca_file)
+            .map_err(|problem| AuthnError::config("auth.jwt.ca_file", problem))?;
         Ok(BrowserLogin {
             redirect_uri: format!(
                 "{}{}",
@@ -593,7 +594,7 @@ mod tests {
             _ => None,
         };
         let login =
-            BrowserLogin::new(&config, Duration::from_secs(1), Path::new("."), &env).unwrap();
+            BrowserLogin::new(&config, Duration::from_secs(1), None, Path::new("."), &env).unwrap();
         assert!(login.wants_sign_in("GET", "/x", Some("text/html,application/xhtml+xml")));
         assert!(!login.wants_sign_in("GET", "/x", Some("application/json")));
         assert!(!login.wants_sign_in("POST", "/x", Some("text/html")));
@@ -619,7 +620,7 @@ mod tests {
             _ => None,
         };
         let login =
-            BrowserLogin::new(&config, Duration::from_secs(1), Path::new("."), &env).unwrap();
+            BrowserLogin::new(&config, Duration::from_secs(1), None, Path::new("."), &env).unwrap();
         let metadata = ProviderMetadata {
             issuer: "https://idp.example".into(),
             jwks_uri: "https://idp.example/jwks".into(),

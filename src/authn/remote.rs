@@ -94,7 +94,10 @@ pub(crate) struct RemoteKeys {
 
 impl RemoteKeys {
     /// Validates the sources and builds the HTTP client; no I/O happens here.
-    pub(crate) fn new(jwt: &JwtConfig) -> Result<Option<Arc<RemoteKeys>>, AuthnError> {
+    pub(crate) fn new(
+        jwt: &JwtConfig,
+        base_dir: &std::path::Path,
+    ) -> Result<Option<Arc<RemoteKeys>>, AuthnError> {
         let source = match (&jwt.jwks_url, jwt.discovery, &jwt.issuer) {
             (Some(url), _, _) => KeySource::Url(
                 check_fetch_url(url)
@@ -105,8 +108,9 @@ impl RemoteKeys {
             },
             _ => return Ok(None),
         };
-        let client = IdpClient::new(jwt.jwks_refresh.fetch_timeout, true)
-            .map_err(|problem| AuthnError::config("auth.jwt.jwks_url", problem))?;
+        let ca_file = jwt.ca_file.as_ref().map(|path| base_dir.join(path));
+        let client = IdpClient::new(jwt.jwks_refresh.fetch_timeout, true, ca_file.as_deref())
+            .map_err(|problem| AuthnError::config("auth.jwt.ca_file", problem))?;
         Ok(Some(Arc::new(RemoteKeys {
             source,
             jwt: jwt.clone(),
@@ -243,6 +247,13 @@ impl RemoteKeys {
                 }
             };
         }
+    }
+
+    /// One fetch, for commands that run no background refresh (`check`, `explain`):
+    /// `Ok` when a usable key set is installed afterwards, else why not.
+    pub(crate) async fn fetch_once(&self) -> Result<(), String> {
+        self.fetch_and_install("startup").await;
+        self.readiness()
     }
 
     fn update_age_gauge(&self) {
@@ -446,9 +457,10 @@ mod tests {
     }
 
     fn remote(extra: &str) -> Arc<RemoteKeys> {
-        RemoteKeys::new(&jwt_config(&format!(
-            "jwks_url: https://idp.example/jwks\n{extra}"
-        )))
+        RemoteKeys::new(
+            &jwt_config(&format!("jwks_url: https://idp.example/jwks\n{extra}")),
+            std::path::Path::new("."),
+        )
         .unwrap()
         .unwrap()
     }

@@ -4,12 +4,18 @@
 # Idempotent; called by deploy/install-deps.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-if ! command -v node >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+# Only what is missing: a machine whose Node.js came from elsewhere (NodeSource) cannot
+# take Debian's nodejs/npm beside it (apt refuses with "held broken packages").
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "missing: node and/or chromium (apt-get install nodejs npm chromium)" >&2
+    echo "missing: ${need_apt[*]} (apt-get install ${need_apt[*]})" >&2
     exit 1
   fi
 fi

@@ -2,8 +2,9 @@
 // datagate's identity tests (tests/identity.rs). Started by the tests:
 //
 //   node provider.mjs --port 0 --state DIR --redirect-uri http://127.0.0.1:P/oauth2/callback
+//                     [--tls-cert CERT.pem --tls-key KEY.pem]   (serve https instead)
 //
-// It prints `listening on http://127.0.0.1:PORT` once it serves. Signing keys live in
+// It prints `listening on http://127.0.0.1:PORT` (or https://) once it serves. Signing keys live in
 // DIR/keys.json (generated per kid on first use, kept across restarts, so a restarted
 // provider signs with the same keys). Test-only control endpoints, beside the provider:
 //
@@ -16,6 +17,7 @@
 // the datagate client, so a headless browser follows redirects end to end.
 
 import http from 'node:http';
+import https from 'node:https';
 import fs from 'node:fs';
 import path from 'node:path';
 import { generateKeyPair, exportJWK } from 'jose';
@@ -113,7 +115,8 @@ async function readJson(req) {
 let provider;
 let handler;
 
-const server = http.createServer(async (req, res) => {
+const scheme = args['tls-cert'] ? 'https' : 'http';
+const serve = async (req, res) => {
   try {
     const url = new URL(req.url, 'http://local');
     if (url.pathname === '/__test/jwks_hits') {
@@ -172,7 +175,13 @@ const server = http.createServer(async (req, res) => {
     res.statusCode = 500;
     res.end(String(error));
   }
-});
+};
+const server = scheme === 'https'
+  ? https.createServer(
+    { cert: fs.readFileSync(args['tls-cert']), key: fs.readFileSync(args['tls-key']) },
+    serve,
+  )
+  : http.createServer(serve);
 
 process.on('unhandledRejection', (error) => console.error('unhandled', error));
 // The tests read stdout only up to the `listening on` line, then close the pipe; the
@@ -182,7 +191,7 @@ process.stderr.on('error', () => {});
 
 server.listen(Number(args.port || 0), '127.0.0.1', async () => {
   const { port } = server.address();
-  provider = await buildProvider(`http://127.0.0.1:${port}`);
+  provider = await buildProvider(`${scheme}://127.0.0.1:${port}`);
   handler = provider.callback();
-  console.log(`listening on http://127.0.0.1:${port}`);
+  console.log(`listening on ${scheme}://127.0.0.1:${port}`);
 });
