@@ -89,6 +89,11 @@ pub struct ExplainArgs {
     #[arg(long, default_value = "application/json")]
     #[serde(default = "default_content_type")]
     pub content_type: String,
+    /// Further request headers, `Name: value` (repeatable): they go through the same
+    /// header checks and token sources as at the proxy (a cookie, `X_Datagate_User`, …).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 fn default_method() -> String {
@@ -214,6 +219,34 @@ pub fn explain(
     }))
 }
 
+/// The request headers an explained request carries: `--token` as `Authorization:
+/// Bearer`, `--api-key` in the configured header, `--content-type`, then each `--header`.
+fn explain_headers(state: &AppState, args: &ExplainArgs) -> Result<http::HeaderMap, String> {
+    let mut headers = http::HeaderMap::new();
+    let mut add = |name: &str, value: &str| -> Result<(), String> {
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", name.trim()))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("the value of `{name}` is not a header value"))?;
+        headers.append(name, value);
+        Ok(())
+    };
+    if let Some(token) = &args.token {
+        add("authorization", &format!("Bearer {token}"))?;
+    }
+    if let Some(api_key) = &args.api_key {
+        add(state.authenticator.api_key_header(), api_key)?;
+    }
+    add("content-type", &args.content_type)?;
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| format!("`--header {header}` is not `Name: value`"))?;
+        add(name, value)?;
+    }
+    Ok(headers)
+}
+
 /// A runtime for a command's own I/O (fetching remote keys, the store).
 fn command_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
@@ -234,14 +267,17 @@ pub async fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde
         Some((path, query)) => (path, Some(query)),
         None => (args.path.as_str(), None),
     };
-    let authorization = args.token.as_ref().map(|token| format!("Bearer {token}"));
+    let presented = match explain_headers(state, args) {
+        Ok(headers) => decision::read_headers(state, &args.method, &headers),
+        Err(message) => {
+            return json!({"decision": "invalid", "status": 400, "reason": message});
+        }
+    };
     let head = RequestHead {
         method: &args.method,
         raw_path,
         query,
-        authorization: authorization.as_deref(),
-        api_key: args.api_key.as_deref(),
-        content_type: Some(&args.content_type),
+        headers: &presented,
     };
     let mut body = decision::GivenBody(args.body.as_deref().map(str::as_bytes));
     let options = decision::AdmitOptions { trace: true };

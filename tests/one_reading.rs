@@ -467,6 +467,68 @@ fn explain_reads_the_request_as_the_proxy_does() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["decision"], "deny");
     assert_eq!(answer["kind"], "case_folded_key");
+
+    // Headers go through the proxy's own header rules: each request below is refused by
+    // the proxy and explained as refused, with the same status and kind.
+    let cases: [(&str, Vec<(&str, String)>); 3] = [
+        (
+            "a second Authorization",
+            vec![("Authorization", format!("Bearer {token}"))],
+        ),
+        (
+            "an API key header spelt with `_`",
+            vec![("X_API_Key", "k".to_string())],
+        ),
+        (
+            "an upgrade",
+            vec![
+                ("Upgrade", "websocket".to_string()),
+                ("Connection", "Upgrade".to_string()),
+            ],
+        ),
+    ];
+    for (what, headers) in cases {
+        let explained_headers: Vec<String> = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}"))
+            .collect();
+        let (status, explained) = call(
+            "POST",
+            &setup.gateway.admin_url("/api/authz/explain"),
+            Some(&setup.gateway.admin_token()),
+            Some(
+                &json!({"path": "/api/v1/chart/1", "token": token, "headers": explained_headers})
+                    .to_string(),
+            ),
+        );
+        assert_eq!(status, 200, "{explained}");
+        // Raw, so a header can be sent twice.
+        let mut raw = format!(
+            "GET /api/v1/chart/1 HTTP/1.1\r\nHost: datagate\r\nAuthorization: Bearer {token}\r\n"
+        );
+        for (name, value) in &headers {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw.push_str("Connection: close\r\n\r\n");
+        let mut stream = std::net::TcpStream::connect(setup.gateway.proxy).unwrap();
+        use std::io::{Read, Write};
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status: u16 = response
+            .split(' ')
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: {response}"));
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let proxied = (status, serde_json::from_str(body).unwrap_or(Value::Null));
+        assert_eq!(explained["decision"], "deny", "{what}: {explained}");
+        assert_eq!(
+            (explained["status"].as_u64(), explained["kind"].clone()),
+            (Some(u64::from(proxied.0)), proxied.1["kind"].clone()),
+            "{what}: explain and proxy differ"
+        );
+    }
     assert!(recorded_requests(setup.upstream).is_empty());
 }
 

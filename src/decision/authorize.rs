@@ -104,7 +104,12 @@ pub fn identify<'t>(
             seconds: age.as_secs(),
         });
     }
-    let principal = authenticate(state, snapshot, head.authorization, head.api_key)?;
+    let principal = authenticate(
+        state,
+        snapshot,
+        head.headers.authorization.as_deref(),
+        head.headers.api_key.as_deref(),
+    )?;
     let canonical_path = canonicalize_path(head.raw_path).map_err(Refusal::BadPath)?;
     let (route, unmatched_policy) = match state.routes.resolve(head.method, &canonical_path) {
         Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),

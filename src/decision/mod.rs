@@ -59,9 +59,81 @@ pub struct RequestHead<'a> {
     /// The path exactly as received, without the query string.
     pub raw_path: &'a str,
     pub query: Option<&'a str>,
-    pub authorization: Option<&'a str>,
-    pub api_key: Option<&'a str>,
-    pub content_type: Option<&'a str>,
+    /// The request's headers as [`read_headers`] read them.
+    pub headers: &'a PresentedHeaders,
+}
+
+/// What a request's headers present, read once by [`read_headers`] so that every
+/// caller of [`admit`] (proxy, `explain`, `datagate test`) applies the same header rules.
+/// Owned, so the proxy can read the body afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct PresentedHeaders {
+    /// The `Authorization` value the token sources found (a cookie or named header
+    /// becomes `Bearer …`; a browser session too).
+    pub authorization: Option<String>,
+    pub api_key: Option<String>,
+    pub content_type: Option<String>,
+    /// The request asks to switch protocols (`Upgrade`).
+    pub upgrade: bool,
+    /// Why the headers are refused, if they are: [`admit`] refuses first.
+    problem: Option<HeadersProblem>,
+}
+
+#[derive(Debug, Clone)]
+enum HeadersProblem {
+    Header(crate::proxy::headers::HeaderError),
+    Authentication(crate::authn::AuthnError),
+}
+
+impl PresentedHeaders {
+    /// A request presenting exactly these (no header refusals): tests and tools.
+    pub fn given(
+        authorization: Option<String>,
+        api_key: Option<String>,
+        content_type: Option<String>,
+    ) -> PresentedHeaders {
+        PresentedHeaders {
+            authorization,
+            api_key,
+            content_type,
+            upgrade: false,
+            problem: None,
+        }
+    }
+}
+
+/// Reads a request's headers the one way datagate does: a credential header that is
+/// repeated, not text, or spelled with `_` for `-` is refused (WSGI servers read `_` and
+/// `-` alike); then the configured token sources, in order, find the credential.
+pub fn read_headers(state: &AppState, method: &str, headers: &http::HeaderMap) -> PresentedHeaders {
+    let authenticator = &state.authenticator;
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut presented = PresentedHeaders {
+        authorization: None,
+        api_key: text(authenticator.api_key_header()),
+        content_type: text(http::header::CONTENT_TYPE.as_str()),
+        upgrade: headers.contains_key(http::header::UPGRADE),
+        problem: None,
+    };
+    let mut credential_headers = vec![
+        http::header::AUTHORIZATION.as_str(),
+        authenticator.api_key_header(),
+    ];
+    credential_headers.extend(authenticator.token_sources().header_names());
+    if let Err(error) = crate::proxy::headers::check_client_headers(headers, &credential_headers) {
+        presented.problem = Some(HeadersProblem::Header(error));
+        return presented;
+    }
+    match authenticator.presented(method, headers) {
+        Ok(credential) => presented.authorization = credential.authorization,
+        Err(error) => presented.problem = Some(HeadersProblem::Authentication(error)),
+    }
+    presented
 }
 
 /// Why a body could not be had.
@@ -187,6 +259,13 @@ pub async fn admit(
         allows_upgrade: false,
         policy_revision: snapshot.revision,
     };
+    if let Some(problem) = &head.headers.problem {
+        decision.verdict = Verdict::Refuse(match problem {
+            HeadersProblem::Header(error) => Refusal::from(error.clone()),
+            HeadersProblem::Authentication(error) => Refusal::Authentication(error.clone()),
+        });
+        return decision;
+    }
     let identified = match identify(state, snapshot, head) {
         // A kid no key set holds may be the IdP's new key: one bounded, rate-limited JWKS
         // refetch, then one more try.
@@ -235,6 +314,18 @@ pub async fn admit(
         .route
         .as_ref()
         .is_some_and(|(route, _)| route.allows_upgrade());
+    // An upgraded connection is a tunnel nothing inspects: only where the route allows
+    // it, and only after every check passed.
+    if head.headers.upgrade
+        && !decision.allows_upgrade
+        && matches!(decision.verdict, Verdict::Forward(_))
+    {
+        decision.verdict = Verdict::Refuse(Refusal::from(
+            crate::proxy::headers::HeaderError::UpgradeNotAllowed {
+                route: decision.route.clone(),
+            },
+        ));
+    }
     decision
 }
 
@@ -266,7 +357,11 @@ async fn decide(
     if mcp::is_mcp(identified) {
         decision.mcp = Some(McpCall::default());
     }
-    let request = ParsedRequest::parse(head.query, head.content_type, body_bytes.as_deref())?;
+    let request = ParsedRequest::parse(
+        head.query,
+        head.headers.content_type.as_deref(),
+        body_bytes.as_deref(),
+    )?;
     if let Some(call) = decision.mcp.as_mut() {
         select_mcp_tool(identified, &request, call)?;
     }

@@ -2,10 +2,11 @@
 //! upstream receives.
 //!
 //! Sits at both ends of the proxy's request flow:
-//! - [`check_client_headers`] runs first in `request_filter`, before identification:
-//!   credential headers that could be read two ways (sent twice, not text, spelt with `_`)
-//!   and `Connection` nominations of headers datagate decides on are refused;
-//!   [`check_upgrade`] runs once the route is known.
+//! - [`check_client_headers`] runs first, in `decision::read_headers` (so the proxy,
+//!   `explain` and `datagate test` share it), before identification: credential headers
+//!   that could be read two ways (sent twice, not text, spelt with `_`) and `Connection`
+//!   nominations of headers datagate decides on are refused. `Upgrade` is refused by
+//!   `decision::admit` once the route is known, unless the route allows it.
 //! - [`HeaderPlan::prepare_upstream_request`] runs in `upstream_request_filter`: every client
 //!   header whose name is protected (identity, credentials, routing/trust, anything datagate
 //!   sets) is removed — names are compared after lowercasing and mapping `_` to `-`, because
@@ -103,14 +104,14 @@ const MAX_CONNECTION_TOKENS: usize = 8;
 /// - a `Connection` header nominating a header datagate decides on, a protected routing
 ///   header or a credential (pingora would strip it after datagate read it).
 pub fn check_client_headers(
-    request: &RequestHeader,
+    headers: &http::HeaderMap,
     credential_headers: &[&str],
 ) -> std::result::Result<(), HeaderError> {
     for credential in credential_headers {
         let wanted = normalized_name(credential);
         let exact = credential.to_ascii_lowercase();
         let mut count = 0usize;
-        for (name, value) in request.headers.iter() {
+        for (name, value) in headers.iter() {
             if folded(name.as_str()) != wanted.as_str() {
                 continue;
             }
@@ -134,7 +135,7 @@ pub fn check_client_headers(
         }
     }
     let mut tokens = 0usize;
-    for value in request.headers.get_all(http::header::CONNECTION) {
+    for value in headers.get_all(http::header::CONNECTION) {
         let text = value
             .to_str()
             .map_err(|_| HeaderError::MalformedConnection)?;
@@ -163,22 +164,6 @@ pub fn check_client_headers(
                 });
             }
         }
-    }
-    Ok(())
-}
-
-/// A protocol upgrade turns the connection into a tunnel nothing inspects, so it is
-/// refused unless the route allows it (`allow_upgrade: true`); then the tunnel opens only
-/// after every check of the route passed.
-pub fn check_upgrade(
-    request: &RequestHeader,
-    route: &str,
-    route_allows_upgrade: bool,
-) -> std::result::Result<(), HeaderError> {
-    if !route_allows_upgrade && request.headers.contains_key(http::header::UPGRADE) {
-        return Err(HeaderError::UpgradeNotAllowed {
-            route: route.to_string(),
-        });
     }
     Ok(())
 }
@@ -970,34 +955,34 @@ routes: {{}}
             ("Authorization", b"Bearer b"),
         ]);
         assert_eq!(
-            check_client_headers(&twice, &credentials)
+            check_client_headers(&twice.headers, &credentials)
                 .unwrap_err()
                 .kind(),
             "duplicate_credentials"
         );
         let binary = request(&[("Authorization", b"Bearer \xff\xfe")]);
         assert_eq!(
-            check_client_headers(&binary, &credentials)
+            check_client_headers(&binary.headers, &credentials)
                 .unwrap_err()
                 .kind(),
             "credential_not_text"
         );
         let keys = request(&[("X-Api-Key", b"a"), ("X-Api-Key", b"b")]);
         assert_eq!(
-            check_client_headers(&keys, &credentials)
+            check_client_headers(&keys.headers, &credentials)
                 .unwrap_err()
                 .kind(),
             "duplicate_credentials"
         );
         let underscore = request(&[("X_Api_Key", b"a")]);
         assert_eq!(
-            check_client_headers(&underscore, &credentials)
+            check_client_headers(&underscore.headers, &credentials)
                 .unwrap_err()
                 .kind(),
             "ambiguous_header_name"
         );
         let fine = request(&[("Authorization", b"Bearer a"), ("X-Api-Key", b"k")]);
-        assert_eq!(check_client_headers(&fine, &credentials), Ok(()));
+        assert_eq!(check_client_headers(&fine.headers, &credentials), Ok(()));
     }
 
     #[test]
@@ -1013,7 +998,7 @@ routes: {{}}
         ] {
             let headers = request(&[("Connection", nominated.as_bytes())]);
             assert_eq!(
-                check_client_headers(&headers, &credentials)
+                check_client_headers(&headers.headers, &credentials)
                     .unwrap_err()
                     .kind(),
                 "connection_nominates_protected",
@@ -1022,7 +1007,7 @@ routes: {{}}
         }
         let many = request(&[("Connection", b"a,b,c,d,e,f,g,h,i")]);
         assert_eq!(
-            check_client_headers(&many, &credentials)
+            check_client_headers(&many.headers, &credentials)
                 .unwrap_err()
                 .kind(),
             "malformed_connection_header"
@@ -1030,20 +1015,11 @@ routes: {{}}
         for fine in ["keep-alive", "close", "Upgrade", "TE, X-Private-Hop"] {
             let headers = request(&[("Connection", fine.as_bytes())]);
             assert_eq!(
-                check_client_headers(&headers, &credentials),
+                check_client_headers(&headers.headers, &credentials),
                 Ok(()),
                 "{fine}"
             );
         }
-    }
-
-    #[test]
-    fn upgrade_is_refused_unless_the_route_allows_it() {
-        let websocket = request(&[("Upgrade", b"websocket"), ("Connection", b"Upgrade")]);
-        let error = check_upgrade(&websocket, "superset-chart-read", false).unwrap_err();
-        assert_eq!(error.kind(), "upgrade_not_allowed");
-        assert_eq!(check_upgrade(&websocket, "live", true), Ok(()));
-        assert_eq!(check_upgrade(&request(&[]), "any", false), Ok(()));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! - `logging`: metrics and the audit line.
 
 mod body;
-mod headers;
+pub(crate) mod headers;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -181,44 +181,15 @@ impl ProxyHttp for DatagateProxy {
         let method = request.method.as_str().to_owned();
         let raw_path = request.uri.path().to_owned();
         let query = request.uri.query().map(str::to_owned);
-        // The configured token sources, in order; a conflict or an unreadable value is
-        // a refusal, never "no credentials".
-        let presented = self
-            .state
-            .authenticator
-            .presented(request.method.as_str(), &request.headers);
-        let (authorization, presented_error) = match presented {
-            Ok(presented) => (presented.authorization, None),
-            Err(error) => (None, Some(error)),
-        };
-        let api_key = headers::header_text(request, self.state.authenticator.api_key_header());
-        let content_type = headers::header_text(request, http::header::CONTENT_TYPE.as_str());
         let declared_length = headers::content_length(request);
+        // Header checks and token sources, read once, the same way for `explain`.
+        let presented = decision::read_headers(&self.state, &method, &request.headers);
         let head = RequestHead {
             method: &method,
             raw_path: &raw_path,
             query: query.as_deref(),
-            authorization: authorization.as_deref(),
-            api_key: api_key.as_deref(),
-            content_type: content_type.as_deref(),
+            headers: &presented,
         };
-        let mut credential_headers = vec![
-            http::header::AUTHORIZATION.as_str(),
-            self.state.authenticator.api_key_header(),
-        ];
-        credential_headers.extend(self.state.authenticator.token_sources().header_names());
-        if let Err(error) = headers::check_client_headers(session.req_header(), &credential_headers)
-        {
-            let refusal = Refusal::from(error);
-            let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
-            return self.refuse(session, ctx, refusal, outcome).await;
-        }
-
-        if let Some(error) = presented_error {
-            let refusal = Refusal::Authentication(error);
-            let outcome = refused_outcome(&head, &refusal, "unmatched", None, snapshot.revision);
-            return self.refuse(session, ctx, refusal, outcome).await;
-        }
         let mut body = body::SessionBody {
             session,
             declared_length,
@@ -236,23 +207,6 @@ impl ProxyHttp for DatagateProxy {
         self.count_sql(&decision);
         match decision.verdict {
             Verdict::Forward(forward) => {
-                // An upgraded connection is a tunnel nothing inspects: only where the
-                // route allows it, and only after every check passed.
-                if let Err(error) = headers::check_upgrade(
-                    session.req_header(),
-                    &decision.route,
-                    decision.allows_upgrade,
-                ) {
-                    let refusal = Refusal::from(error);
-                    let outcome = refused_outcome(
-                        &head,
-                        &refusal,
-                        &decision.route,
-                        decision.principal.as_ref(),
-                        decision.policy_revision,
-                    );
-                    return self.refuse(session, ctx, refusal, outcome).await;
-                }
                 let forward = *forward;
                 let permit = forward.permit;
                 self.state
@@ -696,13 +650,12 @@ impl DatagateProxy {
                 Ok(true)
             }
             Err(error) => {
+                let presented = decision::PresentedHeaders::default();
                 let head = RequestHead {
                     method: &head_method,
                     raw_path: &head_path,
                     query: None,
-                    authorization: None,
-                    api_key: None,
-                    content_type: None,
+                    headers: &presented,
                 };
                 let refusal = Refusal::Authentication(error);
                 let revision = self.state.snapshot().revision;
