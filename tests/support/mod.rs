@@ -5,6 +5,7 @@
 
 pub mod demo_rls;
 pub mod gateway;
+pub mod superset;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -4,6 +4,7 @@ Run with the Superset venv's python (tests/compat/superset/install.sh):
 
     harness.py setup --home DIR --data-db demo.db   # metadata DB, roles, users, data DB
     harness.py serve --home DIR --port 8088         # gunicorn on 127.0.0.1 (exec)
+    harness.py serve ... --exit-with-stdin --access-log F   # as tests/superset.rs runs it
 
 `setup` runs `superset db upgrade` and `superset init` (or copies their result from a
 template cached beside the venv, keyed by the installed pins), creates the users, registers
@@ -184,14 +185,54 @@ def setup(home: str, data_path: str) -> dict:
     return ids
 
 
-def serve(home: str, port: int, workers: int) -> None:
+def serve(home: str, port: int, workers: int, access_log: str | None,
+          with_stdin: bool) -> None:
+    """gunicorn on 127.0.0.1:PORT.
+
+    With --exit-with-stdin (how the Rust test runs it): gunicorn is a child, and when this
+    process's stdin closes (the test process exited, however it died) gunicorn is stopped
+    and the home directory removed, so nothing outlives the test. gunicorn also gets
+    SIGTERM if this process is killed (PR_SET_PDEATHSIG).
+    """
     env = environment(home)
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    os.execve(gunicorn, [
+    argv = [
         gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
         "--threads", "4", "--timeout", "120", "--log-level", "warning",
-        "superset.app:create_app()",
-    ], env)
+    ]
+    if access_log:
+        # The test marks each request with X-Test-Marker and reads this log to prove
+        # that a refused request never reached Superset.
+        argv += ["--access-logfile", access_log,
+                 "--access-logformat", '%(m)s %(U)s %(s)s marker=%({x-test-marker}i)s']
+    argv.append("superset.app:create_app()")
+    if not with_stdin:
+        os.execve(gunicorn, argv, env)
+
+    import ctypes
+    import signal
+
+    def die_with_parent() -> None:
+        os.setsid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                             preexec_fn=die_with_parent)
+    # SIGTERM (ChildProcess::kill sends SIGKILL, which PR_SET_PDEATHSIG covers) cleans up too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+            child.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:
@@ -204,11 +245,14 @@ def main() -> None:
     serve_parser.add_argument("--home", required=True)
     serve_parser.add_argument("--port", type=int, required=True)
     serve_parser.add_argument("--workers", type=int, default=2)
+    serve_parser.add_argument("--access-log")
+    serve_parser.add_argument("--exit-with-stdin", action="store_true")
     args = parser.parse_args()
     if args.command == "setup":
         print(json.dumps(setup(os.path.abspath(args.home), args.data_db)))
     else:
-        serve(os.path.abspath(args.home), args.port, args.workers)
+        serve(os.path.abspath(args.home), args.port, args.workers, args.access_log,
+              args.exit_with_stdin)
 
 
 if __name__ == "__main__":

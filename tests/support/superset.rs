@@ -1,0 +1,397 @@
+//! A real Apache Superset 6.1 for integration tests (`tests/superset.rs`), and datagate in
+//! front of it with the Superset pack and the `superset` identity preset.
+//!
+//! One Superset per test process: [`shared`] runs `tests/compat/superset/harness.py setup`
+//! (metadata DB, users, the SQLite data DB written from [`demo_rls`]'s rows, datasets and
+//! a chart through Superset's REST API) and starts gunicorn on loopback once; every test
+//! starts its own datagate ([`superset_gateway`]) in front of it. gunicorn runs under the
+//! harness with `--exit-with-stdin`: when this process exits, however it dies, its stdin
+//! pipe closes and the harness stops gunicorn and removes Superset's home directory.
+//!
+//! Every request a test sends carries an `X-Test-Marker` header, which gunicorn's access
+//! log records: [`Superset::received`] is how a deny test proves Superset got nothing.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ChildProcess;
+use super::demo_rls;
+use super::free_port;
+use super::gateway::{Gateway, GatewayOptions, repository_root};
+
+/// The ids `harness.py setup` wrote to `ids.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ids {
+    pub database_id: u64,
+    pub datasets: std::collections::BTreeMap<String, u64>,
+    pub charts: std::collections::BTreeMap<String, u64>,
+    pub data_db: PathBuf,
+}
+
+pub struct Superset {
+    pub address: SocketAddr,
+    pub home: PathBuf,
+    pub ids: Ids,
+    pub access_log: PathBuf,
+    /// The harness (gunicorn's parent); its stdin pipe lives as long as this process.
+    _serve: Mutex<ChildProcess>,
+}
+
+/// The Superset venv `tests/compat/superset/install.sh` creates.
+pub fn venv() -> PathBuf {
+    std::env::var_os("DATAGATE_SUPERSET_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/datagate/superset-venv"))
+}
+
+fn harness() -> PathBuf {
+    repository_root().join("tests/compat/superset/harness.py")
+}
+
+static SHARED: OnceLock<Option<Superset>> = OnceLock::new();
+
+/// The process-wide Superset, started on first use; `None` (with the reason printed) only
+/// when the venv is not installed. Any other failure to start fails the test.
+pub fn shared() -> Option<&'static Superset> {
+    SHARED.get_or_init(start).as_ref()
+}
+
+fn start() -> Option<Superset> {
+    let python = venv().join("bin/python");
+    if !venv().join("bin/superset").exists() || !python.exists() {
+        eprintln!(
+            "SKIPPED: no Superset venv at {} (run tests/compat/superset/install.sh, which \
+             deploy/install-deps.sh and .ci/run call)",
+            venv().display()
+        );
+        return None;
+    }
+    let home =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("superset-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let data_db = home.join("demo.db");
+    {
+        let connection = rusqlite::Connection::open(&data_db).unwrap();
+        connection.execute_batch(demo_rls::SCHEMA).unwrap();
+        connection.execute_batch(demo_rls::ROWS).unwrap();
+    }
+    let output = Command::new(&python)
+        .arg(harness())
+        .args(["setup", "--home"])
+        .arg(&home)
+        .arg("--data-db")
+        .arg(&data_db)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "harness.py setup failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ids: Ids =
+        serde_json::from_str(&std::fs::read_to_string(home.join("ids.json")).unwrap()).unwrap();
+    let port = free_port();
+    let access_log = home.join("access.log");
+    let child = Command::new(&python)
+        .arg(harness())
+        .args(["serve", "--exit-with-stdin", "--workers", "2", "--home"])
+        .arg(&home)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--access-log")
+        .arg(&access_log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut serve = ChildProcess::new(child);
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let up = ureq::get(&format!("http://{address}/health"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .is_ok();
+        if up {
+            break;
+        }
+        if let Some(status) = serve.wait_for_exit(Duration::from_millis(0)) {
+            panic!("Superset's gunicorn exited before answering: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Superset did not answer /health within 180 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Some(Superset {
+        address,
+        home,
+        ids,
+        access_log,
+        _serve: Mutex::new(serve),
+    })
+}
+
+impl Superset {
+    /// Whether any request carrying `marker` reached Superset (gunicorn's access log).
+    pub fn received(&self, marker: &str) -> bool {
+        let Ok(file) = std::fs::File::open(&self.access_log) else {
+            return false;
+        };
+        let needle = format!("marker={marker}");
+        std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.split_whitespace().any(|field| field == needle))
+    }
+
+    /// A request straight to Superset (no datagate) as `user` with `roles`: the control
+    /// that shows what Superset itself would do with a request datagate refuses.
+    pub fn direct(
+        &self,
+        method: &str,
+        path: &str,
+        user: &str,
+        roles: &[&str],
+        body: Option<&Value>,
+    ) -> Reply {
+        let roles = roles.join(",");
+        send(
+            method,
+            &format!("http://{}{path}", self.address),
+            &[("X-Datagate-User", user), ("X-Datagate-Roles", &roles)],
+            body.map(|body| ("application/json", body.to_string().into_bytes())),
+        )
+    }
+
+    /// The data DB Superset queries (the oracle reads the same rows from `demo_rls`).
+    pub fn data_db(&self) -> &Path {
+        &self.ids.data_db
+    }
+
+    /// The datasource uid datagate reads from SQL Lab's `database_id`.
+    pub fn database_uid(&self) -> String {
+        self.ids.database_id.to_string()
+    }
+}
+
+/// One answer: status, headers (lowercased names) and body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A unique marker for one request, recorded by Superset's access log if it arrives.
+pub fn marker() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// One HTTP request; redirects are not followed (a test sees Superset's own 302s).
+pub fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Vec<u8>)>,
+) -> Reply {
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(60))
+        .build();
+    let mut request = agent.request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let result = match body {
+        Some((content_type, bytes)) => request.set("Content-Type", content_type).send_bytes(&bytes),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {url}: {error}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| {
+            let value = response.header(&name)?.to_string();
+            Some((name.to_ascii_lowercase(), value))
+        })
+        .collect();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A caller of datagate: a minted token and a marker per request.
+pub struct Caller<'a> {
+    pub gateway: &'a Gateway,
+    pub token: Option<String>,
+}
+
+impl Caller<'_> {
+    /// Sends one request through datagate; returns the reply and its marker.
+    pub fn send(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> (Reply, String) {
+        let marker = marker();
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("X-Test-Marker", marker.as_str())];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization));
+        }
+        (
+            send(method, &self.gateway.url(path), &headers, body),
+            marker,
+        )
+    }
+
+    pub fn get(&self, path: &str) -> (Reply, String) {
+        self.send("GET", path, None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (Reply, String) {
+        self.send(
+            "POST",
+            path,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    }
+}
+
+/// Extra settings for [`superset_gateway`].
+#[derive(Default)]
+pub struct SupersetGatewayOptions {
+    /// Further policy files (name, contents) beside the repository's.
+    pub policy_files: Vec<(String, String)>,
+    /// YAML for `exports:`; the defaults when `None`.
+    pub exports_yaml: Option<String>,
+    /// Further `routes.table` entries (YAML list items).
+    pub extra_routes: Option<String>,
+}
+
+/// datagate in front of `superset`: `routes: {packs: [superset], unmatched: deny}`,
+/// `identity_headers.preset: superset`, the repository's policies with the demo RLS
+/// filters (`policies/50-demo.rls.yaml`) moved onto Superset's demo database, and
+/// SQL Lab (`role:sql_lab`) granted `Query` on it.
+pub fn superset_gateway(superset: &Superset, options: SupersetGatewayOptions) -> Gateway {
+    let uid = superset.database_uid();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repository_root().join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let contents = std::fs::read_to_string(entry.path()).unwrap();
+        let contents = if name == "50-demo.rls.yaml" {
+            contents.replace("datasource: demo", &format!("datasource: \"{uid}\""))
+        } else {
+            contents
+        };
+        files.push((name, contents));
+    }
+    files.push((
+        "40-superset-test.csv".to_string(),
+        format!("p, role:sql_lab, datasources:uid:{uid}, Query\n"),
+    ));
+    files.extend(options.policy_files);
+    let mut gateway_options = GatewayOptions::new(superset.address);
+    gateway_options.routes_yaml = Some(format!(
+        "packs: [superset]\nunmatched: deny\ntable:\n{}",
+        options.extra_routes.unwrap_or_else(|| "  []\n".to_string())
+    ));
+    gateway_options.datasources_yaml = Some(format!(
+        "- uid: \"{uid}\"\n  dialect: sqlite\n  tables: [orders, customers, posts]\n  \
+         deny_unlisted_tables: true\n"
+    ));
+    gateway_options.policy_files = Some(files);
+    gateway_options.exports_yaml = options.exports_yaml;
+    gateway_options.extra_yaml = Some("identity_headers:\n  preset: superset\n".to_string());
+    Gateway::start(gateway_options)
+}
+
+/// The caller `name` with `roles`, through `gateway`.
+pub fn caller<'a>(gateway: &'a Gateway, name: &str, roles: &[&str]) -> Caller<'a> {
+    Caller {
+        gateway,
+        token: Some(gateway.token(name, roles, &[], None)),
+    }
+}
+
+/// A SQL Lab execute body as Superset 6.1's frontend sends it.
+pub fn sql_lab_body(database_id: u64, client_id: &str, sql: &str) -> Value {
+    serde_json::json!({
+        "client_id": client_id,
+        "database_id": database_id,
+        "runAsync": false,
+        "catalog": null,
+        "schema": "main",
+        "sql": sql,
+        "sql_editor_id": "1",
+        "tab": "Untitled Query 1",
+        "tmp_table_name": "",
+        "select_as_cta": false,
+        "ctas_method": "TABLE",
+        "templateParams": "",
+        "queryLimit": 1000,
+        "expand_data": true,
+    })
+}
+
+/// SQL Lab's answer as rows in column order.
+pub fn sql_lab_rows(answer: &Value) -> Vec<Vec<Value>> {
+    let columns: Vec<String> = answer["columns"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no columns in {answer}"))
+        .iter()
+        .map(|column| column["name"].as_str().unwrap().to_string())
+        .collect();
+    answer["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {answer}"))
+        .iter()
+        .map(|row| columns.iter().map(|name| row[name].clone()).collect())
+        .collect()
+}
+
+/// Rows of a CSV export (Superset writes a BOM and `,`-separated text), as strings.
+pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    text.trim_start_matches('\u{feff}')
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect()
+}
