@@ -324,6 +324,10 @@ pub struct SqlLimitsConfig {
     /// Deeper nesting is refused (`too_deeply_nested`), bounding parse time and stack.
     #[serde(default = "default_max_nesting_depth")]
     pub max_nesting_depth: usize,
+    /// The CPU time one statement may take to check and rewrite (`sql_cpu_budget` over
+    /// it); `0s` turns the budget off.
+    #[serde(default = "default_max_cpu_time", with = "duration_text")]
+    pub max_cpu_time: Duration,
     /// The bounded pool SQL rewrites run on.
     #[serde(default)]
     pub pool: crate::sql_pool::SqlPoolConfig,
@@ -334,6 +338,7 @@ impl Default for SqlLimitsConfig {
         SqlLimitsConfig {
             max_bytes: default_max_sql_bytes(),
             max_nesting_depth: default_max_nesting_depth(),
+            max_cpu_time: default_max_cpu_time(),
             pool: crate::sql_pool::SqlPoolConfig::default(),
         }
     }
@@ -344,8 +349,13 @@ impl SqlLimitsConfig {
         RewriteLimits {
             max_sql_bytes: self.max_bytes,
             max_nesting_depth: self.max_nesting_depth,
+            max_cpu: (!self.max_cpu_time.is_zero()).then_some(self.max_cpu_time),
         }
     }
+}
+
+fn default_max_cpu_time() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_max_sql_bytes() -> usize {

@@ -187,6 +187,15 @@ impl From<&Refusal> for HttpError {
                 };
                 HttpError::new(status, message).with_kind(kind)
             }
+            Refusal::SqlPool(error) => {
+                use crate::sql_pool::SqlPoolError;
+                let (status, kind) = match error {
+                    SqlPoolError::Busy { .. } => (503, "sql_busy"),
+                    SqlPoolError::TooLarge { .. } => (413, "sql_too_large"),
+                    SqlPoolError::WorkerLost => (500, "sql_worker_lost"),
+                };
+                HttpError::new(status, message).with_kind(kind)
+            }
             Refusal::Sql { error, .. } => {
                 let kind = error.kind();
                 let status = match kind {

@@ -45,7 +45,7 @@ pub use permissions::{
     PERMISSIONS_ROUTE, caller_permissions, export_refusal, is_permissions_request,
 };
 pub use refusal::Refusal;
-pub use sql::{QUERY_ACTION, SqlRewrite, StatementRewrite, rewrite_sql};
+pub use sql::{QUERY_ACTION, SqlJob, SqlPlan, SqlRewrite, StatementRewrite, finish_sql, plan_sql};
 
 use crate::principal::Principal;
 use crate::state::{AppState, PolicySnapshot};
@@ -371,21 +371,37 @@ async fn decide(
     let mut query = None;
     let mut forwarded_body = None;
     let mut sql_datasources = Vec::new();
-    if identified.carries_sql() {
+    let plan = if identified.carries_sql() {
+        plan_sql(
+            snapshot,
+            identified,
+            &permit,
+            &request,
+            trace.as_deref_mut(),
+        )?
+    } else {
+        None
+    };
+    if let Some(plan) = plan {
+        // Parsing and rewriting run on the bounded SQL pool, not on this (I/O) thread;
+        // a full queue refuses at once with `sql_busy`.
         let started = Instant::now();
         let limits = state.config.sql.rewrite_limits();
-        let result = rewrite_sql(snapshot, identified, &permit, &request, limits, trace);
+        let job = plan.job(snapshot, permit.principal(), limits);
+        let results = state
+            .sql_pool
+            .run(plan.largest_statement(), move || job.run())
+            .await;
         decision.sql_time = Some(started.elapsed());
-        if let Some(rewrite) = result? {
-            sql_datasources = rewrite
-                .statements
-                .iter()
-                .map(|statement| statement.datasource.clone())
-                .collect();
-            query = rewrite.query;
-            forwarded_body = rewrite.body.map(Bytes::from);
-            decision.statements = rewrite.statements;
-        }
+        let rewrite = finish_sql(plan, results.map_err(Refusal::SqlPool)?, &request, trace)?;
+        sql_datasources = rewrite
+            .statements
+            .iter()
+            .map(|statement| statement.datasource.clone())
+            .collect();
+        query = rewrite.query;
+        forwarded_body = rewrite.body.map(Bytes::from);
+        decision.statements = rewrite.statements;
     }
     // Whatever datagate inspected as JSON goes upstream as datagate read it.
     if forwarded_body.is_none()

@@ -2,13 +2,22 @@
 //! statement's datasource is checked, template syntax and write options are refused where
 //! the route says so, and the rewritten SQL is put back into the request the upstream
 //! receives.
+//!
+//! Split in three so the CPU-heavy part runs off the proxy's I/O threads: [`plan_sql`]
+//! (cheap: find the statements, check templating and datasource permissions) and
+//! [`finish_sql`] (put the rewrites back) run on the caller's thread; [`SqlJob::run`]
+//! (parse, rewrite, print, re-parse, verify) runs on the bounded [`crate::sql_pool`].
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::Refusal;
 use super::authorize::{CheckOutcome, Identified, Permit};
 use super::request::ParsedRequest;
-use crate::sql_location::Templating;
+use crate::principal::Principal;
+use crate::rls::{RewriteLimits, Rewritten, RlsError};
+use crate::sql_location::{SqlItem, Templating};
 use crate::state::PolicySnapshot;
 
 /// The request after row-level security: what replaces the query string and the body
@@ -28,17 +37,88 @@ pub struct StatementRewrite {
     pub rewritten: crate::rls::Rewritten,
 }
 
-/// Stage 6: every SQL string the route carries goes through row-level security. Each
-/// statement's datasource must itself be queryable by the caller (a body can name other
-/// datasources than the route's check saw). Any failure refuses the whole request.
-pub fn rewrite_sql(
+/// The statements a request carries, each already cleared for its datasource; what is
+/// left is the rewrite itself.
+pub struct SqlPlan {
+    items: Vec<SqlItem>,
+    /// The route explicitly allows non-query statements.
+    allow_writes: bool,
+}
+
+impl SqlPlan {
+    /// The largest statement, in bytes: the size the SQL pool budgets.
+    pub fn largest_statement(&self) -> usize {
+        self.items
+            .iter()
+            .map(|item| item.sql.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The work for the SQL pool: owned, so it can leave this thread.
+    pub fn job(
+        &self,
+        snapshot: &Arc<PolicySnapshot>,
+        principal: &Principal,
+        limits: RewriteLimits,
+    ) -> SqlJob {
+        SqlJob {
+            snapshot: snapshot.clone(),
+            principal: principal.clone(),
+            allow_writes: self.allow_writes,
+            limits,
+            statements: self
+                .items
+                .iter()
+                .map(|item| (item.datasource_uid.clone(), item.sql.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Row-level security for a request's statements, in order; runs on a pool thread.
+pub struct SqlJob {
+    snapshot: Arc<PolicySnapshot>,
+    principal: Principal,
+    allow_writes: bool,
+    limits: RewriteLimits,
+    /// (datasource uid, SQL) per statement.
+    statements: Vec<(String, String)>,
+}
+
+impl SqlJob {
+    /// Rewrites every statement; stops at the first refusal (the request is refused
+    /// whole), so the results are the rewrites of a prefix of the statements.
+    pub fn run(self) -> Vec<Result<Rewritten, RlsError>> {
+        let mut results = Vec::with_capacity(self.statements.len());
+        for (datasource_uid, sql) in &self.statements {
+            let result = self.snapshot.rls.rewrite(&crate::rls::RewriteRequest {
+                datasource_uid,
+                sql,
+                principal: &self.principal,
+                allow_writes: self.allow_writes,
+                limits: self.limits,
+            });
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        results
+    }
+}
+
+/// Stage 6a: the statements the route carries, each datasource checked. `None` when the
+/// route carries no SQL. Each statement's datasource must itself be queryable by the
+/// caller (a body can name other datasources than the route's check saw).
+pub fn plan_sql(
     snapshot: &PolicySnapshot,
     identified: &Identified<'_>,
     permit: &Permit,
     request: &ParsedRequest,
-    limits: crate::rls::RewriteLimits,
     mut trace: Option<&mut Vec<CheckOutcome>>,
-) -> Result<Option<SqlRewrite>, Refusal> {
+) -> Result<Option<SqlPlan>, Refusal> {
     let Some((route, _)) = &identified.route else {
         return Ok(None);
     };
@@ -65,8 +145,6 @@ pub fn rewrite_sql(
         crate::sql_location::check_templating(sql, &items, request)?;
     }
     let subjects = permit.principal().subjects();
-    let mut rewrites = Vec::with_capacity(items.len());
-    let mut statements = Vec::with_capacity(items.len());
     for item in &items {
         let object = crate::policy::datasource_object(&item.datasource_uid);
         let allowed = snapshot.policy.allows(&subjects, &object, QUERY_ACTION);
@@ -85,19 +163,33 @@ pub fn rewrite_sql(
                 uid: item.datasource_uid.clone(),
             });
         }
-        let rewritten = snapshot
-            .rls
-            .rewrite(&crate::rls::RewriteRequest {
-                datasource_uid: &item.datasource_uid,
-                sql: &item.sql,
-                principal: permit.principal(),
-                allow_writes: sql.allow_writes,
-                limits,
-            })
-            .map_err(|error| Refusal::Sql {
-                location: item.location.clone(),
-                error,
-            })?;
+    }
+    Ok(Some(SqlPlan {
+        items,
+        allow_writes: sql.allow_writes,
+    }))
+}
+
+/// Stage 6c: the pool's rewrites put back into the request. Any refusal refuses the
+/// whole request.
+pub fn finish_sql(
+    plan: SqlPlan,
+    results: Vec<Result<Rewritten, RlsError>>,
+    request: &ParsedRequest,
+    mut trace: Option<&mut Vec<CheckOutcome>>,
+) -> Result<SqlRewrite, Refusal> {
+    // The pool returns one result per statement unless one was refused; a short answer
+    // without a refusal is a broken worker and is refused too.
+    if results.len() != plan.items.len() && results.iter().all(Result::is_ok) {
+        return Err(Refusal::SqlPool(crate::sql_pool::SqlPoolError::WorkerLost));
+    }
+    let mut rewrites = Vec::with_capacity(plan.items.len());
+    let mut statements = Vec::with_capacity(plan.items.len());
+    for (item, result) in plan.items.iter().zip(results) {
+        let rewritten = result.map_err(|error| Refusal::Sql {
+            location: item.location.clone(),
+            error,
+        })?;
         if let Some(trace) = trace.as_deref_mut() {
             trace.push(CheckOutcome {
                 check: format!("row-level security for SQL at `{}`", item.location),
@@ -112,12 +204,12 @@ pub fn rewrite_sql(
             rewritten,
         });
     }
-    let (query, body) = crate::sql_location::apply(request, &items, &rewrites)?;
-    Ok(Some(SqlRewrite {
+    let (query, body) = crate::sql_location::apply(request, &plan.items, &rewrites)?;
+    Ok(SqlRewrite {
         query,
         body,
         statements,
-    }))
+    })
 }
 
 /// The action a SQL statement needs on its datasource.

@@ -1,7 +1,7 @@
 //! Row-level security: every SQL string a route carries is rewritten so it can only see
 //! the rows the caller's Superset-style filters allow, or it is refused.
 //!
-//! Sits after authorization in the request path (`decision::rewrite_sql`). Built with
+//! Sits after authorization in the request path (`decision::plan_sql`, then on the SQL pool). Built with
 //! each policy snapshot from `policies/*.rls.yaml` and the config's datasources:
 //! [`RlsPolicy::compile`] parses every filter clause once; [`RlsPolicy::rewrite`] parses
 //! the user's SQL with the datasource's dialect, checks it (one statement, a query unless
@@ -112,6 +112,8 @@ pub enum RlsError {
     SqlTooLarge(usize),
     #[error("SQL is nested too deeply or has too many operators")]
     TooDeeplyNested,
+    #[error("SQL took more than its {0} ms CPU budget to check and rewrite")]
+    CpuBudgetExceeded(u64),
     #[error("SQL does not parse: {0}")]
     Parse(String),
     #[error("exactly one statement is allowed, found {0}")]
@@ -141,6 +143,7 @@ impl RlsError {
             RlsError::UnknownDatasource(_) => "unknown_datasource",
             RlsError::SqlTooLarge(_) => "sql_too_large",
             RlsError::TooDeeplyNested => "too_deeply_nested",
+            RlsError::CpuBudgetExceeded(_) => "sql_cpu_budget",
             RlsError::Parse(_) => "parse_error",
             RlsError::MultipleStatements(_) => "multiple_statements",
             RlsError::StatementNotAllowed(_) => "statement_not_allowed",
@@ -167,6 +170,10 @@ pub struct RewriteRequest<'a> {
 pub struct RewriteLimits {
     pub max_sql_bytes: usize,
     pub max_nesting_depth: usize,
+    /// The CPU time one statement may take (`None`: unbounded). Checked between the
+    /// phases (tokenize, parse, rewrite, print, re-parse, verify); a phase that has begun
+    /// is not interrupted, so the size, operator and nesting limits bound each phase.
+    pub max_cpu: Option<std::time::Duration>,
 }
 
 impl Default for RewriteLimits {
@@ -174,8 +181,66 @@ impl Default for RewriteLimits {
         RewriteLimits {
             max_sql_bytes: 256 * 1024,
             max_nesting_depth: 64,
+            max_cpu: None,
         }
     }
+}
+
+/// The CPU time a statement has used, against [`RewriteLimits::max_cpu`]. Measured as
+/// the calling thread's CPU time where the platform has it (time the thread spent waiting
+/// for a core does not count against the statement), else wall time.
+struct CpuBudget {
+    started: Option<std::time::Duration>,
+    wall_started: std::time::Instant,
+    limit: Option<std::time::Duration>,
+}
+
+impl CpuBudget {
+    fn start(limit: Option<std::time::Duration>) -> CpuBudget {
+        CpuBudget {
+            started: thread_cpu_time(),
+            wall_started: std::time::Instant::now(),
+            limit,
+        }
+    }
+
+    fn check(&self) -> Result<(), RlsError> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let used = match (self.started, thread_cpu_time()) {
+            (Some(started), Some(now)) => now.saturating_sub(started),
+            _ => self.wall_started.elapsed(),
+        };
+        if used > limit {
+            return Err(RlsError::CpuBudgetExceeded(
+                u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn thread_cpu_time() -> Option<std::time::Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if result != 0 {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_time() -> Option<std::time::Duration> {
+    None
 }
 
 /// The most operators (AND, OR, comparisons, arithmetic) one statement may hold. A long
@@ -641,11 +706,22 @@ impl rewrite::TableRules for CallerRules<'_> {
     }
 }
 
+#[cfg(test)]
 fn parse(sql: &str, dialect: Dialect, limits: RewriteLimits) -> Result<Vec<Statement>, RlsError> {
+    parse_within(sql, dialect, limits, &CpuBudget::start(None))
+}
+
+fn parse_within(
+    sql: &str,
+    dialect: Dialect,
+    limits: RewriteLimits,
+    budget: &CpuBudget,
+) -> Result<Vec<Statement>, RlsError> {
     let parser_dialect = dialect.parser_dialect();
     let tokens = Tokenizer::new(parser_dialect.as_ref(), sql)
         .tokenize()
         .map_err(|error| RlsError::Parse(error.to_string()))?;
+    budget.check()?;
     let operators = tokens
         .iter()
         .filter(|token| match token {
@@ -671,14 +747,16 @@ fn parse(sql: &str, dialect: Dialect, limits: RewriteLimits) -> Result<Vec<State
     if operators > MAX_OPERATORS {
         return Err(RlsError::TooDeeplyNested);
     }
-    Parser::new(parser_dialect.as_ref())
+    let statements = Parser::new(parser_dialect.as_ref())
         .with_recursion_limit(limits.max_nesting_depth)
         .with_tokens(tokens)
         .parse_statements()
         .map_err(|error| match error {
             ParserError::RecursionLimitExceeded => RlsError::TooDeeplyNested,
             other => RlsError::Parse(other.to_string()),
-        })
+        })?;
+    budget.check()?;
+    Ok(statements)
 }
 
 fn rewrite_uncached(
@@ -686,7 +764,8 @@ fn rewrite_uncached(
     rules: &CallerRules<'_>,
 ) -> Result<Rewritten, RlsError> {
     let dialect = rules.rules.config.dialect;
-    let mut statements = parse(request.sql, dialect, request.limits)?;
+    let budget = CpuBudget::start(request.limits.max_cpu);
+    let mut statements = parse_within(request.sql, dialect, request.limits, &budget)?;
     if statements.len() != 1 {
         return Err(RlsError::MultipleStatements(statements.len()));
     }
@@ -694,6 +773,7 @@ fn rewrite_uncached(
         return Err(RlsError::MultipleStatements(0));
     };
     let wrapped = rewrite::rewrite_statement(statement, rules, request.allow_writes)?;
+    budget.check()?;
     if wrapped.is_empty() {
         return Ok(Rewritten {
             sql: request.sql.to_string(),
@@ -703,15 +783,21 @@ fn rewrite_uncached(
         });
     }
     let printed = statement.to_string();
-    let reparsed = parse(
+    budget.check()?;
+    let reparsed = parse_within(
         &printed,
         dialect,
         RewriteLimits {
             max_sql_bytes: usize::MAX,
             max_nesting_depth: request.limits.max_nesting_depth.saturating_add(8),
+            max_cpu: request.limits.max_cpu,
         },
+        &budget,
     )
-    .map_err(|_| RlsError::VerificationFailed("the rewritten SQL does not parse".into()))?;
+    .map_err(|error| match error {
+        RlsError::CpuBudgetExceeded(_) => error,
+        _ => RlsError::VerificationFailed("the rewritten SQL does not parse".into()),
+    })?;
     match reparsed.as_slice() {
         [statement] => rewrite::verify_statement(statement, rules)?,
         _ => {
@@ -720,6 +806,7 @@ fn rewrite_uncached(
             ));
         }
     }
+    budget.check()?;
     let mut applied: Vec<AppliedFilter> = Vec::new();
     for parts in wrapped {
         let table = parts.join(".");
