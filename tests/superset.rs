@@ -275,6 +275,57 @@ fn results_and_exports_belong_to_the_caller_who_ran_the_query() {
     assert_eq!(rows, bobs_rows, "Superset does not check who ran the query");
 }
 
+/// Superset's results key (SQL Lab with a results backend) is bound to the caller from
+/// Superset's own execute response; Superset's results endpoint checks table access
+/// only, so without the binding anyone holding the key reads the rows.
+#[test]
+fn results_keys_belong_to_the_caller_who_ran_the_query() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = superset_gateway(superset, SupersetGatewayOptions::default());
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let bob = caller(&gateway, "bob", BOB.roles);
+    let sql = "SELECT id, tenant_id, note FROM orders";
+    let (reply, _) = bob.post_json(
+        "/api/v1/sqllab/execute/",
+        &sql_lab_body(superset.ids.database_id, &unique("bob"), sql),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    let key = answer["query"]["resultsKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Superset stored no results: {answer}"))
+        .to_string();
+    let bobs_rows = sorted(sql_lab_rows(&answer));
+    assert_eq!(bobs_rows, sorted(rows_of(&oracle(&BOB), sql).unwrap()));
+    let path = format!("/api/v1/sqllab/results/?q=(key:'{key}')");
+
+    // bob reads his stored results through datagate: his rows.
+    let (reply, _) = bob.get(&path);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(sorted(sql_lab_rows(&reply.json())), bobs_rows);
+    // alice names bob's key: refused, Superset receives nothing.
+    let (reply, marker) = alice.get(&path);
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["kind"], "result_owner");
+    assert!(!superset.received(&marker));
+    // A key nobody received through datagate, and a `q` prison would read as another key.
+    let (reply, marker) = alice.get("/api/v1/sqllab/results/?q=(key:'never-seen')");
+    assert_eq!(reply.json()["kind"], "result_unknown", "{}", reply.text());
+    assert!(!superset.received(&marker));
+    let (reply, marker) = alice.get(&format!(
+        "/api/v1/sqllab/results/?q=(key:'alices',key:'{key}')"
+    ));
+    assert_eq!(reply.json()["kind"], "malformed_rison", "{}", reply.text());
+    assert!(!superset.received(&marker));
+
+    // The control: Superset itself gives bob's stored rows to alice.
+    let direct = superset.direct("GET", &path, "alice", ALICE.roles, None);
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    assert_eq!(sorted(sql_lab_rows(&direct.json())), bobs_rows);
+}
+
 #[test]
 fn gamma_bulk_chart_delete_is_refused() {
     let Some(superset) = shared_or_skip() else {

@@ -38,6 +38,11 @@ CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": _cache_dir, "CACHE
 DATA_CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": os.path.join(_cache_dir, "data"), "CACHE_DEFAULT_TIMEOUT": 300}
 FILTER_STATE_CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": os.path.join(_cache_dir, "filter"), "CACHE_DEFAULT_TIMEOUT": 300}
 EXPLORE_FORM_DATA_CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": os.path.join(_cache_dir, "explore"), "CACHE_DEFAULT_TIMEOUT": 300}
+# A results backend, as production SQL Lab has: query results are stored under a results
+# key that comes back in the execute response and is read by /api/v1/sqllab/results/.
+from cachelib.file import FileSystemCache  # noqa: E402  (a Superset dependency)
+
+RESULTS_BACKEND = FileSystemCache(os.path.join(_cache_dir, "results"), default_timeout=3600)
 
 FEATURE_FLAGS = {
     "GRANULAR_EXPORT_CONTROLS": os.environ.get("DATAGATE_SUPERSET_GRANULAR_EXPORTS") == "1",
