@@ -1,6 +1,7 @@
 # datagate — the two commands a newcomer needs:
 #   make demo   build and run datagate in front of the demo upstream, print curl commands
-#   make test   everything CI runs: format, lints, unit, integration and differential tests
+#   make test   everything CI runs: format, lints, unit, integration and differential tests,
+#               and the shipped policies' own tests (`datagate test`, policies/tests/)
 
 CARGO ?= cargo
 
@@ -22,6 +23,7 @@ lint:
 test: deps lint
 	$(CARGO) test --lib --bins --tests -- --test-threads 2
 	$(CARGO) test --doc
+	$(CARGO) run --quiet --bin datagate -- test --config deploy/datagate.example.yaml
 
 bench:
 	$(CARGO) bench --bench decision

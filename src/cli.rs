@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `explain`, `token`.
+//! The command line: `run` (default), `check`, `explain`, `test`, `token`, `migrate`.
 //!
 //! `main.rs` only parses arguments and calls these. Each command loads the one config file
 //! the same way, so `check` passing means `run` will start and `explain` answers exactly as
@@ -40,6 +40,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Mint a JWT with the config's HMAC key (for demos and tests).
     Token(TokenArgs),
+    /// Run policy test suites (`<policy.directory>/tests/*.yaml` unless paths are given):
+    /// each case decided as the proxy would, with no upstream; exits non-zero on a failure.
+    Test(TestArgs),
     /// One-off migrations of policy files and the store.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -65,7 +68,7 @@ pub enum MigrateCommand {
 }
 
 /// One request to explain; also the JSON body of `POST /api/authz/explain`.
-#[derive(Debug, clap::Args, serde::Deserialize)]
+#[derive(Debug, clap::Args, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainArgs {
     /// A JWT (without `Bearer `); omit for an anonymous request.
@@ -102,6 +105,15 @@ fn default_method() -> String {
 
 fn default_content_type() -> String {
     "application/json".to_string()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Test files, or directories of `*.yaml` test files.
+    pub paths: Vec<PathBuf>,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +160,8 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Migrate(#[from] crate::migrate::MigrateError),
+    #[error("{0}")]
+    PolicyTest(#[from] crate::policy_test::PolicyTestError),
     #[error("{context}: {message}")]
     Other {
         context: &'static str,
@@ -312,6 +326,25 @@ pub async fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde
         "forwarded": forwarded,
         "policy_revision": snapshot.revision,
     })
+}
+
+/// `datagate test`: the report (printed) and whether every case passed.
+pub fn policy_test(
+    config_path: Option<&Path>,
+    args: &TestArgs,
+) -> Result<(String, bool), CliError> {
+    let config_path = config_path.ok_or(CliError::NoConfig)?;
+    let report = crate::policy_test::run(config_path, &args.paths)?;
+    if let Some(path) = &args.junit {
+        let junit_error = |source| crate::policy_test::PolicyTestError::Junit {
+            path: path.display().to_string(),
+            source,
+        };
+        let xml = report.junit().map_err(junit_error)?;
+        std::fs::write(path, xml).map_err(junit_error)?;
+    }
+    let passed = report.failed() == 0;
+    Ok((report.render(), passed))
 }
 
 /// `datagate token`.

@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod migrate;
 pub mod policy;
+pub mod policy_test;
 pub mod principal;
 pub mod proxy;
 pub mod reload;

@@ -23,6 +23,15 @@ fn main() -> ExitCode {
         Command::Check => cli::check(config).map(Some),
         Command::Explain(args) => cli::explain(config, &args).map(|value| Some(value.to_string())),
         Command::Token(args) => cli::token(config, &args).map(Some),
+        Command::Test(args) => match cli::policy_test(config, &args) {
+            // The report is printed either way; any failing case fails the command.
+            Ok((report, true)) => Ok(Some(report.trim_end().to_string())),
+            Ok((report, false)) => {
+                println!("{}", report.trim_end());
+                return ExitCode::FAILURE;
+            }
+            Err(error) => Err(error),
+        },
         Command::Migrate(cli::MigrateCommand::ExportPermissions { dry_run }) => {
             cli::migrate_export_permissions(config, dry_run).map(Some)
         }

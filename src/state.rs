@@ -299,12 +299,31 @@ impl AppState {
         config: Config,
         store: Option<(Store, StoreContents)>,
     ) -> Result<Arc<AppState>, StartupError> {
+        let (store, contents) = match store {
+            Some((store, contents)) => (Some(store), contents),
+            None => (None, StoreContents::default()),
+        };
+        AppState::build_from(config, store, contents)
+    }
+
+    /// Builds everything from a validated config and store contents given as a value,
+    /// with no store connection: the fixture store of a `datagate test` file. Nothing
+    /// writes to it and it never goes stale.
+    pub fn build_with_contents(
+        config: Config,
+        contents: StoreContents,
+    ) -> Result<Arc<AppState>, StartupError> {
+        AppState::build_from(config, None, contents)
+    }
+
+    fn build_from(
+        config: Config,
+        store: Option<Store>,
+        contents: StoreContents,
+    ) -> Result<Arc<AppState>, StartupError> {
         let authenticator = Authenticator::from_config(&config.auth, &config.base_dir)?;
         let routes = RouteTable::from_config(&config.routes)?;
-        let (store, contents) = match store {
-            Some((store, contents)) => (Some(store), Arc::new(contents)),
-            None => (None, Arc::new(StoreContents::default())),
-        };
+        let contents = Arc::new(contents);
         let stamp = FileStamp::take(&config);
         let inputs = Arc::new(PolicyInputs::read(&config).map_err(SnapshotError::from)?);
         let content = build_snapshot_from_inputs(&config, &inputs, &contents)?;
@@ -553,10 +572,19 @@ pub mod time_rfc3339 {
 
     use serde::Serializer;
 
+    /// RFC 3339; a time outside `time`'s range (year 9999) is given as seconds since
+    /// the epoch rather than panicking (`OffsetDateTime::from(SystemTime)` would).
     pub fn format(at: SystemTime) -> String {
-        let at: time::OffsetDateTime = at.into();
-        at.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| at.unix_timestamp().to_string())
+        let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).ok();
+        let converted = since_epoch.and_then(|duration| {
+            time::OffsetDateTime::UNIX_EPOCH.checked_add(time::Duration::try_from(duration).ok()?)
+        });
+        match converted {
+            Some(at) => at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| at.unix_timestamp().to_string()),
+            None => since_epoch.map_or_else(|| "0".to_string(), |at| at.as_secs().to_string()),
+        }
     }
 
     pub fn serialize<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {

@@ -281,6 +281,22 @@ impl Authenticator {
         Ok(presented)
     }
 
+    /// Claims as a verified token would carry them → the principal, by `auth.jwt.claims`
+    /// (the default mapping without `auth.jwt`). For `datagate test`, which states its
+    /// callers instead of presenting tokens; no credential reaches this.
+    pub fn principal_from_claims(
+        &self,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Principal, AuthnError> {
+        match &self.jwt {
+            Some(jwt) => jwt.principal_from_session(claims),
+            None => claims::principal_from_claims(
+                serde_json::Value::Object(claims),
+                &ClaimMapping::default(),
+            ),
+        }
+    }
+
     fn session_principal(&self, sealed: &str) -> Result<Principal, AuthnError> {
         let (Some(browser), Some(jwt)) = (&self.browser, &self.jwt) else {
             return Err(AuthnError::SessionInvalid);

@@ -83,11 +83,39 @@ impl Permit {
     }
 }
 
-/// One check and how it went, for `explain` and the audit reason.
+/// One check and how it went, for `explain`, `datagate test` and the audit reason.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOutcome {
     pub check: String,
     pub passed: bool,
+    /// The permission the check decided on (`can_read on Chart`,
+    /// `datasources:query on demo`); for an `any_of` that passed, the one that granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
+    /// Set on the export check: the request is an export of this kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::export::ExportKind>,
+}
+
+impl CheckOutcome {
+    pub fn new(check: impl Into<String>, passed: bool) -> CheckOutcome {
+        CheckOutcome {
+            check: check.into(),
+            passed,
+            permission: None,
+            export: None,
+        }
+    }
+
+    pub fn permission(mut self, permission: impl Into<String>) -> CheckOutcome {
+        self.permission = Some(permission.into());
+        self
+    }
+
+    pub fn export(mut self, kind: crate::export::ExportKind) -> CheckOutcome {
+        self.export = Some(kind);
+        self
+    }
 }
 
 /// Stage 1–3: authenticate, canonicalise, resolve. Refuses bad credentials even on routes
@@ -104,12 +132,15 @@ pub fn identify<'t>(
             seconds: age.as_secs(),
         });
     }
-    let principal = authenticate(
-        state,
-        snapshot,
-        head.headers.authorization.as_deref(),
-        head.headers.api_key.as_deref(),
-    )?;
+    let principal = match head.headers.asserted_caller() {
+        Some(caller) => asserted_principal(state, snapshot, caller)?,
+        None => authenticate(
+            state,
+            snapshot,
+            head.headers.authorization.as_deref(),
+            head.headers.api_key.as_deref(),
+        )?,
+    };
     let canonical_path = canonicalize_path(head.raw_path).map_err(Refusal::BadPath)?;
     let (route, unmatched_policy) = match state.routes.resolve(head.method, &canonical_path) {
         Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
@@ -144,10 +175,32 @@ pub fn authenticate(
         }
         Ok(crate::authn::service_account(login, &[], &[], None))
     };
-    let mut principal =
+    let principal =
         state
             .authenticator
             .authenticate_with_tokens(authorization, api_key, &tokens)?;
+    Ok(enrich(snapshot, principal))
+}
+
+/// The principal of a caller a policy test states ([`super::AssertedCaller`]): claims
+/// are mapped as a verified token's are, and both forms are enriched like an
+/// authenticated caller.
+pub fn asserted_principal(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    caller: &super::AssertedCaller,
+) -> Result<Principal, AuthnError> {
+    let principal = match caller {
+        super::AssertedCaller::Claims(claims) => {
+            state.authenticator.principal_from_claims(claims.clone())?
+        }
+        super::AssertedCaller::Principal(principal) => principal.clone(),
+    };
+    Ok(enrich(snapshot, principal))
+}
+
+/// What the grants store and the policy's memberships add to an authenticated caller.
+fn enrich(snapshot: &PolicySnapshot, mut principal: Principal) -> Principal {
     if principal.kind != PrincipalKind::Anonymous
         && let Some(subject) = principal.subjects().first()
         && let Some(identity) = snapshot.store.identities.get(subject)
@@ -182,7 +235,7 @@ pub fn authenticate(
             }
         }
     }
-    Ok(principal)
+    principal
 }
 
 /// Stage 5: every check against one snapshot, reading the request as parsed once. `trace`, when given, receives every check with its outcome.
@@ -195,32 +248,41 @@ pub fn authorize(
 ) -> Result<Permit, Refusal> {
     let principal = &identified.principal;
     let anonymous = principal.kind == PrincipalKind::Anonymous;
-    let mut record = |check: String, passed: bool| {
+    let mut record = |outcome: CheckOutcome| {
         if let Some(trace) = trace.as_deref_mut() {
-            trace.push(CheckOutcome { check, passed });
+            trace.push(outcome);
         }
     };
     let Some((route, params)) = &identified.route else {
         return match identified.unmatched_policy {
             UnmatchedPolicy::Allow => {
-                record(
-                    "unmatched route: allowed by `routes.unmatched: allow`".into(),
+                record(CheckOutcome::new(
+                    "unmatched route: allowed by `routes.unmatched: allow`",
                     true,
-                );
+                ));
                 Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated if !anonymous => {
-                record("unmatched route: caller is authenticated".into(), true);
+                record(CheckOutcome::new(
+                    "unmatched route: caller is authenticated",
+                    true,
+                ));
                 Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated => {
-                record("unmatched route: caller is authenticated".into(), false);
+                record(CheckOutcome::new(
+                    "unmatched route: caller is authenticated",
+                    false,
+                ));
                 Err(Refusal::AuthenticationRequired {
                     reason: "unmatched routes require an authenticated caller".into(),
                 })
             }
             UnmatchedPolicy::Deny => {
-                record("unmatched route: `routes.unmatched: deny`".into(), false);
+                record(CheckOutcome::new(
+                    "unmatched route: `routes.unmatched: deny`",
+                    false,
+                ));
                 Err(Refusal::UnmatchedRoute {
                     method: head.method.to_string(),
                     path: identified.canonical_path.clone(),
@@ -230,7 +292,10 @@ pub fn authorize(
     };
 
     if route.requires_authentication() {
-        record("route requires an authenticated caller".into(), !anonymous);
+        record(CheckOutcome::new(
+            "route requires an authenticated caller",
+            !anonymous,
+        ));
         if anonymous {
             return Err(Refusal::AuthenticationRequired {
                 reason: format!("route `{}` does not allow anonymous callers", route.name()),
@@ -253,24 +318,32 @@ pub fn authorize(
         let passed = snapshot
             .policy
             .allows(&subjects, &required.view, &required.action);
-        record(format!("role permission `{required}`"), passed);
+        record(
+            CheckOutcome::new(format!("role permission `{required}`"), passed)
+                .permission(required.to_string()),
+        );
         if !passed {
             return Err(denied(required.to_string()));
         }
     }
     let any_of = route.permissions_any_of();
     if !any_of.is_empty() {
-        let passed = any_of.iter().any(|candidate| {
+        // The first candidate that allows is the permission that decided.
+        let granting = any_of.iter().find(|candidate| {
             snapshot
                 .policy
                 .allows(&subjects, &candidate.view, &candidate.action)
         });
+        let passed = granting.is_some();
         let listed = any_of
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("` or `");
-        record(format!("role permission `{listed}`"), passed);
+        let deciding = granting.map_or_else(|| listed.clone(), ToString::to_string);
+        record(
+            CheckOutcome::new(format!("role permission `{listed}`"), passed).permission(deciding),
+        );
         if !passed {
             return Err(denied(listed));
         }
@@ -286,8 +359,11 @@ pub fn authorize(
                 .policy
                 .allows(&subjects, &object, &requirement.action);
             record(
-                format!("datasource permission `{}` on `{uid}`", requirement.action),
-                passed,
+                CheckOutcome::new(
+                    format!("datasource permission `{}` on `{uid}`", requirement.action),
+                    passed,
+                )
+                .permission(format!("{} on {uid}", requirement.action)),
             );
             if !passed {
                 return Err(if anonymous {
@@ -322,10 +398,10 @@ pub fn authorize(
         };
         for uid in &datasource_uids {
             let result = snapshot.rls.table_page_allowed(uid, &table, principal);
-            record(
+            record(CheckOutcome::new(
                 format!("table page `{table}` unfiltered for this caller"),
                 result.is_ok(),
-            );
+            ));
             result.map_err(|reason| Refusal::TablePageFiltered { reason })?;
         }
     }
@@ -334,17 +410,32 @@ pub fn authorize(
         let is_export = export
             .applies(params, request)
             .map_err(Refusal::BadRequest)?;
-        if is_export && let Some(required) = snapshot.exports.required_permission(export.kind) {
-            let passed = snapshot
-                .policy
-                .allows(&subjects, &required.view, &required.action);
-            record(
-                format!("{} export needs `{required}`", export.kind.as_str()),
-                passed,
-            );
-            if !passed {
-                return Err(denied(required.to_string()));
+        match snapshot.exports.required_permission(export.kind) {
+            Some(required) if is_export => {
+                let passed = snapshot
+                    .policy
+                    .allows(&subjects, &required.view, &required.action);
+                record(
+                    CheckOutcome::new(
+                        format!("{} export needs `{required}`", export.kind.as_str()),
+                        passed,
+                    )
+                    .permission(required.to_string())
+                    .export(export.kind),
+                );
+                if !passed {
+                    return Err(denied(required.to_string()));
+                }
             }
+            // An export no permission controls (images with the granular controls off).
+            None if is_export => record(
+                CheckOutcome::new(
+                    format!("{} export: not controlled", export.kind.as_str()),
+                    true,
+                )
+                .export(export.kind),
+            ),
+            _ => {}
         }
     }
     Ok(permit(snapshot, identified, datasource_uids))

@@ -36,7 +36,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use authorize::{
-    CheckOutcome, Identified, Permit, authenticate, authorize, identify, tilde_decode,
+    CheckOutcome, Identified, Permit, asserted_principal, authenticate, authorize, identify,
+    tilde_decode,
 };
 pub use creds::database_credentials;
 pub use mcp::{McpCall, select_mcp_tool};
@@ -77,6 +78,21 @@ pub struct PresentedHeaders {
     pub upgrade: bool,
     /// Why the headers are refused, if they are: [`admit`] refuses first.
     problem: Option<HeadersProblem>,
+    /// A caller stated instead of proven; only `datagate test` sets it
+    /// ([`PresentedHeaders::stating`]).
+    asserted_caller: Option<AssertedCaller>,
+}
+
+/// Who a policy test says is calling, in place of a credential (`datagate test` states
+/// callers rather than minting tokens). It becomes a [`Principal`] the way a verified
+/// token does and is then enriched like one (store identities, policy memberships), so
+/// every later stage of [`admit`] is the proxy's. Nothing on the request path builds one.
+#[derive(Debug, Clone)]
+pub enum AssertedCaller {
+    /// Claims as a verified token would carry them, mapped by `auth.jwt.claims`.
+    Claims(serde_json::Map<String, serde_json::Value>),
+    /// The principal the claim mapping would produce (user or service account).
+    Principal(Principal),
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +114,19 @@ impl PresentedHeaders {
             content_type,
             upgrade: false,
             problem: None,
+            asserted_caller: None,
         }
+    }
+
+    /// The same headers with `caller` stated in place of any credential (`datagate
+    /// test`; the header checks still apply).
+    pub fn stating(mut self, caller: AssertedCaller) -> PresentedHeaders {
+        self.asserted_caller = Some(caller);
+        self
+    }
+
+    pub fn asserted_caller(&self) -> Option<&AssertedCaller> {
+        self.asserted_caller.as_ref()
     }
 }
 
@@ -119,6 +147,7 @@ pub fn read_headers(state: &AppState, method: &str, headers: &http::HeaderMap) -
         content_type: text(http::header::CONTENT_TYPE.as_str()),
         upgrade: headers.contains_key(http::header::UPGRADE),
         problem: None,
+        asserted_caller: None,
     };
     let mut credential_headers = vec![
         http::header::AUTHORIZATION.as_str(),

@@ -149,13 +149,16 @@ pub fn plan_sql(
         let object = crate::policy::datasource_object(&item.datasource_uid);
         let allowed = snapshot.policy.allows(&subjects, &object, QUERY_ACTION);
         if let Some(trace) = trace.as_deref_mut() {
-            trace.push(CheckOutcome {
-                check: format!(
-                    "datasource permission `{QUERY_ACTION}` on `{}` for SQL at `{}`",
-                    item.datasource_uid, item.location
-                ),
-                passed: allowed,
-            });
+            trace.push(
+                CheckOutcome::new(
+                    format!(
+                        "datasource permission `{QUERY_ACTION}` on `{}` for SQL at `{}`",
+                        item.datasource_uid, item.location
+                    ),
+                    allowed,
+                )
+                .permission(format!("{QUERY_ACTION} on {}", item.datasource_uid)),
+            );
         }
         if !allowed {
             return Err(Refusal::MissingDatasourcePermission {
@@ -191,10 +194,10 @@ pub fn finish_sql(
             error,
         })?;
         if let Some(trace) = trace.as_deref_mut() {
-            trace.push(CheckOutcome {
-                check: format!("row-level security for SQL at `{}`", item.location),
-                passed: true,
-            });
+            trace.push(CheckOutcome::new(
+                format!("row-level security for SQL at `{}`", item.location),
+                true,
+            ));
         }
         rewrites.push(rewritten.changed.then(|| rewritten.sql.clone()));
         statements.push(StatementRewrite {

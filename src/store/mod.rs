@@ -27,7 +27,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use changes::{Change, DatasourceInput, Grantee, ServiceAccountTokenInput, UserInput};
-pub use contents::{StoreContents, StoreIdentity};
+pub use contents::{StoreContents, StoreIdentity, StoreUser};
 pub use records::*;
 pub use search::{Found, SearchPage};
 

@@ -201,7 +201,10 @@ auth:
             None => {
                 for entry in std::fs::read_dir(repository_root().join("policies")).unwrap() {
                     let entry = entry.unwrap();
-                    std::fs::copy(entry.path(), policies.join(entry.file_name())).unwrap();
+                    // `policies/tests/` holds the policy test suites, not policy files.
+                    if entry.path().is_file() {
+                        std::fs::copy(entry.path(), policies.join(entry.file_name())).unwrap();
+                    }
                 }
             }
         }
