@@ -24,9 +24,12 @@ fi
 # against moto's STS and Redshift emulation (python3 -m moto.server).
 # Header tests put Werkzeug, gunicorn and wsgiref behind datagate (tests/headers.rs).
 # The admin API's OpenAPI document is checked by openapi-spec-validator and schemathesis.
-if ! python3 -c 'import grafana_client, datasette, moto.server, flask, gunicorn, schemathesis, openapi_spec_validator, prison' >/dev/null 2>&1; then
+if ! python3 -c 'import grafana_client, datasette, moto.server, flask, gunicorn, openapi_spec_validator, prison' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "$0")/../tests/compat/requirements.txt"
 fi
+# schemathesis in a virtualenv of its own: grafana-client's urllib3-future breaks it in
+# the shared environment (tests/openapi.rs).
+"$(dirname "$0")/../tests/compat/openapi/install.sh"
 # The Superset integration test (tests/superset.rs) runs a real Apache Superset 6.1 from
 # its own virtual environment, cached between runs on a kept machine.
 "$(dirname "$0")/../tests/compat/superset/install.sh"

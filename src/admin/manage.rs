@@ -345,10 +345,15 @@ pub async fn delete_service_account(
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,
-    /// Lifetime in seconds; omitted or 0 = no expiry.
+    /// Lifetime in seconds, at most 100 years; omitted or 0 = no expiry.
     #[serde(default)]
+    #[schema(maximum = 3_153_600_000_u64)]
     pub seconds_to_live: Option<u64>,
 }
+
+/// The longest token lifetime: 100 years (a longer one is a mistake, and far-future
+/// times overflow date libraries).
+pub const MAX_TOKEN_SECONDS: u64 = 3_153_600_000;
 
 /// The only response that ever carries the token.
 #[derive(Debug, Serialize, ToSchema)]
@@ -398,6 +403,11 @@ pub async fn create_token(
             let caller = require_admin(&state, &headers)?;
             let service_account_id = parse_id("service account", &id)?;
             let request: CreateToken = parse_body(&body)?;
+            if request.seconds_to_live.unwrap_or(0) > MAX_TOKEN_SECONDS {
+                return Err(AdminError::BadRequest(format!(
+                    "`seconds_to_live` may be at most {MAX_TOKEN_SECONDS} (100 years)"
+                )));
+            }
             let key = new_token()?;
             let expires_at_ms = match request.seconds_to_live {
                 None | Some(0) => None,

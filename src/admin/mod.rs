@@ -345,6 +345,7 @@ async fn policy_status(State(state): State<Arc<AppState>>, headers: HeaderMap) -
 
 /// The same evaluation as `datagate explain`, against the serving snapshot.
 #[utoipa::path(post, path = "/api/authz/explain", tag = "operations",
+    request_body = crate::cli::ExplainArgs,
     responses((status = 200, description = "the decision with every check")),
     security(("bearer" = [])))]
 async fn explain(

@@ -614,7 +614,16 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
         }
         Change::AddTeamMember { team_id, user_id } => {
             team_json(tx, *team_id).await?;
-            require_user(tx, *user_id, None).await?;
+            // The body names the user: a missing one is bad input (400), not a missing
+            // resource at this URL (404 would say the team is gone).
+            require_user(tx, *user_id, None)
+                .await
+                .map_err(|error| match error {
+                    StoreError::NotFound { .. } => {
+                        StoreError::Invalid(format!("`user_id`: user `{user_id}` does not exist"))
+                    }
+                    other => other,
+                })?;
             let existing =
                 sqlx::query("SELECT 1 FROM team_members WHERE team_id = $1 AND user_id = $2")
                     .bind(*team_id)
