@@ -38,6 +38,7 @@ done
 
 alice=$("$bin/datagate" token --config "$config" --sub alice --roles Gamma,sql_lab --org-role Viewer --ttl 8h)
 bob=$("$bin/datagate" token --config "$config" --sub bob --roles sql_lab --ttl 8h)
+carol=$("$bin/datagate" token --config "$config" --sub carol --roles Analyst --org-role Viewer --ttl 8h)
 admin=$("$bin/datagate" token --config "$config" --sub root --roles Admin --org-role Admin --ttl 8h)
 
 cat <<MSG
@@ -47,6 +48,7 @@ datagate is running: proxy http://127.0.0.1:8080, admin http://127.0.0.1:9180
 
 export ALICE='$alice'
 export BOB='$bob'
+export CAROL='$carol'
 export ADMIN='$admin'
 
 # allowed: Gamma may read charts (can_read on Chart)
@@ -74,10 +76,13 @@ curl -s 'http://127.0.0.1:8080/demo.json?sql=SELECT+count(*)+FROM+orders' -H "Au
 curl -s http://127.0.0.1:8080/api/v1/sqllab/execute/ -H "Authorization: Bearer \$ALICE" -H 'Content-Type: application/json' \
   -d '{"sql":"SELECT * FROM sqlite_master"}'
 
-# export controls: alice (Gamma) may query but not download a CSV; the response guard
-# also stops a download the route did not declare
+# export controls: every built-in Superset role holds can_csv, so the default policies
+# grant alice (Gamma) the download; carol (a custom Analyst role, no export permission)
+# may query but not download, and the response guard also stops a download the route
+# did not declare
 curl -s 'http://127.0.0.1:8080/demo.csv?sql=SELECT+id+FROM+orders' -H "Authorization: Bearer \$ALICE"
-curl -s 'http://127.0.0.1:8080/api/v1/chart/1?demo_content_type=text/csv' -H "Authorization: Bearer \$ALICE"
+curl -s 'http://127.0.0.1:8080/demo.csv?sql=SELECT+id+FROM+orders' -H "Authorization: Bearer \$CAROL"
+curl -s 'http://127.0.0.1:8080/api/v1/chart/1?demo_content_type=text/csv' -H "Authorization: Bearer \$CAROL"
 # what the caller may do, for a frontend to grey out buttons
 curl -s http://127.0.0.1:8080/api/me/permissions -H "Authorization: Bearer \$ALICE"
 

@@ -143,8 +143,21 @@ fn datasette_returns_exactly_the_oracle_rows() {
 fn datasette_csv_is_a_data_export() {
     let (_datasette, gateway) = start();
     let sql = "SELECT id, tenant_id FROM orders";
-    let gamma = token(&gateway, &CALLERS[0]);
-    let (status, body) = call("GET", &query_url(&gateway, "csv", sql), Some(&gamma), None);
+    // Superset's built-in roles all hold `can_csv` (and so the granular permissions); the
+    // demo's Analyst role (policies/60-demo-roles.csv) holds no export permission.
+    let analyst = token(
+        &gateway,
+        &Caller {
+            name: "carl",
+            roles: &["Analyst"],
+        },
+    );
+    let (status, body) = call(
+        "GET",
+        &query_url(&gateway, "csv", sql),
+        Some(&analyst),
+        None,
+    );
     assert_eq!(status, 403);
     assert_eq!(
         body["message"],

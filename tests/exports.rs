@@ -49,7 +49,9 @@ fn data_exports_need_the_granular_permission_with_no_csv_fallback() {
         "30-test.csv",
         "p, role:CsvOnly, *, can_csv\np, role:CsvOnly, Chart, can_read\n",
     );
-    let gamma = gateway.token("gus", &["Gamma"], &[], None);
+    // Superset's built-in roles all hold `can_csv`; the demo's Analyst role
+    // (policies/60-demo-roles.csv) reads charts and holds no export permission.
+    let reader = gateway.token("gus", &["Analyst"], &[], None);
     let alpha = gateway.token("ada", &["Alpha"], &[], None);
     let csv_only = gateway.token("cy", &["CsvOnly"], &[], None);
 
@@ -58,7 +60,7 @@ fn data_exports_need_the_granular_permission_with_no_csv_fallback() {
     let (status, body) = call(
         "GET",
         &gateway.url("/api/v1/chart/7/data/?format=csv"),
-        Some(&gamma),
+        Some(&reader),
         None,
     );
     assert_eq!(status, 403);
@@ -70,21 +72,21 @@ fn data_exports_need_the_granular_permission_with_no_csv_fallback() {
     let (status, _) = call(
         "GET",
         &gateway.url("/api/v1/chart/7/data/?format=CSV"),
-        Some(&gamma),
+        Some(&reader),
         None,
     );
     assert_eq!(status, 403, "values compare case-insensitively");
     let (status, _) = call(
         "GET",
         &gateway.url("/api/v1/chart/7/data/?format=json"),
-        Some(&gamma),
+        Some(&reader),
         None,
     );
     assert_eq!(status, 200, "not an export");
     let (status, _) = call(
         "GET",
         &gateway.url("/api/v1/chart/7/data/?format=json&format=xlsx"),
-        Some(&gamma),
+        Some(&reader),
         None,
     );
     assert_eq!(status, 403, "every occurrence of the parameter counts");
@@ -119,16 +121,16 @@ fn data_exports_need_the_granular_permission_with_no_csv_fallback() {
         )
     };
     clear_recorded(upstream);
-    assert_eq!(chart_data("csv", &gamma).0, 403);
-    assert_eq!(chart_data("xlsx", &gamma).0, 403);
+    assert_eq!(chart_data("csv", &reader).0, 403);
+    assert_eq!(chart_data("xlsx", &reader).0, 403);
     assert!(recorded_requests(upstream).is_empty());
-    assert_eq!(chart_data("json", &gamma).0, 200);
+    assert_eq!(chart_data("json", &reader).0, 200);
 
     // Image exports: screenshots and thumbnails are exports by path.
     let (status, body) = call(
         "GET",
         &gateway.url("/api/v1/chart/7/screenshot/abc/"),
-        Some(&gamma),
+        Some(&reader),
         None,
     );
     assert_eq!(
@@ -158,7 +160,9 @@ fn with_granular_controls_off_can_csv_governs_data_and_images_are_free() {
     );
     let csv_only = gateway.token("cy", &["CsvOnly"], &[], None);
     let new_only = gateway.token("ny", &["NewOnly"], &[], None);
-    let gamma = gateway.token("gus", &["Gamma"], &[], None);
+    // Superset's built-in roles all hold `can_csv`; the demo's Analyst role
+    // (policies/60-demo-roles.csv) reads charts and holds no export permission.
+    let reader = gateway.token("gus", &["Analyst"], &[], None);
     assert_eq!(
         call(
             "GET",
@@ -180,7 +184,7 @@ fn with_granular_controls_off_can_csv_governs_data_and_images_are_free() {
     let (status, _) = call(
         "GET",
         &gateway.url("/api/v1/chart/7/screenshot/abc/"),
-        Some(&gamma),
+        Some(&reader),
         None,
     );
     assert_eq!(status, 200, "legacy: images are not export-controlled");
@@ -189,12 +193,14 @@ fn with_granular_controls_off_can_csv_governs_data_and_images_are_free() {
 #[test]
 fn the_response_guard_stops_undeclared_downloads_before_any_byte() {
     let (gateway, _upstream_process, upstream) = gateway_with(None, None);
-    let gamma = gateway.token("gus", &["Gamma"], &[], None);
+    // Superset's built-in roles all hold `can_csv`; the demo's Analyst role
+    // (policies/60-demo-roles.csv) reads charts and holds no export permission.
+    let reader = gateway.token("gus", &["Analyst"], &[], None);
     let alpha = gateway.token("ada", &["Alpha"], &[], None);
     // The chart read route declares no export; the upstream answers with a CSV anyway.
     let url = gateway.url("/api/v1/chart/1?demo_content_type=text/csv");
     let response = ureq::get(&url)
-        .set("Authorization", &format!("Bearer {gamma}"))
+        .set("Authorization", &format!("Bearer {reader}"))
         .call();
     let Err(ureq::Error::Status(status, response)) = response else {
         panic!("a CSV reached a caller without can_export_data");
@@ -221,13 +227,13 @@ fn the_response_guard_stops_undeclared_downloads_before_any_byte() {
 
     // Spreadsheets too; images only as attachments.
     let xlsx = gateway.url("/api/v1/chart/1?demo_content_type=application/vnd.openxmlformats-officedocument.spreadsheetml.sheet");
-    assert_eq!(call("GET", &xlsx, Some(&gamma), None).0, 403);
+    assert_eq!(call("GET", &xlsx, Some(&reader), None).0, 403);
     let inline_png = gateway.url("/api/v1/chart/1?demo_content_type=image/png");
-    assert_eq!(call("GET", &inline_png, Some(&gamma), None).0, 200);
+    assert_eq!(call("GET", &inline_png, Some(&reader), None).0, 200);
     let attached_png = gateway.url(
         "/api/v1/chart/1?demo_content_type=image/png&demo_disposition=attachment;%20filename=c.png",
     );
-    let (status, body) = call("GET", &attached_png, Some(&gamma), None);
+    let (status, body) = call("GET", &attached_png, Some(&reader), None);
     assert_eq!(
         (status, body["message"].clone()),
         (
@@ -255,11 +261,13 @@ fn sql_lab_routes_need_their_permissions() {
     add_policy(
         &gateway,
         "30-test.csv",
-        "p, role:sql_lab, datasources:uid:demo, Query\np, role:Formatter, SQLLab, can_format_sql\n",
+        "p, role:sql_lab, datasources:uid:demo, Query\n\
+         p, role:Runner, SQLLab, can_execute_sql_query\n\
+         p, role:Runner, datasources:uid:demo, Query\n",
     );
     let sql_lab = gateway.token("sue", &["sql_lab"], &[], None);
     let gamma = gateway.token("gus", &["Gamma"], &[], None);
-    let formatter = gateway.token("fay", &["Formatter"], &[], None);
+    let runner = gateway.token("ron", &["Runner"], &[], None);
     let execute = json!({"database_id": "demo", "sql": "SELECT id FROM orders"});
     clear_recorded(upstream);
     let (status, body) = post_json(
@@ -294,10 +302,12 @@ fn sql_lab_routes_need_their_permissions() {
         "{}",
         forwarded.last().unwrap().body_text
     );
+    // Superset's sql_lab role estimates and formats too; a role holding only
+    // `can_execute_sql_query` does neither. Format SQL is `can_read on SQLLab` in Superset.
     let (status, body) = post_json(
         &gateway,
         "/api/v1/sqllab/estimate/",
-        Some(&sql_lab),
+        Some(&runner),
         execute.clone(),
     );
     assert_eq!(
@@ -309,43 +319,39 @@ fn sql_lab_routes_need_their_permissions() {
     );
     let (status, _) = post_json(
         &gateway,
+        "/api/v1/sqllab/estimate/",
+        Some(&sql_lab),
+        execute.clone(),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = post_json(
+        &gateway,
+        "/api/v1/sqllab/format_sql/",
+        Some(&runner),
+        json!({"sql": "select 1"}),
+    );
+    assert_eq!(
+        (status, body["message"].clone()),
+        (403, json!("missing permission `can_read on SQLLab`"))
+    );
+    let (status, _) = post_json(
+        &gateway,
         "/api/v1/sqllab/format_sql/",
         Some(&sql_lab),
         json!({"sql": "select 1"}),
     );
-    assert_eq!(status, 403);
-    let (status, _) = post_json(
-        &gateway,
-        "/api/v1/sqllab/format_sql/",
-        Some(&formatter),
-        json!({"sql": "select 1"}),
-    );
     assert_eq!(status, 200);
-    // Dataset samples need access to the dataset's datasource.
-    let (status, body) = call(
-        "GET",
-        &gateway.url("/api/v1/dataset/demo/samples"),
-        Some(&gamma),
-        None,
+    // Dataset samples are a dataset's rows without datagate's filters: refused for all.
+    clear_recorded(upstream);
+    let admin = gateway.admin_token();
+    let (status, _) = call(
+        "POST",
+        &gateway.url("/datasource/samples?datasource_id=1&datasource_type=table"),
+        Some(&admin),
+        Some("{}"),
     );
-    assert_eq!(
-        (status, body["message"].clone()),
-        (
-            403,
-            json!("missing permission `datasources:query` on datasource `demo`")
-        )
-    );
-    let viewer = gateway.token("vi", &["Gamma"], &[], Some(BasicRole::Viewer));
-    assert_eq!(
-        call(
-            "GET",
-            &gateway.url("/api/v1/dataset/demo/samples"),
-            Some(&viewer),
-            None
-        )
-        .0,
-        200
-    );
+    assert_eq!(status, 403);
+    assert!(recorded_requests(upstream).is_empty());
 }
 
 #[test]
@@ -531,7 +537,8 @@ fn me_permissions_reports_the_callers_own_permissions() {
             .unwrap()
             .contains(&json!({"permission": "can_read", "view": "Chart"}))
     );
-    assert_eq!(me["exports"]["data"], false);
+    // Superset's Gamma holds `can_csv`, so datagate's granular permissions too.
+    assert_eq!(me["exports"]["data"], true);
     assert_eq!(
         me["exports"]["required"]["data"],
         "can_export_data on Superset"
@@ -539,10 +546,9 @@ fn me_permissions_reports_the_callers_own_permissions() {
     assert_eq!(me["datasources"]["demo"]["level"], "Query");
     let (_, anonymous) = call("GET", &gateway.url("/api/me/permissions"), None, None);
     assert_eq!(anonymous["kind"], "anonymous");
-    assert_eq!(
-        anonymous["permissions"],
-        json!([{"permission": "can_read", "view": "Dashboard"}])
-    );
+    // Superset's Public role holds nothing.
+    assert_eq!(anonymous["permissions"], json!([]));
+    assert_eq!(anonymous["exports"]["data"], false);
     let (status, _) = call(
         "GET",
         &gateway.url("/api/me/permissions"),
@@ -636,16 +642,17 @@ fn probes() -> Vec<Probe> {
             method: "POST",
             path: "/api/v1/sqllab/format_sql/",
             body: Some(json!({"sql": "select 1"})),
-            needs: &[("can_format_sql", "SQLLab")],
+            // Superset checks `can_read on SQLLab` for format_sql.
+            needs: &[("can_read", "SQLLab")],
             datasource_action: None,
             export: None,
         },
         Probe {
             method: "GET",
-            path: "/api/v1/dataset/demo/samples",
+            path: "/api/v1/dataset/",
             body: None,
             needs: &[("can_read", "Dataset")],
-            datasource_action: Some("datasources:query"),
+            datasource_action: None,
             export: None,
         },
     ]
@@ -678,7 +685,7 @@ fn me_permissions_predicts_every_proxy_decision() {
     add_policy(
         &gateway,
         "30-test.csv",
-        "p, team:editors, datasources:uid:demo, Edit\np, role:Formatter, SQLLab, can_format_sql\np, role:Exporter, *, can_export_image\n",
+        "p, team:editors, datasources:uid:demo, Edit\np, role:Formatter, SQLLab, can_read\np, role:Exporter, *, can_export_image\n",
     );
     let roles = [
         "Admin",

@@ -213,19 +213,9 @@ fn results_and_exports_belong_to_the_caller_who_ran_the_query() {
     let Some(superset) = shared_or_skip() else {
         return;
     };
-    // SQL Lab export is a data export: the SQL Lab users may download their own results.
-    let gateway = superset_gateway(
-        superset,
-        SupersetGatewayOptions {
-            policy_files: vec![(
-                "41-export.csv".to_string(),
-                "p, role:sql_lab, Superset, can_export_data\n\
-                 p, role:sql_lab, SQLLab, can_export_csv\n"
-                    .to_string(),
-            )],
-            ..Default::default()
-        },
-    );
+    // The default policies (Superset's own roles): sql_lab holds `can_export_csv on SQLLab`
+    // and `can_csv`, so the granular `can_export_data` too.
+    let gateway = superset_gateway(superset, SupersetGatewayOptions::default());
     let alice = caller(&gateway, "alice", ALICE.roles);
     let bob = caller(&gateway, "bob", BOB.roles);
     let sql = "SELECT id, tenant_id, note FROM orders";
@@ -327,16 +317,37 @@ fn results_keys_belong_to_the_caller_who_ran_the_query() {
 }
 
 #[test]
-fn gamma_bulk_chart_delete_is_refused() {
+fn bulk_chart_delete_is_checked_by_datagate_and_by_superset() {
     let Some(superset) = shared_or_skip() else {
         return;
     };
-    let gateway = superset_gateway(superset, SupersetGatewayOptions::default());
+    let gateway = superset_gateway(
+        superset,
+        SupersetGatewayOptions {
+            policy_files: vec![(
+                "41-readonly.csv".to_string(),
+                "p, role:ReadOnly, Chart, can_read\n".to_string(),
+            )],
+            ..Default::default()
+        },
+    );
     let chart = superset.ids.charts["orders"];
-    let alice = caller(&gateway, "alice", ALICE.roles);
-    let (reply, marker) = alice.send("DELETE", &format!("/api/v1/chart/?q=!({chart})"), None);
+    let path = format!("/api/v1/chart/?q=!({chart})");
+    // Without `can_write on Chart` the bulk delete is datagate's to refuse: nothing sent.
+    let reader = caller(&gateway, "rita", &["ReadOnly"]);
+    let (reply, marker) = reader.send("DELETE", &path, None);
     assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(
+        reply.json()["message"],
+        "missing permission `can_write on Chart`"
+    );
     assert!(!superset.received(&marker));
+    // Gamma holds `can_write on Chart` in Superset (and so in datagate's default policies):
+    // the request is forwarded and Superset's ownership check refuses admin's chart.
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let (reply, marker) = alice.send("DELETE", &path, None);
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(superset.received(&marker));
     let still_there = superset.direct(
         "GET",
         &format!("/api/v1/chart/{chart}"),
@@ -345,4 +356,268 @@ fn gamma_bulk_chart_delete_is_refused() {
         None,
     );
     assert_eq!(still_there.status, 200, "{}", still_there.text());
+}
+
+#[test]
+fn the_ui_loads_through_datagate_for_a_signed_in_user() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = superset_gateway(superset, SupersetGatewayOptions::default());
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let (reply, _) = alice.get("/");
+    assert_eq!(reply.status, 302, "{}", reply.text());
+    assert!(
+        reply
+            .header("location")
+            .is_some_and(|location| location.ends_with("/superset/welcome/")),
+        "{:?}",
+        reply.headers
+    );
+    let mut assets = Vec::new();
+    for page in [
+        "/superset/welcome/",
+        "/sqllab/",
+        "/chart/list/",
+        "/dashboard/list/",
+    ] {
+        let (reply, _) = alice.get(page);
+        assert_eq!(reply.status, 200, "{page}: {}", reply.text());
+        let html = reply.text();
+        assert!(
+            html.contains("<html") || html.contains("<!DOCTYPE"),
+            "{page}"
+        );
+        // The bundles the page loads.
+        for piece in html.split("src=\"").skip(1) {
+            let src = piece.split('"').next().unwrap_or_default();
+            if src.starts_with("/static/") && !assets.contains(&src.to_string()) {
+                assets.push(src.to_string());
+            }
+        }
+    }
+    assert!(!assets.is_empty(), "the welcome page loads scripts");
+    assets.push("/static/assets/manifest.json".to_string());
+    for asset in &assets {
+        let (reply, _) = alice.get(asset);
+        assert_eq!(reply.status, 200, "{asset}");
+    }
+    for api in [
+        "/api/v1/me/",
+        "/api/v1/me/roles/",
+        "/api/v1/database/",
+        "/api/v1/chart/",
+        "/api/v1/dashboard/",
+        "/api/v1/menu/",
+    ] {
+        let (reply, _) = alice.get(api);
+        assert_eq!(reply.status, 200, "{api}: {}", reply.text());
+    }
+    let (reply, _) = alice.get("/api/v1/me/");
+    assert_eq!(reply.json()["result"]["username"], "alice");
+    // Anonymous callers are Public, which holds nothing: no UI, no API.
+    let anonymous = support::superset::Caller {
+        gateway: &gateway,
+        token: None,
+    };
+    let (reply, marker) = anonymous.get("/superset/welcome/");
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert!(!superset.received(&marker));
+    let (reply, marker) = anonymous.get("/api/v1/me/");
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert!(!superset.received(&marker));
+    // Superset's own sign-in is refused: identity comes from datagate.
+    let (reply, marker) = anonymous.send(
+        "POST",
+        "/api/v1/security/login",
+        Some((
+            "application/json",
+            br#"{"username":"admin","password":"x"}"#.to_vec(),
+        )),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(!superset.received(&marker));
+}
+
+#[test]
+fn streaming_export_belongs_to_the_caller_who_ran_the_query() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = superset_gateway(superset, SupersetGatewayOptions::default());
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let bob = caller(&gateway, "bob", BOB.roles);
+    let sql = "SELECT id, tenant_id, note FROM orders";
+    let bobs_id = unique("bob");
+    let (reply, _) = bob.post_json(
+        "/api/v1/sqllab/execute/",
+        &sql_lab_body(superset.ids.database_id, &bobs_id, sql),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The UI's large export posts a form (`client_id`, `filename`, `expected_rows`).
+    let form = |client_id: &str| {
+        Some((
+            "application/x-www-form-urlencoded",
+            format!("client_id={client_id}&filename=x.csv&expected_rows=10").into_bytes(),
+        ))
+    };
+    let (reply, _) = bob.send("POST", "/api/v1/sqllab/export_streaming/", form(&bobs_id));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let mut rows = csv_rows(&reply.text());
+    assert_eq!(rows.remove(0), ["id", "tenant_id", "note"]);
+    assert_eq!(rows, text_rows(&BOB, sql));
+    let (reply, marker) = alice.send("POST", "/api/v1/sqllab/export_streaming/", form(&bobs_id));
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["kind"], "result_owner");
+    assert!(!superset.received(&marker));
+    // The control: Superset streams bob's results to alice.
+    let direct = send_form_direct(superset, "alice", ALICE.roles, &bobs_id);
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let mut rows = csv_rows(&direct.text());
+    rows.remove(0);
+    assert_eq!(rows, text_rows(&BOB, sql));
+}
+
+fn send_form_direct(
+    superset: &Superset,
+    user: &str,
+    roles: &[&str],
+    client_id: &str,
+) -> superset::Reply {
+    let roles = roles.join(",");
+    superset::send(
+        "POST",
+        &format!(
+            "http://{}/api/v1/sqllab/export_streaming/",
+            superset.address
+        ),
+        &[("X-Datagate-User", user), ("X-Datagate-Roles", &roles)],
+        Some((
+            "application/x-www-form-urlencoded",
+            format!("client_id={client_id}").into_bytes(),
+        )),
+    )
+}
+
+/// The oracle's rows for `who`, as the text a CSV export holds.
+fn text_rows(who: &demo_rls::Caller, sql: &str) -> Vec<Vec<String>> {
+    rows_of(&oracle(who), sql)
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|value| match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `analyst_sql` is Superset's sql_lab inside Superset (superset_config.py's
+/// `DATAGATE_ROLE_MAP`), so Superset lets it export; datagate grants it SQL Lab and
+/// `can_export_csv on SQLLab` but no `can_csv` / `can_export_data`.
+const ANALYST: demo_rls::Caller = demo_rls::Caller {
+    name: "ann",
+    roles: &["analyst_sql"],
+};
+
+fn analyst_gateway(superset: &Superset, granular: bool, extra: &str) -> support::gateway::Gateway {
+    superset_gateway(
+        superset,
+        SupersetGatewayOptions {
+            policy_files: vec![(
+                "41-analyst.csv".to_string(),
+                format!(
+                    "p, role:analyst_sql, SQLLab, can_execute_sql_query\n\
+                     p, role:analyst_sql, SQLLab, can_export_csv\n\
+                     p, role:analyst_sql, SQLLab, can_read\n\
+                     p, role:analyst_sql, datasources:uid:{}, Query\n{extra}",
+                    superset.database_uid()
+                ),
+            )],
+            exports_yaml: Some(format!("granular_export_controls: {granular}\n")),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn sql_lab_exports_need_datagates_export_permission_which_superset_never_checks() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let sql = "SELECT id, tenant_id, note FROM orders";
+    // (granular controls, extra grant, may export)
+    let cases = [
+        (true, "", false),
+        // Granular controls are a hard switch: can_csv alone does not do.
+        (true, "p, role:analyst_sql, Superset, can_csv\n", false),
+        (
+            true,
+            "p, role:analyst_sql, Superset, can_export_data\n",
+            true,
+        ),
+        (false, "", false),
+        // Legacy: can_csv governs data export.
+        (false, "p, role:analyst_sql, Superset, can_csv\n", true),
+    ];
+    for (granular, extra, allowed) in cases {
+        let gateway = analyst_gateway(superset, granular, extra);
+        let ann = caller(&gateway, ANALYST.name, ANALYST.roles);
+        let client_id = unique("ann");
+        let (reply, _) = ann.post_json(
+            "/api/v1/sqllab/execute/",
+            &sql_lab_body(superset.ids.database_id, &client_id, sql),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            sorted(sql_lab_rows(&reply.json())),
+            sorted(rows_of(&oracle(&ANALYST), sql).unwrap())
+        );
+        let (reply, marker) = ann.get(&format!("/api/v1/sqllab/export/{client_id}/"));
+        let (streamed, streamed_marker) = ann.send(
+            "POST",
+            "/api/v1/sqllab/export_streaming/",
+            Some((
+                "application/x-www-form-urlencoded",
+                format!("client_id={client_id}").into_bytes(),
+            )),
+        );
+        let context = format!("granular {granular}, extra {extra:?}: {}", reply.text());
+        if allowed {
+            assert_eq!(reply.status, 200, "{context}");
+            let mut rows = csv_rows(&reply.text());
+            rows.remove(0);
+            assert_eq!(sorted_text(rows), sorted_text(text_rows(&ANALYST, sql)));
+            assert_eq!(streamed.status, 200, "{context}: {}", streamed.text());
+        } else {
+            let wanted = if granular {
+                "missing permission `can_export_data on Superset`"
+            } else {
+                "missing permission `can_csv on Superset`"
+            };
+            assert_eq!(reply.status, 403, "{context}");
+            assert_eq!(reply.json()["message"], wanted, "{context}");
+            assert!(!superset.received(&marker));
+            assert_eq!(streamed.status, 403, "{context}: {}", streamed.text());
+            assert!(!superset.received(&streamed_marker));
+            // The control: Superset itself lets this user download (it holds sql_lab's
+            // `can_export_csv` there and never checks the granular permissions).
+            let direct = superset.direct(
+                "GET",
+                &format!("/api/v1/sqllab/export/{client_id}/"),
+                ANALYST.name,
+                ANALYST.roles,
+                None,
+            );
+            assert_eq!(direct.status, 200, "{}", direct.text());
+        }
+    }
+}
+
+fn sorted_text(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    rows.sort();
+    rows
 }

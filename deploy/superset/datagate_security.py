@@ -94,6 +94,14 @@ def init_datagate_app(app: Any) -> None:
             )
             response.status_code = 401
             return response
+        # Load (and create, and sync the roles of) the user now, before any view runs:
+        # Superset first asks for the user lazily, in the middle of a flush of its own
+        # (the audit columns of a new SQL Lab query), where creating a user or changing
+        # its roles fails ("Session is already flushing").
+        manager = getattr(current_app, "appbuilder", None)
+        manager = getattr(manager, "sm", None)
+        if isinstance(manager, DatagateSecurityManager):
+            manager.datagate_user()
         return None
 
     # Registered first so it runs before every other before_request hook (FAB's sets g.user).

@@ -59,16 +59,41 @@ fn shipped_model_and_policies_load_with_the_index() {
     assert!(!policy.uses_casbin_fallback());
     assert!(policy.line_count() > 30);
     assert_eq!(policy.digest().len(), 64);
+    // Superset 6.1's built-in roles (10-superset-roles.csv is generated from them).
     check(&policy, &["role:Gamma"], "Chart", "can_read", true);
+    check(&policy, &["role:Gamma"], "Chart", "can_write", true);
+    check(
+        &policy,
+        &["role:Gamma"],
+        "SQLLab",
+        "can_execute_sql_query",
+        false,
+    );
+    // Every built-in role holds `can_csv`, so datagate's granular export permissions too,
+    // on the export view (`Superset`) only.
+    check(
+        &policy,
+        &["role:Gamma"],
+        "Superset",
+        "can_export_data",
+        true,
+    );
     check(&policy, &["role:Gamma"], "Chart", "can_export_data", false);
-    check(&policy, &["role:Alpha"], "Chart", "can_export_data", true);
+    check(
+        &policy,
+        &["role:Alpha"],
+        "Superset",
+        "can_export_data",
+        true,
+    );
     check(
         &policy,
         &["role:Admin"],
-        "AnyView",
+        "Superset",
         "can_copy_clipboard",
         true,
     );
+    check(&policy, &["role:Admin"], "AnyView", "can_read", false);
     check(
         &policy,
         &["role:sql_lab"],
@@ -76,7 +101,16 @@ fn shipped_model_and_policies_load_with_the_index() {
         "can_execute_sql_query",
         true,
     );
-    check(&policy, &["role:Public"], "Dashboard", "can_read", true);
+    check(
+        &policy,
+        &["role:sql_lab"],
+        "SQLLab",
+        "can_get_results",
+        true,
+    );
+    check(&policy, &["role:sql_lab"], "SQLLab", "can_export_csv", true);
+    // Public holds nothing in Superset unless PUBLIC_ROLE_LIKE says otherwise.
+    check(&policy, &["role:Public"], "Dashboard", "can_read", false);
     check(&policy, &["role:Public"], "Chart", "can_read", false);
     check(
         &policy,

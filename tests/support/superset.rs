@@ -146,7 +146,32 @@ fn start() -> Option<Superset> {
 
 impl Superset {
     /// Whether any request carrying `marker` reached Superset (gunicorn's access log).
+    ///
+    /// gunicorn writes a request's line just after sending its response, so datagate's
+    /// answer can reach the test first. A sentinel request sent straight to Superset
+    /// afterwards, and waited for in the log, orders the check after any line the marked
+    /// request would have produced.
     pub fn received(&self, marker: &str) -> bool {
+        let sentinel = self::marker();
+        let reply = send(
+            "GET",
+            &format!("http://{}/health", self.address),
+            &[("X-Test-Marker", sentinel.as_str())],
+            None,
+        );
+        assert_eq!(reply.status, 200, "Superset's /health");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.logged(&sentinel) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel request never appeared in gunicorn's access log"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.logged(marker)
+    }
+
+    fn logged(&self, marker: &str) -> bool {
         let Ok(file) = std::fs::File::open(&self.access_log) else {
             return false;
         };

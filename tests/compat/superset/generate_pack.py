@@ -32,15 +32,14 @@ from collections import OrderedDict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
-# Written beside the harness until tests/exports.rs follows the real permission names;
-# then point this at deploy/route-packs/superset.yaml.
-PACK = os.path.join(HERE, "generated", "superset.yaml")
+PACK = os.path.join(ROOT, "deploy", "route-packs", "superset.yaml")
 
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
 REFUSED = "refused"
 
-# Endpoints without a FAB permission check: what datagate does with them, and why.
+# Endpoints without a FAB permission check: what datagate does with them, and why. A
+# REFUSED entry is refused even where Superset has a permission check of its own.
 UNPROTECTED = {
     "static": (PUBLIC, "the UI's JavaScript, CSS and images"),
     "appbuilder.static": (PUBLIC, "Flask-AppBuilder's static files"),
@@ -63,6 +62,12 @@ UNPROTECTED = {
     "SupersetRegisterUserView.activation": (REFUSED, "self-registration: users come from datagate's identity"),
     "EmbeddedView.embedded": (REFUSED, "embedded dashboards use guest tokens, which datagate_security.py turns off"),
     "Dashboard.embedded": (REFUSED, "embedded dashboards use guest tokens, which datagate_security.py turns off"),
+    # Chart data replayed from something datagate does not see (a cache key, legacy form
+    # data, a dataset's rows): refused until chart-data row-level security maps datasets.
+    "ChartDataRestApi.data_from_cache": (REFUSED, "replays a cached query context datagate cannot filter"),
+    "Superset.explore_json": (REFUSED, "legacy chart data: a query context datagate cannot filter"),
+    "Datasource.samples": (REFUSED, "a dataset's rows, without datagate's row filters"),
+    "DatasourceRestApi.get_column_values": (REFUSED, "a dataset column's values, without datagate's row filters"),
     "DatabaseRestApi.oauth2": (REFUSED, "OAuth2 database sign-in callbacks carry their own identity"),
     "DynamicPluginsView.action": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
     "DynamicPluginsView.action_post": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
@@ -99,18 +104,32 @@ NAMES = {
     "SavedQueryRestApi.delete": "superset-saved-query-write",
 }
 
-# Database ids (SQL Lab) and dataset ids (charts) are different things in Superset: the
-# uid prefix keeps them apart (`database:1` is not `dataset:1`).
-_DATABASE_ID = {"action": "datasources:query", "uid_prefix": "database:",
-                "uids": [{"json_pointer": "/database_id"}]}
+# SQL Lab names the Superset database (`database_id`): that id is the datagate datasource
+# uid. Dataset ids (chart data) are another kind of id and never datasource uids: chart
+# data maps a dataset to its database and table separately (chart-data RLS).
+_DATABASE_ID = {"action": "datasources:query", "uids": [{"json_pointer": "/database_id"}]}
 _EXPORT_DATA = {"kind": "data"}
 _EXPORT_IMAGE = {"kind": "image"}
+# SQL Lab's SQL through row-level security, with what Superset would otherwise do after
+# datagate's rewrite refused: Jinja (ENABLE_TEMPLATE_PROCESSING renders it, building new
+# SQL) and CREATE TABLE/VIEW AS SELECT (writes through the read-only route).
+_SQL_LAB_SQL = {
+    "templating": "refuse",
+    "template_params": "/templateParams",
+    "forbidden_fields": [
+        {"json_pointer": "/select_as_cta", "allowed": [False]},
+        {"json_pointer": "/ctas_method", "allowed": ["TABLE"]},
+        {"json_pointer": "/tmp_table_name", "allowed": [""]},
+        {"json_pointer": "/tmp_schema_name", "allowed": [""]},
+    ],
+    "locations": [{"json_pointer": "/sql", "datasource": "from_route"}],
+}
 
 # The data routes: where their datasource, SQL and export markers are.
 DATA_ROUTES = {
     "SqlLabRestApi.execute_sql_query": {
         "name": "superset-sqllab-execute", "authenticated": True, "datasource": _DATABASE_ID,
-        "sql": {"locations": [{"json_pointer": "/sql", "datasource": "from_route"}]},
+        "sql": _SQL_LAB_SQL,
         # Export and results re-run or read this query for whoever names its client_id or
         # results key: both become the caller's (the key from Superset's response).
         "results": {"bind": [{"json_pointer": "/client_id"}],
@@ -118,12 +137,12 @@ DATA_ROUTES = {
     },
     # Lists only the caller's own queries (Superset filters by user): their results keys.
     "QueryRestApi.get_updated_since": {
-        "name": "superset-query-get-updated-since",
+        "name": "superset-query-updated-since",
         "results": {"bind_response": ["/result/*/resultsKey"]},
     },
     "SqlLabRestApi.estimate_query_cost": {
         "name": "superset-sqllab-estimate", "authenticated": True, "datasource": _DATABASE_ID,
-        "sql": {"locations": [{"json_pointer": "/sql", "datasource": "from_route"}]},
+        "sql": _SQL_LAB_SQL,
     },
     "SqlLabRestApi.format_sql": {"name": "superset-sqllab-format", "authenticated": True},
     # Results and exports re-run or read the stored query of the `client_id`/key's owner.
@@ -138,25 +157,11 @@ DATA_ROUTES = {
         "results": {"owned": [{"form_field": "client_id"}]}},
     "ChartDataRestApi.data": {
         "name": "superset-chart-data",
-        "datasource": {"action": "datasources:query", "uid_prefix": "dataset:",
-                       "uids": [{"json_pointer": "/datasource/id"}]},
         "export": {"kind": "data", "when": [{"json_pointer": "/result_format", "values": ["csv", "xlsx"]}]},
     },
     "ChartDataRestApi.get_data": {
         "name": "superset-chart-data-by-pk",
         "export": {"kind": "data", "when": [{"query_param": "format", "values": ["csv", "xlsx"]}]},
-    },
-    "ChartDataRestApi.data_from_cache": {"name": "superset-chart-data-from-cache"},
-    "Superset.explore_json": {
-        "name": "superset-explore-json",
-        "export": {"kind": "data", "when": [
-            {"query_param": "csv", "values": ["true"]}, {"query_param": "xlsx", "values": ["true"]}]},
-    },
-    "Superset.explore_json_data": {"name": "superset-explore-json-data"},
-    "Datasource.samples": {
-        "name": "superset-datasource-samples",
-        "datasource": {"action": "datasources:query", "uid_prefix": "dataset:",
-                       "uids": [{"query_param": "datasource_id"}]},
     },
     "ChartRestApi.export": {"name": "superset-chart-export", "export": _EXPORT_DATA},
     "DashboardRestApi.export": {"name": "superset-dashboard-export", "export": _EXPORT_DATA},
@@ -205,7 +210,6 @@ MCP_ROUTE = """\
         permissions: {all_of: ["can_execute_sql_query on SQLLab"]}
         datasource:
           action: "datasources:query"
-          uid_prefix: "database:"
           uids:
             - {json_pointer: /params/arguments/request/database_id}
             - {json_pointer: /params/arguments/database_id}
@@ -286,6 +290,10 @@ def collect(app):
         view_name, _, method_name = endpoint.partition(".")
         view = views.get(view_name)
         permission, refusal = (None, None)
+        if UNPROTECTED.get(endpoint, (None,))[0] == REFUSED:
+            # Refused whatever Superset's own check is.
+            refused.append((methods, path, endpoint, UNPROTECTED[endpoint][1]))
+            continue
         if view is not None and method_name:
             permission, refusal = permission_of(view, method_name)
         entry = {"methods": methods, "path": path}
@@ -355,8 +363,10 @@ def render(routes, refused, version: str) -> str:
         "# Enable with `routes: {packs: [superset], unmatched: deny}`: every endpoint of the app is",
         "# mapped to the permission Superset itself checks (`can_<verb> on <View>`), or listed",
         "# under `Refused` at the end and left unmapped, so `unmatched: deny` refuses it.",
-        "# Superset database ids (SQL Lab) and dataset ids (chart data, samples) are datagate",
-        "# datasource uids: declare them under `datasources:` and grant them like any datasource.",
+        "# Superset database ids (SQL Lab's `database_id`) are datagate datasource uids: declare",
+        "# them under `datasources:` and grant them like any datasource. Dataset ids (chart data)",
+        "# are not datasource uids. Chart data replayed from what datagate cannot see (cache",
+        "# keys, legacy explore_json, samples, column values) is refused.",
         "",
     ]
     data = [route for route in routes if any(key in route for key in ("datasource", "sql", "export"))]

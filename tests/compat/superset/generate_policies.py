@@ -22,7 +22,7 @@ from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
-OUTPUT = os.path.join(HERE, "generated", "10-superset-roles.csv")
+OUTPUT = os.path.join(ROOT, "policies", "10-superset-roles.csv")
 ROLES = ["Admin", "Alpha", "Gamma", "sql_lab", "Public"]
 # datagate's granular export permissions (exports.granular_export_controls). Superset 6.1
 # never creates them (it reads GRANULAR_EXPORT_CONTROLS only on /superset/explore_json/ and

@@ -27,6 +27,9 @@ PREVENT_UNSAFE_DB_CONNECTIONS = False
 # Identity: datagate's headers, on every request (see datagate_security.py).
 CUSTOM_SECURITY_MANAGER = DatagateSecurityManager
 FLASK_APP_MUTATOR = init_datagate_app
+# A datagate role that is Superset's sql_lab inside Superset, while datagate grants it less
+# (tests/superset.rs: export permissions only datagate enforces).
+DATAGATE_ROLE_MAP = {"analyst_sql": ["sql_lab"]}
 
 # The test drives the REST API as a non-browser client: its identity travels in datagate's
 # Authorization header, not in a cookie, so there is no cross-site request to forge.
