@@ -259,6 +259,10 @@ impl From<&crate::store::StoreError> for HttpError {
             StoreError::Invalid(_) | StoreError::Rejected(_) => {
                 HttpError::new(400, error.to_string())
             }
+            StoreError::BuildLost => {
+                tracing::error!(%error, "admin write: the policy build did not finish");
+                HttpError::new(500, "internal error: the change was not applied")
+            }
             // Database and connection errors can name hosts, tables and SQL: operators
             // read them in the log, clients get a generic message.
             StoreError::Config { .. }
@@ -281,7 +285,7 @@ impl From<&crate::admin::AdminError> for HttpError {
             AdminError::BadRequest(message) => HttpError::new(400, message.clone()),
             AdminError::NotFound(message) => HttpError::new(404, message.clone()),
             AdminError::NoStore => HttpError::new(503, error.to_string()),
-            AdminError::NotServing(_) => {
+            AdminError::NotServing(_) | AdminError::ServeLost => {
                 tracing::error!(%error, "admin write committed but not serving");
                 HttpError::new(
                     500,

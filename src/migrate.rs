@@ -194,13 +194,12 @@ async fn migrate_store(
             let mut permissions = role.permissions.clone();
             permissions.extend(added);
             let validating_config = config.clone();
-            let validate = move |contents: &crate::store::StoreContents| {
+            let validate = move |contents: crate::store::StoreContents| {
                 crate::state::build_snapshot_content_with_store(
                     &validating_config,
-                    &std::sync::Arc::new(contents.clone()),
+                    &std::sync::Arc::new(contents),
                 )
                 .map(|_| ())
-                .map_err(|error| error.to_string())
             };
             store
                 .apply(
@@ -211,7 +210,7 @@ async fn migrate_store(
                         description: role.description.clone(),
                         permissions,
                     },
-                    &validate,
+                    validate,
                 )
                 .await?;
         }

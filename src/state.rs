@@ -84,6 +84,31 @@ pub struct SnapshotContent {
     pub store: StoreView,
 }
 
+/// A snapshot an admin write built from the store as it commits, with what it was built
+/// from; served by [`AppState::serve_store_build`].
+pub struct StoreBuild {
+    pub inputs: Arc<PolicyInputs>,
+    pub contents: Arc<StoreContents>,
+    pub content: SnapshotContent,
+}
+
+impl StoreBuild {
+    /// Builds the snapshot for `contents` with the given input files.
+    pub fn build(
+        config: &Config,
+        inputs: Arc<PolicyInputs>,
+        contents: StoreContents,
+    ) -> Result<StoreBuild, SnapshotError> {
+        let contents = Arc::new(contents);
+        let content = build_snapshot_from_inputs(config, &inputs, &contents)?;
+        Ok(StoreBuild {
+            inputs,
+            contents,
+            content,
+        })
+    }
+}
+
 /// Builds everything a snapshot holds from the config's files alone (no store).
 pub fn build_snapshot_content(config: &Config) -> Result<SnapshotContent, SnapshotError> {
     build_snapshot_content_with_store(config, &Arc::new(StoreContents::default()))
@@ -446,6 +471,49 @@ impl AppState {
         let contents = Arc::new(contents);
         let inputs = self.serving_inputs.lock().clone();
         let outcome = self.rebuild(trigger, &inputs, &contents)?;
+        self.metrics.store_revision.set(contents.revision);
+        *self.store_contents.lock() = contents;
+        Ok(outcome)
+    }
+
+    /// The input files the serving snapshot was built from, for an admin write to build
+    /// its snapshot with (see [`serve_store_build`](Self::serve_store_build)).
+    pub fn serving_inputs(&self) -> Arc<PolicyInputs> {
+        self.serving_inputs.lock().clone()
+    }
+
+    /// Serves a snapshot an admin write built inside its transaction (from `contents`, the
+    /// store as committed, and `inputs`, the files then serving), without building again.
+    /// If a file reload swapped in other files meanwhile, the write's build would undo
+    /// it: then this rebuilds with the serving files instead. Contents older than those
+    /// held are ignored, as in [`reload_store`](Self::reload_store).
+    pub fn serve_store_build(
+        &self,
+        trigger: ReloadTrigger,
+        build: StoreBuild,
+    ) -> Result<ReloadOutcome, SnapshotError> {
+        let _one_reload_at_a_time = self.reload_lock.lock();
+        let StoreBuild {
+            inputs,
+            contents,
+            content,
+        } = build;
+        if contents.revision < self.store_contents.lock().revision {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let serving = self.serving_inputs.lock().clone();
+        let outcome = if serving.digest == inputs.digest {
+            *self.last_reload_error.lock() = None;
+            if content.digest == self.snapshot.load().digest {
+                self.count_reload(trigger, "unchanged");
+                ReloadOutcome::Unchanged
+            } else {
+                self.swap_in(trigger, content);
+                ReloadOutcome::Swapped
+            }
+        } else {
+            self.rebuild(trigger, &serving, &contents)?
+        };
         self.metrics.store_revision.set(contents.revision);
         *self.store_contents.lock() = contents;
         Ok(outcome)

@@ -20,7 +20,10 @@ pub enum AdminError {
     NoStore,
     /// The write committed but this replica could not build a snapshot with it.
     #[error("the change was saved but is not serving yet: {0}")]
-    NotServing(String),
+    NotServing(#[source] crate::state::SnapshotError),
+    /// The thread swapping in a committed write's snapshot stopped before answering.
+    #[error("the change was saved but is not serving yet: the swap did not finish")]
+    ServeLost,
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -16,7 +16,7 @@ use crate::decision::Refusal;
 use crate::http_error::HttpError;
 use crate::policy::datasource_object;
 use crate::principal::{Principal, PrincipalKind};
-use crate::state::{AppState, PolicySnapshot, ReloadTrigger, build_snapshot_content_with_store};
+use crate::state::{AppState, PolicySnapshot, ReloadTrigger, StoreBuild};
 use crate::store::{Applied, Change, Store, StoreContents};
 
 /// The role that may use every admin endpoint.
@@ -227,16 +227,14 @@ pub async fn write(
 ) -> Result<Applied, AdminError> {
     let store = store(state)?;
     let _one_write_at_a_time = state.admin_writes.lock().await;
-    let validating_state = state.clone();
-    let validate = move |contents: &StoreContents| -> Result<(), String> {
-        build_snapshot_content_with_store(&validating_state.config, &Arc::new(contents.clone()))
-            .map(|_| ())
-            .map_err(|error| error.to_string())
-    };
-    let result = store
-        .apply(&caller.principal.username, change, &validate)
-        .await;
-    let (applied, contents) = match result {
+    // The snapshot is built once, inside the transaction on a blocking thread (the
+    // validation), and that same build is served after the commit.
+    let building_state = state.clone();
+    let inputs = state.serving_inputs();
+    let build =
+        move |contents: StoreContents| StoreBuild::build(&building_state.config, inputs, contents);
+    let result = store.apply(&caller.principal.username, change, build).await;
+    let (applied, build) = match result {
         Ok(done) => done,
         Err(error) => {
             let result = match &error {
@@ -252,12 +250,12 @@ pub async fn write(
             return Err(AdminError::Store(error));
         }
     };
-    let reload_state = state.clone();
-    let reloaded = tokio::task::spawn_blocking(move || {
-        reload_state.reload_store(ReloadTrigger::StoreWrite, contents)
+    let serving_state = state.clone();
+    let served = tokio::task::spawn_blocking(move || {
+        serving_state.serve_store_build(ReloadTrigger::StoreWrite, build)
     })
     .await
-    .map_err(|error| AdminError::Internal(error.to_string()))?;
+    .map_err(|_| AdminError::ServeLost)?;
     state
         .metrics
         .admin_writes
@@ -275,7 +273,7 @@ pub async fn write(
             store_revision: applied.revision,
             policy_revision: state.snapshot().revision,
         });
-    reloaded.map_err(|error| AdminError::NotServing(error.to_string()))?;
+    served.map_err(AdminError::NotServing)?;
     state.confirm_store_current();
     Ok(applied)
 }

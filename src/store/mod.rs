@@ -111,7 +111,10 @@ pub enum StoreError {
     Invalid(String),
     /// The change is well-formed but the policy it would produce does not build.
     #[error("the change was not applied: {0}")]
-    Rejected(String),
+    Rejected(#[source] crate::state::SnapshotError),
+    /// The thread building the new policy stopped before answering; nothing was written.
+    #[error("the change was not applied: building the new policy failed")]
+    BuildLost,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -277,16 +280,23 @@ impl Store {
         &self.pool
     }
 
-    /// Applies one change as one transaction. `validate` sees the store as it would be
-    /// after the change and may refuse it (for example, a filter whose clause does not
-    /// compile against its datasource): then nothing is written. On success returns what
-    /// the change produced and the contents at the new revision.
-    pub async fn apply(
+    /// Applies one change as one transaction. `build` sees the store as it would be after
+    /// the change and builds what the caller will serve from it (a policy snapshot), or
+    /// refuses the change (for example, a filter whose clause does not compile against its
+    /// datasource): then nothing is written. It runs once, on a blocking thread (never on
+    /// the async runtime), while the transaction holds the write lock: the build must see
+    /// exactly the contents that commit. On success returns what the change produced and
+    /// what `build` returned.
+    pub async fn apply<T, F>(
         &self,
         actor: &str,
         change: Change,
-        validate: &(dyn Fn(&StoreContents) -> Result<(), String> + Sync),
-    ) -> Result<(Applied, StoreContents), StoreError> {
+        build: F,
+    ) -> Result<(Applied, T), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(StoreContents) -> Result<T, crate::state::SnapshotError> + Send + 'static,
+    {
         let mut transaction = self.pool.begin().await?;
         // First statement: takes the write lock (row lock on PostgreSQL, RESERVED on
         // SQLite), so every writer on every replica is serialised from here.
@@ -298,7 +308,10 @@ impl Store {
         .try_get(0)?;
         let applied = changes::apply(&mut transaction, &change).await?;
         let contents = contents::load(&mut transaction).await?;
-        validate(&contents).map_err(StoreError::Rejected)?;
+        let built = tokio::task::spawn_blocking(move || build(contents))
+            .await
+            .map_err(|_| StoreError::BuildLost)?
+            .map_err(StoreError::Rejected)?;
         sqlx::query(
             "INSERT INTO audit_events (uid, at_ms, actor, action, target, before_state, after_state, revision) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -327,7 +340,7 @@ impl Store {
                 revision,
                 ..applied
             },
-            contents,
+            built,
         ))
     }
 }

@@ -41,8 +41,8 @@ pub(crate) async fn fresh_postgres(url: &str) -> Store {
         .unwrap()
 }
 
-fn accept(_: &StoreContents) -> Result<(), String> {
-    Ok(())
+fn accept(contents: StoreContents) -> Result<StoreContents, crate::state::SnapshotError> {
+    Ok(contents)
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                         },
                         service_account: false,
                     },
-                    &accept,
+                    accept,
                 )
                 .await
                 .unwrap();
@@ -78,7 +78,7 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                         grantee: Grantee::User(alice),
                         level: Some("Query".into()),
                     },
-                    &accept,
+                    accept,
                 )
                 .await
                 .unwrap();
@@ -102,7 +102,7 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                         grantee: Grantee::User(alice),
                         level: None,
                     },
-                    &accept,
+                    accept,
                 )
                 .await
                 .unwrap();
@@ -118,7 +118,12 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                         name: "eng".into(),
                         email: None,
                     },
-                    &|_| Err("refused by the test".into()),
+                    |_| -> Result<(), _> {
+                        Err(crate::state::SnapshotError::Read {
+                            path: "test".into(),
+                            message: "refused by the test".into(),
+                        })
+                    },
                 )
                 .await
                 .unwrap_err();
@@ -142,7 +147,7 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                         grantee: Grantee::Team(999),
                         level: Some("Edit".into()),
                     },
-                    &accept,
+                    accept,
                 )
                 .await
                 .unwrap_err();
@@ -157,7 +162,7 @@ fn grants_round_trip_and_bump_the_revision_on_every_backend() {
                 },
                 service_account: false,
             };
-            let error = store.apply("admin", duplicate, &accept).await.unwrap_err();
+            let error = store.apply("admin", duplicate, accept).await.unwrap_err();
             assert!(
                 matches!(error, StoreError::Conflict(_)),
                 "{backend:?}: {error}"
@@ -179,7 +184,7 @@ fn pagination_reports_totals() {
                             name: format!("team-{index}"),
                             email: None,
                         },
-                        &accept,
+                        accept,
                     )
                     .await
                     .unwrap();
