@@ -31,6 +31,7 @@ Prints one `ok: ...` / `FAIL: ...` line per check; exit 1 if any failed.
 """
 
 import argparse
+import signal
 import sys
 import uuid
 from urllib.parse import urlparse, urlunparse
@@ -84,17 +85,37 @@ def describe_exc(exc):
     return "%s: %s" % (type(exc).__name__, exc)
 
 
+CHECK_SECONDS = 30
+
+
+class CheckTimeout(Exception):
+    """A check ran longer than CHECK_SECONDS (a paging loop that never ends, as
+    users.search_users() did when every page was non-empty)."""
+
+
+def _timed_out(signum, frame):
+    raise CheckTimeout("did not return within %d s" % CHECK_SECONDS)
+
+
 def check(name, fn):
     """Run fn(); it returns None/True on success, or a string describing the
-    failure. Any exception is a failure. Returns True on success."""
+    failure. Any exception is a failure, and so is not returning within
+    CHECK_SECONDS. Returns True on success."""
+    signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(CHECK_SECONDS)
     try:
         result = fn()
+    except CheckTimeout as exc:
+        fail("%s: %s" % (name, exc))
+        return False
     except AssertionError as exc:
         fail("%s: %s" % (name, exc))
         return False
     except Exception as exc:  # noqa: BLE001 - report everything
         fail("%s: unexpected %s" % (name, describe_exc(exc)))
         return False
+    finally:
+        signal.alarm(0)
     if result is None or result is True:
         ok(name)
         return True
