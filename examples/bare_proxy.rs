@@ -3,8 +3,9 @@
 //! no authentication or policy. Usage: `bare_proxy LISTEN UPSTREAM THREADS`.
 //!
 //! For experiments the environment can override the server settings:
-//! `BARE_WORK_STEALING=0|1`, `BARE_POOL=<upstream keepalive pool size>`,
-//! `BARE_IDLE_TIMEOUT_SECONDS=<n>` (an idle timeout on pooled upstream connections).
+//! `BARE_WORK_STEALING=0|1`, `BARE_LISTENER_TASKS=<accept tasks per listening socket>`,
+//! `BARE_POOL=<upstream keepalive pool size>`, `BARE_IDLE_TIMEOUT_SECONDS=<n>` (an idle
+//! timeout on pooled upstream connections).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,6 +51,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut server_conf = datagate::server::server_conf(threads, 128);
     if let Some(value) = env("BARE_WORK_STEALING") {
         server_conf.work_stealing = value == "1";
+    }
+    if let Some(value) = env("BARE_LISTENER_TASKS") {
+        server_conf.listener_tasks_per_fd = value.parse()?;
     }
     if let Some(value) = env("BARE_POOL") {
         server_conf.upstream_keepalive_pool_size = value.parse()?;

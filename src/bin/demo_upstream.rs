@@ -40,6 +40,9 @@ struct Arguments {
     /// SQL run after the schema (rows).
     #[arg(long)]
     rows_file: Option<PathBuf>,
+    /// Keep no record of requests (load runs: millions of requests would fill memory).
+    #[arg(long)]
+    no_record: bool,
 }
 
 const DEMO_SCHEMA: &str = "
@@ -76,6 +79,8 @@ struct AppState {
     recorded: Mutex<Vec<RecordedRequest>>,
     /// SQL Lab client ids that ran, for Superset's results-key polling.
     client_ids: Mutex<Vec<String>>,
+    /// `false` under `--no-record`.
+    record: bool,
 }
 
 type Shared = Arc<AppState>;
@@ -105,6 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         database: Mutex::new(connection),
         recorded: Mutex::new(Vec::new()),
         client_ids: Mutex::new(Vec::new()),
+        record: !arguments.no_record,
     });
     let recorder = Router::new()
         .route(
@@ -133,6 +139,9 @@ async fn record(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if !state.record {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
         Ok(bytes) => bytes,
