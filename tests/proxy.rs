@@ -281,62 +281,154 @@ fn malformed_json_on_a_body_route_is_400_and_not_forwarded() {
     assert!(recorded_requests(setup.upstream).is_empty());
 }
 
-/// pingora can replay at most 64 KiB of a body read for inspection: at the limit the body
-/// arrives complete, one byte over it is refused before any upstream connection.
+/// A raw HTTP/1.1 request with a chunked body of `body` cut into `chunk`-byte chunks.
+fn chunked_request(path: &str, token: &str, body: &str, chunk: usize) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.as_bytes().chunks(chunk) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
+/// Inspected bodies reach the upstream as the value datagate checked, byte for byte and
+/// with a matching `Content-Length`, at every size up to `routes.max_body_bytes`: up to
+/// pingora's 64 KiB retry buffer through pingora's replay, above it through datagate's own
+/// forward path (`proxy::forward`). Over the limit is a 413 and the upstream sees nothing.
 #[test]
-fn inspected_bodies_at_the_limit_arrive_whole_and_over_it_are_413() {
-    let setup = setup();
-    let token = setup
-        .gateway
-        .token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+fn inspected_bodies_arrive_whole_at_every_size_up_to_the_limit_and_over_it_are_413() {
+    const LIMIT: usize = 2 * 1024 * 1024;
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let mut options = GatewayOptions::new(upstream);
+    let routes = support::gateway::example_routes_yaml();
+    assert!(routes.contains("max_body_bytes: 262144"), "{routes}");
+    options.routes_yaml = Some(routes.replace(
+        "max_body_bytes: 262144",
+        &format!("max_body_bytes: {LIMIT}"),
+    ));
+    let gateway = Gateway::start(options);
+    let token = gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
     let body_of = |total: usize| {
         let prefix = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}],"padding":""#;
         let suffix = r#""}"#;
         let padding = "x".repeat(total - prefix.len() - suffix.len());
         format!("{prefix}{padding}{suffix}")
     };
-    for size in [100, 65_000, 65_536] {
+    let canonical = |body: &str| {
+        serde_json::to_string(&serde_json::from_str::<serde_json::Value>(body).unwrap()).unwrap()
+    };
+    let expect_forwarded = |size: usize, body: &str, how: &str| {
+        let recorded = recorded_requests(upstream);
+        assert_eq!(recorded.len(), 1, "{how} size {size}");
+        assert_eq!(recorded[0].body_length, size, "{how} size {size}");
+        assert!(
+            recorded[0].body_text == canonical(body),
+            "{how} size {size}: body differs"
+        );
+        assert_eq!(
+            recorded[0].header_values("content-length"),
+            vec![size.to_string()],
+            "{how} size {size}"
+        );
+        assert!(
+            recorded[0].header_values("transfer-encoding").is_empty(),
+            "{how} size {size}"
+        );
+        clear_recorded(upstream);
+    };
+    for size in [
+        100, 65_535, 65_536, 65_537, 100_000, 300_000, 1_048_576, LIMIT,
+    ] {
         let body = body_of(size);
         assert_eq!(body.len(), size);
-        let response = post_json(&setup.gateway.url("/api/ds/query"), Some(&token), &body);
+        let response = post_json(&gateway.url("/api/ds/query"), Some(&token), &body);
         assert_eq!(response.status, 200, "size {size}: {}", response.body);
-        let recorded = recorded_requests(setup.upstream);
-        assert_eq!(recorded.len(), 1, "size {size}");
-        // Forwarded as the value datagate checked (keys in canonical order): same length.
-        let canonical =
-            serde_json::to_string(&serde_json::from_str::<serde_json::Value>(&body).unwrap())
-                .unwrap();
-        assert_eq!(recorded[0].body_length, size, "size {size}");
-        assert_eq!(recorded[0].body_text, canonical, "size {size}");
-        clear_recorded(setup.upstream);
-    }
-    for size in [65_537, 70_000, 300_000] {
-        let response = post_json(
-            &setup.gateway.url("/api/ds/query"),
-            Some(&token),
-            &body_of(size),
+        // The upstream's answer came back through the same path.
+        assert!(
+            response.json()["results"]["A"]["rows"].is_array(),
+            "size {size}"
         );
+        expect_forwarded(size, &body, "content-length");
+    }
+    for (size, chunk) in [
+        (40_000, 7_000),
+        (65_537, 65_537),
+        (100_000, 16_384),
+        (1_048_576, 65_536),
+    ] {
+        let body = body_of(size);
+        let (status, text) = raw_http(
+            gateway.proxy,
+            &chunked_request("/api/ds/query", &token, &body, chunk),
+        );
+        assert_eq!(status, 200, "chunked size {size}: {text}");
+        expect_forwarded(size, &body, "chunked");
+    }
+    for size in [LIMIT + 1, 3_000_000] {
+        let response = post_json(&gateway.url("/api/ds/query"), Some(&token), &body_of(size));
         assert_eq!(response.status, 413, "size {size}");
         assert!(
             response.json()["message"]
                 .as_str()
                 .unwrap()
-                .contains("65536")
+                .contains(&LIMIT.to_string())
         );
-        assert!(recorded_requests(setup.upstream).is_empty(), "size {size}");
+        assert!(recorded_requests(upstream).is_empty(), "size {size}");
     }
     // Chunked: no Content-Length to check up front; the running count must stop it.
-    let chunk = "x".repeat(40_000);
-    let mut request = format!(
-        "POST /api/ds/query HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    let (status, text) = raw_http(
+        gateway.proxy,
+        &chunked_request("/api/ds/query", &token, &body_of(LIMIT + 1), 65_536),
     );
-    for _ in 0..2 {
-        request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
-    }
-    request.push_str("0\r\n\r\n");
-    let (status, _) = raw_http(setup.gateway.proxy, request.as_bytes());
-    assert_eq!(status, 413);
-    assert!(recorded_requests(setup.upstream).is_empty());
+    assert_eq!(status, 413, "{text}");
+    assert!(recorded_requests(upstream).is_empty());
+}
+
+/// A SQL Lab query larger than pingora's retry buffer is rewritten like a small one: the
+/// upstream receives the same rewritten SQL with the long literal in place.
+#[test]
+fn a_100_kb_sql_lab_query_is_rewritten_and_forwarded_whole() {
+    let setup = setup();
+    let token = setup
+        .gateway
+        .token("alice", &["Gamma", "sql_lab"], &[], Some(BasicRole::Viewer));
+    let forwarded_sql = |padding: &str| {
+        let body = serde_json::json!({
+            "database_id": 1,
+            "sql": format!("SELECT id, note FROM orders WHERE note <> '{padding}'"),
+        })
+        .to_string();
+        let response = post_json(
+            &setup.gateway.url("/api/v1/sqllab/execute/"),
+            Some(&token),
+            &body,
+        );
+        assert_eq!(response.status, 200, "{}", response.body);
+        let recorded = recorded_requests(setup.upstream);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(
+            recorded[0].header_values("content-length"),
+            vec![recorded[0].body_length.to_string()]
+        );
+        clear_recorded(setup.upstream);
+        let forwarded: serde_json::Value = serde_json::from_str(&recorded[0].body_text).unwrap();
+        (
+            forwarded["sql"].as_str().unwrap().to_string(),
+            response.json(),
+        )
+    };
+    let (small, small_answer) = forwarded_sql("y");
+    assert!(small.contains("tenant_id"), "{small}");
+    let padding = "y".repeat(100_000);
+    let (large, large_answer) = forwarded_sql(&padding);
+    assert!(large.len() > 100_000);
+    assert_eq!(large, small.replace("'y'", &format!("'{padding}'")));
+    assert_eq!(large_answer["data"], small_answer["data"]);
 }
 
 #[test]

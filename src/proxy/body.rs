@@ -2,9 +2,11 @@
 //!
 //! pingora sends request headers upstream before any body filter runs, so a decision that
 //! depends on the body must read it in `request_filter`. What is read there reaches the
-//! upstream only through pingora's retry buffer, which holds 64 KiB; a larger body would
-//! arrive at the upstream as headers without a body (measured, DESIGN.md §4). So the limit
-//! is enforced here, before any upstream connection exists: over the limit is a 413.
+//! upstream through pingora's retry buffer, which holds 64 KiB; a larger body would arrive
+//! at the upstream as headers without a body (measured, DESIGN.md §4). So a body larger
+//! than the retry buffer is forwarded by [`super::forward`] instead, and the route's limit
+//! (`routes.max_body_bytes`) is enforced here, before any upstream connection exists: over
+//! the limit is a 413.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -12,21 +14,22 @@ use pingora::prelude::Session;
 
 use crate::decision::{BodyReadError, BodySource};
 
-/// pingora's retry buffer size: the largest body that can be read here and still forwarded.
-pub const RETRY_BUFFER_BYTES: usize = 64 * 1024;
-
 type BodyError = BodyReadError;
 
 /// The client connection as [`crate::decision::admit`]'s body source.
 pub struct SessionBody<'a> {
     pub session: &'a mut Session,
     pub declared_length: Option<usize>,
+    /// The bytes read, kept for [`super::forward`] when pingora cannot replay them.
+    pub read: Option<Bytes>,
 }
 
 #[async_trait]
 impl BodySource for SessionBody<'_> {
     async fn read(&mut self, limit: usize) -> Result<Bytes, BodyReadError> {
-        read_bounded(self.session, self.declared_length, limit).await
+        let body = read_bounded(self.session, self.declared_length, limit).await?;
+        self.read = Some(body.clone());
+        Ok(body)
     }
 }
 
@@ -37,7 +40,6 @@ pub async fn read_bounded(
     declared_length: Option<usize>,
     limit: usize,
 ) -> Result<Bytes, BodyError> {
-    let limit = limit.min(RETRY_BUFFER_BYTES);
     if declared_length.is_some_and(|length| length > limit) {
         return Err(BodyError::TooLarge);
     }
@@ -55,6 +57,9 @@ pub async fn read_bounded(
             .await
             .map_err(|_| BodyError::Unreadable)?;
     }
+    // pingora replays what its retry buffer holds (up to 64 KiB) through
+    // `request_body_filter`, which substitutes the forwarded body; a larger body overflows
+    // the buffer (`retry_buffer_truncated`) and goes through `super::forward` instead.
     session.enable_retry_buffering();
     let mut body = BytesMut::with_capacity(declared_length.unwrap_or(0));
     loop {
@@ -68,11 +73,6 @@ pub async fn read_bounded(
             Ok(None) => break,
             Err(_) => return Err(BodyError::Unreadable),
         }
-    }
-    // The retry buffer is what pingora replays upstream; if it could not hold everything,
-    // forwarding would silently drop the body.
-    if session.as_downstream().retry_buffer_truncated() {
-        return Err(BodyError::TooLarge);
     }
     Ok(body.freeze())
 }

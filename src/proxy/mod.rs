@@ -14,6 +14,7 @@
 //! - `logging`: metrics and the audit line.
 
 mod body;
+mod forward;
 pub(crate) mod headers;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -76,6 +77,8 @@ pub struct DatagateProxy {
     upstream: SocketAddr,
     sni: String,
     headers: HeaderPlan,
+    /// Upstream connections for bodies pingora cannot replay ([`forward`]).
+    connector: pingora::connectors::http::Connector,
 }
 
 impl DatagateProxy {
@@ -91,6 +94,7 @@ impl DatagateProxy {
             upstream,
             sni,
             headers,
+            connector: pingora::connectors::http::Connector::new(None),
         }
     }
 }
@@ -193,6 +197,7 @@ impl ProxyHttp for DatagateProxy {
         let mut body = body::SessionBody {
             session,
             declared_length,
+            read: None,
         };
         let decision = decision::admit(
             &self.state,
@@ -202,6 +207,7 @@ impl ProxyHttp for DatagateProxy {
             decision::AdmitOptions::default(),
         )
         .await;
+        let read_body = body.read.take();
         ctx.body_read = decision.body_read;
         ctx.mcp = decision.mcp.clone();
         self.count_sql(&decision);
@@ -236,6 +242,17 @@ impl ProxyHttp for DatagateProxy {
                 ctx.response_binding = forward.response_binding;
                 ctx.permit = Some(permit);
                 ctx.snapshot = Some(snapshot);
+                // Larger than pingora's retry buffer: pingora would send the headers and
+                // no body, so datagate forwards this one itself.
+                if session.as_downstream().retry_buffer_truncated() {
+                    let Some(body) = ctx.rewritten_body.take().or(read_body) else {
+                        return Err(Error::explain(
+                            ErrorType::InternalError,
+                            "an overflowed retry buffer without a body read",
+                        ));
+                    };
+                    return self.forward_buffered(session, ctx, body).await;
+                }
                 Ok(false)
             }
             Verdict::Answer(decision::Answer::Permissions(permissions)) => {

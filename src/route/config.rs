@@ -4,10 +4,14 @@
 
 use serde::Deserialize;
 
-/// The largest body the proxy may read for inspection. pingora forwards a body read in
-/// `request_filter` only from its retry buffer, which holds 64 KiB (pingora 0.9): a larger
-/// inspected body would reach the upstream as headers without a body (DESIGN.md §4).
-pub const MAX_INSPECTED_BODY_BYTES: usize = 64 * 1024;
+/// The largest `routes.max_body_bytes`: an inspected body is held in memory whole (parsed,
+/// rewritten, re-serialised), so the bound is a memory bound per request. Bodies larger
+/// than pingora's 64 KiB retry buffer are forwarded by datagate itself (`proxy::forward`).
+pub const MAX_INSPECTED_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The default inspection limit: `sql.max_bytes`'s default, so a SQL Lab body holding the
+/// largest SQL datagate rewrites by default is not refused for its size first.
+pub const DEFAULT_INSPECTED_BODY_BYTES: usize = 256 * 1024;
 
 /// What happens to a request that no route matches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -28,8 +32,8 @@ pub enum UnmatchedPolicy {
 pub struct RoutesConfig {
     #[serde(default)]
     pub unmatched: UnmatchedPolicy,
-    /// Inspection limit for routes that read the body; at most
-    /// [`MAX_INSPECTED_BODY_BYTES`].
+    /// Inspection limit for routes that read the body (default
+    /// [`DEFAULT_INSPECTED_BODY_BYTES`]); at most [`MAX_INSPECTED_BODY_BYTES`].
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Ready route tables shipped with datagate (`superset`, `grafana`, `datasette`),
@@ -44,7 +48,7 @@ impl Default for RoutesConfig {
     fn default() -> Self {
         RoutesConfig {
             unmatched: UnmatchedPolicy::Deny,
-            max_body_bytes: MAX_INSPECTED_BODY_BYTES,
+            max_body_bytes: DEFAULT_INSPECTED_BODY_BYTES,
             packs: Vec::new(),
             table: Vec::new(),
         }
@@ -52,7 +56,7 @@ impl Default for RoutesConfig {
 }
 
 fn default_max_body_bytes() -> usize {
-    MAX_INSPECTED_BODY_BYTES
+    DEFAULT_INSPECTED_BODY_BYTES
 }
 
 /// `routes.table[i]`.

@@ -43,9 +43,9 @@ use std::fmt;
 pub(crate) use canonical::percent_decode_lenient;
 pub use canonical::{MAX_PATH_BYTES, canonicalize_path};
 pub use config::{
-    DatasourceConfig, ExportMarkerConfig, ExportRouteConfig, MAX_INSPECTED_BODY_BYTES, McpConfig,
-    McpToolConfig, PermissionsConfig, RisonSourceConfig, RouteConfig, RoutesConfig,
-    TablePageConfig, UidSourceConfig, UnmatchedPolicy,
+    DEFAULT_INSPECTED_BODY_BYTES, DatasourceConfig, ExportMarkerConfig, ExportRouteConfig,
+    MAX_INSPECTED_BODY_BYTES, McpConfig, McpToolConfig, PermissionsConfig, RisonSourceConfig,
+    RouteConfig, RoutesConfig, TablePageConfig, UidSourceConfig, UnmatchedPolicy,
 };
 pub use extract::extract_datasource_uids;
 pub use pointer::JsonPointer;
@@ -396,7 +396,7 @@ impl RouteTable {
             return Err(config_error(
                 "routes.max_body_bytes",
                 format!(
-                    "`{}` is outside 1..={MAX_INSPECTED_BODY_BYTES}: pingora can forward an inspected body only from its 64 KiB retry buffer",
+                    "`{}` is outside 1..={MAX_INSPECTED_BODY_BYTES}: an inspected body is held in memory whole",
                     config.max_body_bytes
                 ),
             ));

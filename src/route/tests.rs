@@ -363,7 +363,11 @@ fn each_validation_error_names_its_key() {
             "routes.table[0].datasource.uids[0].query_param",
             "empty",
         ),
-        ("max_body_bytes: 70000", "routes.max_body_bytes", "64 KiB"),
+        (
+            "max_body_bytes: 16777217",
+            "routes.max_body_bytes",
+            "in memory",
+        ),
         ("max_body_bytes: 0", "routes.max_body_bytes", "outside"),
         (
             "table: [{name: a, methods: ['*'], path: '/a/{x}'}, {name: b, methods: ['*'], path: '/a/{y}'}]",
@@ -399,7 +403,7 @@ table:
 "#,
     );
     assert_eq!(table.routes().count(), 4);
-    assert_eq!(table.max_body_bytes(), MAX_INSPECTED_BODY_BYTES);
+    assert_eq!(table.max_body_bytes(), DEFAULT_INSPECTED_BODY_BYTES);
     let (route, _) = matched_route(&table, "GET", "/a/1");
     assert_eq!(
         route.permissions_any_of()[0].to_string(),
