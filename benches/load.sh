@@ -14,6 +14,7 @@
 #   SKIP_BUILD=1 benches/load.sh …     use the release binaries already built
 #   SCENARIOS="auth sql" …             a subset of: auth sql grafana export
 #   CANDIDATES="bare datagate" …       a subset of: direct nginx bare datagate
+#   KEEP_WORK=1 …                      keep the temporary directory (configs, raw wrk output)
 #
 # nginx is installed from Debian's packages when missing (`apt-get install nginx-light`
 # or `nginx`); wrk likewise.
