@@ -58,6 +58,9 @@ pub struct Config {
     /// Bounds on the SQL datagate is willing to analyse.
     #[serde(default)]
     pub sql: SqlLimitsConfig,
+    /// Superset chart data: which datasets read which protected tables.
+    #[serde(default)]
+    pub charts: crate::chart_data::ChartsConfig,
     /// AWS IAM database authentication (STS credentials, database tokens).
     #[serde(default)]
     pub aws: crate::creds::AwsConfig,
@@ -507,6 +510,9 @@ impl Config {
                 })?;
             }
         }
+        self.charts
+            .validate(&self.datasources)
+            .map_err(|(key, message)| ConfigError::invalid(&key, message))?;
         for (key, name) in [
             ("aws.headers.db_user", &self.aws.headers.db_user),
             ("aws.headers.db_token", &self.aws.headers.db_token),

@@ -196,21 +196,39 @@ impl From<&Refusal> for HttpError {
                 };
                 HttpError::new(status, message).with_kind(kind)
             }
+            Refusal::ChartData(error) => {
+                use crate::chart_data::ChartDataError;
+                let status = match error {
+                    ChartDataError::UnmappedDataset { .. }
+                    | ChartDataError::ReplayFiltered { .. }
+                    | ChartDataError::RefusedField { .. } => 403,
+                    ChartDataError::BadQueryContext(_) => 400,
+                    ChartDataError::Fragment { error, .. } => sql_status(error.kind()),
+                };
+                HttpError::new(status, message).with_kind(error.kind())
+            }
             Refusal::Sql { error, .. } => {
                 let kind = error.kind();
-                let status = match kind {
-                    "statement_not_allowed"
-                    | "denied_function"
-                    | "catalog_access"
-                    | "unlisted_table"
-                    | "unknown_datasource"
-                    | "missing_template_value" => 403,
-                    "verification_failed" => 422,
-                    _ => 400,
-                };
-                HttpError::new(status, message).with_kind(kind)
+                HttpError::new(sql_status(kind), message).with_kind(kind)
             }
         }
+    }
+}
+
+/// The status of a refused SQL statement or fragment, by its kind: what policy forbids is
+/// 403, a failed verification 422, SQL that cannot be read 400.
+fn sql_status(kind: &str) -> u16 {
+    match kind {
+        "statement_not_allowed"
+        | "denied_function"
+        | "catalog_access"
+        | "unlisted_table"
+        | "unknown_datasource"
+        | "missing_template_value"
+        | "subquery_not_allowed"
+        | "template_syntax" => 403,
+        "verification_failed" => 422,
+        _ => 400,
     }
 }
 

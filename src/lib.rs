@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod authn;
+pub mod chart_data;
 pub mod cli;
 pub mod config;
 pub mod connection_guard;

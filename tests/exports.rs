@@ -25,6 +25,9 @@ fn gateway_with(
     let mut options = GatewayOptions::new(upstream);
     options.routes_yaml = routes.map(str::to_string);
     options.exports_yaml = exports.map(str::to_string);
+    // These tests are about exports and permissions: no datasource counts for chart
+    // row-level security (tests/chart_data.rs covers it), so replays are not refused.
+    options.extra_yaml = Some("charts:\n  datasources: []\n".to_string());
     (Gateway::start(options), upstream_process, upstream)
 }
 
@@ -747,6 +750,7 @@ fn the_export_permissions_migration_is_idempotent_over_files_and_store() {
     options.routes_yaml = Some(PACKS.to_string());
     options.store_yaml =
         Some("url: sqlite:store.db\npoll_interval: 100ms\nmax_staleness: 5s\n".to_string());
+    options.extra_yaml = Some("charts:\n  datasources: []\n".to_string());
     let gateway = Gateway::start(options);
     add_policy(
         &gateway,

@@ -21,6 +21,7 @@
 //! Every refusal is a [`Refusal`], rendered to HTTP in one place ([`crate::http_error`]).
 
 mod authorize;
+mod chart;
 mod creds;
 mod mcp;
 mod permissions;
@@ -245,6 +246,8 @@ pub struct Decision {
     pub checks: Vec<CheckOutcome>,
     /// Every SQL statement and its rewrite.
     pub statements: Vec<StatementRewrite>,
+    /// What chart-data row-level security checked and injected.
+    pub chart_data: Option<crate::chart_data::ChartRewrite>,
     /// Time spent in row-level security, when the route carries SQL.
     pub sql_time: Option<Duration>,
     /// The body was read from the client (so `Expect: 100-continue` was answered).
@@ -283,6 +286,7 @@ pub async fn admit(
         mcp: None,
         checks: Vec::new(),
         statements: Vec::new(),
+        chart_data: None,
         sql_time: None,
         body_read: false,
         allows_upgrade: false,
@@ -422,7 +426,12 @@ async fn decide(
             .run(plan.largest_statement(), move || job.run())
             .await;
         decision.sql_time = Some(started.elapsed());
-        let rewrite = finish_sql(plan, results.map_err(Refusal::SqlPool)?, &request, trace)?;
+        let rewrite = finish_sql(
+            plan,
+            results.map_err(Refusal::SqlPool)?,
+            &request,
+            trace.as_deref_mut(),
+        )?;
         sql_datasources = rewrite
             .statements
             .iter()
@@ -431,6 +440,28 @@ async fn decide(
         query = rewrite.query;
         forwarded_body = rewrite.body.map(Bytes::from);
         decision.statements = rewrite.statements;
+    }
+    if identified
+        .route
+        .as_ref()
+        .is_some_and(|(route, _)| route.chart_data().is_some())
+    {
+        let started = Instant::now();
+        let result = chart::rewrite_chart_data(
+            &state.config.charts,
+            snapshot,
+            identified,
+            &permit,
+            &request,
+            state.config.sql.rewrite_limits(),
+            trace,
+        );
+        decision.sql_time = Some(started.elapsed());
+        let outcome = result?;
+        if outcome.body.is_some() {
+            forwarded_body = outcome.body;
+        }
+        decision.chart_data = outcome.rewrite;
     }
     // Whatever datagate inspected as JSON goes upstream as datagate read it.
     if forwarded_body.is_none()

@@ -58,6 +58,8 @@ pub enum Refusal {
     McpUnknownTool(String),
     #[error("{0}")]
     SqlPool(crate::sql_pool::SqlPoolError),
+    #[error("{0}")]
+    ChartData(crate::chart_data::ChartDataError),
     #[error("SQL at `{location}` refused: {error}")]
     Sql {
         location: String,

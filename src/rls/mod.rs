@@ -12,8 +12,11 @@
 //! the caller's bound filter values.
 
 mod dialect;
+mod fragment;
 mod rewrite;
 mod template;
+
+pub use fragment::FilteredWhere;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -134,6 +137,16 @@ pub enum RlsError {
     InvalidTemplateValue { filter: String, template: String },
     #[error("the rewritten SQL failed verification at table `{0}`")]
     VerificationFailed(String),
+    #[error("a subquery is not allowed in a SQL fragment")]
+    Subquery,
+    #[error("a comment is not allowed in a SQL fragment")]
+    Comment,
+    #[error("a statement separator (`;`) is not allowed in a SQL fragment")]
+    Separator,
+    #[error(
+        "template syntax (`{0}`) is not allowed: the upstream would render it after datagate's check"
+    )]
+    TemplateSyntax(&'static str),
 }
 
 impl RlsError {
@@ -153,6 +166,10 @@ impl RlsError {
             RlsError::MissingTemplateValue { .. } => "missing_template_value",
             RlsError::InvalidTemplateValue { .. } => "invalid_template_value",
             RlsError::VerificationFailed(_) => "verification_failed",
+            RlsError::Subquery => "subquery_not_allowed",
+            RlsError::Comment => "comment_not_allowed",
+            RlsError::Separator => "multiple_statements",
+            RlsError::TemplateSyntax(_) => "template_syntax",
         }
     }
 }
@@ -256,7 +273,7 @@ pub struct Rewritten {
     pub cache_hit: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AppliedFilter {
     pub table: String,
     pub filters: Vec<String>,
@@ -318,6 +335,31 @@ struct DatasourceRules {
     denied_functions: HashSet<String>,
     listed: Vec<TablePattern>,
     wrapper: Query,
+}
+
+type Bindings = Vec<(String, Result<Vec<BoundValue>, RlsError>)>;
+
+impl DatasourceRules {
+    /// The caller's applicable filters and their bound values (or why a value is
+    /// missing: that only refuses if the filter's table is actually queried).
+    fn for_caller(&self, principal: &Principal) -> (Vec<&CompiledFilter>, Bindings) {
+        let dialect = self.config.dialect;
+        let applicable: Vec<&CompiledFilter> = self
+            .filters
+            .iter()
+            .filter(|filter| filter.applies_to(principal))
+            .collect();
+        let bindings = applicable
+            .iter()
+            .map(|filter| {
+                (
+                    filter.name.clone(),
+                    filter.clause.values_for(principal, &filter.name, dialect),
+                )
+            })
+            .collect();
+        (applicable, bindings)
+    }
 }
 
 /// Compiled filters and datasources for one policy snapshot. Its cache lives and dies
@@ -490,25 +532,7 @@ impl RlsPolicy {
         if request.sql.len() > request.limits.max_sql_bytes {
             return Err(RlsError::SqlTooLarge(request.limits.max_sql_bytes));
         }
-        let dialect = rules.config.dialect;
-        // The caller's applicable filters and their bound values (or why a value is
-        // missing: that only refuses if the filter's table is actually queried).
-        let applicable: Vec<&CompiledFilter> = rules
-            .filters
-            .iter()
-            .filter(|filter| filter.applies_to(request.principal))
-            .collect();
-        let bindings: Vec<(String, Result<Vec<BoundValue>, RlsError>)> = applicable
-            .iter()
-            .map(|filter| {
-                (
-                    filter.name.clone(),
-                    filter
-                        .clause
-                        .values_for(request.principal, &filter.name, dialect),
-                )
-            })
-            .collect();
+        let (applicable, bindings) = rules.for_caller(request.principal);
         let key = {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             request.datasource_uid.hash(&mut hasher);
@@ -722,6 +746,22 @@ fn parse_within(
         .tokenize()
         .map_err(|error| RlsError::Parse(error.to_string()))?;
     budget.check()?;
+    check_operator_count(&tokens)?;
+    let statements = Parser::new(parser_dialect.as_ref())
+        .with_recursion_limit(limits.max_nesting_depth)
+        .with_tokens(tokens)
+        .parse_statements()
+        .map_err(|error| match error {
+            ParserError::RecursionLimitExceeded => RlsError::TooDeeplyNested,
+            other => RlsError::Parse(other.to_string()),
+        })?;
+    budget.check()?;
+    Ok(statements)
+}
+
+/// A long chain of operators parses into an equally deep tree that every later walk
+/// recurses through: more than [`MAX_OPERATORS`] is refused before parsing.
+fn check_operator_count(tokens: &[Token]) -> Result<(), RlsError> {
     let operators = tokens
         .iter()
         .filter(|token| match token {
@@ -747,16 +787,7 @@ fn parse_within(
     if operators > MAX_OPERATORS {
         return Err(RlsError::TooDeeplyNested);
     }
-    let statements = Parser::new(parser_dialect.as_ref())
-        .with_recursion_limit(limits.max_nesting_depth)
-        .with_tokens(tokens)
-        .parse_statements()
-        .map_err(|error| match error {
-            ParserError::RecursionLimitExceeded => RlsError::TooDeeplyNested,
-            other => RlsError::Parse(other.to_string()),
-        })?;
-    budget.check()?;
-    Ok(statements)
+    Ok(())
 }
 
 fn rewrite_uncached(

@@ -96,6 +96,10 @@ pub struct RouteConfig {
     /// Results bound to the caller who ran the query (Superset's SQL Lab `client_id`).
     #[serde(default)]
     pub results: Option<ResultsConfig>,
+    /// Superset chart data: the query context is checked and the caller's filters are
+    /// injected (`inject`), or a replay is refused while filters apply.
+    #[serde(default)]
+    pub chart_data: Option<crate::chart_data::ChartDataRouteConfig>,
 }
 
 /// `routes.table[i].results`: where a request names a results id, and whether it binds

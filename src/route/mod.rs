@@ -202,6 +202,7 @@ pub struct Route {
     table_page: Option<String>,
     allow_upgrade: bool,
     results: Option<ResultsRequirement>,
+    chart_data: Option<crate::chart_data::ChartDataMode>,
 }
 
 /// A route's results binding (see [`crate::decision::results`]): each is a set of places
@@ -233,7 +234,13 @@ impl ExportRequirement {
             return Ok(true);
         }
         for (source, values) in &self.markers {
-            let found = extract_datasource_uids(source, params, request)?;
+            // A body of another kind than the marker reads (Superset's form-encoded chart
+            // CSV download carries its JSON in a field) counts as an export: unread is
+            // never taken for "not an export".
+            let found = match extract_datasource_uids(source, params, request) {
+                Err(RouteError::UnsupportedContentType(_)) => return Ok(true),
+                other => other?,
+            };
             if found
                 .iter()
                 .any(|value| values.contains(&value.to_lowercase()))
@@ -295,6 +302,7 @@ impl Route {
                 .as_ref()
                 .is_some_and(ExportRequirement::reads_body)
             || self.mcp.is_some()
+            || self.chart_data == Some(crate::chart_data::ChartDataMode::Inject)
             || self.results.as_ref().is_some_and(|results| {
                 [&results.bind, &results.owned]
                     .into_iter()
@@ -326,6 +334,11 @@ impl Route {
     /// The route's results binding, if any.
     pub fn results(&self) -> Option<&ResultsRequirement> {
         self.results.as_ref()
+    }
+
+    /// What the route does with Superset chart data, if it serves any.
+    pub fn chart_data(&self) -> Option<crate::chart_data::ChartDataMode> {
+        self.chart_data
     }
 
     /// Where the route's SQL is, for row-level security.
@@ -594,6 +607,7 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
                     table_page: None,
                     allow_upgrade: false,
                     results: None,
+                    chart_data: None,
                 };
                 tools.insert(name.clone(), compile_route(&tool_route, &tool_key)?);
             }
@@ -665,7 +679,15 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
             })
         }
     };
+    let chart_data = config.chart_data.as_ref().map(|chart| chart.mode);
+    if chart_data.is_some() && (config.sql.is_some() || config.mcp.is_some()) {
+        return Err(config_error(
+            format!("{key}.chart_data"),
+            "a chart-data route carries a query context, not `sql` or `mcp`",
+        ));
+    }
     Ok(Route {
+        chart_data,
         results,
         name: config.name.clone(),
         path: config.path.clone(),

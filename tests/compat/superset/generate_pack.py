@@ -157,12 +157,18 @@ DATA_ROUTES = {
         "results": {"owned": [{"form_field": "client_id"}]}},
     "ChartDataRestApi.data": {
         "name": "superset-chart-data",
+        # The query context is checked and the caller's filters injected (src/chart_data.rs).
+        "chart_data": {"mode": "inject"},
         "export": {"kind": "data", "when": [{"json_pointer": "/result_format", "values": ["csv", "xlsx"]}]},
     },
     "ChartDataRestApi.get_data": {
         "name": "superset-chart-data-by-pk",
+        # Replays the saved chart's query context: refused while filters apply.
+        "chart_data": {"mode": "refuse_when_filtered"},
         "export": {"kind": "data", "when": [{"query_param": "format", "values": ["csv", "xlsx"]}]},
     },
+    # Legacy async chart data replays a cached form: refused while filters apply.
+    "Superset.explore_json_data": {"chart_data": {"mode": "refuse_when_filtered"}},
     "ChartRestApi.export": {"name": "superset-chart-export", "export": _EXPORT_DATA},
     "DashboardRestApi.export": {"name": "superset-dashboard-export", "export": _EXPORT_DATA},
     "ChartRestApi.thumbnail": {"name": "superset-chart-thumbnail", "export": _EXPORT_IMAGE},

@@ -1,0 +1,801 @@
+//! Row-level security for Superset chart data: the query context a chart-data request
+//! carries is where Superset's generated SQL comes from, so that is what datagate checks
+//! and rewrites. Runs after authorization (`decision::chart`), on the request as
+//! [`crate::decision::request`] read it once.
+//!
+//! For a dataset mapped to a table (`charts.datasets`), every free-SQL fragment of the
+//! query context is checked by [`crate::rls::RlsPolicy::check_fragment`] and replaced by
+//! its printed form, and each query's `extras.where` becomes `(<user where>) AND
+//! (<caller's filters>)` ([`crate::rls::RlsPolicy::filtered_where`]). Superset ANDs
+//! `extras.where` into the `WHERE` of every SQL statement it builds for the query, next
+//! to its own row-level security filters (`get_sqla_query` in
+//! `superset/models/helpers.py`), including the series-limit subquery, time-offset
+//! queries and the row-count wrapper; for a virtual dataset that `WHERE` is on the
+//! outer query, over the dataset's SQL.
+//!
+//! Refused: a dataset datagate cannot map while any filter applies to the caller (fail
+//! closed); a replay of a stored query context (chart by id, cache key, legacy
+//! `explore_json`) while filters apply; query-context fields that move or override the
+//! injected condition (a query's own `datasource`, deprecated top-level `where` /
+//! `having`) and, while filters apply, annotation layers that run another chart's query.
+//! A filtered caller's `url_params` (which Superset's templating would paste into a
+//! dataset's SQL) are not forwarded.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::principal::Principal;
+use crate::rls::{AppliedFilter, RewriteLimits, RlsError, RlsPolicy};
+
+/// `charts:` in the configuration file.
+///
+/// ```yaml
+/// charts:
+///   datasets:
+///     - {id: 7, datasource: "1", table: orders}
+///   datasources: ["1"]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartsConfig {
+    /// Superset datasets (datasource type `table`) whose rows are a protected table's.
+    #[serde(default)]
+    pub datasets: Vec<DatasetMapping>,
+    /// The datagate datasources Superset's datasets read from: a caller with a filter on
+    /// any of them is refused chart data on unmapped datasets and replays. Unset: every
+    /// configured datasource.
+    #[serde(default)]
+    pub datasources: Option<Vec<String>>,
+}
+
+/// `charts.datasets[i]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetMapping {
+    /// The Superset dataset id (`datasource.id` in a query context).
+    pub id: u64,
+    /// The datagate datasource (the Superset database) the dataset reads; its dialect
+    /// parses the fragments and its filters apply. Chart data on the dataset needs
+    /// `datasources:query` on it.
+    pub datasource: String,
+    /// The table whose filters apply, `[schema.]table`. A virtual dataset may be mapped
+    /// only when its rows are this table's rows and it keeps the filters' columns.
+    pub table: String,
+}
+
+impl ChartsConfig {
+    /// Each id once, each datasource configured; errors name the key.
+    pub fn validate(
+        &self,
+        datasources: &[crate::rls::DatasourceConfig],
+    ) -> Result<(), (String, String)> {
+        let known = |uid: &str| datasources.iter().any(|datasource| datasource.uid == uid);
+        for (index, dataset) in self.datasets.iter().enumerate() {
+            let key = format!("charts.datasets[{index}]");
+            if !known(&dataset.datasource) {
+                return Err((
+                    format!("{key}.datasource"),
+                    format!("`{}` is not a configured datasource", dataset.datasource),
+                ));
+            }
+            if dataset.table.trim().is_empty() {
+                return Err((format!("{key}.table"), "must name a table".into()));
+            }
+            if self.datasets[..index]
+                .iter()
+                .any(|other| other.id == dataset.id)
+            {
+                return Err((
+                    format!("{key}.id"),
+                    format!("dataset {} is mapped twice", dataset.id),
+                ));
+            }
+        }
+        for (index, uid) in self.datasources.iter().flatten().enumerate() {
+            if !known(uid) {
+                return Err((
+                    format!("charts.datasources[{index}]"),
+                    format!("`{uid}` is not a configured datasource"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dataset(&self, id: u64) -> Option<&DatasetMapping> {
+        self.datasets.iter().find(|dataset| dataset.id == id)
+    }
+}
+
+/// What a route does with chart data (`routes.table[i].chart_data.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChartDataMode {
+    /// The request carries a query context (JSON body, or the `form_data` field of a
+    /// form body): checked and rewritten.
+    Inject,
+    /// The request replays a query context datagate cannot see (a saved chart, a cache
+    /// key, legacy `explore_json`): refused while filters apply to the caller.
+    RefuseWhenFiltered,
+}
+
+/// `routes.table[i].chart_data`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartDataRouteConfig {
+    pub mode: ChartDataMode,
+}
+
+/// Why chart data was refused. `kind()` is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChartDataError {
+    #[error(
+        "chart data on {dataset} is refused: datagate has no table mapping for it (`charts.datasets`) and row-level security filters apply to this caller"
+    )]
+    UnmappedDataset { dataset: String },
+    #[error(
+        "route `{route}` replays a query context datagate cannot see or filter, and row-level security filters apply to this caller; post the query context to /api/v1/chart/data instead"
+    )]
+    ReplayFiltered { route: String },
+    #[error("invalid query context: {0}")]
+    BadQueryContext(String),
+    #[error("query context field `{location}` is refused: {reason}")]
+    RefusedField { location: String, reason: String },
+    #[error("SQL fragment at `{location}` refused: {error}")]
+    Fragment { location: String, error: RlsError },
+}
+
+impl ChartDataError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChartDataError::UnmappedDataset { .. } => "chart_dataset_unmapped",
+            ChartDataError::ReplayFiltered { .. } => "chart_replay_filtered",
+            ChartDataError::BadQueryContext(_) => "bad_query_context",
+            ChartDataError::RefusedField { .. } => "chart_field_refused",
+            ChartDataError::Fragment { error, .. } => error.kind(),
+        }
+    }
+}
+
+/// The dataset a query context names, as Superset resolves it: `{"type": "table",
+/// "id": 7}` (or `"7"`; Superset reads a digit string as the id). Anything else (a
+/// UUID, another datasource type, non-ASCII digits) is not mapped.
+pub fn dataset_id(context: &Value) -> Result<Option<u64>, ChartDataError> {
+    let Some(datasource) = context.get("datasource") else {
+        return Ok(None);
+    };
+    let Value::Object(datasource) = datasource else {
+        return Err(ChartDataError::BadQueryContext(
+            "`datasource` must be an object".into(),
+        ));
+    };
+    if datasource.get("type").and_then(Value::as_str) != Some("table") {
+        return Ok(None);
+    }
+    Ok(match datasource.get("id") {
+        Some(Value::Number(number)) => number.as_u64(),
+        Some(Value::String(text))
+            if !text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            text.parse().ok()
+        }
+        _ => None,
+    })
+}
+
+/// Describes the datasource a query context names, for messages.
+pub fn describe_datasource(context: &Value) -> String {
+    match context.get("datasource") {
+        Some(datasource) => {
+            let mut text = datasource.to_string();
+            if text.len() > 80 {
+                text = format!("{}…", text.chars().take(80).collect::<String>());
+            }
+            format!("datasource `{text}`")
+        }
+        None => "a query context without a datasource".into(),
+    }
+}
+
+/// One dataset's rules for one caller, while a query context is rewritten.
+pub struct Rewriter<'a> {
+    pub rls: &'a RlsPolicy,
+    pub dataset: &'a DatasetMapping,
+    pub principal: &'a Principal,
+    pub limits: RewriteLimits,
+    /// Whether any filter applies to the caller (annotation layers are refused and
+    /// `url_params` dropped then).
+    pub filtered: bool,
+}
+
+/// What the rewrite did, for `explain` and the audit line.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ChartRewrite {
+    pub dataset: u64,
+    pub datasource: String,
+    pub table: String,
+    /// Fragments checked (their locations).
+    pub fragments: Vec<String>,
+    /// The filters injected, once per query that got them.
+    pub applied: Vec<AppliedFilter>,
+}
+
+/// Text that cannot be anything but a name (no parentheses, quotes, operators that
+/// start comments, or separators): Superset looks it up as a column or metric, and
+/// where it pastes it as SQL it cannot reach another relation.
+fn is_bare_name(text: &str) -> bool {
+    !text.is_empty()
+        && !text.contains("--")
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ' ' | '.' | '-' | '$'))
+}
+
+impl Rewriter<'_> {
+    /// Rewrites `context` in place.
+    pub fn rewrite(&self, context: &mut Value) -> Result<ChartRewrite, ChartDataError> {
+        let mut report = ChartRewrite {
+            dataset: self.dataset.id,
+            datasource: self.dataset.datasource.clone(),
+            table: self.dataset.table.clone(),
+            ..ChartRewrite::default()
+        };
+        let Value::Object(root) = context else {
+            return Err(ChartDataError::BadQueryContext(
+                "the query context must be an object".into(),
+            ));
+        };
+        if let Some(form_data) = root.get_mut("form_data") {
+            self.form_data(form_data, "/form_data", &mut report)?;
+        }
+        let Some(Value::Array(queries)) = root.get_mut("queries") else {
+            return Err(ChartDataError::BadQueryContext(
+                "`queries` must be an array of query objects".into(),
+            ));
+        };
+        for (index, query) in queries.iter_mut().enumerate() {
+            self.query(query, &format!("/queries/{index}"), &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn fragment(
+        &self,
+        slot: &mut Value,
+        location: &str,
+        report: &mut ChartRewrite,
+    ) -> Result<(), ChartDataError> {
+        let Value::String(text) = slot else {
+            return Err(ChartDataError::RefusedField {
+                location: location.to_string(),
+                reason: "a SQL expression must be a string".into(),
+            });
+        };
+        if !is_bare_name(text) {
+            let printed = self
+                .rls
+                .check_fragment(&self.dataset.datasource, text, self.principal, self.limits)
+                .map_err(|error| ChartDataError::Fragment {
+                    location: location.to_string(),
+                    error,
+                })?;
+            *text = printed;
+        }
+        report.fragments.push(location.to_string());
+        Ok(())
+    }
+
+    /// Every `sqlExpression` anywhere below `value` (metrics, columns, filters, order-by
+    /// entries, series-limit metrics, form data): checked, `null` allowed.
+    fn expressions(
+        &self,
+        value: &mut Value,
+        location: &str,
+        report: &mut ChartRewrite,
+    ) -> Result<(), ChartDataError> {
+        match value {
+            Value::Object(members) => {
+                for (key, member) in members.iter_mut() {
+                    let here = format!("{location}/{key}");
+                    if key == "sqlExpression" {
+                        if !member.is_null() {
+                            self.fragment(member, &here, report)?;
+                        }
+                    } else {
+                        self.expressions(member, &here, report)?;
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (index, item) in items.iter_mut().enumerate() {
+                    self.expressions(item, &format!("{location}/{index}"), report)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Strings in a list of columns: Superset pastes a string that is not a column name
+    /// into the SQL as an expression (custom group-by SQL).
+    fn column_list(
+        &self,
+        query: &mut Map<String, Value>,
+        key: &str,
+        location: &str,
+        report: &mut ChartRewrite,
+    ) -> Result<(), ChartDataError> {
+        match query.get_mut(key) {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::Array(items)) => {
+                for (index, item) in items.iter_mut().enumerate() {
+                    if item.is_string() {
+                        self.fragment(item, &format!("{location}/{key}/{index}"), report)?;
+                    }
+                }
+                Ok(())
+            }
+            Some(_) => Err(ChartDataError::BadQueryContext(format!(
+                "`{location}/{key}` must be an array"
+            ))),
+        }
+    }
+
+    fn refuse_if_filtered(&self, location: &str, reason: &str) -> Result<(), ChartDataError> {
+        if self.filtered {
+            return Err(ChartDataError::RefusedField {
+                location: location.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The UI sends the page's URL parameters along; Superset's templating (`url_param`)
+    /// would paste them into a dataset's SQL. A filtered caller's are not forwarded.
+    fn drop_url_params(&self, members: &mut Map<String, Value>) {
+        if self.filtered {
+            members.remove("url_params");
+        }
+    }
+
+    fn form_data(
+        &self,
+        form_data: &mut Value,
+        location: &str,
+        report: &mut ChartRewrite,
+    ) -> Result<(), ChartDataError> {
+        let members = match form_data {
+            Value::Null => return Ok(()),
+            Value::Object(members) => members,
+            _ => {
+                return Err(ChartDataError::BadQueryContext(
+                    "`form_data` must be an object".into(),
+                ));
+            }
+        };
+        self.drop_url_params(members);
+        // Tooltip columns are added to the query's columns (as SQL when not a column).
+        if let Some(Value::Array(items)) = members.get_mut("tooltip_contents") {
+            for (index, item) in items.iter_mut().enumerate() {
+                let here = format!("{location}/tooltip_contents/{index}");
+                match item {
+                    Value::String(_) => self.fragment(item, &here, report)?,
+                    Value::Object(entry) => {
+                        if let Some(name) = entry.get_mut("column_name")
+                            && !name.is_null()
+                        {
+                            self.fragment(name, &format!("{here}/column_name"), report)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.expressions(form_data, location, report)
+    }
+
+    fn query(
+        &self,
+        query: &mut Value,
+        location: &str,
+        report: &mut ChartRewrite,
+    ) -> Result<(), ChartDataError> {
+        let Value::Object(members) = query else {
+            return Err(ChartDataError::BadQueryContext(format!(
+                "`{location}` must be a query object"
+            )));
+        };
+        // Superset passes a query's own `datasource` next to the context's; and its
+        // deprecated top-level `where` / `having` replace `extras.where` / `having`.
+        if members.contains_key("datasource") {
+            return Err(ChartDataError::RefusedField {
+                location: format!("{location}/datasource"),
+                reason: "a query names the context's datasource only".into(),
+            });
+        }
+        for key in ["where", "having"] {
+            if has_content(members.get(key)) {
+                return Err(ChartDataError::RefusedField {
+                    location: format!("{location}/{key}"),
+                    reason: format!("deprecated; send it as `extras.{key}`"),
+                });
+            }
+        }
+        self.drop_url_params(members);
+        if let Some(Value::Array(layers)) = members.get("annotation_layers") {
+            for (index, layer) in layers.iter().enumerate() {
+                let source = layer.get("sourceType").and_then(Value::as_str);
+                if !matches!(source, Some("NATIVE")) && !is_formula(layer) {
+                    self.refuse_if_filtered(
+                        &format!("{location}/annotation_layers/{index}"),
+                        "an annotation layer of this kind runs another chart's query unfiltered",
+                    )?;
+                }
+            }
+        }
+        for key in ["columns", "groupby", "series_columns"] {
+            self.column_list(members, key, location, report)?;
+        }
+        if let Some(Value::Array(orderby)) = members.get_mut("orderby") {
+            for (index, entry) in orderby.iter_mut().enumerate() {
+                if let Value::Array(pair) = entry
+                    && let Some(first) = pair.first_mut()
+                    && first.is_string()
+                {
+                    self.fragment(first, &format!("{location}/orderby/{index}/0"), report)?;
+                }
+            }
+        }
+        for key in ["granularity", "granularity_sqla"] {
+            if let Some(value) = members.get_mut(key)
+                && !value.is_null()
+            {
+                self.fragment(value, &format!("{location}/{key}"), report)?;
+            }
+        }
+        self.expressions(query, location, report)?;
+        let Value::Object(members) = query else {
+            return Ok(());
+        };
+        let extras = members
+            .entry("extras")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if extras.is_null() {
+            *extras = Value::Object(Map::new());
+        }
+        let Value::Object(extras) = extras else {
+            return Err(ChartDataError::BadQueryContext(format!(
+                "`{location}/extras` must be an object"
+            )));
+        };
+        if let Some(having) = extras.get_mut("having")
+            && has_content(Some(having))
+        {
+            self.fragment(having, &format!("{location}/extras/having"), report)?;
+        }
+        let user_where = match extras.get("where") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(_) => {
+                return Err(ChartDataError::RefusedField {
+                    location: format!("{location}/extras/where"),
+                    reason: "a SQL expression must be a string".into(),
+                });
+            }
+        };
+        let filtered = self
+            .rls
+            .filtered_where(
+                &self.dataset.datasource,
+                &self.dataset.table,
+                user_where.as_deref(),
+                self.principal,
+                self.limits,
+            )
+            .map_err(|error| ChartDataError::Fragment {
+                location: format!("{location}/extras/where"),
+                error,
+            })?;
+        match filtered.sql {
+            Some(sql) => {
+                extras.insert("where".into(), Value::String(sql));
+            }
+            None => {
+                extras.remove("where");
+            }
+        }
+        if let Some(applied) = filtered.applied {
+            report.applied.push(applied);
+        }
+        Ok(())
+    }
+}
+
+fn is_formula(layer: &Value) -> bool {
+    layer.get("annotationType").and_then(Value::as_str) == Some("FORMULA")
+}
+
+/// A value Superset would act on: not absent, `null`, `""`, `{}` or `[]`.
+fn has_content(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::String(text)) => !text.trim().is_empty(),
+        Some(Value::Object(members)) => !members.is_empty(),
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::PrincipalKind;
+    use crate::rls::{DatasourceConfig, Dialect, FilterDefinition, FilterType};
+    use serde_json::json;
+
+    fn rls() -> RlsPolicy {
+        RlsPolicy::compile(
+            &[DatasourceConfig {
+                uid: "1".into(),
+                dialect: Dialect::Sqlite,
+                tables: vec![],
+                deny_unlisted_tables: false,
+                denied_functions: None,
+                aws_iam: None,
+                templating: None,
+            }],
+            vec![FilterDefinition {
+                name: "tenant".into(),
+                filter_type: FilterType::Base,
+                datasource: "1".into(),
+                tables: vec!["orders".into()],
+                roles: vec!["Admin".into()],
+                group_key: None,
+                clause: "tenant = '{{ current_username() }}'".into(),
+                description: None,
+            }],
+        )
+        .unwrap()
+    }
+
+    fn caller(name: &str, roles: &[&str]) -> Principal {
+        let mut principal = Principal::anonymous(roles.iter().map(|r| r.to_string()).collect());
+        principal.kind = PrincipalKind::User;
+        principal.username = name.into();
+        principal
+    }
+
+    fn rewrite(context: &mut Value, principal: &Principal) -> Result<ChartRewrite, ChartDataError> {
+        let rls = rls();
+        let dataset = DatasetMapping {
+            id: 7,
+            datasource: "1".into(),
+            table: "orders".into(),
+        };
+        Rewriter {
+            rls: &rls,
+            dataset: &dataset,
+            principal,
+            limits: RewriteLimits::default(),
+            filtered: rls.filters_apply(None, principal),
+        }
+        .rewrite(context)
+    }
+
+    /// A query context as Superset 6.1's UI posts it (trimmed).
+    fn ui_context() -> Value {
+        json!({
+            "datasource": {"id": 7, "type": "table"},
+            "force": false,
+            "queries": [{
+                "filters": [{"col": "region", "op": "IN", "val": ["EU"]}],
+                "extras": {"having": "", "where": "(amount > 1)"},
+                "applied_time_extras": {},
+                "columns": ["region", {"sqlExpression": "upper(region)", "label": "R", "expressionType": "SQL"}],
+                "metrics": [
+                    "count",
+                    {"expressionType": "SQL", "sqlExpression": "SUM(amount)", "label": "total"},
+                    {"expressionType": "SIMPLE", "column": {"column_name": "amount"}, "aggregate": "MAX", "sqlExpression": null, "label": "m"}
+                ],
+                "orderby": [[{"expressionType": "SQL", "sqlExpression": "SUM(amount)", "label": "total"}, false]],
+                "annotation_layers": [],
+                "row_limit": 1000,
+                "order_desc": true,
+                "url_params": {"slice_id": "5"}
+            }],
+            "form_data": {"viz_type": "table", "adhoc_filters": [{"expressionType": "SQL", "sqlExpression": "amount > 1", "clause": "WHERE"}], "url_params": {"slice_id": "5"}},
+            "result_format": "json",
+            "result_type": "full"
+        })
+    }
+
+    #[test]
+    fn the_callers_filter_is_injected_into_every_query() {
+        let mut context = ui_context();
+        let report = rewrite(&mut context, &caller("acme", &["Gamma"])).unwrap();
+        assert_eq!(
+            context["queries"][0]["extras"]["where"],
+            "((amount > 1)) AND ((tenant = 'acme'))"
+        );
+        assert_eq!(context["queries"][0]["extras"]["having"], "");
+        assert_eq!(report.applied.len(), 1);
+        assert!(
+            report
+                .fragments
+                .contains(&"/queries/0/metrics/1/sqlExpression".to_string())
+        );
+        assert!(
+            report
+                .fragments
+                .contains(&"/form_data/adhoc_filters/0/sqlExpression".to_string())
+        );
+        // URL parameters (read by Superset's templating) are not forwarded.
+        assert!(context["queries"][0].get("url_params").is_none());
+        assert!(context["form_data"].get("url_params").is_none());
+        // A query without extras gets them.
+        let mut bare = json!({"datasource": {"id": 7, "type": "table"}, "queries": [{"columns": ["region"]}, {"metrics": ["count"], "extras": null}]});
+        rewrite(&mut bare, &caller("acme", &["Gamma"])).unwrap();
+        for index in 0..2 {
+            assert_eq!(
+                bare["queries"][index]["extras"]["where"],
+                "((tenant = 'acme'))"
+            );
+        }
+        // A caller the (base) filter exempts keeps the query as sent, checked.
+        let mut admin = ui_context();
+        let report = rewrite(&mut admin, &caller("root", &["Admin"])).unwrap();
+        assert_eq!(admin["queries"][0]["extras"]["where"], "(amount > 1)");
+        assert!(report.applied.is_empty());
+        assert_eq!(admin["queries"][0]["url_params"], json!({"slice_id": "5"}));
+    }
+
+    #[test]
+    fn adversarial_query_contexts_are_refused() {
+        let acme = caller("acme", &["Gamma"]);
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "/queries/0/metrics/0",
+                json!({"metrics": [{"expressionType": "SQL", "sqlExpression": "(SELECT SUM(amount) FROM orders)", "label": "x"}]}),
+                "subquery_not_allowed",
+            ),
+            (
+                "/queries/0/columns/0",
+                json!({"columns": [{"sqlExpression": "(SELECT group_concat(tenant) FROM orders)", "label": "x"}]}),
+                "subquery_not_allowed",
+            ),
+            (
+                "groupby custom SQL",
+                json!({"groupby": ["(SELECT 1 FROM orders)"], "metrics": ["count"]}),
+                "subquery_not_allowed",
+            ),
+            (
+                "column string",
+                json!({"columns": ["region) FROM orders --"]}),
+                "comment_not_allowed",
+            ),
+            (
+                "where escape",
+                json!({"columns": ["region"], "extras": {"where": "1=1) OR (1=1"}}),
+                "parse_error",
+            ),
+            (
+                "where comment",
+                json!({"columns": ["region"], "extras": {"where": "1=1 --"}}),
+                "comment_not_allowed",
+            ),
+            (
+                "having subquery",
+                json!({"metrics": ["count"], "extras": {"having": "COUNT(*) > (SELECT COUNT(*) FROM orders)"}}),
+                "subquery_not_allowed",
+            ),
+            (
+                "templating",
+                json!({"columns": ["region"], "extras": {"where": "tenant = '{{ current_username() }}'"}}),
+                "template_syntax",
+            ),
+            (
+                "adhoc filter",
+                json!({"columns": ["region"], "filters": [{"col": {"sqlExpression": "tenant || (SELECT 1)", "label": "x"}, "op": "IS NOT NULL"}]}),
+                "subquery_not_allowed",
+            ),
+            (
+                "orderby",
+                json!({"metrics": ["count"], "orderby": [["load_extension('x')", true]]}),
+                "denied_function",
+            ),
+            (
+                "series limit metric",
+                json!({"metrics": ["count"], "series_limit_metric": {"expressionType": "SQL", "sqlExpression": "(SELECT 1)"}}),
+                "subquery_not_allowed",
+            ),
+            (
+                "granularity",
+                json!({"metrics": ["count"], "granularity": "(SELECT max(ts) FROM orders)"}),
+                "subquery_not_allowed",
+            ),
+            (
+                "separator",
+                json!({"metrics": [{"expressionType": "SQL", "sqlExpression": "1; DELETE FROM orders"}]}),
+                "multiple_statements",
+            ),
+            (
+                "non-string expression",
+                json!({"metrics": [{"expressionType": "SQL", "sqlExpression": ["SUM(amount)"]}]}),
+                "chart_field_refused",
+            ),
+            (
+                "deprecated where",
+                json!({"columns": ["region"], "where": "1=1"}),
+                "chart_field_refused",
+            ),
+            (
+                "deprecated having",
+                json!({"metrics": ["count"], "having": "1=1"}),
+                "chart_field_refused",
+            ),
+            (
+                "own datasource",
+                json!({"columns": ["region"], "datasource": {"id": 8, "type": "table"}}),
+                "chart_field_refused",
+            ),
+            (
+                "chart annotation",
+                json!({"metrics": ["count"], "annotation_layers": [{"sourceType": "table", "value": 3, "name": "a", "annotationType": "EVENT"}]}),
+                "chart_field_refused",
+            ),
+            (
+                "where not a string",
+                json!({"columns": ["region"], "extras": {"where": {"a": 1}}}),
+                "chart_field_refused",
+            ),
+        ];
+        for (name, query, kind) in cases {
+            let mut context = json!({"datasource": {"id": 7, "type": "table"}, "queries": [query]});
+            assert_eq!(
+                rewrite(&mut context, &acme)
+                    .map(|_| ())
+                    .map_err(|error| error.kind()),
+                Err(kind),
+                "{name}"
+            );
+        }
+        let mut tooltip = json!({"datasource": {"id": 7, "type": "table"}, "queries": [{"metrics": ["count"]}], "form_data": {"tooltip_contents": ["(SELECT tenant FROM orders)"]}});
+        assert_eq!(
+            rewrite(&mut tooltip, &acme).unwrap_err().kind(),
+            "subquery_not_allowed"
+        );
+        for bad in [json!([]), json!({"queries": {}}), json!({"queries": [1]})] {
+            let mut context = bad;
+            assert_eq!(
+                rewrite(&mut context, &acme).unwrap_err().kind(),
+                "bad_query_context"
+            );
+        }
+    }
+
+    #[test]
+    fn datasets_are_read_as_superset_reads_them() {
+        for (datasource, id) in [
+            (json!({"id": 7, "type": "table"}), Some(7)),
+            (json!({"id": "007", "type": "table"}), Some(7)),
+            (json!({"id": "\u{0667}", "type": "table"}), None),
+            (json!({"id": 7.0, "type": "table"}), None),
+            (
+                json!({"id": "5b6f7a2e-9d1c-4f3e-8a2b-1c2d3e4f5a6b", "type": "table"}),
+                None,
+            ),
+            (json!({"id": 7, "type": "query"}), None),
+            (json!({"id": 7}), None),
+            (json!({"id": true, "type": "table"}), None),
+        ] {
+            assert_eq!(
+                dataset_id(&json!({"datasource": datasource})).unwrap(),
+                id,
+                "{datasource}"
+            );
+        }
+        assert!(dataset_id(&json!({"datasource": "7__table"})).is_err());
+        assert_eq!(dataset_id(&json!({})).unwrap(), None);
+    }
+}
