@@ -621,3 +621,258 @@ fn sorted_text(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
     rows.sort();
     rows
 }
+
+/// datagate in front of Superset with the `orders` dataset mapped for chart-data RLS, and
+/// the grants chart data and its CSV download need.
+fn chart_gateway(superset: &Superset) -> support::gateway::Gateway {
+    let uid = superset.database_uid();
+    superset_gateway(
+        superset,
+        SupersetGatewayOptions {
+            charts_yaml: Some(format!(
+                "datasets:\n  - {{id: {}, datasource: \"{uid}\", table: orders}}\n",
+                superset.ids.datasets["orders"]
+            )),
+            policy_files: vec![(
+                "41-charts-test.csv".to_string(),
+                format!(
+                    "p, role:Gamma, Superset, can_export_data\np, role:Admin, datasources:uid:{uid}, Query\n"
+                ),
+            )],
+            ..SupersetGatewayOptions::default()
+        },
+    )
+}
+
+fn chart_context(dataset: u64, result_format: &str, result_type: &str) -> Value {
+    json!({
+        "datasource": {"id": dataset, "type": "table"},
+        "force": true,
+        "queries": [{
+            "columns": ["id", "tenant_id", "amount"],
+            "filters": [],
+            "extras": {"having": "", "where": "amount > 0"},
+            "row_limit": 1000,
+            "url_params": {}
+        }],
+        "form_data": {"viz_type": "table", "datasource": format!("{dataset}__table")},
+        "result_format": result_format,
+        "result_type": result_type
+    })
+}
+
+/// Chart-data rows (`result[0].data`) in column order, as JSON values.
+fn chart_rows(answer: &Value) -> Vec<Vec<Value>> {
+    answer["result"][0]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {answer}"))
+        .iter()
+        .map(|row| {
+            vec![
+                row["id"].clone(),
+                row["tenant_id"].clone(),
+                row["amount"].clone(),
+            ]
+        })
+        .collect()
+}
+
+fn as_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn chart_data_returns_only_the_callers_rows() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = chart_gateway(superset);
+    let dataset = superset.ids.datasets["orders"];
+    let oracle_sql = "SELECT id, tenant_id, amount FROM orders WHERE amount > 0";
+    for who in [&ALICE, &BOB, &ADMIN] {
+        let client = caller(&gateway, who.name, who.roles);
+        let expected = rows_of(&oracle(who), oracle_sql).unwrap();
+
+        // JSON, as the chart view posts it.
+        let (reply, _) = client.post_json(
+            "/api/v1/chart/data",
+            &chart_context(dataset, "json", "full"),
+        );
+        assert_eq!(reply.status, 200, "{}: {}", who.name, reply.text());
+        assert_eq!(
+            sorted(chart_rows(&reply.json())),
+            sorted(expected.clone()),
+            "{}: Superset ran {}",
+            who.name,
+            reply.json()["result"][0]["query"]
+        );
+
+        // The form-encoded CSV download (`form_data=`), as the UI's "Download CSV" posts it.
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair(
+                "form_data",
+                &chart_context(dataset, "csv", "full").to_string(),
+            )
+            .finish();
+        let (reply, _) = client.send(
+            "POST",
+            "/api/v1/chart/data",
+            Some(("application/x-www-form-urlencoded", form.into_bytes())),
+        );
+        assert_eq!(reply.status, 200, "{} CSV: {}", who.name, reply.text());
+        let mut csv = csv_rows(&reply.text());
+        assert_eq!(csv.remove(0), vec!["id", "tenant_id", "amount"]);
+        let mut expected_csv: Vec<Vec<String>> = expected
+            .iter()
+            .map(|row| row.iter().map(as_text).collect())
+            .collect();
+        expected_csv.sort();
+        csv.sort();
+        assert_eq!(csv, expected_csv, "{} CSV", who.name);
+    }
+
+    // The SQL the real Superset generated carries the filter (result_type `query`).
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let (reply, _) = alice.post_json(
+        "/api/v1/chart/data",
+        &chart_context(dataset, "json", "query"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let generated = reply.json()["result"][0]["query"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(generated.contains("tenant_id = 'alice'"), "{generated}");
+    assert!(generated.contains("note <> 'internal'"), "{generated}");
+
+    // The control: straight to Superset, alice's chart data has every tenant's rows.
+    let direct = superset.direct(
+        "POST",
+        "/api/v1/chart/data",
+        "alice",
+        ALICE.roles,
+        Some(&chart_context(dataset, "json", "full")),
+    );
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let all = rows_of(
+        &oracle(&ADMIN),
+        "SELECT count(*) FROM orders WHERE amount > 0",
+    )
+    .unwrap();
+    assert_eq!(
+        json!(chart_rows(&direct.json()).len()),
+        all[0][0],
+        "Superset alone applies no filter to alice's chart data"
+    );
+}
+
+#[test]
+fn chart_sql_fragments_unmapped_datasets_and_replays_are_refused_before_superset() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = chart_gateway(superset);
+    let dataset = superset.ids.datasets["orders"];
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let with_query = |query: Value| {
+        let mut context = chart_context(dataset, "json", "full");
+        context["queries"][0] = query;
+        context
+    };
+    let attempts: Vec<(Value, &str)> = vec![
+        (
+            json!({"metrics": [{"expressionType": "SQL", "sqlExpression": "(SELECT group_concat(note) FROM orders)", "label": "x"}]}),
+            "subquery_not_allowed",
+        ),
+        (
+            json!({"columns": [{"expressionType": "SQL", "sqlExpression": "tenant_id || (SELECT 1)", "label": "x"}]}),
+            "subquery_not_allowed",
+        ),
+        (
+            json!({"columns": ["id"], "metrics": ["count"], "groupby": ["(SELECT max(amount) FROM orders)"]}),
+            "subquery_not_allowed",
+        ),
+        (
+            json!({"columns": ["id"], "extras": {"where": "1 = 1) OR (1 = 1"}}),
+            "parse_error",
+        ),
+        (
+            json!({"columns": ["id"], "extras": {"where": "1 = 1 --"}}),
+            "comment_not_allowed",
+        ),
+        (
+            json!({"columns": ["id"], "extras": {"where": "tenant_id = '{{ current_username() }}'"}}),
+            "template_syntax",
+        ),
+        (
+            json!({"columns": ["id"], "extras": {"having": "count(*) > 0; DELETE FROM orders"}}),
+            "multiple_statements",
+        ),
+        (
+            json!({"columns": ["id"], "where": "1 = 1"}),
+            "chart_field_refused",
+        ),
+    ];
+    for (query, kind) in attempts {
+        let (reply, marker) = alice.post_json("/api/v1/chart/data", &with_query(query.clone()));
+        assert_eq!(reply.json()["kind"], kind, "{query}: {}", reply.text());
+        assert!(
+            reply.status == 403 || reply.status == 400,
+            "{}",
+            reply.status
+        );
+        assert!(!superset.received(&marker), "Superset received {query}");
+    }
+
+    // A dataset datagate has no mapping for: refused while filters apply, forwarded for
+    // a caller no filter applies to.
+    let customers = superset.ids.datasets["customers"];
+    let (reply, marker) = alice.post_json(
+        "/api/v1/chart/data",
+        &chart_context(customers, "json", "full"),
+    );
+    assert_eq!(
+        (reply.status, reply.json()["kind"].clone()),
+        (403, json!("chart_dataset_unmapped")),
+        "{}",
+        reply.text()
+    );
+    assert!(!superset.received(&marker));
+    let admin = caller(&gateway, "admin", ADMIN.roles);
+    let mut customers_context = chart_context(customers, "json", "full");
+    customers_context["queries"][0]["columns"] = json!(["id", "name"]);
+    customers_context["queries"][0]["extras"] = json!({});
+    let (reply, _) = admin.post_json("/api/v1/chart/data", &customers_context);
+    assert_eq!(reply.status, 200, "Superset's answer: {}", reply.text());
+    assert_eq!(reply.json()["result"][0]["rowcount"], 3, "{}", reply.text());
+
+    // Replays of a saved chart's query context (by id) and of a cache key.
+    let chart = superset.ids.charts["orders"];
+    for path in [
+        format!("/api/v1/chart/{chart}/data/"),
+        "/api/v1/chart/data/qc-0123456789abcdef0123456789abcdef".to_string(),
+    ] {
+        let (reply, marker) = alice.get(&path);
+        assert_eq!(
+            (reply.status, reply.json()["kind"].clone()),
+            (403, json!("chart_replay_filtered")),
+            "{path}: {}",
+            reply.text()
+        );
+        assert!(!superset.received(&marker));
+    }
+    // The control: Superset serves alice the saved chart with every tenant's rows.
+    let direct = superset.direct(
+        "GET",
+        &format!("/api/v1/chart/{chart}/data/"),
+        "alice",
+        ALICE.roles,
+        None,
+    );
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let all = rows_of(&oracle(&ADMIN), "SELECT count(*) FROM orders").unwrap();
+    assert_eq!(json!(chart_rows(&direct.json()).len()), all[0][0]);
+}

@@ -328,6 +328,8 @@ pub struct SupersetGatewayOptions {
     pub exports_yaml: Option<String>,
     /// Further `routes.table` entries (YAML list items).
     pub extra_routes: Option<String>,
+    /// YAML for `charts:` (chart-data row-level security); none when `None`.
+    pub charts_yaml: Option<String>,
 }
 
 /// datagate in front of `superset`: `routes: {packs: [superset], unmatched: deny}`,
@@ -364,7 +366,14 @@ pub fn superset_gateway(superset: &Superset, options: SupersetGatewayOptions) ->
     ));
     gateway_options.policy_files = Some(files);
     gateway_options.exports_yaml = options.exports_yaml;
-    gateway_options.extra_yaml = Some("identity_headers:\n  preset: superset\n".to_string());
+    let charts = options
+        .charts_yaml
+        .map(|charts| {
+            let indented: String = charts.lines().map(|line| format!("  {line}\n")).collect();
+            format!("charts:\n{indented}")
+        })
+        .unwrap_or_default();
+    gateway_options.extra_yaml = Some(format!("identity_headers:\n  preset: superset\n{charts}"));
     Gateway::start(gateway_options)
 }
 
