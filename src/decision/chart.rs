@@ -43,10 +43,10 @@ pub fn rewrite_chart_data(
         .rls
         .filters_apply(charts.datasources.as_deref(), principal);
     if let Some(trace) = trace.as_deref_mut() {
-        trace.push(CheckOutcome {
-            check: "chart data: row-level security filters apply to the caller".into(),
-            passed: !filtered,
-        });
+        trace.push(CheckOutcome::new(
+            "chart data: row-level security filters apply to the caller",
+            !filtered,
+        ));
     }
     if mode == ChartDataMode::RefuseWhenFiltered {
         if filtered {
@@ -96,13 +96,13 @@ pub fn rewrite_chart_data(
     let dataset = crate::chart_data::dataset_id(&context)?.and_then(|id| charts.dataset(id));
     let Some(dataset) = dataset else {
         if let Some(trace) = trace.as_deref_mut() {
-            trace.push(CheckOutcome {
-                check: format!(
+            trace.push(CheckOutcome::new(
+                format!(
                     "chart data on {} (unmapped)",
                     crate::chart_data::describe_datasource(&context)
                 ),
-                passed: !filtered,
-            });
+                !filtered,
+            ));
         }
         if filtered {
             return Err(ChartDataError::UnmappedDataset {
@@ -119,15 +119,15 @@ pub fn rewrite_chart_data(
         .policy
         .allows(&subjects, &object, super::QUERY_ACTION);
     if let Some(trace) = trace.as_deref_mut() {
-        trace.push(CheckOutcome {
-            check: format!(
+        trace.push(CheckOutcome::new(
+            format!(
                 "datasource permission `{}` on `{}` for chart data on dataset {}",
                 super::QUERY_ACTION,
                 dataset.datasource,
                 dataset.id
             ),
-            passed: allowed,
-        });
+            allowed,
+        ));
     }
     if !allowed {
         return Err(Refusal::MissingDatasourcePermission {
@@ -144,15 +144,12 @@ pub fn rewrite_chart_data(
     };
     let rewrite = rewriter.rewrite(&mut context)?;
     if let Some(trace) = trace {
-        trace.push(CheckOutcome {
-            check: format!(
+        trace.push(CheckOutcome::new(format!(
                 "row-level security for chart data on dataset {} ({} fragments checked, filters injected into {} queries)",
                 dataset.id,
                 rewrite.fragments.len(),
                 rewrite.applied.len()
-            ),
-            passed: true,
-        });
+            ), true));
     }
     let serialised = serde_json::to_vec(&context)
         .map_err(|error| ChartDataError::BadQueryContext(format!("re-serialising: {error}")))?;

@@ -341,6 +341,10 @@ pub fn superset_gateway(superset: &Superset, options: SupersetGatewayOptions) ->
     let mut files = Vec::new();
     for entry in std::fs::read_dir(repository_root().join("policies")).unwrap() {
         let entry = entry.unwrap();
+        // `policies/tests/` holds policy test suites, not policies.
+        if !entry.path().is_file() {
+            continue;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         let contents = std::fs::read_to_string(entry.path()).unwrap();
         let contents = if name == "50-demo.rls.yaml" {
