@@ -261,34 +261,11 @@ impl RlsPolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{DatasourceConfig, Dialect, FilterDefinition, FilterType};
+    use super::super::Dialect;
+    // The RLS tests' policy: one datasource, Gamma filtered to its own tenant's orders.
+    use super::super::tests::policy;
     use super::*;
     use crate::principal::PrincipalKind;
-
-    fn policy(dialect: Dialect) -> RlsPolicy {
-        RlsPolicy::compile(
-            &[DatasourceConfig {
-                uid: "d".into(),
-                dialect,
-                tables: vec![],
-                deny_unlisted_tables: false,
-                denied_functions: None,
-                aws_iam: None,
-                templating: None,
-            }],
-            vec![FilterDefinition {
-                name: "own".into(),
-                filter_type: FilterType::Regular,
-                datasource: "d".into(),
-                tables: vec!["orders".into()],
-                roles: vec!["Gamma".into()],
-                group_key: None,
-                clause: "tenant_id = '{{ current_username() }}'".into(),
-                description: None,
-            }],
-        )
-        .unwrap()
-    }
 
     fn caller(name: &str, roles: &[&str]) -> Principal {
         let mut principal = Principal::anonymous(roles.iter().map(|r| r.to_string()).collect());

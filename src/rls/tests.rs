@@ -1,7 +1,7 @@
 use super::*;
 use crate::principal::PrincipalKind;
 
-fn policy(dialect: Dialect) -> RlsPolicy {
+pub(super) fn policy(dialect: Dialect) -> RlsPolicy {
     RlsPolicy::compile(
         &[DatasourceConfig {
             uid: "d".into(),
