@@ -732,13 +732,14 @@ impl rewrite::TableRules for CallerRules<'_> {
 
 #[cfg(test)]
 fn parse(sql: &str, dialect: Dialect, limits: RewriteLimits) -> Result<Vec<Statement>, RlsError> {
-    parse_within(sql, dialect, limits, &CpuBudget::start(None))
+    parse_within(sql, dialect, limits, MAX_OPERATORS, &CpuBudget::start(None))
 }
 
 fn parse_within(
     sql: &str,
     dialect: Dialect,
     limits: RewriteLimits,
+    max_operators: usize,
     budget: &CpuBudget,
 ) -> Result<Vec<Statement>, RlsError> {
     let parser_dialect = dialect.parser_dialect();
@@ -746,7 +747,9 @@ fn parse_within(
         .tokenize()
         .map_err(|error| RlsError::Parse(error.to_string()))?;
     budget.check()?;
-    check_operator_count(&tokens)?;
+    if count_operators(&tokens) > max_operators {
+        return Err(RlsError::TooDeeplyNested);
+    }
     let statements = Parser::new(parser_dialect.as_ref())
         .with_recursion_limit(limits.max_nesting_depth)
         .with_tokens(tokens)
@@ -759,10 +762,11 @@ fn parse_within(
     Ok(statements)
 }
 
-/// A long chain of operators parses into an equally deep tree that every later walk
-/// recurses through: more than [`MAX_OPERATORS`] is refused before parsing.
-fn check_operator_count(tokens: &[Token]) -> Result<(), RlsError> {
-    let operators = tokens
+/// The operators (AND, OR, comparisons, arithmetic, `*`) among `tokens`. A long chain of
+/// operators parses into an equally deep tree that every later walk recurses through, so
+/// a statement with more than [`MAX_OPERATORS`] is refused before parsing.
+fn count_operators(tokens: &[Token]) -> usize {
+    tokens
         .iter()
         .filter(|token| match token {
             Token::Word(word) => matches!(
@@ -783,11 +787,53 @@ fn check_operator_count(tokens: &[Token]) -> Result<(), RlsError> {
             | Token::Mod => true,
             _ => false,
         })
-        .count();
-    if operators > MAX_OPERATORS {
+        .count()
+}
+
+/// More than [`MAX_OPERATORS`] operators among `tokens` is refused.
+fn check_operator_count(tokens: &[Token]) -> Result<(), RlsError> {
+    if count_operators(tokens) > MAX_OPERATORS {
         return Err(RlsError::TooDeeplyNested);
     }
     Ok(())
+}
+
+/// How many operators the rewrite added: each wrapped reference brings its predicate's
+/// operators and the wrapper's `SELECT *`. These never deepen the user's expression
+/// trees (each predicate sits in its own subquery), so the re-parse of the rewritten SQL
+/// allows them on top of [`MAX_OPERATORS`]: without that allowance a statement under the
+/// limit (a 2,000-branch `UNION` over a table with two filters) was refused as
+/// `verification_failed` because its correct rewrite was over it.
+fn operators_added(
+    wrapped: &[Vec<String>],
+    rules: &CallerRules<'_>,
+    dialect: Dialect,
+) -> Result<usize, RlsError> {
+    let parser_dialect = dialect.parser_dialect();
+    let mut per_table: Vec<(&[String], usize)> = Vec::new();
+    let mut added = 0usize;
+    for parts in wrapped {
+        let operators = match per_table.iter().find(|(seen, _)| *seen == parts.as_slice()) {
+            Some((_, operators)) => *operators,
+            None => {
+                let predicate = match rules.predicate(parts, LiteralMode::Print) {
+                    Some(Ok((predicate, _))) => predicate.to_string(),
+                    Some(Err(error)) => return Err(error),
+                    None => String::new(),
+                };
+                let tokens = Tokenizer::new(parser_dialect.as_ref(), &predicate)
+                    .tokenize()
+                    .map_err(|_| {
+                        RlsError::VerificationFailed("a printed filter does not tokenize".into())
+                    })?;
+                let operators = count_operators(&tokens).saturating_add(1);
+                per_table.push((parts.as_slice(), operators));
+                operators
+            }
+        };
+        added = added.saturating_add(operators);
+    }
+    Ok(added)
 }
 
 fn rewrite_uncached(
@@ -796,7 +842,8 @@ fn rewrite_uncached(
 ) -> Result<Rewritten, RlsError> {
     let dialect = rules.rules.config.dialect;
     let budget = CpuBudget::start(request.limits.max_cpu);
-    let mut statements = parse_within(request.sql, dialect, request.limits, &budget)?;
+    let mut statements =
+        parse_within(request.sql, dialect, request.limits, MAX_OPERATORS, &budget)?;
     if statements.len() != 1 {
         return Err(RlsError::MultipleStatements(statements.len()));
     }
@@ -815,6 +862,7 @@ fn rewrite_uncached(
     }
     let printed = statement.to_string();
     budget.check()?;
+    let max_operators = MAX_OPERATORS.saturating_add(operators_added(&wrapped, rules, dialect)?);
     let reparsed = parse_within(
         &printed,
         dialect,
@@ -823,10 +871,12 @@ fn rewrite_uncached(
             max_nesting_depth: request.limits.max_nesting_depth.saturating_add(8),
             max_cpu: request.limits.max_cpu,
         },
+        max_operators,
         &budget,
     )
     .map_err(|error| match error {
-        RlsError::CpuBudgetExceeded(_) => error,
+        // Limits stay limits: the caller learns which one, not a failed verification.
+        RlsError::CpuBudgetExceeded(_) | RlsError::TooDeeplyNested => error,
         _ => RlsError::VerificationFailed("the rewritten SQL does not parse".into()),
     })?;
     match reparsed.as_slice() {

@@ -204,3 +204,91 @@ fn the_cache_never_crosses_callers() {
     assert!(!second.cache_hit && again.cache_hit);
     assert_eq!(again.sql, first.sql);
 }
+
+/// The demo policy's two filters on `orders` (a regular and a base filter), as a Gamma
+/// caller holds them.
+fn two_filter_policy() -> RlsPolicy {
+    let mut filters = vec![FilterDefinition {
+        name: "hide_internal".into(),
+        filter_type: FilterType::Base,
+        datasource: "d".into(),
+        tables: vec!["orders".into()],
+        roles: vec!["Admin".into()],
+        group_key: None,
+        clause: "note <> 'internal'".into(),
+        description: None,
+    }];
+    filters.insert(
+        0,
+        FilterDefinition {
+            name: "own".into(),
+            filter_type: FilterType::Regular,
+            datasource: "d".into(),
+            tables: vec!["orders".into()],
+            roles: vec!["Gamma".into()],
+            group_key: None,
+            clause: "tenant_id = '{{ current_username() }}'".into(),
+            description: None,
+        },
+    );
+    RlsPolicy::compile(
+        &[DatasourceConfig {
+            uid: "d".into(),
+            dialect: Dialect::Sqlite,
+            tables: vec![],
+            deny_unlisted_tables: false,
+            denied_functions: None,
+            aws_iam: None,
+            templating: None,
+        }],
+        filters,
+    )
+    .unwrap()
+}
+
+#[test]
+fn operators_the_rewrite_adds_do_not_count_against_the_statement() {
+    // 2,000 branches with one operator of their own: under the limit. Each wrapped branch
+    // adds three (`=`, `AND`, `<>`) and the wrapper's `*`, so the rewrite holds 8,000 —
+    // which the re-parse once counted against the statement and refused as
+    // `verification_failed`.
+    let mut sql = "SELECT id FROM orders WHERE id > 1".to_string();
+    for _ in 1..2_000 {
+        sql.push_str(" UNION SELECT id FROM orders");
+    }
+    let policy = two_filter_policy();
+    let rewritten = policy
+        .rewrite(&RewriteRequest {
+            datasource_uid: "d",
+            sql: &sql,
+            principal: &alice(),
+            allow_writes: false,
+            limits: RewriteLimits::default(),
+        })
+        .unwrap();
+    let wrapper =
+        "(SELECT * FROM orders WHERE (tenant_id = 'alice') AND (note <> 'internal')) AS orders";
+    assert_eq!(rewritten.sql.matches(wrapper).count(), 2_000);
+    assert_eq!(rewritten.sql.matches("FROM orders").count(), 2_000);
+
+    // A statement at the limit by itself is still rewritten, however many references the
+    // rewrite wraps...
+    let own = vec!["id = 1"; 2_048].join(" OR "); // 4,095 operators
+    let mut sql = format!("SELECT id FROM orders WHERE {own}");
+    for _ in 1..100 {
+        sql.push_str(" UNION SELECT id FROM orders");
+    }
+    let request = |sql: &str| {
+        policy.rewrite(&RewriteRequest {
+            datasource_uid: "d",
+            sql,
+            principal: &alice(),
+            allow_writes: false,
+            limits: RewriteLimits::default(),
+        })
+    };
+    assert_eq!(request(&sql).unwrap().sql.matches(wrapper).count(), 100);
+    // ...and one over it is refused by the limit, before any rewrite.
+    let over = format!("{sql} UNION SELECT id FROM orders WHERE id = 1 OR id = 2");
+    assert_eq!(request(&over).unwrap_err().kind(), "too_deeply_nested");
+}
