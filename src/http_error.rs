@@ -178,6 +178,9 @@ impl From<&Refusal> for HttpError {
             Refusal::McpUnknownTool(_) => {
                 HttpError::new(403, message).with_kind("mcp_unknown_tool")
             }
+            Refusal::McpMethodRefused(_) => {
+                HttpError::new(403, message).with_kind("mcp_method_refused")
+            }
             Refusal::PolicyStale { .. } => HttpError::new(503, message).with_kind("policy_stale"),
             Refusal::SqlLocation(error) => {
                 let kind = error.kind();

@@ -374,7 +374,7 @@ fn mcp_tool_calls_are_authorized_per_tool() {
         &gateway,
         "/mcp",
         Some(&gamma),
-        tool_call(1, "list_charts", json!({"page": 1})),
+        tool_call(1, "list_charts", json!({"request": {"page": 1}})),
     );
     assert_eq!(status, 200);
     assert_eq!(
@@ -426,7 +426,11 @@ fn mcp_tool_calls_are_authorized_per_tool() {
     assert_eq!(body["error"]["code"], -32600, "{body}");
     assert!(recorded_requests(upstream).is_empty());
 
-    // execute_sql: permission, datasource and row-level security on its SQL.
+    // execute_sql: permission, datasource and row-level security on its SQL, in the
+    // `request` object Superset's MCP service reads.
+    let last_forwarded = || -> Value {
+        serde_json::from_str(&recorded_requests(upstream).last().unwrap().body_text).unwrap()
+    };
     let (status, body) = post_json(
         &gateway,
         "/mcp",
@@ -434,40 +438,110 @@ fn mcp_tool_calls_are_authorized_per_tool() {
         tool_call(
             6,
             "execute_sql",
-            json!({"database_id": "demo", "sql": "SELECT id FROM orders"}),
+            json!({"request": {"database_id": "demo", "sql": "SELECT id FROM orders"}}),
         ),
     );
     assert_eq!(status, 200, "{body}");
-    let forwarded: Value =
-        serde_json::from_str(&recorded_requests(upstream).last().unwrap().body_text).unwrap();
-    let sql = forwarded["params"]["arguments"]["sql"].as_str().unwrap();
+    let forwarded = last_forwarded();
+    let sql = forwarded["params"]["arguments"]["request"]["sql"]
+        .as_str()
+        .unwrap();
     assert!(sql.contains("(SELECT * FROM orders WHERE"), "{sql}");
     assert_eq!(
         forwarded["id"], 6,
         "the rest of the request arrives unchanged"
     );
+    // The request as a JSON string is forwarded as the object datagate checked.
+    let (status, body) = post_json(
+        &gateway,
+        "/mcp",
+        Some(&sql_lab),
+        tool_call(
+            7,
+            "execute_sql",
+            json!({"request": json!({"database_id": "demo", "query": "SELECT id FROM orders"}).to_string()}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let forwarded = last_forwarded();
+    let request = &forwarded["params"]["arguments"]["request"];
+    assert!(request.is_object(), "{forwarded}");
+    assert!(
+        request["query"]
+            .as_str()
+            .unwrap()
+            .contains("(SELECT * FROM orders WHERE"),
+        "{request}"
+    );
+    // Through the `call_tool` proxy: decided as execute_sql, forwarded as the proxy call
+    // with the checked arguments (and the client's `_meta`).
+    let (status, body) = post_json(
+        &gateway,
+        "/mcp",
+        Some(&sql_lab),
+        json!({"jsonrpc": "2.0", "id": "p-8", "method": "tools/call", "params": {
+            "name": "call_tool",
+            "arguments": {"name": "execute_sql", "arguments": {"request": {"database_id": "demo", "sql": "SELECT id FROM orders"}}},
+            "_meta": {"progressToken": 8},
+        }}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let forwarded = last_forwarded();
+    assert_eq!(forwarded["params"]["name"], "call_tool", "{forwarded}");
+    assert_eq!(forwarded["params"]["_meta"], json!({"progressToken": 8}));
+    assert_eq!(forwarded["params"]["arguments"]["name"], "execute_sql");
+    let sql = forwarded["params"]["arguments"]["arguments"]["request"]["sql"]
+        .as_str()
+        .unwrap();
+    assert!(sql.contains("(SELECT * FROM orders WHERE"), "{sql}");
+    // The proxy call of a tool the caller may not use is refused as that tool.
+    clear_recorded(upstream);
+    let (_, body) = post_json(
+        &gateway,
+        "/mcp",
+        Some(&gamma),
+        tool_call(
+            9,
+            "call_tool",
+            json!({"name": "execute_sql", "arguments": {"request": {"database_id": "demo", "sql": "SELECT 1"}}}),
+        ),
+    );
+    assert_eq!(
+        (&body["id"], &body["error"]["message"]),
+        (
+            &json!(9),
+            &json!("missing permission `can_execute_sql_query on SQLLab`")
+        ),
+        "{body}"
+    );
+    // Methods that are not in the route's list are refused, with their id.
+    let (_, body) = post_json(
+        &gateway,
+        "/mcp",
+        Some(&gamma),
+        json!({"jsonrpc": "2.0", "id": 10, "method": "resources/read", "params": {"uri": "instance://metadata"}}),
+    );
+    assert_eq!(body["id"], 10, "{body}");
+    assert_eq!(
+        body["error"]["data"]["kind"], "mcp_method_refused",
+        "{body}"
+    );
+    assert!(recorded_requests(upstream).is_empty());
 
-    // health_check is public; anything else from an anonymous caller is a 401.
-    let (status, _) = post_json(
-        &gateway,
-        "/mcp",
-        None,
-        tool_call(7, "health_check", json!({})),
-    );
-    assert_eq!(status, 200);
-    let (status, _) = post_json(
-        &gateway,
-        "/mcp",
-        None,
-        tool_call(8, "list_charts", json!({})),
-    );
-    assert_eq!(status, 401);
-    // Non-call methods pass for any caller the route admits.
+    // Every MCP request needs a signed-in caller (Superset's MCP service runs each tool
+    // as a user); non-call methods in the route's list pass for any of them.
+    for body in [
+        tool_call(11, "health_check", json!({})),
+        json!({"jsonrpc": "2.0", "id": 12, "method": "tools/list"}),
+    ] {
+        let (status, _) = post_json(&gateway, "/mcp", None, body);
+        assert_eq!(status, 401);
+    }
     let (status, _) = post_json(
         &gateway,
         "/mcp",
         Some(&gamma),
-        json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}),
+        json!({"jsonrpc": "2.0", "id": 13, "method": "tools/list"}),
     );
     assert_eq!(status, 200);
 

@@ -875,3 +875,410 @@ fn chart_sql_fragments_unmapped_datasets_and_replays_are_refused_before_superset
     let all = rows_of(&oracle(&ADMIN), "SELECT count(*) FROM orders").unwrap();
     assert_eq!(json!(chart_rows(&direct.json()).len()), all[0][0]);
 }
+
+// --- Superset's MCP service (`superset mcp run`) behind datagate ------------------------
+
+/// datagate with the Superset pack in front of Superset's MCP service (and the demo
+/// filters, as for SQL Lab).
+fn mcp_gateway(superset: &Superset) -> support::gateway::Gateway {
+    superset_gateway(
+        superset,
+        SupersetGatewayOptions {
+            upstream: Some(superset.mcp().address),
+            ..SupersetGatewayOptions::default()
+        },
+    )
+}
+
+fn tool_call(id: i64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+fn execute_sql(id: i64, database_id: u64, sql: &str) -> Value {
+    tool_call(
+        id,
+        "execute_sql",
+        json!({"request": {"database_id": database_id, "sql": sql}}),
+    )
+}
+
+/// A tool's result as Superset's MCP service returns it: the JSON in its text content.
+fn tool_result(answer: &Value) -> Value {
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text content in {answer}"));
+    serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// execute_sql's rows in column order, and the SQL Superset executed.
+fn mcp_sql_rows(answer: &Value) -> (Vec<Vec<Value>>, String) {
+    let result = tool_result(answer);
+    assert_eq!(result["success"], true, "{result}");
+    let columns: Vec<String> = result["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|column| column["name"].as_str().unwrap().to_string())
+        .collect();
+    let rows = result["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| columns.iter().map(|name| row[name].clone()).collect())
+        .collect();
+    let executed = result["statements"]
+        .as_array()
+        .and_then(|statements| statements.last())
+        .map(|statement| statement["executed_sql"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    (rows, executed)
+}
+
+#[test]
+fn mcp_execute_sql_returns_only_the_callers_rows() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = mcp_gateway(superset);
+    let database = superset.ids.database_id;
+    for who in [&ALICE, &BOB, &ADMIN] {
+        let client = caller(&gateway, who.name, who.roles);
+        let expected_db = oracle(who);
+        for (index, sql) in CORPUS.iter().enumerate() {
+            let id = index as i64 + 1;
+            let expected = sorted(rows_of(&expected_db, sql).unwrap());
+            // The request object, the `query` alias, the request as a JSON string, and
+            // through the `call_tool` proxy: each is what Superset reads, filtered.
+            let shapes = [
+                execute_sql(id, database, sql),
+                tool_call(
+                    id,
+                    "execute_sql",
+                    json!({"request": {"database_id": database, "query": sql}}),
+                ),
+                tool_call(
+                    id,
+                    "execute_sql",
+                    json!({"request": json!({"database_id": database, "sql": sql}).to_string()}),
+                ),
+                tool_call(
+                    id,
+                    "call_tool",
+                    json!({"name": "execute_sql", "arguments": {"request": {"database_id": database, "sql": sql}}}),
+                ),
+            ];
+            for body in &shapes {
+                let (reply, _) = client.mcp(body);
+                assert_eq!(reply.status, 200, "{}: {body}: {}", who.name, reply.text());
+                assert!(
+                    reply
+                        .header("content-type")
+                        .is_some_and(|value| value.starts_with("text/event-stream")),
+                    "Superset's stream reaches the client: {:?}",
+                    reply.headers
+                );
+                let answer = superset::mcp_answer(&reply, &json!(id));
+                let (rows, executed) = mcp_sql_rows(&answer);
+                assert_eq!(
+                    sorted(rows),
+                    expected,
+                    "{} through MCP {body}: Superset executed {executed}",
+                    who.name
+                );
+            }
+        }
+    }
+    // Both `sql` and `query`: Superset reads `sql` (pydantic's first alias); datagate
+    // rewrote both, so either reading is filtered.
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let (reply, _) = alice.mcp(&tool_call(
+        50,
+        "execute_sql",
+        json!({"request": {"database_id": database, "query": "SELECT id, tenant_id FROM orders WHERE 1 = 1", "sql": "SELECT id, tenant_id FROM orders"}}),
+    ));
+    let (rows, executed) = mcp_sql_rows(&superset::mcp_answer(&reply, &json!(50)));
+    assert_eq!(
+        sorted(rows),
+        sorted(rows_of(&oracle(&ALICE), "SELECT id, tenant_id FROM orders").unwrap()),
+        "{executed}"
+    );
+    assert!(executed.contains("tenant_id = 'alice'"), "{executed}");
+
+    // The control: straight to the MCP service, alice's first query returns every row.
+    let (direct, _) = superset.mcp().direct(
+        Some(("alice", ALICE.roles)),
+        &execute_sql(1, database, CORPUS[0]),
+    );
+    let (rows, _) = mcp_sql_rows(&superset::mcp_answer(&direct, &json!(1)));
+    let all = rows_of(&oracle(&ADMIN), "SELECT count(*) FROM orders").unwrap();
+    assert_eq!(
+        json!(rows.len()),
+        all[0][0],
+        "Superset alone applies no filter to MCP SQL"
+    );
+}
+
+#[test]
+fn mcp_runs_as_the_caller_datagate_authenticated() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = mcp_gateway(superset);
+    for who in [&ALICE, &BOB, &ADMIN] {
+        let client = caller(&gateway, who.name, who.roles);
+        for body in [
+            tool_call(1, "get_instance_info", json!({})),
+            tool_call(
+                1,
+                "call_tool",
+                json!({"name": "get_instance_info", "arguments": {}}),
+            ),
+        ] {
+            let (reply, _) = client.mcp(&body);
+            let user = &tool_result(&superset::mcp_answer(&reply, &json!(1)))["current_user"];
+            assert_eq!(user["username"], who.name, "{body}: {user}");
+            assert_eq!(user["roles"], json!(who.roles), "{body}: {user}");
+        }
+    }
+    // A client's own identity headers never reach the service: datagate writes its own.
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let marker = superset::marker();
+    let reply = superset::send(
+        "POST",
+        &gateway.url(&format!("/mcp?marker={marker}")),
+        &[
+            (
+                "Authorization",
+                &format!("Bearer {}", alice.token.clone().unwrap()),
+            ),
+            ("Accept", "application/json, text/event-stream"),
+            ("X-Datagate-User", "admin"),
+            ("X_Datagate_Roles", "Admin"),
+        ],
+        Some((
+            "application/json",
+            tool_call(2, "get_instance_info", json!({}))
+                .to_string()
+                .into_bytes(),
+        )),
+    );
+    let user = &tool_result(&superset::mcp_answer(&reply, &json!(2)))["current_user"];
+    assert_eq!(user["username"], "alice", "{user}");
+    // The marker check itself: what datagate forwards is in the service's log.
+    assert!(superset.mcp().received(&marker));
+    // Anonymous callers get datagate's 401 and the service sees nothing.
+    let anonymous = support::superset::Caller {
+        gateway: &gateway,
+        token: None,
+    };
+    let (reply, marker) =
+        anonymous.mcp(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}));
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert!(!superset.mcp().received(&marker));
+    // Without datagate's identity headers the MCP service itself serves nothing — not the
+    // tool list, not a tool (deploy/superset/datagate_security.py, `MCP_AUTH_FACTORY`).
+    for body in [
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        tool_call(4, "health_check", json!({})),
+    ] {
+        let (reply, _) = superset.mcp().direct(None, &body);
+        let answer = superset::mcp_answer(&reply, &json!(4));
+        let refused = answer["error"]["data"]["kind"] == "identity_missing"
+            || answer["result"]["isError"] == true;
+        assert!(refused, "{body}: {answer}");
+    }
+}
+
+#[test]
+fn mcp_refusals_carry_the_request_id_and_reach_nothing() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let mcp = superset.mcp();
+    let gateway = mcp_gateway(superset);
+    let database = superset.ids.database_id;
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let gus = caller(&gateway, "gus", &["Gamma"]);
+    let chart = superset.ids.charts["orders"];
+    let injection = "' AS x UNION SELECT note FROM orders WHERE tenant_id = 'bob' --";
+    let template_attack = tool_call(
+        11,
+        "execute_sql",
+        json!({"request": {"database_id": database, "sql": "SELECT '{{ t }}' AS x", "template_params": {"t": injection}}}),
+    );
+    let proxied_template = tool_call(
+        12,
+        "call_tool",
+        json!({"name": "execute_sql", "arguments": template_attack["params"]["arguments"].clone()}),
+    );
+    let get_chart_data = tool_call(
+        13,
+        "get_chart_data",
+        json!({"request": {"identifier": chart}}),
+    );
+    let boolean_database = tool_call(
+        14,
+        "execute_sql",
+        json!({"request": {"database_id": true, "sql": "SELECT id, tenant_id FROM orders"}}),
+    );
+    let read_resource = json!({"jsonrpc": "2.0", "id": "r-15", "method": "resources/read", "params": {"uri": "instance://metadata"}});
+    // (caller, request, (status, kind; "" for none)): each refused by datagate as a
+    // JSON-RPC error carrying the request's id.
+    let attempts: Vec<(&support::superset::Caller, Value, (u16, &str))> = vec![
+        (&alice, template_attack.clone(), (403, "template_syntax")),
+        (&alice, proxied_template.clone(), (403, "template_syntax")),
+        (
+            &alice,
+            tool_call(
+                16,
+                "execute_sql",
+                json!({"request": {"database_id": database, "sql": "SELECT id FROM orders", "template_params": {"t": 1}}}),
+            ),
+            (403, "template_syntax"),
+        ),
+        (
+            &alice,
+            get_chart_data.clone(),
+            (403, "chart_replay_filtered"),
+        ),
+        (
+            &alice,
+            tool_call(
+                17,
+                "call_tool",
+                json!({"name": "get_chart_preview", "arguments": {"request": {"identifier": chart, "format": "table"}}}),
+            ),
+            (403, "chart_replay_filtered"),
+        ),
+        (&alice, boolean_database.clone(), (400, "")),
+        (&alice, read_resource.clone(), (403, "mcp_method_refused")),
+        (
+            &alice,
+            tool_call(18, "drop_everything", json!({})),
+            (403, "mcp_unknown_tool"),
+        ),
+        (
+            &alice,
+            tool_call(
+                19,
+                "call_tool",
+                json!({"name": "drop_everything", "arguments": {}}),
+            ),
+            (403, "mcp_unknown_tool"),
+        ),
+        (
+            &alice,
+            tool_call(
+                20,
+                "call_tool",
+                json!({"name": "call_tool", "arguments": {"name": "execute_sql", "arguments": {}}}),
+            ),
+            (400, "mcp_invalid"),
+        ),
+        // The pack's old flat shape: Superset refuses it too; datagate finds no database.
+        (
+            &alice,
+            tool_call(
+                21,
+                "execute_sql",
+                json!({"database_id": database, "sql": "SELECT 1"}),
+            ),
+            (400, ""),
+        ),
+        (
+            &alice,
+            tool_call(
+                22,
+                "execute_sql",
+                json!({"request": "{\"database_id\": 1, \"sql\": \"SELECT 1\", \"sql\": \"SELECT 2\"}"}),
+            ),
+            (400, "mcp_invalid"),
+        ),
+        (
+            &alice,
+            tool_call(23, "execute_sql", json!({"request": "[1]"})),
+            (400, "mcp_invalid"),
+        ),
+        (
+            &alice,
+            json!({"jsonrpc": "2.0", "id": 24, "method": "tools/call", "params": {"name": "execute_sql", "arguments": {}, "task": {}}}),
+            (400, "mcp_invalid"),
+        ),
+        (&gus, execute_sql(25, database, "SELECT 1"), (403, "")),
+        (
+            &gus,
+            tool_call(
+                26,
+                "call_tool",
+                json!({"name": "execute_sql", "arguments": {"request": {"database_id": database, "sql": "SELECT 1"}}}),
+            ),
+            (403, ""),
+        ),
+    ];
+    for (client, body, (status, kind)) in &attempts {
+        let (reply, marker) = client.mcp(body);
+        assert_eq!(reply.status, 200, "{body}: {}", reply.text());
+        let answer = reply.json();
+        assert_eq!(answer["jsonrpc"], "2.0", "{answer}");
+        assert_eq!(answer["id"], body["id"], "the request's id: {answer}");
+        let kind = if kind.is_empty() {
+            Value::Null
+        } else {
+            json!(kind)
+        };
+        assert_eq!(
+            (
+                &answer["error"]["data"]["status"],
+                &answer["error"]["data"]["kind"]
+            ),
+            (&json!(status), &kind),
+            "{body}: {answer}"
+        );
+        assert!(!mcp.received(&marker), "the MCP service received {body}");
+    }
+
+    // The controls: each attack works against the MCP service directly.
+    let alice_direct = Some(("alice", ALICE.roles));
+    for body in [&template_attack, &proxied_template] {
+        let (reply, _) = mcp.direct(alice_direct, body);
+        let (rows, _) = mcp_sql_rows(&superset::mcp_answer(&reply, &body["id"]));
+        let values: Vec<Value> = rows.into_iter().flatten().collect();
+        assert!(
+            values.contains(&json!("b1")),
+            "bob's notes for alice: {values:?}"
+        );
+    }
+    let (reply, _) = mcp.direct(alice_direct, &boolean_database);
+    let (rows, _) = mcp_sql_rows(&superset::mcp_answer(&reply, &json!(14)));
+    assert_eq!(
+        rows.len(),
+        7,
+        "Superset reads `true` as database 1: {rows:?}"
+    );
+    let (reply, _) = mcp.direct(alice_direct, &get_chart_data);
+    let data = tool_result(&superset::mcp_answer(&reply, &json!(13)));
+    let tenants = data.to_string();
+    assert!(
+        tenants.contains("\"bob\""),
+        "the saved chart's rows, every tenant's: {data}"
+    );
+    let (reply, _) = mcp.direct(alice_direct, &read_resource);
+    let answer = superset::mcp_answer(&reply, &json!("r-15"));
+    assert!(answer["result"]["contents"].is_array(), "{answer}");
+    // Superset 6.1 itself refuses a `request` sent as a JSON string (pydantic expects the
+    // object); through datagate the same call returns alice's rows (previous test), as
+    // the object datagate checked and forwarded.
+    let string_request = tool_call(
+        27,
+        "execute_sql",
+        json!({"request": json!({"database_id": database, "sql": "SELECT 1 AS one"}).to_string()}),
+    );
+    let (reply, _) = mcp.direct(alice_direct, &string_request);
+    let answer = superset::mcp_answer(&reply, &json!(27));
+    assert!(
+        answer["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("Error")),
+        "{answer}"
+    );
+}

@@ -20,9 +20,20 @@ believe exactly that, on every request:
 
 Enable it in superset_config.py::
 
-    from datagate_security import DatagateSecurityManager, init_datagate_app
+    from datagate_security import DatagateSecurityManager, init_datagate_app, datagate_mcp_auth
     CUSTOM_SECURITY_MANAGER = DatagateSecurityManager
     FLASK_APP_MUTATOR = init_datagate_app
+    MCP_AUTH_FACTORY = datagate_mcp_auth   # `superset mcp run`: the same caller
+
+The MCP service (`superset mcp run`, FastMCP over streamable HTTP) is not a Flask request:
+Superset 6.1 runs every tool as the user `g.user` names when a Flask request context is
+active, and otherwise as the one configured `MCP_DEV_USERNAME` (a JWT verified by
+`MCP_AUTH_ENABLED` does not change the user). `datagate_mcp_auth` (Superset's
+`MCP_AUTH_FACTORY` hook) adds a FastMCP middleware that, for every JSON-RPC message, reads
+the same identity headers from the HTTP request, provisions the user exactly as for the
+web app, and runs the message inside a Flask request context whose `g.user` is that user;
+a message without the headers (or as datagate's anonymous caller) is refused before any
+tool runs. Leave `MCP_DEV_USERNAME` unset.
 
 Superset must listen only where datagate reaches it (loopback, a pod-local port): the
 headers are trusted because nothing else can send them.
@@ -189,3 +200,73 @@ class DatagateSecurityManager(SupersetSecurityManager):
                 self.session.merge(user)
                 self.session.commit()
         return user
+
+
+def datagate_mcp_auth(app: Any) -> None:
+    """MCP_AUTH_FACTORY: every MCP message runs as the caller datagate's headers name.
+
+    Returns no FastMCP auth provider (datagate authenticated the caller; the MCP service
+    has no credential of its own to check). Registers, as the outermost middleware of
+    Superset's MCP instance, the middleware that sets the caller (see the module doc).
+    """
+    from superset.mcp_service.app import mcp
+
+    mcp.add_middleware(_datagate_mcp_middleware(app))
+    log.info("datagate: MCP messages run as the caller datagate's headers name")
+    return None
+
+
+def _datagate_mcp_middleware(app: Any) -> Any:
+    # FastMCP is imported only by the MCP service, never by the web app.
+    from fastmcp.server.dependencies import get_http_request
+    from fastmcp.server.middleware import Middleware
+    from mcp import McpError
+    from mcp.types import INVALID_REQUEST, ErrorData
+
+    def refused() -> Exception:
+        return McpError(ErrorData(
+            code=INVALID_REQUEST,
+            message="this Superset MCP service accepts requests only through datagate",
+            data={"kind": "identity_missing"},
+        ))
+
+    class DatagateIdentityMiddleware(Middleware):
+        async def on_message(self, context: Any, call_next: Any) -> Any:
+            try:
+                http_request = get_http_request()
+            except RuntimeError:
+                raise refused() from None
+            user_header = app.config.get("DATAGATE_USER_HEADER", DEFAULTS["DATAGATE_USER_HEADER"])
+            roles_header = app.config.get(
+                "DATAGATE_ROLES_HEADER", DEFAULTS["DATAGATE_ROLES_HEADER"])
+            headers = {}
+            for name in (user_header, roles_header):
+                values = http_request.headers.getlist(name)
+                if len(values) > 1:
+                    raise refused()
+                if values:
+                    headers[name] = values[0]
+            # The identity is read by the same code as the web app's, inside a Flask request
+            # context carrying only these headers; Superset's MCP tools keep `g.user` when
+            # a request context is active (superset/mcp_service/auth.py).
+            # A fresh application context too: the MCP service runs inside a long-lived
+            # one, whose `g` would otherwise carry one caller's user into the next message.
+            with app.app_context(), app.test_request_context("/mcp", headers=headers):
+                manager = app.appbuilder.sm
+                user = manager.datagate_user() if isinstance(
+                    manager, DatagateSecurityManager) else None
+                if user is None:
+                    raise refused()
+                # Sync tools run on worker threads: their user must not lazy-load from
+                # this thread's session (Superset's own loader for MCP, eager roles and
+                # groups), and Flask-Login must hand out the same object.
+                from superset.mcp_service.auth import load_user_with_relationships
+
+                user = load_user_with_relationships(username=user.username)
+                if user is None:
+                    raise refused()
+                g._datagate_user = user
+                g.user = user
+                return await call_next(context)
+
+    return DatagateIdentityMiddleware()

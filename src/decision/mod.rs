@@ -9,7 +9,8 @@
 //!   read body     only when the route inspects it, bounded (413 over the limit)
 //!   parse once    ParsedRequest: query pairs, one JSON value (repeated and case-folded
 //!                 keys refused) or form pairs — every later stage reads this
-//!   MCP tool      a `tools/call` switches to the tool's own route
+//!   MCP tool      a `tools/call` (or a proxy call naming one) switches to the tool's
+//!                 own route and is read as one canonical call, which is forwarded
 //!   authorize     role → datasource → table page → export               → Permit
 //!   rewrite       SQL locations → templating / write options → verified RLS rewrite
 //!   results       who owns a SQL Lab `client_id` (bound on execute, checked on read)
@@ -390,13 +391,15 @@ async fn decide(
     if mcp::is_mcp(identified) {
         decision.mcp = Some(McpCall::default());
     }
-    let request = ParsedRequest::parse(
+    let mut request = ParsedRequest::parse(
         head.query,
         head.headers.content_type.as_deref(),
         body_bytes.as_deref(),
     )?;
-    if let Some(call) = decision.mcp.as_mut() {
-        select_mcp_tool(identified, &request, call)?;
+    if let Some(call) = decision.mcp.as_mut()
+        && let Some(canonical) = select_mcp_tool(identified, &request, call)?
+    {
+        request = canonical;
     }
     let mut trace = options.trace.then_some(&mut decision.checks);
     let permit = authorize(snapshot, identified, head, &request, trace.as_deref_mut())?;
@@ -470,6 +473,12 @@ async fn decide(
         // A failure refuses: the original bytes are not what was checked.
         let canonical = serde_json::to_vec(value).map_err(|_| Refusal::BodyUnreadable)?;
         forwarded_body = Some(Bytes::from(canonical));
+    }
+    // A call made through a proxy tool goes upstream as that proxy call again.
+    if let Some(call) = &decision.mcp
+        && let Some(body) = forwarded_body.take()
+    {
+        forwarded_body = Some(mcp::forwarded_body(call, body)?);
     }
     let forwarded_query = query.as_deref().or(head.query).unwrap_or_default();
     if identified.canonical_path.len() + forwarded_query.len() + 1 > MAX_FORWARDED_URI_BYTES {

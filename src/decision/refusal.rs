@@ -56,6 +56,8 @@ pub enum Refusal {
     McpInvalid(String),
     #[error("MCP tool `{0}` is not in datagate's tool table, so it is refused")]
     McpUnknownTool(String),
+    #[error("MCP method `{0}` is not one datagate lets through, so it is refused")]
+    McpMethodRefused(String),
     #[error("{0}")]
     SqlPool(crate::sql_pool::SqlPoolError),
     #[error("{0}")]

@@ -160,17 +160,47 @@ pub struct ExportMarkerConfig {
 #[serde(deny_unknown_fields)]
 pub struct McpConfig {
     pub tools: std::collections::BTreeMap<String, McpToolConfig>,
+    /// JSON-RPC methods other than `tools/call` that pass for any caller the route admits
+    /// (they carry no data); every other method is refused. Unset: [`DEFAULT_MCP_METHODS`].
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Tools that call the tool they name (`{"name", "arguments"}`, Superset's
+    /// `call_tool`): the named tool is decided as if it were called directly.
+    #[serde(default)]
+    pub proxy_tools: Vec<String>,
+    /// Tool arguments the upstream also accepts as a JSON string holding the object
+    /// (Superset's `request`): such a string is read strictly and forwarded as the object.
+    #[serde(default)]
+    pub json_string_arguments: Vec<String>,
 }
+
+/// The JSON-RPC methods an MCP route lets through by default: the session handshake,
+/// liveness, the tool list and client notifications.
+pub const DEFAULT_MCP_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "notifications/initialized",
+    "notifications/cancelled",
+];
 
 /// `routes.table[i].mcp.tools.<name>`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpToolConfig {
-    /// No permission needed (e.g. `health_check`).
+    /// No permission needed, not even a signed-in caller.
     #[serde(default)]
     pub public: bool,
+    /// No permission needed, but the caller must be signed in (tools the upstream runs
+    /// for any user, e.g. Superset's `get_instance_info`).
+    #[serde(default)]
+    pub authenticated: bool,
     #[serde(default)]
     pub permissions: Option<PermissionsConfig>,
+    /// Tools that return a saved chart's or a dataset's rows: only
+    /// `{mode: refuse_when_filtered}` (datagate cannot filter what the upstream builds).
+    #[serde(default)]
+    pub chart_data: Option<crate::chart_data::ChartDataRouteConfig>,
     /// Where the tool's SQL is (pointers into the JSON-RPC request).
     #[serde(default)]
     pub sql: Option<crate::sql_location::RouteSqlConfig>,

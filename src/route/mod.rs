@@ -262,11 +262,29 @@ impl ExportRequirement {
 #[derive(Debug, Clone)]
 pub struct McpTools {
     tools: HashMap<String, Route>,
+    methods: HashSet<String>,
+    proxy_tools: HashSet<String>,
+    json_string_arguments: Vec<String>,
 }
 
 impl McpTools {
     pub fn tool(&self, name: &str) -> Option<&Route> {
         self.tools.get(name)
+    }
+
+    /// Whether the JSON-RPC method passes without a tool decision.
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods.contains(method)
+    }
+
+    /// Whether `name` is a tool that calls the tool it names.
+    pub fn is_proxy(&self, name: &str) -> bool {
+        self.proxy_tools.contains(name)
+    }
+
+    /// Arguments that may arrive as a JSON string holding the object.
+    pub fn json_string_arguments(&self) -> &[String] {
+        &self.json_string_arguments
     }
 }
 
@@ -583,15 +601,34 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
                 ));
             }
             let mut tools = HashMap::new();
+            for name in &mcp.proxy_tools {
+                if mcp.tools.contains_key(name) {
+                    return Err(config_error(
+                        format!("{key}.mcp.proxy_tools"),
+                        format!(
+                            "`{name}` is also in `tools`: a proxy is decided as the tool it names"
+                        ),
+                    ));
+                }
+            }
             for (name, tool) in &mcp.tools {
                 let tool_key = format!("{key}.mcp.tools.{name}");
                 let has_permissions = tool.permissions.as_ref().is_some_and(|permissions| {
                     !permissions.any_of.is_empty() || !permissions.all_of.is_empty()
                 });
-                if tool.public == has_permissions {
+                let stated = [tool.public, tool.authenticated, has_permissions];
+                if stated.iter().filter(|stated| **stated).count() != 1 {
                     return Err(config_error(
                         tool_key,
-                        "needs `permissions` or `public: true` (exactly one)",
+                        "needs `permissions`, `authenticated: true` or `public: true` (exactly one)",
+                    ));
+                }
+                if tool.chart_data.as_ref().is_some_and(|chart| {
+                    chart.mode != crate::chart_data::ChartDataMode::RefuseWhenFiltered
+                }) {
+                    return Err(config_error(
+                        format!("{tool_key}.chart_data"),
+                        "an MCP tool carries no query context: only `{mode: refuse_when_filtered}`",
                     ));
                 }
                 let tool_route = RouteConfig {
@@ -600,18 +637,36 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
                     path: config.path.clone(),
                     permissions: tool.permissions.clone(),
                     datasource: tool.datasource.clone(),
-                    authenticated: config.authenticated && !tool.public,
+                    authenticated: (config.authenticated && !tool.public) || tool.authenticated,
                     sql: tool.sql.clone(),
                     export: None,
                     mcp: None,
                     table_page: None,
                     allow_upgrade: false,
                     results: None,
-                    chart_data: None,
+                    chart_data: tool.chart_data.clone(),
                 };
                 tools.insert(name.clone(), compile_route(&tool_route, &tool_key)?);
             }
-            Some(McpTools { tools })
+            let methods: HashSet<String> = match &mcp.methods {
+                Some(methods) => methods.iter().cloned().collect(),
+                None => config::DEFAULT_MCP_METHODS
+                    .iter()
+                    .map(|method| (*method).to_string())
+                    .collect(),
+            };
+            if methods.contains("tools/call") {
+                return Err(config_error(
+                    format!("{key}.mcp.methods"),
+                    "`tools/call` is decided per tool, not listed as a method",
+                ));
+            }
+            Some(McpTools {
+                tools,
+                methods,
+                proxy_tools: mcp.proxy_tools.iter().cloned().collect(),
+                json_string_arguments: mcp.json_string_arguments.clone(),
+            })
         }
     };
     let table_page = match &config.table_page {

@@ -42,6 +42,16 @@ pub struct Superset {
     pub access_log: PathBuf,
     /// The harness (gunicorn's parent); its stdin pipe lives as long as this process.
     _serve: Mutex<ChildProcess>,
+    /// Superset's MCP service, started by the first test that asks ([`Superset::mcp`]).
+    mcp: OnceLock<McpService>,
+}
+
+/// `superset mcp run` on loopback, over the same metadata and data databases.
+pub struct McpService {
+    pub address: SocketAddr,
+    /// Its output: uvicorn's access log lines carry the request's query string.
+    pub log: PathBuf,
+    _process: Mutex<ChildProcess>,
 }
 
 /// The Superset venv `tests/compat/superset/install.sh` creates.
@@ -141,7 +151,155 @@ fn start() -> Option<Superset> {
         ids,
         access_log,
         _serve: Mutex::new(serve),
+        mcp: OnceLock::new(),
     })
+}
+
+fn start_mcp(superset: &Superset) -> McpService {
+    let port = free_port();
+    let log = superset.home.join("mcp.log");
+    let child = Command::new(venv().join("bin/python"))
+        .arg(harness())
+        .args(["mcp", "--exit-with-stdin", "--home"])
+        .arg(&superset.home)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--access-log")
+        .arg(&log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut process = ChildProcess::new(child);
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    // Up when it answers a JSON-RPC ping (as a caller: the MCP service refuses anything
+    // without datagate's identity headers, with a JSON-RPC error, which is an answer).
+    loop {
+        let up = ureq::post(&format!("http://{address}/mcp"))
+            .timeout(Duration::from_secs(2))
+            .set("Accept", "application/json, text/event-stream")
+            .send_json(serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "ping"}))
+            .is_ok();
+        if up {
+            break;
+        }
+        if let Some(status) = process.wait_for_exit(Duration::from_millis(0)) {
+            panic!(
+                "`superset mcp run` exited before answering: {status}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`superset mcp run` did not answer within 180 s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    McpService {
+        address,
+        log,
+        _process: Mutex::new(process),
+    }
+}
+
+impl McpService {
+    /// Whether any request whose query string carries `marker` reached the MCP service
+    /// (uvicorn logs `"POST /mcp?marker=… HTTP/1.1"` once it starts answering). A
+    /// sentinel request straight to the service, waited for in the log, orders the
+    /// check after any line the marked request would have produced.
+    pub fn received(&self, marker: &str) -> bool {
+        let sentinel = self::marker();
+        let (reply, _) = self.direct_marked(
+            None,
+            &sentinel,
+            &serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "ping"}),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "the MCP service's ping: {}",
+            reply.text()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.logged(&sentinel) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel request never appeared in the MCP service's log"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.logged(marker)
+    }
+
+    fn logged(&self, marker: &str) -> bool {
+        let Ok(text) = std::fs::read_to_string(&self.log) else {
+            return false;
+        };
+        let needle = format!("/mcp?marker={marker} ");
+        text.lines().any(|line| line.contains(&needle))
+    }
+
+    /// A JSON-RPC request straight to the MCP service (no datagate) as `caller` (user,
+    /// roles), or with no identity headers: the control. Returns the reply and its marker.
+    pub fn direct(&self, caller: Option<(&str, &[&str])>, body: &Value) -> (Reply, String) {
+        let marker = self::marker();
+        let (reply, _) = self.direct_marked(caller, &marker, body);
+        (reply, marker)
+    }
+
+    fn direct_marked(
+        &self,
+        caller: Option<(&str, &[&str])>,
+        marker: &str,
+        body: &Value,
+    ) -> (Reply, String) {
+        let roles = caller.map(|(_, roles)| roles.join(",")).unwrap_or_default();
+        let mut headers = vec![("Accept", "application/json, text/event-stream")];
+        if let Some((user, _)) = caller {
+            headers.push(("X-Datagate-User", user));
+            headers.push(("X-Datagate-Roles", roles.as_str()));
+        }
+        let reply = send(
+            "POST",
+            &format!("http://{}/mcp?marker={marker}", self.address),
+            &headers,
+            Some(("application/json", body.to_string().into_bytes())),
+        );
+        (reply, marker.to_string())
+    }
+}
+
+/// The JSON-RPC messages of an MCP answer: the `data:` lines of a server-sent event
+/// stream (Superset's MCP service answers `text/event-stream`), or one JSON body
+/// (datagate's own JSON-RPC errors).
+pub fn mcp_messages(reply: &Reply) -> Vec<Value> {
+    let text = reply.text();
+    if reply
+        .header("content-type")
+        .is_some_and(|value| value.starts_with("text/event-stream"))
+    {
+        return text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .map(|data| serde_json::from_str(data).unwrap())
+            .collect();
+    }
+    vec![serde_json::from_str(&text).unwrap_or(Value::Null)]
+}
+
+/// The answer to request `id` among an MCP reply's messages (progress and log
+/// notifications come first on a stream).
+pub fn mcp_answer(reply: &Reply, id: &Value) -> Value {
+    mcp_messages(reply)
+        .into_iter()
+        .find(|message| {
+            &message["id"] == id
+                && (message.get("result").is_some() || message.get("error").is_some())
+        })
+        .unwrap_or_else(|| panic!("no answer to {id} in {}", reply.text()))
 }
 
 impl Superset {
@@ -199,6 +357,11 @@ impl Superset {
             &[("X-Datagate-User", user), ("X-Datagate-Roles", &roles)],
             body.map(|body| ("application/json", body.to_string().into_bytes())),
         )
+    }
+
+    /// Superset's MCP service over the same databases, started on first use.
+    pub fn mcp(&self) -> &McpService {
+        self.mcp.get_or_init(|| start_mcp(self))
     }
 
     /// The data DB Superset queries (the oracle reads the same rows from `demo_rls`).
@@ -310,6 +473,26 @@ impl Caller<'_> {
         self.send("GET", path, None)
     }
 
+    /// One JSON-RPC request to the MCP route (`POST /mcp`, the marker in the query string
+    /// where the MCP service's log records it).
+    pub fn mcp(&self, body: &Value) -> (Reply, String) {
+        let marker = marker();
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Accept", "application/json, text/event-stream")];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization));
+        }
+        (
+            send(
+                "POST",
+                &self.gateway.url(&format!("/mcp?marker={marker}")),
+                &headers,
+                Some(("application/json", body.to_string().into_bytes())),
+            ),
+            marker,
+        )
+    }
+
     pub fn post_json(&self, path: &str, body: &Value) -> (Reply, String) {
         self.send(
             "POST",
@@ -330,6 +513,8 @@ pub struct SupersetGatewayOptions {
     pub extra_routes: Option<String>,
     /// YAML for `charts:` (chart-data row-level security); none when `None`.
     pub charts_yaml: Option<String>,
+    /// Where datagate forwards to, when not Superset's web app (its MCP service).
+    pub upstream: Option<SocketAddr>,
 }
 
 /// datagate in front of `superset`: `routes: {packs: [superset], unmatched: deny}`,
@@ -359,7 +544,7 @@ pub fn superset_gateway(superset: &Superset, options: SupersetGatewayOptions) ->
         format!("p, role:sql_lab, datasources:uid:{uid}, Query\n"),
     ));
     files.extend(options.policy_files);
-    let mut gateway_options = GatewayOptions::new(superset.address);
+    let mut gateway_options = GatewayOptions::new(options.upstream.unwrap_or(superset.address));
     gateway_options.routes_yaml = Some(format!(
         "packs: [superset]\nunmatched: deny\ntable:\n{}",
         options.extra_routes.unwrap_or_else(|| "  []\n".to_string())

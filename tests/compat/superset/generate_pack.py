@@ -17,7 +17,8 @@ generator: a new Superset release cannot slip an unreviewed route through.
 
 The data routes (SQL Lab, chart data, exports, samples) get their datasource, SQL and export
 declarations from `DATA_ROUTES`; their permission still comes from the app. The MCP service
-is a separate server with no Flask routes; its route is `MCP_ROUTE`.
+is a separate server with no Flask routes; its route comes from the tools it registers
+(`mcp_route`, reviewed in `MCP_TOOLS`).
 
 `--check` compares instead of writing (exit status 1 when the checked-in pack is stale).
 """
@@ -180,52 +181,120 @@ DATA_ROUTES = {
         "name": "superset-dashboard-cache-screenshot", "export": _EXPORT_IMAGE},
 }
 
-# `superset mcp run` is its own server (port and `/mcp`); not in the Flask url_map.
-# execute_sql takes {"request": {"database_id", "sql"}} (also `query` for `sql`).
-MCP_ROUTE = """\
-# --- MCP service (`superset mcp run`, JSON-RPC): every `tools/call` is authorized per tool.
-# Permissions from Superset's MCP RBAC table; unknown tools are refused; `health_check` is
-# public. Other JSON-RPC methods (initialize, tools/list, notifications) pass for any caller
-# the route admits.
-- name: superset-mcp
-  methods: [POST]
-  path: /mcp
-  mcp:
-    tools:
-      health_check: {public: true}
-      get_instance_info: {permissions: {all_of: ["can_read on Dashboard"]}}
-      search_tools: {permissions: {all_of: ["can_read on Dashboard"]}}
-      list_charts: {permissions: {all_of: ["can_read on Chart"]}}
-      get_chart_info: {permissions: {all_of: ["can_read on Chart"]}}
-      get_chart_data: {permissions: {all_of: ["can_read on Chart"]}}
-      get_chart_preview: {permissions: {all_of: ["can_read on Chart"]}}
-      generate_chart: {permissions: {all_of: ["can_write on Chart"]}}
-      update_chart: {permissions: {all_of: ["can_write on Chart"]}}
-      list_dashboards: {permissions: {all_of: ["can_read on Dashboard"]}}
-      get_dashboard_info: {permissions: {all_of: ["can_read on Dashboard"]}}
-      generate_dashboard: {permissions: {all_of: ["can_write on Dashboard"]}}
-      add_chart_to_existing_dashboard: {permissions: {all_of: ["can_write on Dashboard"]}}
-      list_datasets: {permissions: {all_of: ["can_read on Dataset"]}}
-      get_dataset_info: {permissions: {all_of: ["can_read on Dataset"]}}
-      create_virtual_dataset: {permissions: {all_of: ["can_write on Dataset"]}}
-      list_databases: {permissions: {all_of: ["can_read on Database"]}}
-      get_database_info: {permissions: {all_of: ["can_read on Database"]}}
-      open_sql_lab_with_context: {permissions: {all_of: ["can_read on SQLLab"]}}
-      save_sql_query: {permissions: {all_of: ["can_write on SavedQuery"]}}
-      execute_sql:
-        permissions: {all_of: ["can_execute_sql_query on SQLLab"]}
-        datasource:
-          action: "datasources:query"
-          uids:
-            - {json_pointer: /params/arguments/request/database_id}
-            - {json_pointer: /params/arguments/database_id}
-        sql:
-          locations:
-            - {json_pointer: /params/arguments/request/sql, datasource: from_route}
-            - {json_pointer: /params/arguments/request/query, datasource: from_route}
-            - {json_pointer: /params/arguments/sql, datasource: from_route}
-            - {json_pointer: /params/arguments/query, datasource: from_route}
-"""
+# `superset mcp run` is its own server (port and `/mcp`); not in the Flask url_map. Its
+# route is generated from the tools the real MCP service registers (superset/mcp_service:
+# each tool's `class_permission_name` / `method_permission_name`, checked by its RBAC hook
+# as `can_<method> on <class>`; a tool without one runs for any signed-in user) and the
+# tool-search transform's synthetic tools (`MCP_TOOL_SEARCH_CONFIG`). Every tool must be
+# reviewed here; a new one stops the generator.
+MCP_SQL = "sql"            # runs the SQL it carries: datasource check and row-level security
+MCP_ROWS = "rows"          # returns rows Superset builds itself: refused while filters apply
+MCP_METADATA = "metadata"  # returns no dataset rows: the permission decides
+MCP_TOOLS = {
+    "execute_sql": (MCP_SQL, "runs `request.sql` (or `request.query`) on `request.database_id`"),
+    "get_chart_data": (MCP_ROWS, "a saved chart's rows, from its stored query context"),
+    "get_chart_preview": (MCP_ROWS, "renders a saved chart's rows (table, ASCII, Vega-Lite)"),
+    "generate_chart": (MCP_ROWS, "runs the new chart's query (preview, cardinality checks)"),
+    "update_chart": (MCP_ROWS, "runs the changed chart's query (preview)"),
+    "update_chart_preview": (MCP_ROWS, "runs the changed chart's query (preview)"),
+    "create_virtual_dataset": (MCP_ROWS, "runs its SQL, unchecked, to read the columns"),
+    "list_charts": (MCP_METADATA, "chart metadata"),
+    "get_chart_info": (MCP_METADATA, "chart metadata and form data"),
+    "get_chart_type_schema": (MCP_METADATA, "static chart-type schemas"),
+    "list_dashboards": (MCP_METADATA, "dashboard metadata"),
+    "get_dashboard_info": (MCP_METADATA, "dashboard metadata"),
+    "generate_dashboard": (MCP_METADATA, "creates a dashboard from chart ids"),
+    "add_chart_to_existing_dashboard": (MCP_METADATA, "changes a dashboard's layout"),
+    "list_databases": (MCP_METADATA, "database connection metadata"),
+    "get_database_info": (MCP_METADATA, "database connection metadata"),
+    "list_datasets": (MCP_METADATA, "dataset metadata"),
+    "get_dataset_info": (MCP_METADATA, "columns and metrics, no rows"),
+    "generate_explore_link": (MCP_METADATA, "an explore URL; the chart data it opens is checked there"),
+    "open_sql_lab_with_context": (MCP_METADATA, "a SQL Lab URL; the SQL it opens is checked when run"),
+    "save_sql_query": (MCP_METADATA, "stores SQL without running it"),
+    "get_instance_info": (MCP_METADATA, "counts and the caller's identity"),
+    "get_schema": (MCP_METADATA, "filterable and sortable columns"),
+    "health_check": (MCP_METADATA, "liveness"),
+}
+# execute_sql's checks (ExecuteSqlRequest in superset/mcp_service/sql_lab/schemas.py):
+# `sql` and its alias `query` are both rewritten (pydantic reads `sql` when both are given),
+# Jinja in the SQL and `template_params` are refused (Database.execute renders templates).
+MCP_EXECUTE_SQL = {
+    "datasource": {"action": "datasources:query",
+                   "uids": [{"json_pointer": "/params/arguments/request/database_id"}]},
+    "sql": {
+        "templating": "refuse",
+        "template_params": "/params/arguments/request/template_params",
+        "locations": [
+            {"json_pointer": "/params/arguments/request/sql", "datasource": "from_route"},
+            {"json_pointer": "/params/arguments/request/query", "datasource": "from_route"},
+        ],
+    },
+}
+# JSON-RPC methods without data; anything else (resources/read, prompts/get, completion,
+# tasks) is refused.
+MCP_METHODS = [
+    "initialize", "ping", "tools/list", "prompts/list", "resources/list",
+    "resources/templates/list", "notifications/initialized", "notifications/cancelled",
+]
+
+
+def mcp_route(app) -> str:
+    """The `/mcp` route, from the tools Superset's MCP service registers."""
+    import asyncio
+
+    try:
+        from superset.mcp_service.app import mcp
+        from superset.mcp_service.auth import CLASS_PERMISSION_ATTR, METHOD_PERMISSION_ATTR
+        from superset.mcp_service.mcp_config import MCP_TOOL_SEARCH_CONFIG
+    except ImportError as error:
+        raise SystemExit(f"the MCP service needs fastmcp in this venv (install.sh): {error}")
+    search = app.config.get("MCP_TOOL_SEARCH_CONFIG", MCP_TOOL_SEARCH_CONFIG)
+    tools = {}
+    unknown = []
+    for tool in sorted(asyncio.run(mcp.list_tools()), key=lambda tool: tool.name):
+        if tool.name not in MCP_TOOLS:
+            unknown.append(tool.name)
+            continue
+        kind, _ = MCP_TOOLS[tool.name]
+        view = getattr(tool.fn, CLASS_PERMISSION_ATTR, None)
+        entry = {}
+        if view:
+            verb = getattr(tool.fn, METHOD_PERMISSION_ATTR, "read")
+            entry["permissions"] = {"all_of": [f"can_{verb} on {view}"]}
+        else:
+            entry["authenticated"] = True
+        if kind == MCP_SQL:
+            entry.update(MCP_EXECUTE_SQL)
+        elif kind == MCP_ROWS:
+            entry["chart_data"] = {"mode": "refuse_when_filtered"}
+        tools[tool.name] = entry
+    if unknown:
+        raise SystemExit("MCP tools not reviewed in MCP_TOOLS:\n  " + "\n  ".join(unknown))
+    lines = [
+        "# --- MCP service (`superset mcp run`, JSON-RPC over streamable HTTP) ----------------",
+        "# Every `tools/call` is decided by its tool: the permission Superset's MCP RBAC checks,",
+        "# execute_sql's datasource and SQL, and tools returning rows Superset builds itself",
+        "# (saved charts, previews, new datasets' SQL) refused while row-level security filters",
+        "# apply. `call_tool` is decided as the tool it names; a `request` sent as a JSON string",
+        "# is forwarded as the object datagate checked; unknown tools and methods are refused.",
+        "- name: superset-mcp",
+        "  methods: [POST]",
+        "  path: /mcp",
+        "  authenticated: true",
+        "  mcp:",
+        "    methods: " + flow(MCP_METHODS),
+        "    proxy_tools: " + flow([search.get("call_tool_name", "call_tool")]),
+        "    json_string_arguments: [request]",
+        "    tools:",
+    ]
+    search_tool = search.get("search_tool_name", "search_tools")
+    tools[search_tool] = {"authenticated": True}
+    for name in sorted(tools):
+        why = MCP_TOOLS.get(name, (None, "the tool catalogue (search_tools transform)"))[1]
+        lines.append(f"      # {why}")
+        lines.append(f"      {name}: {flow(tools[name])}")
+    return "\n".join(lines) + "\n"
 
 
 def template(rule: str) -> str:
@@ -361,7 +430,7 @@ def flow(value) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render(routes, refused, version: str) -> str:
+def render(routes, refused, version: str, mcp: str) -> str:
     lines = [
         f"# Route pack: Apache Superset {version} (web UI, REST API v1, and the MCP service).",
         "# GENERATED by tests/compat/superset/generate_pack.py from the real app's url_map and",
@@ -385,7 +454,7 @@ def render(routes, refused, version: str) -> str:
     for route in other:
         lines.append("- " + flow(route))
     lines.append("")
-    lines.append(MCP_ROUTE)
+    lines.append(mcp)
     lines.append("# --- Refused (not mapped; refused by `routes.unmatched: deny`) ------------------------")
     for methods, path, endpoint, why in refused:
         lines.append(f"#   {','.join(methods)} {path}  ({endpoint}): {why}")
@@ -405,7 +474,8 @@ def main() -> None:
     app = create_app()
     with app.app_context():
         routes, refused = collect(app)
-    text = render(routes, refused, getattr(superset, "__version__", "6.1"))
+        mcp = mcp_route(app)
+    text = render(routes, refused, getattr(superset, "__version__", "6.1"), mcp)
     if args.check:
         current = open(args.output).read() if os.path.exists(args.output) else ""
         if current != text:

@@ -5,6 +5,8 @@ Run with the Superset venv's python (tests/compat/superset/install.sh):
     harness.py setup --home DIR --data-db demo.db   # metadata DB, roles, users, data DB
     harness.py serve --home DIR --port 8088         # gunicorn on 127.0.0.1 (exec)
     harness.py serve ... --exit-with-stdin --access-log F   # as tests/superset.rs runs it
+    harness.py mcp --home DIR --port 5008 [--exit-with-stdin --access-log F]
+                                                    # `superset mcp run` on 127.0.0.1
 
 `setup` runs `superset db upgrade` and `superset init` (or copies their result from a
 template cached beside the venv, keyed by the installed pins), creates the users, registers
@@ -235,6 +237,52 @@ def serve(home: str, port: int, workers: int, access_log: str | None,
         shutil.rmtree(home, ignore_errors=True)
 
 
+def mcp(home: str, port: int, access_log: str | None, with_stdin: bool) -> None:
+    """Superset's MCP service (`superset mcp run`, streamable HTTP on 127.0.0.1:PORT/mcp).
+
+    Its output (uvicorn's access log among it: `"POST /mcp?marker=… HTTP/1.1" 200`) goes to
+    --access-log: the tests put their marker in the query string, which uvicorn logs and
+    the MCP endpoint ignores. With --exit-with-stdin it stops when this process's stdin
+    closes, like `serve` (the home directory belongs to `serve`).
+    """
+    env = environment(home)
+    # No update check (no network) and no banner.
+    env["FASTMCP_CHECK_FOR_UPDATES"] = "off"
+    env["FASTMCP_SHOW_SERVER_BANNER"] = "false"
+    superset = os.path.join(os.path.dirname(sys.executable), "superset")
+    argv = [superset, "mcp", "run", "--host", "127.0.0.1", "--port", str(port)]
+    output = open(access_log, "ab") if access_log else None
+    if not with_stdin:
+        if output is not None:
+            os.dup2(output.fileno(), 1)
+            os.dup2(output.fileno(), 2)
+        os.execve(superset, argv, env)
+
+    import ctypes
+    import signal
+
+    def die_with_parent() -> None:
+        os.setsid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                             stderr=subprocess.STDOUT if output else None,
+                             preexec_fn=die_with_parent)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+            child.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,9 +295,16 @@ def main() -> None:
     serve_parser.add_argument("--workers", type=int, default=2)
     serve_parser.add_argument("--access-log")
     serve_parser.add_argument("--exit-with-stdin", action="store_true")
+    mcp_parser = sub.add_parser("mcp")
+    mcp_parser.add_argument("--home", required=True)
+    mcp_parser.add_argument("--port", type=int, required=True)
+    mcp_parser.add_argument("--access-log")
+    mcp_parser.add_argument("--exit-with-stdin", action="store_true")
     args = parser.parse_args()
     if args.command == "setup":
         print(json.dumps(setup(os.path.abspath(args.home), args.data_db)))
+    elif args.command == "mcp":
+        mcp(os.path.abspath(args.home), args.port, args.access_log, args.exit_with_stdin)
     else:
         serve(os.path.abspath(args.home), args.port, args.workers, args.access_log,
               args.exit_with_stdin)

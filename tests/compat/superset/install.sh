@@ -14,7 +14,23 @@ pins=(apache-superset==6.1.0 rich cachetools flask-caching==2.3.1)
 marker="$venv/.datagate-pins"
 wanted="$(printf '%s\n' "${pins[@]}")"
 
+# `superset mcp run` (Superset's `fastmcp` extra, `fastmcp>=3.1,<4`), pinned. Added to an
+# existing venv in place (it only adds packages), so a kept venv is not rebuilt for it.
+mcp_pins=(fastmcp==3.4.11)
+mcp_marker="$venv/.datagate-mcp-pins"
+mcp_wanted="$(printf '%s\n' "${mcp_pins[@]}")"
+
+install_mcp() {
+  if [ -f "$mcp_marker" ] && [ "$(cat "$mcp_marker")" = "$mcp_wanted" ] && "$venv/bin/python" -c "import fastmcp" >/dev/null 2>&1; then
+    return 0
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${mcp_pins[@]}"
+  "$venv/bin/python" -c "import fastmcp" >/dev/null
+  printf '%s\n' "$mcp_wanted" >"$mcp_marker"
+}
+
 if [ -f "$marker" ] && [ "$(cat "$marker")" = "$wanted" ] && "$venv/bin/python" -c "import superset.app, flask_caching" >/dev/null 2>&1; then
+  install_mcp
   exit 0
 fi
 
@@ -26,3 +42,4 @@ mkdir -p "$(dirname "$venv")"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pins[@]}"
 "$venv/bin/python" -c "import superset.app, flask_caching" >/dev/null
 printf '%s\n' "$wanted" >"$marker"
+install_mcp

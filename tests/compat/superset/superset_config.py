@@ -11,7 +11,11 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, "..", "..", "..", "deploy", "superset"))
 
-from datagate_security import DatagateSecurityManager, init_datagate_app  # noqa: E402
+from datagate_security import (  # noqa: E402
+    DatagateSecurityManager,
+    datagate_mcp_auth,
+    init_datagate_app,
+)
 
 HOME = os.environ["DATAGATE_SUPERSET_HOME"]
 
@@ -20,13 +24,19 @@ SECRET_KEY = os.environ.get(
     "SUPERSET_SECRET_KEY", "datagate-test-only-superset-secret-key-0123456789abcdef"
 )
 SQLALCHEMY_DATABASE_URI = f"sqlite:///{os.path.join(HOME, 'superset.db')}"
-SQLALCHEMY_ENGINE_OPTIONS = {"connect_args": {"timeout": 30}}
+# check_same_thread: the MCP service runs synchronous tools on worker threads inside the
+# message's Flask context, so one session's SQLite connection is handed from the event-loop
+# thread to a worker and back (one at a time). A PostgreSQL metadata DB needs nothing.
+SQLALCHEMY_ENGINE_OPTIONS = {"connect_args": {"timeout": 30, "check_same_thread": False}}
 # Superset refuses SQLite data databases unless told otherwise.
 PREVENT_UNSAFE_DB_CONNECTIONS = False
 
 # Identity: datagate's headers, on every request (see datagate_security.py).
 CUSTOM_SECURITY_MANAGER = DatagateSecurityManager
 FLASK_APP_MUTATOR = init_datagate_app
+# The MCP service (`superset mcp run`) acts as the same caller, message by message; no
+# MCP_DEV_USERNAME, so nothing runs as a configured user.
+MCP_AUTH_FACTORY = datagate_mcp_auth
 # A datagate role that is Superset's sql_lab inside Superset, while datagate grants it less
 # (tests/superset.rs: export permissions only datagate enforces).
 DATAGATE_ROLE_MAP = {"analyst_sql": ["sql_lab"]}
