@@ -1040,6 +1040,35 @@ fn mcp_runs_as_the_caller_datagate_authenticated() {
             assert_eq!(user["roles"], json!(who.roles), "{body}: {user}");
         }
     }
+    // Callers at the same time: each message runs in its own Flask context, so no
+    // caller's user carries into another's call.
+    std::thread::scope(|scope| {
+        for who in [&ALICE, &BOB, &ADMIN] {
+            let gateway = &gateway;
+            scope.spawn(move || {
+                let client = caller(gateway, who.name, who.roles);
+                for round in 0..8 {
+                    let tool = if round % 2 == 0 {
+                        "get_instance_info"
+                    } else {
+                        "call_tool"
+                    };
+                    let arguments = if round % 2 == 0 {
+                        json!({})
+                    } else {
+                        json!({"name": "get_instance_info", "arguments": {}})
+                    };
+                    let (reply, _) = client.mcp(&tool_call(round, tool, arguments));
+                    let answer = superset::mcp_answer(&reply, &json!(round));
+                    assert_eq!(
+                        tool_result(&answer)["current_user"]["username"],
+                        who.name,
+                        "round {round}"
+                    );
+                }
+            });
+        }
+    });
     // A client's own identity headers never reach the service: datagate writes its own.
     let alice = caller(&gateway, "alice", ALICE.roles);
     let marker = superset::marker();

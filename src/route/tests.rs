@@ -374,6 +374,26 @@ fn each_validation_error_names_its_key() {
             "routes.table[1].path",
             "can never match",
         ),
+        (
+            "table: [{name: m, methods: [POST], path: /mcp, mcp: {tools: {t: {public: true, authenticated: true}}}}]",
+            "routes.table[0].mcp.tools.t",
+            "exactly one",
+        ),
+        (
+            "table: [{name: m, methods: [POST], path: /mcp, mcp: {tools: {t: {authenticated: true, chart_data: {mode: inject}}}}}]",
+            "routes.table[0].mcp.tools.t.chart_data",
+            "refuse_when_filtered",
+        ),
+        (
+            "table: [{name: m, methods: [POST], path: /mcp, mcp: {proxy_tools: [t], tools: {t: {authenticated: true}}}}]",
+            "routes.table[0].mcp.proxy_tools",
+            "also in `tools`",
+        ),
+        (
+            "table: [{name: m, methods: [POST], path: /mcp, mcp: {methods: [tools/call], tools: {}}}]",
+            "routes.table[0].mcp.methods",
+            "decided per tool",
+        ),
     ];
     for (yaml, key, fragment) in cases {
         let (found_key, message) = config_error_key(yaml);
