@@ -157,6 +157,43 @@ impl ChartDataError {
     }
 }
 
+/// One query parameter of a filtered caller's chart-data request. Superset's
+/// `url_param()` returns any query parameter unescaped into templated SQL (a virtual
+/// dataset's, a calculated column's), and a `form_data` parameter is merged over the form
+/// data its templating helpers read. Allowed are only the parameters the 6.1 UI sends,
+/// in the shapes it sends them: `form_data={"slice_id":<id>}` (logging and the `metric`
+/// macro's dataset lookup), `dashboard_id=<id>` and `force=true|false`.
+pub fn check_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataError> {
+    let shown = String::from_utf8_lossy(name);
+    let refused = |reason: &str| ChartDataError::RefusedField {
+        location: format!("?{shown}"),
+        reason: reason.to_string(),
+    };
+    let is_id = |text: &[u8]| !text.is_empty() && text.len() <= 19 && text.iter().all(u8::is_ascii_digit);
+    match name {
+        b"form_data" => {
+            let parsed = crate::json_guard::parse_strict(value)
+                .map_err(|_| refused("must be `{\"slice_id\": <id>}`"))?;
+            let only_slice_id = parsed.as_object().is_some_and(|members| {
+                members.len() == 1 && members.get("slice_id").is_some_and(|id| id.as_u64().is_some())
+            });
+            if only_slice_id {
+                Ok(())
+            } else {
+                Err(refused(
+                    "must be `{\"slice_id\": <id>}`: Superset's templating reads the rest into SQL",
+                ))
+            }
+        }
+        b"dashboard_id" if is_id(value) => Ok(()),
+        b"force" if matches!(value, b"true" | b"false") => Ok(()),
+        b"dashboard_id" | b"force" => Err(refused("not a value the Superset UI sends")),
+        _ => Err(refused(
+            "Superset's `url_param()` reads every query parameter into templated SQL",
+        )),
+    }
+}
+
 /// The dataset a query context names, as Superset resolves it: `{"type": "table",
 /// "id": 7}` (or `"7"`; Superset reads a digit string as the id). Anything else (a
 /// UUID, another datasource type, non-ASCII digits) is not mapped.
@@ -797,5 +834,39 @@ mod tests {
         }
         assert!(dataset_id(&json!({"datasource": "7__table"})).is_err());
         assert_eq!(dataset_id(&json!({})).unwrap(), None);
+    }
+
+    /// The query parameters the 6.1 UI puts on chart-data requests pass; anything
+    /// `url_param()` or the form-data merge could read into SQL is refused.
+    #[test]
+    fn only_the_uis_query_parameters_pass_for_filtered_callers() {
+        for (name, value) in [
+            ("form_data", r#"{"slice_id":1}"#),
+            ("form_data", r#"{"slice_id": 42}"#),
+            ("dashboard_id", "7"),
+            ("force", "true"),
+            ("force", "false"),
+        ] {
+            assert!(
+                check_query_parameter(name.as_bytes(), value.as_bytes()).is_ok(),
+                "{name}={value}"
+            );
+        }
+        for (name, value) in [
+            ("form_data", r#"{"slice_id":1,"url_params":{"t":"x"}}"#),
+            ("form_data", r#"{"extra_filters":[{"col":"t","op":"in","val":["x"]}]}"#),
+            ("form_data", r#"{"slice_id":"1"}"#),
+            ("form_data", r#"{"slice_id":1,"slice_id":2}"#),
+            ("form_data", "not json"),
+            ("dashboard_id", "1 OR 1=1"),
+            ("dashboard_id", ""),
+            ("force", "yes"),
+            ("tenant", "' UNION SELECT note FROM orders --"),
+            ("slice_id", "1"),
+        ] {
+            let error = check_query_parameter(name.as_bytes(), value.as_bytes()).unwrap_err();
+            assert_eq!(error.kind(), "chart_field_refused", "{name}={value}");
+            assert!(error.to_string().contains(&format!("`?{name}`")), "{error}");
+        }
     }
 }

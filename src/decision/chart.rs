@@ -57,13 +57,12 @@ pub fn rewrite_chart_data(
         }
         return Ok(ChartDataOutcome::default());
     }
-    // A `form_data` query parameter is read by Superset's templating helpers.
-    if filtered && !request.query.all_values(FORM_FIELD).is_empty() {
-        return Err(ChartDataError::RefusedField {
-            location: format!("?{FORM_FIELD}"),
-            reason: "Superset's templating reads it into the dataset's SQL".into(),
+    // Superset's templating reads every query parameter (`url_param()`), and a
+    // `form_data` parameter overrides the form data its helpers read.
+    if filtered {
+        for pair in request.query.every_pair() {
+            crate::chart_data::check_query_parameter(&pair.name, &pair.value)?;
         }
-        .into());
     }
     let (mut context, form_span) = match &request.body {
         ParsedBody::Json(value) => (value.clone(), None),

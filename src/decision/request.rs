@@ -168,6 +168,14 @@ impl FormPairs {
             .collect()
     }
 
+    /// Every pair under both readings (`&` alone, and `&` or `;`), for a stage that must
+    /// judge every parameter a server could see.
+    pub fn every_pair(&self) -> impl Iterator<Item = &FormPair> {
+        self.pairs
+            .iter()
+            .chain(self.semicolon_reading.iter().flatten())
+    }
+
     /// The one value of `name`, for a stage that replaces it: refused when the text could
     /// be read two ways or names it twice. `Ok(None)` when absent.
     pub fn single_value(&self, name: &str) -> Result<Option<(&FormPair, String)>, FormValueError> {
