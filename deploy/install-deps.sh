@@ -35,5 +35,7 @@ fi
 "$(dirname "$0")/../tests/compat/superset/install.sh"
 # Identity tests: a real OpenID Connect provider (oidc-provider on Node) and Chromium.
 "$(dirname "$0")/../tests/compat/oidc/install.sh"
+# The Superset UI test drives that Chromium with playwright-core (no browser download).
+"$(dirname "$0")/../tests/compat/browser/install.sh"
 # Validators for the deployment artifacts (Kubernetes, systemd, Dockerfile, dashboard).
 "$(dirname "$0")/install-validators.sh"

@@ -169,13 +169,17 @@ pub fn check_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataE
         location: format!("?{shown}"),
         reason: reason.to_string(),
     };
-    let is_id = |text: &[u8]| !text.is_empty() && text.len() <= 19 && text.iter().all(u8::is_ascii_digit);
+    let is_id =
+        |text: &[u8]| !text.is_empty() && text.len() <= 19 && text.iter().all(u8::is_ascii_digit);
     match name {
         b"form_data" => {
             let parsed = crate::json_guard::parse_strict(value)
                 .map_err(|_| refused("must be `{\"slice_id\": <id>}`"))?;
             let only_slice_id = parsed.as_object().is_some_and(|members| {
-                members.len() == 1 && members.get("slice_id").is_some_and(|id| id.as_u64().is_some())
+                members.len() == 1
+                    && members
+                        .get("slice_id")
+                        .is_some_and(|id| id.as_u64().is_some())
             });
             if only_slice_id {
                 Ok(())
@@ -854,7 +858,10 @@ mod tests {
         }
         for (name, value) in [
             ("form_data", r#"{"slice_id":1,"url_params":{"t":"x"}}"#),
-            ("form_data", r#"{"extra_filters":[{"col":"t","op":"in","val":["x"]}]}"#),
+            (
+                "form_data",
+                r#"{"extra_filters":[{"col":"t","op":"in","val":["x"]}]}"#,
+            ),
             ("form_data", r#"{"slice_id":"1"}"#),
             ("form_data", r#"{"slice_id":1,"slice_id":2}"#),
             ("form_data", "not json"),

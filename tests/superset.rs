@@ -16,6 +16,10 @@
 
 mod support;
 
+/// The same Superset driven through its real UI in headless Chromium.
+#[path = "superset_ui/mod.rs"]
+mod ui;
+
 use serde_json::{Value, json};
 use support::demo_rls::{self, oracle, rows_of, sorted};
 use support::superset::{

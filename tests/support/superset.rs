@@ -515,6 +515,14 @@ pub struct SupersetGatewayOptions {
     pub charts_yaml: Option<String>,
     /// Where datagate forwards to, when not Superset's web app (its MCP service).
     pub upstream: Option<SocketAddr>,
+    /// YAML for `auth:` (browser sign-in); the test HMAC keys when `None`.
+    pub auth_yaml: Option<String>,
+    /// The proxy port (known before start when the IdP must redirect to it).
+    pub proxy_port: Option<u16>,
+    /// Environment of the datagate process (secrets named by `*_env` keys).
+    pub env: Vec<(String, String)>,
+    /// Audit allowed requests too (`audit.log_allowed`).
+    pub log_allowed: bool,
 }
 
 /// datagate in front of `superset`: `routes: {packs: [superset], unmatched: deny}`,
@@ -555,6 +563,10 @@ pub fn superset_gateway(superset: &Superset, options: SupersetGatewayOptions) ->
     ));
     gateway_options.policy_files = Some(files);
     gateway_options.exports_yaml = options.exports_yaml;
+    gateway_options.auth_yaml = options.auth_yaml;
+    gateway_options.proxy_port = options.proxy_port;
+    gateway_options.env = options.env;
+    gateway_options.log_allowed = options.log_allowed;
     let charts = options
         .charts_yaml
         .map(|charts| {

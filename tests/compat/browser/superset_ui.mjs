@@ -1,0 +1,299 @@
+// Drives Debian's headless Chromium (through playwright-core, which downloads no browser)
+// through datagate in front of a real Superset 6.1, as a person would: sign in at the
+// OIDC provider, open pages, type and run SQL, open a chart, download its CSV. Run by
+// tests/superset_ui/mod.rs:
+//
+//   node superset_ui.mjs SPEC.json
+//
+// SPEC: {"base": "http://127.0.0.1:P", "chromium": "/usr/bin/chromium", "steps": [...]}
+// with steps run in order in one browser profile (one user):
+//
+//   {"do": "welcome"}                      open `/`, sign in, wait for the home page
+//   {"do": "sqllab", "sql": "..."}         SQL Lab: type the query, press Run, read the grid
+//   {"do": "explore", "slice_id": 1}       open the chart, read its table, download its CSV
+//   {"do": "navigate", "path": "/x", "marker": "m"}   open a page (X-Test-Marker: m)
+//   {"do": "fetch", "method": "DELETE", "path": "/x", "marker": "m"}
+//                                          the request a UI button sends, from the page
+//
+// Prints one JSON object: every response the browser saw (`responses`), failed requests,
+// console errors, and each step's findings (`steps`), in order. Exits 1 (with `error` in
+// the JSON) when a step cannot complete.
+
+import fs from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const base = spec.base.replace(/\/$/, '');
+const TIMEOUT = 60000;
+
+const report = { responses: [], failed: [], console_errors: [], steps: [] };
+
+function sameOrigin(url) {
+  return url.startsWith(base + '/') || url === base;
+}
+
+async function bodyOf(response) {
+  try {
+    return await response.text();
+  } catch {
+    return null;
+  }
+}
+
+async function recordResponse(response) {
+  const request = response.request();
+  const entry = {
+    method: request.method(),
+    url: response.url(),
+    status: response.status(),
+    content_type: response.headers()['content-type'] || '',
+    request_content_type: request.headers()['content-type'] || '',
+  };
+  if (sameOrigin(entry.url) && entry.status >= 400) {
+    const text = await bodyOf(response);
+    entry.body = text === null ? null : text.slice(0, 2000);
+  }
+  report.responses.push(entry);
+}
+
+// The JSON body of the next same-origin response matching `predicate`, with its status.
+function nextJson(page, predicate) {
+  return page
+    .waitForResponse((response) => sameOrigin(response.url()) && predicate(response), { timeout: TIMEOUT })
+    .then(async (response) => {
+      const text = await bodyOf(response);
+      let json = null;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        // not JSON: kept as text
+      }
+      return { status: response.status(), url: response.url(), json, text: json ? undefined : text };
+    });
+}
+
+async function welcome(page) {
+  await page.goto(base + '/', { timeout: TIMEOUT });
+  await page.waitForURL(/\/superset\/welcome\/$/, { timeout: TIMEOUT });
+  // Text React renders from the bundles: the page skeleton the server sends has none.
+  await page.getByText('Home', { exact: true }).first().waitFor({ timeout: TIMEOUT });
+  await page.getByText('Recents', { exact: true }).first().waitFor({ timeout: TIMEOUT });
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  const bootstrap = await page
+    .locator('#app')
+    .getAttribute('data-bootstrap')
+    .then((text) => JSON.parse(text))
+    .catch(() => null);
+  return {
+    url: page.url(),
+    username: bootstrap?.user?.username ?? null,
+    roles: Object.keys(bootstrap?.user?.roles ?? {}),
+    menu: await page.locator('#main-menu, header, nav').first().innerText().catch(() => ''),
+  };
+}
+
+async function readGrid(page) {
+  // SQL Lab's result grid (ag-grid): header names in order, rows by row index.
+  return page.evaluate(() => {
+    const headers = [...document.querySelectorAll('.ag-header-viewport .ag-header-cell[col-id]')]
+      .sort((a, b) => Number(a.getAttribute('aria-colindex')) - Number(b.getAttribute('aria-colindex')))
+      .map((cell) => cell.getAttribute('col-id'));
+    const rows = [...document.querySelectorAll('.ag-center-cols-container [role=row]')]
+      .sort((a, b) => Number(a.getAttribute('row-index')) - Number(b.getAttribute('row-index')))
+      .map((row) => headers.map((id) => row.querySelector(`[col-id="${CSS.escape(id)}"]`)?.innerText ?? null));
+    return { columns: headers, rows };
+  });
+}
+
+async function sqllab(page, step) {
+  await page.goto(base + '/sqllab/', { timeout: TIMEOUT });
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  // A user's first visit has no tab yet; later visits reopen the tab Superset kept.
+  const editor = page.locator('.ace_editor').first();
+  const addTab = page.getByText('Add a new tab', { exact: true });
+  await editor.or(addTab).first().waitFor({ timeout: TIMEOUT });
+  if (!(await editor.isVisible())) {
+    await addTab.click({ timeout: TIMEOUT });
+  }
+  await editor.waitFor({ timeout: TIMEOUT });
+  // The database and schema SQL Lab picked for the new tab (the only database here).
+  await page.getByText('demo', { exact: true }).first().waitFor({ timeout: TIMEOUT });
+  await editor.click();
+  await page.keyboard.press('Control+A');
+  await page.keyboard.press('Delete');
+  await page.keyboard.insertText(step.sql);
+  const typed = await page.evaluate(() => {
+    const element = document.querySelector('.ace_editor');
+    return element && window.ace ? window.ace.edit(element).getValue() : null;
+  });
+  // Close the editor's autocomplete popup, which would take the next click.
+  await page.keyboard.press('Escape');
+  const [execute] = await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/sqllab/execute/')),
+    page.getByRole('button', { name: /Run/ }).first().click({ timeout: TIMEOUT }),
+  ]);
+  const expected = Array.isArray(execute.json?.data) ? execute.json.data.length : null;
+  // ag-grid draws rows first and fills their cells later: wait for the cells' text.
+  if (expected !== null && expected > 0) {
+    await page.waitForFunction(
+      (count) => [...document.querySelectorAll('.ag-center-cols-container [role=row]')]
+        .filter((row) => row.innerText.trim() !== '').length >= count,
+      expected,
+      { timeout: TIMEOUT },
+    );
+  }
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  return { typed, execute, grid: await readGrid(page) };
+}
+
+async function readChartTable(page) {
+  // The table chart draws a sticky header and the body as two tables.
+  return page.evaluate(() => {
+    const chart = document.querySelector('.superset-chart-table');
+    if (!chart) return null;
+    const columns = [...chart.querySelectorAll('thead th')].map((cell) => cell.innerText.trim());
+    const rows = [...chart.querySelectorAll('tbody tr')].map((row) =>
+      [...row.querySelectorAll('td')].map((cell) => cell.innerText.trim()),
+    );
+    return { columns, rows };
+  });
+}
+
+// Opens the chart's "..." menu and hovers through `path` until `target` shows. Hover
+// menus close when the pointer crosses the chart on its way: then it starts again.
+async function openMenu(page, path, target) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await page.keyboard.press('Escape');
+      await page.getByRole('button', { name: 'Menu actions trigger' }).click({ timeout: 10000 });
+      for (const item of path) {
+        await page.getByText(item, { exact: true }).hover({ timeout: 5000 });
+      }
+      await page.getByRole('menuitem', { name: target }).waitFor({ timeout: 5000 });
+      return;
+    } catch (error) {
+      if (attempt === 5) throw error;
+    }
+  }
+}
+
+async function explore(page, step) {
+  const chartData = [];
+  const listener = async (response) => {
+    if (sameOrigin(response.url()) && response.url().includes('/api/v1/chart/data')
+        && response.request().method() === 'POST'
+        && (response.request().headers()['content-type'] || '').startsWith('application/json')) {
+      const text = await bodyOf(response);
+      let json = null;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        // kept as null
+      }
+      chartData.push({
+        status: response.status(),
+        url: response.url(),
+        request: response.request().postDataJSON(),
+        json,
+      });
+    }
+  };
+  page.on('response', listener);
+  await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
+    page.goto(`${base}/explore/?slice_id=${step.slice_id}`, { timeout: TIMEOUT }),
+  ]);
+  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  const table = await readChartTable(page);
+
+  // "..." → Data Export Options → Export All Data → Export to .CSV: a form post of
+  // `form_data=` that the browser downloads.
+  await openMenu(page, ['Data Export Options', 'Export All Data'], 'Export to .CSV');
+  const [download, response] = await Promise.all([
+    page.waitForEvent('download', { timeout: TIMEOUT }),
+    // Superset submits the form into a new window, whose response is the download.
+    page.context().waitForEvent('response', {
+      predicate: (candidate) => sameOrigin(candidate.url()) && candidate.url().includes('/api/v1/chart/data')
+        && (candidate.request().headers()['content-type'] || '').startsWith('application/x-www-form-urlencoded'),
+      timeout: TIMEOUT,
+    }),
+    page.getByRole('menuitem', { name: 'Export to .CSV' }).click({ timeout: TIMEOUT }),
+  ]);
+  const path = await download.path();
+  const csv = path ? fs.readFileSync(path, 'utf8') : null;
+  page.off('response', listener);
+  return {
+    chart_data: chartData,
+    table,
+    csv,
+    csv_status: response.status(),
+    csv_request_content_type: response.request().headers()['content-type'],
+    csv_request_body: response.request().postData(),
+    filename: download.suggestedFilename(),
+  };
+}
+
+async function navigate(page, step) {
+  await page.setExtraHTTPHeaders({ 'X-Test-Marker': step.marker });
+  let response;
+  try {
+    response = await page.goto(base + step.path, { timeout: TIMEOUT });
+  } finally {
+    await page.setExtraHTTPHeaders({});
+  }
+  return { status: response.status(), url: page.url(), body: (await bodyOf(response))?.slice(0, 2000) };
+}
+
+async function fetchFromPage(page, step) {
+  // The same request a UI action sends: from the page, with its cookies, same-origin.
+  return page.evaluate(async ({ method, path, marker, body }) => {
+    const response = await fetch(path, {
+      method,
+      credentials: 'same-origin',
+      headers: { 'X-Test-Marker': marker, ...(body ? { 'Content-Type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    return { status: response.status, body: (await response.text()).slice(0, 2000) };
+  }, step);
+}
+
+const STEPS = { welcome, sqllab, explore, navigate, fetch: fetchFromPage };
+
+const browser = await chromium.launch({
+  executablePath: spec.chromium || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+});
+let failed = false;
+try {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
+  context.on('response', (response) => {
+    recordResponse(response).catch(() => {});
+  });
+  context.on('requestfailed', (request) => {
+    report.failed.push({ method: request.method(), url: request.url(), error: request.failure()?.errorText });
+  });
+  const page = await context.newPage();
+  page.on('console', (message) => {
+    if (message.type() === 'error') report.console_errors.push(message.text().slice(0, 500));
+  });
+  for (const step of spec.steps) {
+    const run = STEPS[step.do];
+    if (!run) throw new Error(`unknown step ${step.do}`);
+    try {
+      report.steps.push({ do: step.do, ...(await run(page, step)) });
+    } catch (error) {
+      if (spec.screenshot) await page.screenshot({ path: spec.screenshot }).catch(() => {});
+      throw new Error(`step ${step.do}: ${error.message}`);
+    }
+  }
+  // Let the last responses' bodies be read.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+} catch (error) {
+  failed = true;
+  report.error = String(error.message || error);
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(report) + '\n');
+process.exit(failed ? 1 : 0);

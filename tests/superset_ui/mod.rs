@@ -1,0 +1,590 @@
+//! Superset's real UI, in headless Chromium, through datagate: a person signs in at the
+//! OpenID Connect provider (panva's oidc-provider, tests/compat/oidc/provider.mjs), lands
+//! on Superset's home page, runs SQL in SQL Lab, opens a chart and downloads its CSV —
+//! and every row the browser is shown is one the caller's filters allow.
+//!
+//! The browser is Debian's chromium driven by playwright-core
+//! (tests/compat/browser/superset_ui.mjs, installed by its install.sh); the Superset is the
+//! one every test in tests/superset.rs shares; datagate runs with the Superset pack,
+//! `unmatched: deny`, the identity preset and browser sign-in (`auth.oidc`). Every
+//! response the browser saw is collected: none may be a refusal except the deliberate
+//! ones each test names, and datagate's audit log must agree. Rows are compared with the
+//! oracle of `support::demo_rls`, as in the REST tests.
+//!
+//! Skips (printing why) when the Superset venv, Node's playwright-core or chromium is
+//! missing.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use super::support::demo_rls::{self, oracle, rows_of};
+use super::support::gateway::{Gateway, repository_root};
+use super::support::superset::{
+    self, Superset, SupersetGatewayOptions, csv_rows, superset_gateway,
+};
+use super::support::{ChildProcess, free_port};
+use super::{ALICE, BOB, shared_or_skip};
+
+const CLIENT_SECRET: &str = "datagate-test-client-secret-0123456789";
+const OIDC_SECRET_ENV: &str = "DG_TEST_OIDC_CLIENT_SECRET";
+const SESSION_KEYS_ENV: &str = "DG_TEST_SESSION_KEYS";
+
+/// A Gamma-only user: Superset's Gamma may not run SQL, nor write datasets.
+const GUS: demo_rls::Caller = demo_rls::Caller {
+    name: "gus",
+    roles: &["Gamma"],
+};
+
+fn browser_dir() -> PathBuf {
+    repository_root().join("tests/compat/browser")
+}
+
+/// Whether the browser driver can run here; says why not.
+fn browser_available() -> bool {
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        eprintln!("SKIPPED: no playwright-core (run tests/compat/browser/install.sh)");
+        return false;
+    }
+    if Command::new("chromium")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| !status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("SKIPPED: no chromium (run tests/compat/oidc/install.sh)");
+        return false;
+    }
+    true
+}
+
+/// The OIDC provider, whose next login is the account set with [`Provider::next_login`].
+struct Provider {
+    _process: ChildProcess,
+    _state: tempfile::TempDir,
+    issuer: String,
+}
+
+impl Provider {
+    fn start(redirect_uri: &str) -> Provider {
+        let state = tempfile::tempdir().unwrap();
+        let directory = repository_root().join("tests/compat/oidc");
+        let mut child = Command::new("node")
+            .arg(directory.join("provider.mjs"))
+            .args(["--port", "0", "--redirect-uri", redirect_uri])
+            .args(["--client-secret", CLIENT_SECRET])
+            .arg("--state")
+            .arg(state.path())
+            .current_dir(&directory)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs tests/compat/oidc/provider.mjs (run tests/compat/oidc/install.sh)");
+        let stdout = child.stdout.take().unwrap();
+        let process = ChildProcess::new(child);
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "the OIDC provider exited before listening"
+            );
+            if let Some(address) = line.trim().strip_prefix("listening on http://") {
+                let address: SocketAddr = address.parse().unwrap();
+                return Provider {
+                    _process: process,
+                    _state: state,
+                    issuer: format!("http://{address}"),
+                };
+            }
+        }
+    }
+
+    /// Who signs in next, with the `roles` claim the provider puts in the ID token.
+    fn next_login(&self, who: &demo_rls::Caller) {
+        ureq::post(&format!("{}/__test/login", self.issuer))
+            .send_json(json!({"account": who.name, "roles": who.roles}))
+            .unwrap();
+    }
+}
+
+/// datagate in front of the shared Superset with browser sign-in at `provider`, the
+/// `orders` dataset mapped for chart RLS, and the grants chart data and its CSV need.
+fn browser_gateway(superset: &Superset, provider: &Provider, proxy_port: u16) -> Gateway {
+    use base64::Engine as _;
+    let uid = superset.database_uid();
+    let public_url = format!("http://127.0.0.1:{proxy_port}");
+    superset_gateway(
+        superset,
+        SupersetGatewayOptions {
+            charts_yaml: Some(format!(
+                "datasets:\n  - {{id: {}, datasource: \"{uid}\", table: orders}}\n",
+                superset.ids.datasets["orders"]
+            )),
+            policy_files: vec![(
+                "41-charts-test.csv".to_string(),
+                format!("p, role:Admin, datasources:uid:{uid}, Query\n"),
+            )],
+            auth_yaml: Some(format!(
+                r#"jwt:
+  issuer: {issuer}
+  discovery: true
+  audience: [urn:datagate]
+oidc:
+  client_id: datagate
+  client_secret_env: {OIDC_SECRET_ENV}
+  public_url: {public_url}
+  session:
+    keys_env: {SESSION_KEYS_ENV}
+    lifetime: 1h
+"#,
+                issuer = provider.issuer
+            )),
+            proxy_port: Some(proxy_port),
+            env: vec![
+                (OIDC_SECRET_ENV.to_string(), CLIENT_SECRET.to_string()),
+                (
+                    SESSION_KEYS_ENV.to_string(),
+                    base64::engine::general_purpose::STANDARD.encode([0x3c; 32]),
+                ),
+            ],
+            log_allowed: true,
+            ..SupersetGatewayOptions::default()
+        },
+    )
+}
+
+/// Runs the browser driver through `steps` as whoever the provider signs in next; the
+/// driver's report (see superset_ui.mjs). A step that cannot complete fails the test,
+/// with a screenshot of the page.
+fn browse(public_url: &str, steps: Value) -> Value {
+    let work = tempfile::Builder::new()
+        .prefix("superset-ui-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let screenshot = work.path().join("failed-step.png");
+    let spec = work.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        json!({"base": public_url, "steps": steps, "screenshot": screenshot}).to_string(),
+    )
+    .unwrap();
+    let output = Command::new("node")
+        .arg(browser_dir().join("superset_ui.mjs"))
+        .arg(&spec)
+        .current_dir(browser_dir())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs tests/compat/browser/superset_ui.mjs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|error| panic!("the browser driver printed no report ({error}): {stdout}"));
+    if !output.status.success() {
+        let kept = work.keep();
+        panic!(
+            "the browser could not finish: {}\nscreenshot: {}\nresponses: {}",
+            report["error"],
+            kept.join("failed-step.png").display(),
+            refusals(&report)
+                .iter()
+                .map(|response| response.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    report
+}
+
+/// Same-origin responses the browser saw with status 400 or more.
+fn refusals(report: &Value) -> Vec<&Value> {
+    report["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|response| response["status"].as_u64().unwrap_or(0) >= 400)
+        .collect()
+}
+
+/// One deliberate refusal: method, path prefix (query string excluded), status.
+type Deliberate<'a> = (&'a str, &'a str, u64);
+
+fn path_of(url: &str) -> String {
+    url::Url::parse(url).unwrap().path().to_string()
+}
+
+/// Every response the browser saw is below 400 except `deliberate` ones; the page's
+/// own origin served everything (the only other origin is the provider's sign-in);
+/// datagate's audit log refused exactly the deliberate requests. Returns how many
+/// static assets (bundles, styles, images) loaded.
+fn assert_only_deliberate_refusals(
+    report: &Value,
+    gateway: &Gateway,
+    public_url: &str,
+    provider: &Provider,
+    user: &str,
+    deliberate: &[Deliberate<'_>],
+) -> usize {
+    let is_deliberate = |method: &str, path: &str, status: u64| {
+        deliberate
+            .iter()
+            .any(|(m, p, s)| *m == method && path == *p && *s == status)
+    };
+    for response in refusals(report) {
+        let url = response["url"].as_str().unwrap();
+        let method = response["method"].as_str().unwrap();
+        let status = response["status"].as_u64().unwrap();
+        assert!(
+            url.starts_with(public_url) && is_deliberate(method, &path_of(url), status),
+            "{user}'s browser was refused {method} {url}: {status} {}",
+            response["body"]
+        );
+    }
+    for response in report["responses"].as_array().unwrap() {
+        let url = response["url"].as_str().unwrap();
+        assert!(
+            url.starts_with(public_url) || url.starts_with(&provider.issuer),
+            "{user}'s browser loaded {url} from another origin"
+        );
+    }
+    // Superset's footer requests a telemetry pixel from the internet, which this
+    // machine cannot reach, and Chromium reports the window a download was posted from
+    // as aborted (the response became the file); nothing else may fail to load.
+    for failed in report["failed"].as_array().unwrap() {
+        let url = failed["url"].as_str().unwrap();
+        let download = failed["method"] == "POST"
+            && url.starts_with(public_url)
+            && path_of(url) == "/api/v1/chart/data"
+            && failed["error"] == "net::ERR_ABORTED";
+        assert!(
+            download || (!url.starts_with(public_url) && !url.starts_with(&provider.issuer)),
+            "{user}'s browser could not load {url}: {}",
+            failed["error"]
+        );
+    }
+    let denied: Vec<(String, String, u64)> = gateway
+        .audit_lines()
+        .into_iter()
+        .filter(|line| line["decision"] == "deny" && line["user"] == user)
+        .map(|line| {
+            (
+                line["method"].as_str().unwrap_or_default().to_string(),
+                line["path"].as_str().unwrap_or_default().to_string(),
+                line["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for (method, path, status) in &denied {
+        // Chromium asks for /favicon.ico itself on a page without an icon (datagate's
+        // own JSON refusals); Superset has no such route, datagate refuses it unmapped.
+        if (method.as_str(), path.as_str()) == ("GET", "/favicon.ico") {
+            continue;
+        }
+        assert!(
+            is_deliberate(method, path, *status),
+            "datagate refused {user}'s {method} {path} ({status}) in the browser"
+        );
+    }
+    for (method, path, status) in deliberate {
+        assert!(
+            denied
+                .iter()
+                .any(|(m, p, s)| m == method && p == path && s == status),
+            "datagate's audit log has no refusal of {user}'s {method} {path}: {denied:?}"
+        );
+    }
+    report["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|response| {
+            response["status"] == 200
+                && response["url"]
+                    .as_str()
+                    .is_some_and(|url| url.starts_with(&format!("{public_url}/static/")))
+        })
+        .count()
+}
+
+fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["do"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` step in the report"))
+}
+
+/// A value as the UI and CSV show it: text as is, integral numbers without a fraction.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => match number.as_f64() {
+            Some(float) if float.fract() == 0.0 && float.abs() < 1e15 => {
+                format!("{}", float as i64)
+            }
+            _ => number.to_string(),
+        },
+        Value::Null => "NULL".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn shown_rows(rows: &[Vec<Value>]) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(shown).collect())
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Rows of JSON objects (`data` of SQL Lab or chart data) in `columns` order.
+fn object_rows(data: &Value, columns: &[&str]) -> Vec<Vec<Value>> {
+    data.as_array()
+        .unwrap_or_else(|| panic!("no rows in {data}"))
+        .iter()
+        .map(|row| columns.iter().map(|name| row[*name].clone()).collect())
+        .collect()
+}
+
+fn text_grid(rows: &Value) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|cell| cell.as_str().unwrap_or_default().trim().to_string())
+                .collect()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+const SQL_LAB_QUERY: &str = "SELECT id, tenant_id, amount, note FROM orders";
+
+#[test]
+fn in_chromium_each_user_signs_in_and_sql_lab_explore_and_csv_show_only_their_rows() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    if !browser_available() {
+        return;
+    }
+    let proxy_port = free_port();
+    let public_url = format!("http://127.0.0.1:{proxy_port}");
+    let provider = Provider::start(&format!("{public_url}/oauth2/callback"));
+    let gateway = browser_gateway(superset, &provider, proxy_port);
+    let chart = superset.ids.charts["orders"];
+
+    for who in [&ALICE, &BOB] {
+        provider.next_login(who);
+        let report = browse(
+            &public_url,
+            json!([
+                {"do": "welcome"},
+                {"do": "sqllab", "sql": SQL_LAB_QUERY},
+                {"do": "explore", "slice_id": chart},
+            ]),
+        );
+        let assets = assert_only_deliberate_refusals(
+            &report,
+            &gateway,
+            &public_url,
+            &provider,
+            who.name,
+            &[],
+        );
+        assert!(
+            assets >= 10,
+            "{}: only {assets} static assets loaded",
+            who.name
+        );
+        let expected = oracle(who);
+
+        // 1. Signed in at the provider, landed on the home page React rendered, as
+        //    the user datagate named.
+        let welcome = step(&report, "welcome");
+        assert_eq!(
+            welcome["url"],
+            format!("{public_url}/superset/welcome/"),
+            "{}",
+            who.name
+        );
+        assert_eq!(welcome["username"], who.name);
+        let mut roles: Vec<&str> = welcome["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|role| role.as_str().unwrap())
+            .collect();
+        roles.sort();
+        assert_eq!(roles, who.roles, "Superset's roles are datagate's");
+        let menu = welcome["menu"].as_str().unwrap();
+        for item in ["Dashboards", "Charts", "Datasets", "SQL"] {
+            assert!(menu.contains(item), "{}: menu {menu:?}", who.name);
+        }
+
+        // 2. SQL Lab: the query typed and run in the editor; the rows Superset sent the
+        //    page are the oracle's, and the result grid shows exactly those.
+        let sqllab = step(&report, "sqllab");
+        assert_eq!(sqllab["typed"], SQL_LAB_QUERY);
+        let execute = &sqllab["execute"];
+        assert_eq!(execute["status"], 200, "{}: {execute}", who.name);
+        let columns = ["id", "tenant_id", "amount", "note"];
+        let oracle_rows = rows_of(&expected, SQL_LAB_QUERY).unwrap();
+        assert_eq!(
+            shown_rows(&object_rows(&execute["json"]["data"], &columns)),
+            shown_rows(&oracle_rows),
+            "{}: SQL Lab executed {}",
+            who.name,
+            execute["json"]["query"]["executedSql"]
+        );
+        assert_eq!(sqllab["grid"]["columns"], json!(columns), "{}", who.name);
+        assert_eq!(
+            text_grid(&sqllab["grid"]["rows"]),
+            shown_rows(&oracle_rows),
+            "{}: SQL Lab's result grid",
+            who.name
+        );
+
+        // 3. Explore: every chart-data response the page received holds the oracle's
+        //    rows, its SQL carries the caller's filters, and the table drawn shows them.
+        let explore = step(&report, "explore");
+        let chart_sql = "SELECT id, tenant_id, amount FROM orders";
+        let chart_oracle = rows_of(&expected, chart_sql).unwrap();
+        let chart_data = explore["chart_data"].as_array().unwrap();
+        assert!(!chart_data.is_empty(), "{}: no chart data", who.name);
+        for response in chart_data {
+            assert_eq!(response["status"], 200, "{}: {response}", who.name);
+            let result = &response["json"]["result"][0];
+            assert_eq!(
+                shown_rows(&object_rows(
+                    &result["data"],
+                    &["id", "tenant_id", "amount"]
+                )),
+                shown_rows(&chart_oracle),
+                "{}: chart data, Superset ran {}",
+                who.name,
+                result["query"]
+            );
+            let generated = result["query"].as_str().unwrap_or_default();
+            assert!(
+                generated.contains(&format!("tenant_id = '{}'", who.name))
+                    && generated.contains("note <> 'internal'"),
+                "{}: {generated}",
+                who.name
+            );
+        }
+        let table = &explore["table"];
+        assert_eq!(table["columns"], json!(["id", "tenant_id", "amount"]));
+        let drawn: Vec<Vec<String>> = text_grid(&table["rows"])
+            .into_iter()
+            .map(|row| row[..2].to_vec())
+            .collect();
+        let mut wanted: Vec<Vec<String>> = shown_rows(&chart_oracle)
+            .into_iter()
+            .map(|row| row[..2].to_vec())
+            .collect();
+        wanted.sort();
+        assert_eq!(drawn, wanted, "{}: the table the chart drew", who.name);
+
+        // ...and "Export to .CSV" posts the form-encoded `form_data=`, and the file the
+        // browser downloaded holds exactly the oracle's rows.
+        assert_eq!(explore["csv_status"], 200, "{}", who.name);
+        assert!(
+            explore["csv_request_content_type"]
+                .as_str()
+                .unwrap()
+                .starts_with("application/x-www-form-urlencoded"),
+            "{}",
+            explore["csv_request_content_type"]
+        );
+        assert!(
+            explore["csv_request_body"]
+                .as_str()
+                .unwrap()
+                .starts_with("form_data="),
+            "{}",
+            explore["csv_request_body"]
+        );
+        let mut csv = csv_rows(explore["csv"].as_str().unwrap());
+        assert_eq!(csv.remove(0), ["id", "tenant_id", "amount"], "{}", who.name);
+        csv.sort();
+        let mut csv_expected: Vec<Vec<String>> = chart_oracle
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|value| match value {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        csv_expected.sort();
+        assert_eq!(csv, csv_expected, "{}: the downloaded CSV", who.name);
+    }
+
+    // 4. A Gamma-only user tries what Gamma may not: open SQL Lab (no `can_read on
+    //    SQLLab`) and delete a dataset the way the dataset list's delete action does
+    //    (no `can_write on Dataset`). datagate refuses both; gunicorn receives neither.
+    provider.next_login(&GUS);
+    let dataset = superset.ids.datasets["posts"];
+    let (sqllab_marker, delete_marker) = (superset::marker(), superset::marker());
+    let report = browse(
+        &public_url,
+        json!([
+            {"do": "welcome"},
+            {"do": "navigate", "path": "/sqllab/", "marker": sqllab_marker},
+            {"do": "navigate", "path": "/tablemodelview/list/", "marker": superset::marker()},
+            {"do": "fetch", "method": "DELETE", "path": format!("/api/v1/dataset/{dataset}"),
+             "marker": delete_marker},
+        ]),
+    );
+    let delete_path = format!("/api/v1/dataset/{dataset}");
+    assert_only_deliberate_refusals(
+        &report,
+        &gateway,
+        &public_url,
+        &provider,
+        GUS.name,
+        &[("GET", "/sqllab/", 403), ("DELETE", &delete_path, 403)],
+    );
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps[1]["status"], 403, "{}", steps[1]);
+    let body: Value = serde_json::from_str(steps[1]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["message"], "missing permission `can_read on SQLLab`");
+    assert_eq!(
+        steps[2]["status"], 200,
+        "the dataset list is Gamma's to see"
+    );
+    assert_eq!(steps[3]["status"], 403, "{}", steps[3]);
+    let body: Value = serde_json::from_str(steps[3]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["message"], "missing permission `can_write on Dataset`");
+    assert!(
+        !superset.received(&sqllab_marker),
+        "Superset received /sqllab/"
+    );
+    assert!(
+        !superset.received(&delete_marker),
+        "Superset received the delete"
+    );
+    let still_there = superset.direct(
+        "GET",
+        &format!("/api/v1/dataset/{dataset}"),
+        "admin",
+        &["Admin"],
+        None,
+    );
+    assert_eq!(still_there.status, 200, "{}", still_there.text());
+}
