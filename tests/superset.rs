@@ -626,17 +626,24 @@ fn sorted_text(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
     rows
 }
 
-/// datagate in front of Superset with the `orders` dataset mapped for chart-data RLS, and
-/// the grants chart data and its CSV download need.
+/// datagate in front of Superset with the datasets over `orders` mapped for chart-data
+/// RLS (the physical table and the harness's two virtual datasets), and the grants chart
+/// data and its CSV download need.
 fn chart_gateway(superset: &Superset) -> support::gateway::Gateway {
     let uid = superset.database_uid();
+    let mappings: String = ["orders", "orders_daily", "orders_amounts"]
+        .iter()
+        .map(|name| {
+            format!(
+                "  - {{id: {}, datasource: \"{uid}\", table: orders}}\n",
+                superset.ids.datasets[*name]
+            )
+        })
+        .collect();
     superset_gateway(
         superset,
         SupersetGatewayOptions {
-            charts_yaml: Some(format!(
-                "datasets:\n  - {{id: {}, datasource: \"{uid}\", table: orders}}\n",
-                superset.ids.datasets["orders"]
-            )),
+            charts_yaml: Some(format!("datasets:\n{mappings}")),
             policy_files: vec![(
                 "41-charts-test.csv".to_string(),
                 format!(
@@ -1314,4 +1321,192 @@ fn mcp_refusals_carry_the_request_id_and_reach_nothing() {
             .is_some_and(|text| text.starts_with("Error")),
         "{answer}"
     );
+}
+
+/// What Superset 6.1 generates beyond a plain table query, each through datagate: a
+/// series limit (an inner top-groups subquery joined to the main query), a time series
+/// with a series limit on a virtual dataset (the dataset's SQL wrapped twice), and a
+/// virtual dataset that lacks the filters' columns. The caller's filters must reach
+/// every SELECT that reads the table, and rows must equal the oracle's.
+#[test]
+fn chart_rls_holds_for_series_limits_time_series_and_virtual_datasets() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = chart_gateway(superset);
+    let orders = superset.ids.datasets["orders"];
+    let daily = superset.ids.datasets["orders_daily"];
+    let amounts = superset.ids.datasets["orders_amounts"];
+    let context = |dataset: u64, viz: &str, query: Value, result_type: &str| {
+        json!({
+            "datasource": {"id": dataset, "type": "table"},
+            "force": true,
+            "queries": [query],
+            "form_data": {"viz_type": viz, "datasource": format!("{dataset}__table")},
+            "result_format": "json",
+            "result_type": result_type
+        })
+    };
+    // Top tenant by count (series limit 1), then its rows grouped by region.
+    let series = json!({
+        "columns": ["tenant_id", "region"], "metrics": ["count"],
+        "series_columns": ["tenant_id"], "series_limit": 1, "series_limit_metric": "count",
+        "order_desc": true, "orderby": [["count", false]], "filters": [],
+        "extras": {"having": "", "where": "amount > 0"}, "row_limit": 1000
+    });
+    // The 6.1 line chart's query: a day axis, a series per tenant, top five series.
+    let time_series = json!({
+        "time_range": "No filter", "granularity": "ts", "filters": [],
+        "extras": {"having": "", "where": "amount > 0", "time_grain_sqla": "P1D"},
+        "columns": [{"timeGrain": "P1D", "columnType": "BASE_AXIS", "sqlExpression": "ts",
+                     "label": "ts", "expressionType": "SQL"}, "tenant_id"],
+        "metrics": ["count"], "orderby": [["count", false]], "series_columns": ["tenant_id"],
+        "series_limit": 5, "series_limit_metric": "count", "order_desc": true,
+        "row_limit": 10000, "time_offsets": [], "post_processing": []
+    });
+    let series_oracle = "SELECT tenant_id, region, count(*) FROM orders WHERE amount > 0 \
+                         GROUP BY tenant_id, region";
+    let time_series_oracle = "SELECT CAST(strftime('%s', date('2024-01-01', '+' || id || ' days')) \
+                              AS INTEGER) * 1000, tenant_id, count(*) FROM orders \
+                              WHERE amount > 0 GROUP BY id, tenant_id";
+    for who in [&ALICE, &BOB] {
+        let client = caller(&gateway, who.name, who.roles);
+        let predicate = format!("tenant_id = '{}'", who.name);
+        let expected = oracle(who);
+        for (dataset, viz, query, columns, oracle_sql) in [
+            (
+                orders,
+                "table",
+                &series,
+                ["tenant_id", "region", "count"],
+                series_oracle,
+            ),
+            (
+                daily,
+                "echarts_timeseries_line",
+                &time_series,
+                ["ts", "tenant_id", "count"],
+                time_series_oracle,
+            ),
+        ] {
+            // The SQL Superset generated: the predicate in the series-limit subquery
+            // and in the main query.
+            let (reply, _) = client.post_json(
+                "/api/v1/chart/data",
+                &context(dataset, viz, query.clone(), "query"),
+            );
+            assert_eq!(reply.status, 200, "{}: {}", who.name, reply.text());
+            let generated = reply.json()["result"][0]["query"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(generated.contains("AS series_limit"), "{generated}");
+            assert_eq!(
+                generated.matches(&predicate).count(),
+                2,
+                "{}: the filter in both SELECTs: {generated}",
+                who.name
+            );
+            assert_eq!(
+                generated.matches("note <> 'internal'").count(),
+                2,
+                "{generated}"
+            );
+            // The rows Superset returned.
+            let (reply, _) = client.post_json(
+                "/api/v1/chart/data",
+                &context(dataset, viz, query.clone(), "full"),
+            );
+            assert_eq!(reply.status, 200, "{}: {}", who.name, reply.text());
+            let answer = reply.json();
+            let got: Vec<Vec<String>> = answer["result"][0]["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no data: {answer}"))
+                .iter()
+                .map(|row| {
+                    columns
+                        .iter()
+                        .map(|name| shown_number(&row[*name]))
+                        .collect()
+                })
+                .collect();
+            let want: Vec<Vec<String>> = rows_of(&expected, oracle_sql)
+                .unwrap()
+                .iter()
+                .map(|row| row.iter().map(shown_number).collect())
+                .collect();
+            assert_eq!(
+                sorted_text(got),
+                sorted_text(want),
+                "{} on dataset {dataset}: Superset ran {}",
+                who.name,
+                answer["result"][0]["query"]
+            );
+        }
+    }
+    // The control: straight to Superset, alice's time series has every tenant's rows
+    // (the virtual dataset filters nothing by itself).
+    let direct = superset.direct(
+        "POST",
+        "/api/v1/chart/data",
+        "alice",
+        ALICE.roles,
+        Some(&context(
+            daily,
+            "echarts_timeseries_line",
+            time_series.clone(),
+            "full",
+        )),
+    );
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let all = rows_of(
+        &oracle(&ADMIN),
+        "SELECT count(*) FROM orders WHERE amount > 0",
+    )
+    .unwrap();
+    assert_eq!(
+        json!(direct.json()["result"][0]["data"].as_array().unwrap().len()),
+        all[0][0]
+    );
+
+    // A mapped virtual dataset without the filters' columns: Superset cannot apply the
+    // condition and fails; no row comes back. A caller no filter applies to reads it.
+    let plain =
+        json!({"columns": ["id", "amount"], "extras": {"where": "amount > 0"}, "row_limit": 100});
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let (reply, _) = alice.post_json(
+        "/api/v1/chart/data",
+        &context(amounts, "table", plain.clone(), "full"),
+    );
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(
+        reply.text().contains("no such column: tenant_id"),
+        "{}",
+        reply.text()
+    );
+    assert!(reply.json()["result"].is_null(), "{}", reply.text());
+    let admin = caller(&gateway, "admin", ADMIN.roles);
+    let (reply, _) = admin.post_json(
+        "/api/v1/chart/data",
+        &context(amounts, "table", plain, "full"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        json!(reply.json()["result"][0]["data"].as_array().unwrap().len()),
+        all[0][0]
+    );
+}
+
+/// A number or text as one string, integral numbers without a fraction (Superset
+/// returns epoch milliseconds and counts as floats or integers depending on the path).
+fn shown_number(value: &Value) -> String {
+    match value {
+        Value::Number(number) => match number.as_f64() {
+            Some(float) if float.fract() == 0.0 && float.abs() < 1e15 => {
+                format!("{}", float as i64)
+            }
+            _ => number.to_string(),
+        },
+        other => as_text(other),
+    }
 }

@@ -37,6 +37,11 @@ USERS = [
     ("sqluser", ["Gamma", "sql_lab"]),
 ]
 TABLES = ["orders", "customers", "posts"]
+VIRTUAL_DATASETS = {
+    "orders_daily": "SELECT id, tenant_id, amount, note, region, "
+                    "date('2024-01-01', '+' || id || ' days') AS ts FROM orders",
+    "orders_amounts": "SELECT id, amount FROM orders",
+}
 
 # Used only when --data-db does not exist yet (the Rust test writes it from
 # tests/support/demo_rls.rs, the single source of the demo rows).
@@ -165,6 +170,24 @@ def setup(home: str, data_path: str) -> dict:
         created = call("POST", "/api/v1/dataset/", {
             "database": database_id, "schema": "main", "table_name": table})
         datasets[table] = created["id"]
+    # Virtual datasets over the protected table, for chart row-level security: one with a
+    # day per order (time series), one without the filters' columns (Superset must fail
+    # rather than return rows when datagate's condition names a column it lacks).
+    for name, sql in VIRTUAL_DATASETS.items():
+        created = call("POST", "/api/v1/dataset/", {
+            "database": database_id, "schema": "main", "table_name": name, "sql": sql})
+        datasets[name] = created["id"]
+    with app.app_context():
+        from superset import db
+        from superset.connectors.sqla.models import SqlaTable
+
+        daily = db.session.get(SqlaTable, datasets["orders_daily"])
+        for column in daily.columns:
+            if column.column_name == "ts":
+                column.is_dttm = True
+                column.python_date_format = "%Y-%m-%d"
+        daily.main_dttm_col = "ts"
+        db.session.commit()
     charts = {}
     params = {
         "viz_type": "table", "query_mode": "raw", "all_columns": ["id", "tenant_id", "amount"],
