@@ -31,6 +31,7 @@ pub mod replication;
 pub mod rls;
 pub mod route;
 pub mod server;
+pub mod snapshot;
 pub mod sources;
 pub mod sql_location;
 pub mod sql_pool;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub admin_writes: IntCounterVec,
     /// Store change notifications and polls, by source (notify, poll) and result.
     pub store_syncs: IntCounterVec,
+    /// Snapshots swapped in after start-up, by how they were built (full, incremental).
+    pub snapshot_builds: IntCounterVec,
     /// STS AssumeRole calls, by outcome (success, failure).
     pub sts_calls: IntCounterVec,
     /// STS credential cache lookups, by result (hit, miss).
@@ -162,9 +164,16 @@ impl Metrics {
         let store_syncs = IntCounterVec::new(
             Opts::new(
                 "datagate_store_syncs_total",
-                "Store revision checks, by source (notify, poll) and result (current, reloaded, failed).",
+                "Store revision checks, by source (notify, poll) and result (current, incremental, reloaded, failed).",
             ),
             &["source", "result"],
+        )?;
+        let snapshot_builds = IntCounterVec::new(
+            Opts::new(
+                "datagate_snapshot_builds_total",
+                "Policy snapshots swapped in after start-up, by build (full: files and the whole store; incremental: the previous snapshot and the store rows a change touched).",
+            ),
+            &["build"],
         )?;
         let store_propagation_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
@@ -343,6 +352,7 @@ impl Metrics {
             Box::new(store_revision.clone()),
             Box::new(admin_writes.clone()),
             Box::new(store_syncs.clone()),
+            Box::new(snapshot_builds.clone()),
             Box::new(store_propagation_seconds.clone()),
             Box::new(sts_calls.clone()),
             Box::new(credential_cache.clone()),
@@ -369,6 +379,7 @@ impl Metrics {
             store_revision,
             admin_writes,
             store_syncs,
+            snapshot_builds,
             store_propagation_seconds,
             sts_calls,
             credential_cache,

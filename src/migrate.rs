@@ -194,12 +194,16 @@ async fn migrate_store(
             let mut permissions = role.permissions.clone();
             permissions.extend(added);
             let validating_config = config.clone();
-            let validate = move |contents: crate::store::StoreContents| {
-                crate::state::build_snapshot_content_with_store(
-                    &validating_config,
-                    &std::sync::Arc::new(contents),
-                )
-                .map(|_| ())
+            let validate = move |update: crate::store::StoreUpdate| match update {
+                crate::store::StoreUpdate::Full(contents) => {
+                    crate::state::build_snapshot_content_with_store(
+                        &validating_config,
+                        &std::sync::Arc::new(*contents),
+                    )
+                    .map(|_| ())
+                }
+                // Without a base revision the store always hands over the whole store.
+                crate::store::StoreUpdate::Delta(_) => Ok(()),
             };
             store
                 .apply(
@@ -210,6 +214,7 @@ async fn migrate_store(
                         description: role.description.clone(),
                         permissions,
                     },
+                    None,
                     validate,
                 )
                 .await?;

@@ -607,19 +607,19 @@ async fn run_file(base: &BaseConfig, path: &Path) -> FileReport {
 fn store_contents(fixture: &FixtureStore) -> Result<StoreContents, String> {
     let mut contents = StoreContents::default();
     let team_id = |contents: &mut StoreContents, name: &str| -> i64 {
-        if let Some((id, _)) = contents.teams.iter().find(|(_, team)| team == name) {
-            return *id;
+        if let Some((id, _)) = contents.teams().find(|(_, team)| *team == name) {
+            return id;
         }
-        let id = contents.teams.len() as i64 + 1;
-        contents.teams.push((id, name.to_string()));
+        let id = contents.teams().count() as i64 + 1;
+        contents.insert_team(id, name.to_string());
         id
     };
     for (index, user) in fixture.users.iter().enumerate() {
         let id = index as i64 + 1;
-        if contents.users.iter().any(|known| known.login == user.login) {
+        if contents.users().any(|known| known.login == user.login) {
             return Err(format!("user `{}` is listed twice", user.login));
         }
-        contents.users.push(crate::store::StoreUser {
+        contents.insert_user(crate::store::StoreUser {
             id,
             login: user.login.clone(),
             is_service_account: user.service_account,
@@ -628,7 +628,7 @@ fn store_contents(fixture: &FixtureStore) -> Result<StoreContents, String> {
         });
         for team in &user.teams {
             let team = team_id(&mut contents, team);
-            contents.members.push((team, id));
+            contents.add_member(team, id);
         }
     }
     for (index, grant) in fixture.grants.iter().enumerate() {
@@ -636,8 +636,7 @@ fn store_contents(fixture: &FixtureStore) -> Result<StoreContents, String> {
             Some(("user", login)) | Some(("serviceaccount", login)) => {
                 let service_account = grant.to.starts_with("serviceaccount:");
                 let user = contents
-                    .users
-                    .iter()
+                    .users()
                     .find(|user| user.login == login && user.is_service_account == service_account)
                     .ok_or_else(|| {
                         format!(
@@ -661,7 +660,7 @@ fn store_contents(fixture: &FixtureStore) -> Result<StoreContents, String> {
                 ));
             }
         };
-        contents.grants.push(GrantRow {
+        contents.insert_grant(GrantRow {
             id: index as i64 + 1,
             datasource_uid: grant.datasource.clone(),
             grantee_kind: kind.to_string(),
@@ -670,11 +669,11 @@ fn store_contents(fixture: &FixtureStore) -> Result<StoreContents, String> {
         });
     }
     for permission in &fixture.role_permissions {
-        contents.role_permissions.push((
+        contents.add_role_permission(
             permission.role.clone(),
             permission.permission.clone(),
             permission.view.clone(),
-        ));
+        );
     }
     contents.revision = 1;
     Ok(contents)

@@ -8,8 +8,10 @@
 //! - on every backend, a poller runs the check every `store.poll_interval`, so a lost
 //!   notification is caught within one interval.
 //!
-//! The check reads the store's revision; when it is newer than the one serving, it loads
-//! the store and swaps in a new snapshot. Whenever the check succeeds, the replica has
+//! The check reads the store's revision; when it is newer than the one serving, it reads
+//! what the missed revisions changed from the change log and applies only that to the
+//! serving snapshot ([`crate::store::delta`]); on a gap in the log, when too far behind,
+//! or when the delta does not apply, it loads the whole store and rebuilds. Whenever the check succeeds, the replica has
 //! confirmed its grants are current; if it cannot confirm for longer than
 //! `store.max_staleness`, data requests are refused with 503 (see `decision::identify`).
 
@@ -60,27 +62,67 @@ async fn check(state: &Arc<AppState>, store: &Store, source: &str, committed_at_
         count(state, source, "current");
         return;
     }
-    let contents = match store.load().await {
-        Ok(contents) => contents,
+    let update = match store.changes_since(state.store_revision()).await {
+        Ok(Some(update)) => update,
+        Ok(None) => {
+            state.confirm_store_current();
+            count(state, source, "current");
+            return;
+        }
         Err(error) => {
             count(state, source, "failed");
-            tracing::warn!(%error, source, "cannot load the store; grants may go stale");
+            tracing::warn!(%error, source, "cannot read the store changes; grants may go stale");
             return;
         }
     };
-    let loaded_revision = contents.revision;
+    let loaded_revision = update.revision();
+    let mut kind = update.kind();
     let reload_state = state.clone();
     let result = tokio::task::spawn_blocking(move || {
-        reload_state.reload_store(ReloadTrigger::StoreChange, contents)
+        match reload_state.apply_store_update(ReloadTrigger::StoreChange, &update) {
+            // A write through this replica moved the snapshot past the delta's start
+            // between the read and now: cannot happen (serving only moves forward and
+            // the delta covers it), but a full reload is always right.
+            Err(crate::state::SnapshotError::StoreGap { .. }) => Err(None),
+            Err(error) => Err(Some(error)),
+            Ok(outcome) => Ok(outcome),
+        }
     })
     .await;
+    let result = match result {
+        Ok(Err(None)) => match store.load().await {
+            Ok(contents) => {
+                kind = "full";
+                let reload_state = state.clone();
+                tokio::task::spawn_blocking(move || {
+                    reload_state.reload_store(ReloadTrigger::StoreChange, contents)
+                })
+                .await
+                .map(|result| result.map_err(Some))
+            }
+            Err(error) => {
+                count(state, source, "failed");
+                tracing::warn!(%error, source, "cannot load the store; grants may go stale");
+                return;
+            }
+        },
+        other => other,
+    };
     match result {
         Ok(Ok(_)) => {
             // Confirmed only if what we loaded is at least what we were told about.
             if loaded_revision >= revision {
                 state.confirm_store_current();
             }
-            count(state, source, "reloaded");
+            count(
+                state,
+                source,
+                if kind == "incremental" {
+                    "incremental"
+                } else {
+                    "reloaded"
+                },
+            );
             if let Some(committed_at_ms) = committed_at_ms {
                 let latency_ms = (crate::store::now_ms() - committed_at_ms).max(0);
                 state
@@ -91,6 +133,7 @@ async fn check(state: &Arc<AppState>, store: &Store, source: &str, committed_at_
             tracing::info!(
                 store_revision = loaded_revision,
                 source,
+                update = kind,
                 "store change applied"
             );
         }
@@ -99,6 +142,7 @@ async fn check(state: &Arc<AppState>, store: &Store, source: &str, committed_at_
             // datasource only another replica's config knows). Keep serving the old
             // snapshot, and do not confirm: after max_staleness, refuse.
             count(state, source, "failed");
+            let error = error.map_or_else(|| "store gap".to_string(), |error| error.to_string());
             tracing::error!(%error, store_revision = loaded_revision, "store contents refused; the previous snapshot keeps serving");
         }
         Err(error) => {

@@ -6,7 +6,6 @@
 //! snapshot that built cleanly is swapped in; a failed build leaves the old one serving and
 //! is recorded for `GET /api/admin/policy/status`.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,181 +13,20 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::audit::AuditSink;
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::{CompiledPolicy, PolicyError, PolicyLine, SourcedLine};
-use crate::rls::{RlsError, RlsPolicy, parse_filter_file};
 use crate::route::RouteTable;
-use crate::sources::{FileStamp, PolicyInputs, SourcesError};
-use crate::store::{Store, StoreContents, StoreIdentity};
+use crate::sources::{FileStamp, PolicyInputs};
+use crate::store::{Store, StoreContents, StoreUpdate};
 
-/// One immutable policy revision: grants and RLS filters, built and swapped together.
-pub struct PolicySnapshot {
-    pub revision: u64,
-    pub policy: CompiledPolicy,
-    pub rls: RlsPolicy,
-    /// sha256 over the model, the grant files, the filter files and the store contents.
-    pub digest: String,
-    pub loaded_at: SystemTime,
-    pub store: StoreView,
-    /// Export rules (from the config file; fixed for the process's life).
-    pub exports: crate::export::ExportConfig,
-}
-
-/// What a snapshot takes from the grants store (empty without one).
-#[derive(Debug, Default)]
-pub struct StoreView {
-    /// The store revision this snapshot was built from.
-    pub revision: i64,
-    /// Roles, teams and basic roles the store adds to a principal, by subject.
-    pub identities: HashMap<String, StoreIdentity>,
-    /// Service-account token digest → (login, expiry in ms since the epoch).
-    pub tokens: HashMap<[u8; 32], (String, Option<i64>)>,
-    /// Every datasource uid known to config or store.
-    pub datasource_uids: HashSet<String>,
-    /// The store contents themselves, for the admin API's permission listings.
-    pub contents: Arc<StoreContents>,
-    /// Datasource grants from the policy files, for the same listings.
-    pub file_datasource_grants: Vec<SourcedLine>,
-}
-
-/// Why a snapshot could not be built; the serving one stays.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("{0}")]
-    Policy(#[from] PolicyError),
-    #[error("{0}")]
-    Rls(#[from] RlsError),
-    #[error("cannot read `{path}`: {message}")]
-    Read { path: String, message: String },
-}
-
-impl From<SourcesError> for SnapshotError {
-    fn from(error: SourcesError) -> Self {
-        match error {
-            SourcesError::Policy(error) => SnapshotError::Policy(error),
-            SourcesError::Read { path, message } => SnapshotError::Read { path, message },
-        }
-    }
-}
-
-/// The policy content of one revision, before it gets a revision number.
-pub struct SnapshotContent {
-    pub policy: CompiledPolicy,
-    pub rls: RlsPolicy,
-    pub digest: String,
-    pub store: StoreView,
-}
-
-/// A snapshot an admin write built from the store as it commits, with what it was built
-/// from; served by [`AppState::serve_store_build`].
-pub struct StoreBuild {
-    pub inputs: Arc<PolicyInputs>,
-    pub contents: Arc<StoreContents>,
-    pub content: SnapshotContent,
-}
-
-impl StoreBuild {
-    /// Builds the snapshot for `contents` with the given input files.
-    pub fn build(
-        config: &Config,
-        inputs: Arc<PolicyInputs>,
-        contents: StoreContents,
-    ) -> Result<StoreBuild, SnapshotError> {
-        let contents = Arc::new(contents);
-        let content = build_snapshot_from_inputs(config, &inputs, &contents)?;
-        Ok(StoreBuild {
-            inputs,
-            contents,
-            content,
-        })
-    }
-}
-
-/// Builds everything a snapshot holds from the config's files alone (no store).
-pub fn build_snapshot_content(config: &Config) -> Result<SnapshotContent, SnapshotError> {
-    build_snapshot_content_with_store(config, &Arc::new(StoreContents::default()))
-}
-
-/// Reads the config's files and builds a snapshot from them and the store's contents.
-pub fn build_snapshot_content_with_store(
-    config: &Config,
-    store: &Arc<StoreContents>,
-) -> Result<SnapshotContent, SnapshotError> {
-    let inputs = PolicyInputs::read(config)?;
-    build_snapshot_from_inputs(config, &inputs, store)
-}
-
-/// Builds everything a snapshot holds from input files already read and the store's
-/// contents; nothing is swapped here. Store grants add to file grants (grants only ever
-/// allow, so neither source can take away what the other gives); store filters and
-/// datasources join the file ones, and a name defined in both refuses the build.
-pub fn build_snapshot_from_inputs(
-    config: &Config,
-    inputs: &PolicyInputs,
-    store: &Arc<StoreContents>,
-) -> Result<SnapshotContent, SnapshotError> {
-    let sources = inputs.texts.parse()?;
-    let file_datasource_grants: Vec<SourcedLine> = sources
-        .lines
-        .iter()
-        .filter(|sourced| {
-            matches!(&sourced.line, PolicyLine::Grant { object, .. } if object.starts_with("datasources:"))
-        })
-        .cloned()
-        .collect();
-    let policy = sources.compile(store.policy_lines()?)?;
-    let mut hasher = Sha256::new();
-    hasher.update(policy.digest().as_bytes());
-    let mut filters = Vec::new();
-    for (name, text) in &inputs.filter_files {
-        filters.extend(parse_filter_file(name, text)?);
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-    }
-    filters.extend(store.filters.iter().cloned());
-    let mut datasources = config.datasources.clone();
-    for datasource in &store.datasources {
-        if datasources.iter().any(|known| known.uid == datasource.uid) {
-            return Err(SnapshotError::Rls(RlsError::InvalidFilter(format!(
-                "datasource `{}` is defined both in the config file and in the store",
-                datasource.uid
-            ))));
-        }
-        datasources.push(datasource.clone());
-    }
-    let rls = RlsPolicy::compile(&datasources, filters)?;
-    // The store's content, not its revision number: two replicas at the same content
-    // agree on the digest.
-    let unnumbered = StoreContents {
-        revision: 0,
-        ..(**store).clone()
-    };
-    hasher.update(serde_json::to_vec(&unnumbered).unwrap_or_default());
-    let view = StoreView {
-        file_datasource_grants,
-        revision: store.revision,
-        identities: store.identities(),
-        tokens: store.token_logins(),
-        datasource_uids: datasources
-            .iter()
-            .map(|datasource| datasource.uid.clone())
-            .collect(),
-        contents: store.clone(),
-    };
-    Ok(SnapshotContent {
-        policy,
-        rls,
-        digest: hex::encode(hasher.finalize()),
-        store: view,
-    })
-}
+pub use crate::snapshot::{
+    BuildKind, FileParts, PolicySnapshot, SnapshotContent, SnapshotError, StoreBuild, StoreView,
+    apply_update, build_snapshot_content, build_snapshot_content_with_store,
+    build_snapshot_from_inputs,
+};
 
 /// What asked for a reload; recorded in logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +80,10 @@ pub struct PolicyStatus {
     #[serde(with = "time_rfc3339")]
     pub loaded_at: SystemTime,
     pub lines: usize,
+    /// Of which from the grants store.
+    pub store_lines: usize,
+    /// `full` or `incremental`: how the serving snapshot was built.
+    pub build: BuildKind,
     pub engine: &'static str,
     pub last_error: Option<ReloadFailure>,
     /// `sqlite`, `postgres`, or `null` without a store.
@@ -274,9 +116,6 @@ pub struct AppState {
     pub result_owners: crate::decision::results::MemoryOwners,
     snapshot: ArcSwap<PolicySnapshot>,
     next_revision: AtomicU64,
-    /// The store contents the serving snapshot was built from; file-triggered reloads
-    /// reuse them, store-triggered ones replace them.
-    store_contents: Mutex<Arc<StoreContents>>,
     /// When this replica last confirmed that its snapshot holds the store's current
     /// revision, in milliseconds since `started`.
     store_confirmed_ms: AtomicI64,
@@ -352,6 +191,7 @@ impl AppState {
         let stamp = FileStamp::take(&config);
         let inputs = Arc::new(PolicyInputs::read(&config).map_err(SnapshotError::from)?);
         let content = build_snapshot_from_inputs(&config, &inputs, &contents)?;
+        let store_revision = contents.revision;
         let audit = AuditSink::open(&config.audit, &config.base_dir)?;
         let metrics = Arc::new(Metrics::new()?);
         metrics.policy_revision.set(1);
@@ -366,9 +206,11 @@ impl AppState {
             digest: content.digest,
             loaded_at: SystemTime::now(),
             store: content.store,
+            files: content.files,
+            build: content.build,
             exports: config.exports.clone(),
         };
-        metrics.store_revision.set(contents.revision);
+        metrics.store_revision.set(store_revision);
         let sql_pool = crate::sql_pool::SqlPool::start(
             &config.sql.pool,
             config.sql.max_bytes,
@@ -389,7 +231,6 @@ impl AppState {
             result_owners: Default::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             next_revision: AtomicU64::new(2),
-            store_contents: Mutex::new(contents),
             store_confirmed_ms: AtomicI64::new(0),
             started: Instant::now(),
             serving_inputs: Mutex::new(inputs),
@@ -450,43 +291,58 @@ impl AppState {
             self.count_reload(trigger, "unchanged");
             return Ok(Some(ReloadOutcome::Unchanged));
         }
-        let contents = self.store_contents.lock().clone();
+        let contents = self.snapshot.load().store.contents.clone();
         self.rebuild(trigger, &Arc::new(inputs), &contents)
             .map(Some)
     }
 
-    /// Rebuilds with new store contents and the serving input files (no file is read).
-    /// Contents older than those held are ignored (a slow poll must not undo a newer
-    /// write), and contents that fail to build leave the old snapshot and the old contents
-    /// in place.
+    /// Brings the snapshot to what `update` makes of the store (a delta from the revision
+    /// serving, or the whole store) with the serving input files (no file is read).
+    /// Updates older than the serving store revision are ignored (a slow poll must not
+    /// undo a newer write), and updates that fail to build leave the old snapshot in
+    /// place. A delta that starts after the serving revision is refused
+    /// ([`SnapshotError::StoreGap`]): the caller reloads in full.
+    pub fn apply_store_update(
+        &self,
+        trigger: ReloadTrigger,
+        update: &StoreUpdate,
+    ) -> Result<ReloadOutcome, SnapshotError> {
+        let _one_reload_at_a_time = self.reload_lock.lock();
+        let serving = self.snapshot.load_full();
+        if update.revision() < serving.store.revision {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let content = match update {
+            StoreUpdate::Full(contents) => {
+                let inputs = self.serving_inputs.lock().clone();
+                build_snapshot_from_inputs(&self.config, &inputs, &Arc::new((**contents).clone()))
+            }
+            StoreUpdate::Delta(_) => apply_update(&self.config, &serving.content(), update),
+        };
+        let outcome = self.serve_content(trigger, content)?;
+        self.metrics.store_revision.set(update.revision());
+        Ok(outcome)
+    }
+
+    /// Like [`apply_store_update`](Self::apply_store_update) with the whole store.
     pub fn reload_store(
         &self,
         trigger: ReloadTrigger,
         contents: StoreContents,
     ) -> Result<ReloadOutcome, SnapshotError> {
-        let _one_reload_at_a_time = self.reload_lock.lock();
-        if contents.revision < self.store_contents.lock().revision {
-            return Ok(ReloadOutcome::Unchanged);
-        }
-        let contents = Arc::new(contents);
-        let inputs = self.serving_inputs.lock().clone();
-        let outcome = self.rebuild(trigger, &inputs, &contents)?;
-        self.metrics.store_revision.set(contents.revision);
-        *self.store_contents.lock() = contents;
-        Ok(outcome)
+        self.apply_store_update(trigger, &StoreUpdate::Full(Box::new(contents)))
     }
 
-    /// The input files the serving snapshot was built from, for an admin write to build
-    /// its snapshot with (see [`serve_store_build`](Self::serve_store_build)).
+    /// The input files the serving snapshot was built from.
     pub fn serving_inputs(&self) -> Arc<PolicyInputs> {
         self.serving_inputs.lock().clone()
     }
 
-    /// Serves a snapshot an admin write built inside its transaction (from `contents`, the
-    /// store as committed, and `inputs`, the files then serving), without building again.
-    /// If a file reload swapped in other files meanwhile, the write's build would undo
-    /// it: then this rebuilds with the serving files instead. Contents older than those
-    /// held are ignored, as in [`reload_store`](Self::reload_store).
+    /// Serves a snapshot an admin write built inside its transaction on `build.base`,
+    /// without building again. If another snapshot is serving by now (a file reload, or a
+    /// replica sync applied meanwhile), the write's update is applied again to that one
+    /// instead, so neither undoes the other. Updates older than the serving store
+    /// revision are ignored, as in [`apply_store_update`](Self::apply_store_update).
     pub fn serve_store_build(
         &self,
         trigger: ReloadTrigger,
@@ -494,34 +350,58 @@ impl AppState {
     ) -> Result<ReloadOutcome, SnapshotError> {
         let _one_reload_at_a_time = self.reload_lock.lock();
         let StoreBuild {
-            inputs,
-            contents,
+            base,
+            update,
             content,
         } = build;
-        if contents.revision < self.store_contents.lock().revision {
+        let serving = self.snapshot.load_full();
+        if update.revision() < serving.store.revision {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let serving = self.serving_inputs.lock().clone();
-        let outcome = if serving.digest == inputs.digest {
-            *self.last_reload_error.lock() = None;
-            if content.digest == self.snapshot.load().digest {
-                self.count_reload(trigger, "unchanged");
-                ReloadOutcome::Unchanged
-            } else {
-                self.swap_in(trigger, content);
-                ReloadOutcome::Swapped
-            }
+        let content = if Arc::ptr_eq(&serving, &base) {
+            Ok(content)
         } else {
-            self.rebuild(trigger, &serving, &contents)?
+            match &update {
+                StoreUpdate::Full(contents) => {
+                    let inputs = self.serving_inputs.lock().clone();
+                    build_snapshot_from_inputs(
+                        &self.config,
+                        &inputs,
+                        &Arc::new((**contents).clone()),
+                    )
+                }
+                StoreUpdate::Delta(_) => apply_update(&self.config, &serving.content(), &update),
+            }
         };
-        self.metrics.store_revision.set(contents.revision);
-        *self.store_contents.lock() = contents;
+        let outcome = self.serve_content(trigger, content)?;
+        self.metrics.store_revision.set(update.revision());
         Ok(outcome)
+    }
+
+    /// Swaps in a store-triggered build (or records why it failed). Called with the
+    /// reload lock held.
+    fn serve_content(
+        &self,
+        trigger: ReloadTrigger,
+        content: Result<SnapshotContent, SnapshotError>,
+    ) -> Result<ReloadOutcome, SnapshotError> {
+        match content {
+            Ok(content) => {
+                *self.last_reload_error.lock() = None;
+                if content.digest == self.snapshot.load().digest {
+                    self.count_reload(trigger, "unchanged");
+                    return Ok(ReloadOutcome::Unchanged);
+                }
+                self.swap_in(trigger, content);
+                Ok(ReloadOutcome::Swapped)
+            }
+            Err(error) => Err(self.refused(trigger, error)),
+        }
     }
 
     /// The store revision the serving snapshot was built from.
     pub fn store_revision(&self) -> i64 {
-        self.store_contents.lock().revision
+        self.snapshot.load().store.revision
     }
 
     /// Records that the store was just seen at a revision this replica serves.
@@ -565,6 +445,10 @@ impl AppState {
     /// Serves `content` as the next revision.
     fn swap_in(&self, trigger: ReloadTrigger, content: SnapshotContent) {
         let revision = self.next_revision.fetch_add(1, Ordering::SeqCst);
+        self.metrics
+            .snapshot_builds
+            .with_label_values(&[content.build.as_str()])
+            .inc();
         if content.policy.uses_casbin_fallback() {
             tracing::warn!(
                 revision,
@@ -576,6 +460,7 @@ impl AppState {
             digest = %content.digest,
             lines = content.policy.line_count(),
             trigger = trigger.as_str(),
+            build = content.build.as_str(),
             "policy reloaded"
         );
         self.snapshot.store(Arc::new(PolicySnapshot {
@@ -585,6 +470,8 @@ impl AppState {
             digest: content.digest,
             loaded_at: SystemTime::now(),
             store: content.store,
+            files: content.files,
+            build: content.build,
             exports: self.config.exports.clone(),
         }));
         self.metrics.policy_revision.set(revision as i64);
@@ -617,6 +504,8 @@ impl AppState {
             digest: snapshot.digest.clone(),
             loaded_at: snapshot.loaded_at,
             lines: snapshot.policy.line_count(),
+            store_lines: snapshot.policy.store_line_count(),
+            build: snapshot.build,
             engine: if snapshot.policy.uses_casbin_fallback() {
                 "casbin"
             } else {

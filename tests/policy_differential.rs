@@ -2,11 +2,17 @@
 //! request, for random policy sets (memberships with multi-level chains and cycles,
 //! grants on every scope shape and level, FAB permissions with `*`) and random requests
 //! (granted and ungranted subjects, objects and actions, edge-case objects).
+//!
+//! About half of the grants come from the grants store instead of the files: the store's
+//! lines are not loaded into the snapshot's casbin enforcer (they are compiled straight
+//! into the store part of the index, see `src/policy/store_grants.rs`), so the reference
+//! here is casbin over the file and store lines together, built by the test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datagate::policy::{
-    BUILTIN_HIERARCHY_CSV, CompiledPolicy, KNOWN_MODEL, PolicyError, load_policy_from_sources,
+    BUILTIN_HIERARCHY_CSV, CasbinReference, CompiledPolicy, KNOWN_MODEL, PolicyError, PolicyLine,
+    SourcedLine, StoreSubjectLines, load_policy_from_sources, parse_policy_file,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -107,17 +113,27 @@ fn membership_line() -> impl Strategy<Value = String> {
     (any_subject(), pick(GROUPS)).prop_map(|(member, group)| format!("g, {member}, {group}"))
 }
 
-fn policy() -> impl Strategy<Value = (Vec<Grant>, String)> {
+/// The grants (all of them, for aiming requests), the policy file, and the grants that
+/// come from the store instead.
+type RandomPolicy = (Vec<Grant>, String, Vec<Grant>);
+
+fn policy() -> impl Strategy<Value = RandomPolicy> {
     (
-        proptest::collection::vec(grant(), 1..16),
+        proptest::collection::vec((grant(), any::<bool>()), 1..16),
         proptest::collection::vec(membership_line(), 0..14),
         proptest::sample::subsequence(EXTRA_IMPLICATIONS, 0..=EXTRA_IMPLICATIONS.len()),
     )
-        .prop_map(|(grants, memberships, implications)| {
+        .prop_map(|(placed, memberships, implications)| {
             let mut csv = String::new();
-            for (subject, object, action) in &grants {
-                csv.push_str(&format!("p, {subject}, {object}, {action}\n"));
+            let mut store = Vec::new();
+            for ((subject, object, action), in_store) in &placed {
+                if *in_store {
+                    store.push((*subject, *object, *action));
+                } else {
+                    csv.push_str(&format!("p, {subject}, {object}, {action}\n"));
+                }
             }
+            let grants = placed.into_iter().map(|(grant, _)| grant).collect();
             for line in &memberships {
                 csv.push_str(line);
                 csv.push('\n');
@@ -125,7 +141,7 @@ fn policy() -> impl Strategy<Value = (Vec<Grant>, String)> {
             for (action, implied) in implications {
                 csv.push_str(&format!("g2, {action}, {implied}\n"));
             }
-            (grants, csv)
+            (grants, csv, store)
         })
 }
 
@@ -197,8 +213,22 @@ fn request(seed: RequestSeed, grants: &[Grant]) -> Request {
     (subjects, object, action)
 }
 
-fn compile(csv: &str) -> Result<CompiledPolicy, PolicyError> {
-    load_policy_from_sources(
+fn store_line(subject: &str, object: &str, action: &str) -> SourcedLine {
+    SourcedLine::new(
+        PolicyLine::Grant {
+            subject: subject.to_string(),
+            object: object.to_string(),
+            action: action.to_string(),
+        },
+        "admin store",
+        1,
+    )
+}
+
+/// The snapshot's policy (files compiled, store lines added by subject) and casbin over
+/// every line.
+fn compile(csv: &str, store: &[Grant]) -> Result<(CompiledPolicy, CasbinReference), PolicyError> {
+    let files = load_policy_from_sources(
         KNOWN_MODEL,
         &[
             (
@@ -207,7 +237,30 @@ fn compile(csv: &str) -> Result<CompiledPolicy, PolicyError> {
             ),
             ("50-random.csv".to_string(), csv.to_string()),
         ],
-    )
+    )?;
+    let mut by_subject: Vec<StoreSubjectLines> = Vec::new();
+    for (subject, object, action) in store {
+        let line = store_line(subject, object, action);
+        match by_subject
+            .iter_mut()
+            .find(|update| update.subject == *subject)
+        {
+            Some(update) => update.lines.push(line),
+            None => by_subject.push(StoreSubjectLines {
+                subject: subject.to_string(),
+                lines: vec![line],
+            }),
+        }
+    }
+    let policy = files.with_store_subjects(by_subject)?;
+    let mut lines = parse_policy_file("00-builtin.csv", BUILTIN_HIERARCHY_CSV)?;
+    lines.extend(parse_policy_file("50-random.csv", csv)?);
+    lines.extend(
+        store
+            .iter()
+            .map(|(subject, object, action)| store_line(subject, object, action)),
+    );
+    Ok((policy, CasbinReference::build(KNOWN_MODEL, &lines)?))
 }
 
 #[test]
@@ -227,9 +280,9 @@ fn compiled_index_agrees_with_casbin_enforce() {
         policy(),
         proptest::collection::vec(request_seed(), REQUESTS_PER_SET),
     );
-    let outcome = runner.run(&strategy, |((grants, csv), seeds)| {
-        let policy = match compile(&csv) {
-            Ok(policy) => policy,
+    let outcome = runner.run(&strategy, |((grants, csv, store), seeds)| {
+        let (policy, reference) = match compile(&csv, &store) {
+            Ok(compiled) => compiled,
             // Random memberships can (rarely) chain deeper than casbin follows; the
             // loader refuses those by design, which its unit tests cover.
             Err(PolicyError::HierarchyTooDeep { .. }) => {
@@ -243,15 +296,16 @@ fn compiled_index_agrees_with_casbin_enforce() {
             let (subjects, object, action) = request(seed, &grants);
             let subjects: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
             let index = policy.allows(&subjects, object, action);
-            let casbin = policy.casbin_allows(&subjects, object, action);
+            let casbin = reference.allows(&subjects, object, action);
             prop_assert_eq!(
                 index,
                 casbin,
-                "request ({:?}, {}, {}) on policy:\n{}",
+                "request ({:?}, {}, {}) on policy:\n{}store lines: {:?}",
                 subjects,
                 object,
                 action,
-                csv
+                csv,
+                store
             );
             decisions.fetch_add(1, Ordering::Relaxed);
             if index {

@@ -132,8 +132,8 @@ fn file_grants_on<'a>(
 ) -> impl Iterator<Item = (&'a str, &'a str, &'a str, bool)> + 'a {
     let exact = crate::policy::datasource_object(uid);
     snapshot
-        .store
-        .file_datasource_grants
+        .files
+        .datasource_grants
         .iter()
         .filter_map(move |sourced| {
             let PolicyLine::Grant {
@@ -177,18 +177,14 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
         actions: level_actions(permission),
         permission: permission.to_string(),
     };
-    for grant in contents
-        .grants
-        .iter()
-        .filter(|grant| grant.datasource_uid == uid)
-    {
-        match grant.grantee_kind.as_str() {
+    for (key, grant) in contents.grants_on(uid) {
+        match &*key.grantee_kind {
             "user" => {
-                let Some(user) = grant
+                let Some(user) = key
                     .grantee
                     .parse::<i64>()
                     .ok()
-                    .and_then(|id| contents.users.iter().find(|user| user.id == id))
+                    .and_then(|id| contents.user(id))
                 else {
                     continue;
                 };
@@ -204,11 +200,11 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
                 items.push(item);
             }
             "team" => {
-                let Some((team_id, name)) = grant
+                let Some((team_id, name)) = key
                     .grantee
                     .parse::<i64>()
                     .ok()
-                    .and_then(|id| contents.teams.iter().find(|(team_id, _)| *team_id == id))
+                    .and_then(|id| contents.team_name(id).map(|name| (id, name)))
                 else {
                     continue;
                 };
@@ -217,8 +213,8 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
                     format!("managed:teams:{team_id}:permissions"),
                     &grant.permission,
                 );
-                item.team = Some(name.clone());
-                item.team_id = Some(*team_id);
+                item.team = Some(name.to_string());
+                item.team_id = Some(team_id);
                 item.team_avatar_url = Some(avatar_url(name));
                 items.push(item);
             }
@@ -227,11 +223,11 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
                     grant.id,
                     format!(
                         "managed:builtins:{}:permissions",
-                        grant.grantee.to_lowercase()
+                        key.grantee.to_lowercase()
                     ),
                     &grant.permission,
                 );
-                item.built_in_role = Some(grant.grantee.clone());
+                item.built_in_role = Some(key.grantee.to_string());
                 items.push(item);
             }
             _ => {}
@@ -248,8 +244,7 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
         item.is_inherited = inherited;
         if let Some(login) = grantee.strip_prefix(subject::USER) {
             item.user_id = contents
-                .users
-                .iter()
+                .users()
                 .find(|user| !user.is_service_account && user.login == login)
                 .map(|user| user.id);
             item.user_login = Some(login.to_string());
@@ -257,18 +252,16 @@ pub fn permission_items(snapshot: &PolicySnapshot, uid: &str) -> Vec<PermissionI
         } else if let Some(login) = grantee.strip_prefix(subject::SERVICE_ACCOUNT) {
             item.is_service_account = true;
             item.user_id = contents
-                .users
-                .iter()
+                .users()
                 .find(|user| user.is_service_account && user.login == login)
                 .map(|user| user.id);
             item.user_login = Some(login.to_string());
             item.user_avatar_url = Some(avatar_url(login));
         } else if let Some(team) = grantee.strip_prefix(subject::TEAM) {
             item.team_id = contents
-                .teams
-                .iter()
-                .find(|(_, name)| name == team)
-                .map(|(id, _)| *id);
+                .teams()
+                .find(|(_, name)| *name == team)
+                .map(|(id, _)| id);
             item.team = Some(team.to_string());
             item.team_avatar_url = Some(avatar_url(team));
         } else if let Some(role) = grantee.strip_prefix(subject::BASIC) {

@@ -17,7 +17,7 @@ use crate::http_error::HttpError;
 use crate::policy::datasource_object;
 use crate::principal::{Principal, PrincipalKind};
 use crate::state::{AppState, PolicySnapshot, ReloadTrigger, StoreBuild};
-use crate::store::{Applied, Change, Store, StoreContents};
+use crate::store::{Applied, Change, Store, StoreUpdate};
 
 /// The role that may use every admin endpoint.
 pub const ADMIN_ROLE: &str = "Admin";
@@ -228,12 +228,20 @@ pub async fn write(
     let store = store(state)?;
     let _one_write_at_a_time = state.admin_writes.lock().await;
     // The snapshot is built once, inside the transaction on a blocking thread (the
-    // validation), and that same build is served after the commit.
+    // validation), from the serving one and the rows the change touched, and that same
+    // build is served after the commit.
     let building_state = state.clone();
-    let inputs = state.serving_inputs();
-    let build =
-        move |contents: StoreContents| StoreBuild::build(&building_state.config, inputs, contents);
-    let result = store.apply(&caller.principal.username, change, build).await;
+    let base = state.snapshot();
+    let base_revision = base.store.revision;
+    let build = move |update: StoreUpdate| StoreBuild::build(&building_state.config, base, update);
+    let result = store
+        .apply(
+            &caller.principal.username,
+            change,
+            Some(base_revision),
+            build,
+        )
+        .await;
     let (applied, build) = match result {
         Ok(done) => done,
         Err(error) => {

@@ -83,7 +83,7 @@ pub fn caller_permissions(snapshot: &PolicySnapshot, principal: &Principal) -> C
         );
     }
     let mut datasources = std::collections::BTreeMap::new();
-    for uid in &snapshot.store.datasource_uids {
+    for uid in snapshot.store.datasource_uids.iter() {
         let object = crate::policy::datasource_object(uid);
         let actions: Vec<&'static str> = DATASOURCE_ACTIONS
             .into_iter()

@@ -27,7 +27,7 @@ use super::line::{DATASOURCE_SCOPE_PREFIX, PolicyLine, SourcedLine};
 pub const CASBIN_MAX_HIERARCHY_LEVEL: usize = 10;
 const DEEPEST_ALLOWED_LINK: usize = CASBIN_MAX_HIERARCHY_LEVEL - 1;
 
-type NameId = u32;
+pub(super) type NameId = u32;
 
 /// Hashes the index's own `u32` ids with one multiplication. SipHash (the std default,
 /// kept for request-supplied strings) costs more than the rest of a lookup; ids are
@@ -291,6 +291,44 @@ impl DecisionIndex {
             implied,
             entries: grants,
         })
+    }
+
+    /// The id of an action some file line names.
+    pub(super) fn action_id(&self, action: &str) -> Option<NameId> {
+        self.actions.get(action)
+    }
+
+    pub(super) fn action_name(&self, action: NameId) -> &str {
+        self.actions.name(action)
+    }
+
+    /// Does `granted` imply `requested` through the `g2` closure (itself included)?
+    pub(super) fn implies(&self, granted: NameId, requested: NameId) -> bool {
+        self.implied
+            .get(granted as usize)
+            .is_some_and(|implied| implied.binary_search(&requested).is_ok())
+    }
+
+    /// Every action `granted` implies, itself included, as names.
+    pub(super) fn implied_names(&self, granted: NameId) -> Vec<String> {
+        self.implied
+            .get(granted as usize)
+            .map(|implied| {
+                implied
+                    .iter()
+                    .map(|&id| self.actions.name(id).to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The subjects `subject` inherits through `g` lines (itself excluded), as names.
+    pub(super) fn inherited_names<'a>(&'a self, subject: &str) -> impl Iterator<Item = &'a str> {
+        self.subjects
+            .get(subject)
+            .map_or(&[][..], |id| self.inherited_by(id))
+            .iter()
+            .map(|&id| self.subjects.name(id))
     }
 
     /// The decision: is any of `subjects`, or a subject one of them inherits, granted an

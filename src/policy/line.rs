@@ -103,6 +103,9 @@ pub enum LineProblem {
     BadView(String),
     #[error("action `{0}` looks like a subject")]
     ActionLooksLikeSubject(String),
+    /// The store adds grants only; memberships come from it as principal enrichment.
+    #[error("only grant (`p`) lines of the subject being updated can come from the store")]
+    NotAStoreGrant,
 }
 
 /// Datasource permission levels (Grafana): `Query` ⊂ `Edit` ⊂ `Admin`.

@@ -18,9 +18,11 @@
 mod index;
 mod line;
 mod reference;
+mod store_grants;
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
 use casbin::Enforcer;
 use sha2::{Digest, Sha256};
@@ -30,6 +32,7 @@ pub use line::{DATASOURCE_LEVELS, LineProblem, LineSource, PolicyLine, SourcedLi
 pub use reference::KNOWN_MODEL;
 
 use index::DecisionIndex;
+use store_grants::{NameCache, StoreGrants};
 
 /// The built-in action and basic-role hierarchies (`policies/00-builtin-hierarchy.csv`),
 /// for tests, benches and deployments that start without a policy directory.
@@ -77,71 +80,177 @@ pub fn datasource_object(uid: &str) -> String {
 }
 
 /// A validated, compiled policy revision. Immutable; shared by reference across requests.
+/// Cloning is cheap: the file part is shared, the store part is structurally shared.
+#[derive(Clone)]
 pub struct CompiledPolicy {
+    files: Arc<FilePolicy>,
+    /// What the grants store adds, by subject (see [`store_grants`]).
+    store: StoreGrants,
+    /// casbin fallback mode only (a model the index does not implement): an enforcer over
+    /// the file and the store lines together, rebuilt on every store change.
+    combined: Option<Arc<Enforcer>>,
+}
+
+/// The policy files' part: casbin's enforcer over the file lines (the reference
+/// semantics, which also validates them) and the compiled index. Rebuilt only when the
+/// files change.
+struct FilePolicy {
     enforcer: Enforcer,
     /// `None` when the model is not the shape the index implements: decisions then go
     /// through casbin.
     index: Option<DecisionIndex>,
     digest: String,
     line_count: usize,
+    model_name: String,
+    model_text: String,
+    /// The file lines, kept only in fallback mode (to rebuild the combined enforcer).
+    fallback_lines: Vec<SourcedLine>,
+}
+
+/// What the store grants one subject, replacing whatever it granted before (empty:
+/// nothing any more). Every line must be a `p` line for that subject.
+#[derive(Debug, Clone)]
+pub struct StoreSubjectLines {
+    pub subject: String,
+    pub lines: Vec<SourcedLine>,
 }
 
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("CompiledPolicy")
-            .field("digest", &self.digest)
-            .field("line_count", &self.line_count)
+            .field("digest", &self.files.digest)
+            .field("line_count", &self.line_count())
             .field("uses_casbin_fallback", &self.uses_casbin_fallback())
             .finish_non_exhaustive()
     }
 }
 
 impl CompiledPolicy {
+    fn index(&self) -> Option<&DecisionIndex> {
+        self.files.index.as_ref()
+    }
+
     /// Is any of `subjects` (e.g. `Principal::subjects()`) allowed `action` on `object`?
     pub fn allows(&self, subjects: &[String], object: &str, action: &str) -> bool {
-        match &self.index {
-            Some(index) => index.allows(subjects, object, action),
+        match self.index() {
+            Some(index) => {
+                index.allows(subjects, object, action)
+                    || self.store.allows(Some(index), subjects, object, action)
+            }
             None => self.casbin_allows(subjects, object, action),
         }
     }
 
-    /// casbin's own answer, for the differential test and `explain`. Slow: scans every
-    /// grant line per subject.
+    /// casbin's own answer over the policy files — and, in fallback mode, the store lines
+    /// too. Store lines are not loaded into casbin otherwise (see the README's
+    /// Architecture: casbin is the reference, built per file reload; the differential
+    /// test compares the index with casbin over files and store lines together, through
+    /// [`CasbinReference`]). Slow: scans every grant line per subject.
     pub fn casbin_allows(&self, subjects: &[String], object: &str, action: &str) -> bool {
-        reference::enforce_any(&self.enforcer, subjects, object, action)
+        let enforcer = self.combined.as_deref().unwrap_or(&self.files.enforcer);
+        reference::enforce_any(enforcer, subjects, object, action)
     }
 
-    /// sha256 (hex) of the model and every policy source, in load order.
+    /// sha256 (hex) of the model and every policy file, in load order. Store lines are
+    /// not part of it: the snapshot digest adds the store's revision.
     pub fn digest(&self) -> &str {
-        &self.digest
+        &self.files.digest
     }
 
-    /// Policy lines (`p`, `g`, `g2`) loaded, duplicates included.
+    /// Policy lines (`p`, `g`, `g2`) loaded from files and store, duplicates included.
     pub fn line_count(&self) -> usize {
-        self.line_count
+        self.files.line_count + self.store.line_count()
+    }
+
+    /// Store lines held.
+    pub fn store_line_count(&self) -> usize {
+        self.store.line_count()
     }
 
     /// True when the model is not the shape the compiled index implements, so every
     /// decision goes through casbin's `enforce()`. The caller should warn loudly.
     pub fn uses_casbin_fallback(&self) -> bool {
-        self.index.is_none()
+        self.files.index.is_none()
+    }
+
+    /// A copy with what the store grants the given subjects replaced (the rest shared
+    /// with `self`). Every line is checked like a file line; one bad line refuses the
+    /// whole update and `self` is unchanged. In casbin fallback mode the combined
+    /// enforcer is rebuilt from every line (slow, but that mode is slow anyway).
+    pub fn with_store_subjects(
+        &self,
+        updates: Vec<StoreSubjectLines>,
+    ) -> Result<CompiledPolicy, PolicyError> {
+        let mut checked: Vec<(String, Vec<(String, String)>)> = Vec::with_capacity(updates.len());
+        for update in updates {
+            let mut lines = Vec::with_capacity(update.lines.len());
+            for sourced in update.lines {
+                let problem = |problem| PolicyError::Line {
+                    location: sourced.source.clone(),
+                    problem,
+                };
+                PolicyLine::from_fields(&sourced.line.fields()).map_err(problem)?;
+                match sourced.line {
+                    PolicyLine::Grant {
+                        subject,
+                        object,
+                        action,
+                    } if subject == update.subject => lines.push((object, action)),
+                    _ => return Err(problem(LineProblem::NotAStoreGrant)),
+                }
+            }
+            checked.push((update.subject, lines));
+        }
+        let mut store = self.store.clone();
+        let mut names = NameCache::default();
+        for (subject, lines) in &checked {
+            store.replace(self.index(), subject, lines, &mut names);
+        }
+        let combined = match &self.files.index {
+            Some(_) => None,
+            None => Some(Arc::new(self.combined_enforcer(&store)?)),
+        };
+        Ok(CompiledPolicy {
+            files: self.files.clone(),
+            store,
+            combined,
+        })
+    }
+
+    fn combined_enforcer(&self, store: &StoreGrants) -> Result<Enforcer, PolicyError> {
+        let mut lines = self.files.fallback_lines.clone();
+        for (subject, object, action) in store.lines(None) {
+            lines.push(SourcedLine::new(
+                PolicyLine::Grant {
+                    subject: subject.to_string(),
+                    object: object.to_string(),
+                    action: action.to_string(),
+                },
+                "admin store",
+                0,
+            ));
+        }
+        let (enforcer, _) =
+            reference::build_enforcer(&self.files.model_name, &self.files.model_text, &lines)?;
+        Ok(enforcer)
     }
 
     /// The groups `subjects` belong to through `g` lines, transitively (`role:Gamma` for a
     /// `g, user:alice, role:Gamma` line).
     pub fn groups_of(&self, subjects: &[String]) -> Vec<String> {
-        match &self.index {
+        match self.index() {
             Some(index) => index.groups_of(subjects),
             None => self.casbin_groups_of(subjects),
         }
     }
 
     /// [`CompiledPolicy::groups_of`] from casbin's role manager (fallback mode, and the
-    /// reference the index is tested against).
+    /// reference the index is tested against). Store lines have no `g` lines, so the
+    /// files' enforcer knows every group.
     fn casbin_groups_of(&self, subjects: &[String]) -> Vec<String> {
         use casbin::CoreApi;
-        let manager = self.enforcer.get_role_manager();
+        let manager = self.files.enforcer.get_role_manager();
         let manager = manager.read();
         let mut groups: Vec<String> = Vec::new();
         let mut pending: Vec<String> = subjects.to_vec();
@@ -156,20 +265,45 @@ impl CompiledPolicy {
         groups
     }
 
-    /// FAB permissions and datasource grants `subjects` hold, directly or inherited.
-    /// Empty in casbin fallback mode (the model's meaning is then unknown).
+    /// FAB permissions and datasource grants `subjects` hold, directly or inherited, from
+    /// files and store. Empty in casbin fallback mode (the model's meaning is then
+    /// unknown).
     pub fn effective_permissions(&self, subjects: &[String]) -> EffectivePermissions {
-        self.index
-            .as_ref()
-            .map(|index| index.effective_permissions(subjects))
-            .unwrap_or_default()
+        let Some(index) = self.index() else {
+            return EffectivePermissions::default();
+        };
+        let mut permissions = index.effective_permissions(subjects);
+        self.store
+            .add_effective(Some(index), subjects, &mut permissions);
+        permissions.role_permissions.sort();
+        permissions.role_permissions.dedup();
+        permissions.datasource_grants.sort();
+        permissions.datasource_grants.dedup();
+        permissions
+    }
+}
+
+/// casbin's enforcer over any lines, for tests that compare the compiled policy (files
+/// and store together) with the reference semantics.
+pub struct CasbinReference {
+    enforcer: Enforcer,
+}
+
+impl CasbinReference {
+    pub fn build(model_text: &str, lines: &[SourcedLine]) -> Result<CasbinReference, PolicyError> {
+        let (enforcer, _) = reference::build_enforcer("casbin model", model_text, lines)?;
+        Ok(CasbinReference { enforcer })
+    }
+
+    pub fn allows(&self, subjects: &[String], object: &str, action: &str) -> bool {
+        reference::enforce_any(&self.enforcer, subjects, object, action)
     }
 }
 
 /// Loads `model_path` and every `*.csv` in `policy_dir` (by file name; dotfiles and
 /// other files ignored, symlinks followed).
 pub fn load_policy(model_path: &Path, policy_dir: &Path) -> Result<CompiledPolicy, PolicyError> {
-    read_policy_sources(model_path, policy_dir)?.compile(Vec::new())
+    read_policy_sources(model_path, policy_dir)?.compile()
 }
 
 /// The model and the policy files, read and parsed once, not yet compiled: a snapshot
@@ -251,26 +385,16 @@ fn sources_of_files(
 }
 
 impl PolicySources {
-    /// Compiles the file lines plus `extra` (the store's). Without extra lines the digest
-    /// is the files' own, so an unchanged directory keeps its digest.
-    pub fn compile(self, extra: Vec<SourcedLine>) -> Result<CompiledPolicy, PolicyError> {
-        let digest = if extra.is_empty() {
-            self.file_digest
-        } else {
-            let mut hasher = Sha256::new();
-            hash_framed(&mut hasher, self.file_digest.as_bytes());
-            for sourced in &extra {
-                hash_framed(&mut hasher, sourced.source.file.as_bytes());
-                hash_framed(&mut hasher, &(sourced.source.line as u64).to_le_bytes());
-                for field in sourced.line.fields() {
-                    hash_framed(&mut hasher, field.as_bytes());
-                }
-            }
-            hex::encode(hasher.finalize())
-        };
-        let mut lines = self.lines;
-        lines.extend(extra);
-        compile(&self.model_name, &self.model_text, lines, digest)
+    /// Compiles the file lines, with no store lines yet (add them with
+    /// [`CompiledPolicy::with_store_subjects`]). The digest is the files' own, so an
+    /// unchanged directory keeps its digest.
+    pub fn compile(self) -> Result<CompiledPolicy, PolicyError> {
+        compile(
+            &self.model_name,
+            &self.model_text,
+            self.lines,
+            self.file_digest,
+        )
     }
 }
 
@@ -279,7 +403,7 @@ pub fn load_policy_from_sources(
     model_text: &str,
     files: &[(String, String)],
 ) -> Result<CompiledPolicy, PolicyError> {
-    sources_of_files("casbin model".to_string(), model_text.to_string(), files)?.compile(Vec::new())
+    sources_of_files("casbin model".to_string(), model_text.to_string(), files)?.compile()
 }
 
 /// Compiles already-parsed lines, e.g. file lines plus the admin store's grants. The
@@ -388,11 +512,20 @@ fn compile(
     } else {
         None
     };
+    let line_count = lines.len();
+    let fallback_lines = if index.is_none() { lines } else { Vec::new() };
     Ok(CompiledPolicy {
-        enforcer,
-        index,
-        digest,
-        line_count: lines.len(),
+        files: Arc::new(FilePolicy {
+            enforcer,
+            index,
+            digest,
+            line_count,
+            model_name: model_name.to_string(),
+            model_text: model_text.to_string(),
+            fallback_lines,
+        }),
+        store: StoreGrants::default(),
+        combined: None,
     })
 }
 

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use sqlx::{Any, Row, Transaction};
 use utoipa::ToSchema;
 
+use super::delta::Scope;
 use super::records::{
     DATASOURCE_SELECT, RolePermission, TEAM_SELECT, USER_COLUMNS, datasource_from_row,
     filter_from_row, team_from_row, user_from_row,
@@ -929,6 +930,78 @@ pub(super) async fn apply(tx: &mut Tx<'_>, change: &Change) -> Result<Applied, S
                 Some(before),
                 None,
             ))
+        }
+    }
+}
+
+/// The parts of the store `change` touched (see [`super::delta`]); `applied` gives the
+/// ids a create assigned and what a delete removed.
+pub(super) fn scopes_of(change: &Change, applied: &Applied) -> Vec<Scope> {
+    let created = applied.created_id.unwrap_or_default();
+    match change {
+        Change::SetDatasourcePermission {
+            datasource_uid,
+            grantee,
+            ..
+        } => {
+            let (kind, grantee) = grantee.kind_and_key();
+            vec![Scope::Grant {
+                datasource: datasource_uid.clone(),
+                kind: kind.to_string(),
+                grantee,
+            }]
+        }
+        Change::CreateUser { .. } => vec![Scope::User { id: created }],
+        Change::UpdateUser { id, .. } => vec![Scope::User { id: *id }],
+        Change::DeleteUser { id, .. } => vec![
+            Scope::User { id: *id },
+            Scope::MembersOfUser { user: *id },
+            Scope::TokensOfAccount { account: *id },
+            Scope::GrantsOfGrantee {
+                kind: "user".into(),
+                grantee: id.to_string(),
+            },
+        ],
+        Change::CreateTeam { .. } => vec![Scope::Team { id: created }],
+        Change::UpdateTeam { id, .. } => vec![Scope::Team { id: *id }],
+        Change::DeleteTeam { id } => vec![
+            Scope::Team { id: *id },
+            Scope::MembersOfTeam { team: *id },
+            Scope::GrantsOfGrantee {
+                kind: "team".into(),
+                grantee: id.to_string(),
+            },
+        ],
+        Change::AddTeamMember { user_id, .. } | Change::RemoveTeamMember { user_id, .. } => {
+            vec![Scope::MembersOfUser { user: *user_id }]
+        }
+        Change::CreateToken(input) => vec![Scope::TokensOfAccount {
+            account: input.service_account_id,
+        }],
+        Change::DeleteToken {
+            service_account_id, ..
+        } => vec![Scope::TokensOfAccount {
+            account: *service_account_id,
+        }],
+        Change::CreateRole { .. } => vec![Scope::Role { id: created }],
+        Change::UpdateRole { id, .. } | Change::DeleteRole { id } => vec![Scope::Role { id: *id }],
+        Change::CreateFilter(_) => vec![Scope::Filter { id: created }],
+        Change::UpdateFilter { id, .. } | Change::DeleteFilter { id } => {
+            vec![Scope::Filter { id: *id }]
+        }
+        Change::CreateDatasource(_) => vec![Scope::Datasource { id: created }],
+        Change::UpdateDatasource { id, .. } => vec![Scope::Datasource { id: *id }],
+        Change::DeleteDatasource { id } => {
+            let uid = applied
+                .before
+                .as_ref()
+                .and_then(|before| before["uid"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            vec![
+                Scope::Datasource { id: *id },
+                Scope::GrantsOnDatasource { datasource: uid },
+            ]
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The grants store: users, teams, service accounts and their tokens, roles, datasource
 //! grants, RLS filters, datasources and the admin audit trail, in a real database.
 //!
-//! Off the request path. The admin API writes through [`Store::apply`]; every replica
-//! reads the whole store into [`StoreContents`] when it builds a policy snapshot
-//! (start-up, after a write, on a change announcement or when the poller sees a newer
-//! revision). The proxy never waits on the database: it decides from the snapshot.
+//! Off the request path. The admin API writes through [`Store::apply`]; a replica reads
+//! the whole store into [`StoreContents`] at start-up, and afterwards only what the
+//! revisions it has not seen touched ([`delta`]: the change log names the scopes, their
+//! rows are re-read), falling back to the whole store on a gap. The proxy never waits on
+//! the database: it decides from the snapshot.
 //!
 //! Backends: embedded SQLite (a file, created and migrated on first start) or PostgreSQL.
 //! Both speak the same SQL through sqlx's `Any` driver; only the migrations differ
@@ -16,6 +17,7 @@
 
 mod changes;
 mod contents;
+pub mod delta;
 mod records;
 mod search;
 
@@ -27,7 +29,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use changes::{Change, DatasourceInput, Grantee, ServiceAccountTokenInput, UserInput};
-pub use contents::{StoreContents, StoreIdentity, StoreUser};
+pub use contents::{
+    GrantKey, ScopeRows, StoreContents, StoreIdentity, StoreToken, StoreUser, StoredGrant, Touched,
+};
+pub use delta::{StoreDelta, StoreUpdate};
 pub use records::*;
 pub use search::{Found, SearchPage};
 
@@ -268,34 +273,69 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
+    /// A transaction that reads one consistent state of the store: PostgreSQL's default
+    /// (read committed) gives every statement its own snapshot, so a reader could see half
+    /// of a write; repeatable read gives the whole transaction one. SQLite transactions
+    /// are serializable already.
+    async fn read_transaction(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *transaction)
+                .await?;
+        }
+        Ok(transaction)
+    }
+
     /// Everything a policy snapshot needs, read in one transaction so it is consistent.
     pub async fn load(&self) -> Result<StoreContents, StoreError> {
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.read_transaction().await?;
         let contents = contents::load(&mut transaction).await?;
         transaction.commit().await?;
         Ok(contents)
+    }
+
+    /// What takes contents at revision `from` to the store's current revision: the rows
+    /// the revisions in between touched, or the whole store when the change log does not
+    /// cover them ([`delta`]). `None` when the store is not newer than `from`.
+    pub async fn changes_since(&self, from: i64) -> Result<Option<StoreUpdate>, StoreError> {
+        let mut transaction = self.read_transaction().await?;
+        let revision: i64 = sqlx::query("SELECT revision FROM store_revision WHERE id = 1")
+            .fetch_one(&mut *transaction)
+            .await?
+            .try_get(0)?;
+        if revision <= from {
+            transaction.commit().await?;
+            return Ok(None);
+        }
+        let update = delta::catch_up(&mut transaction, from, revision).await?;
+        transaction.commit().await?;
+        Ok(Some(update))
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Applies one change as one transaction. `build` sees the store as it would be after
-    /// the change and builds what the caller will serve from it (a policy snapshot), or
-    /// refuses the change (for example, a filter whose clause does not compile against its
-    /// datasource): then nothing is written. It runs once, on a blocking thread (never on
-    /// the async runtime), while the transaction holds the write lock: the build must see
-    /// exactly the contents that commit. On success returns what the change produced and
-    /// what `build` returned.
+    /// Applies one change as one transaction. `build` gets what takes the caller's
+    /// contents at `base_revision` to the store as it would be after the change — the
+    /// rows this and any missed revision touched, or the whole store (without a base, or
+    /// when the change log does not reach back to it) — and builds what the caller will
+    /// serve (a policy snapshot), or refuses the change (for example, a filter whose
+    /// clause does not compile against its datasource): then nothing is written. It runs
+    /// once, on a blocking thread (never on the async runtime), while the transaction
+    /// holds the write lock: the build must see exactly what commits. On success returns
+    /// what the change produced and what `build` returned.
     pub async fn apply<T, F>(
         &self,
         actor: &str,
         change: Change,
+        base_revision: Option<i64>,
         build: F,
     ) -> Result<(Applied, T), StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(StoreContents) -> Result<T, crate::state::SnapshotError> + Send + 'static,
+        F: FnOnce(StoreUpdate) -> Result<T, crate::state::SnapshotError> + Send + 'static,
     {
         let mut transaction = self.pool.begin().await?;
         // First statement: takes the write lock (row lock on PostgreSQL, RESERVED on
@@ -307,8 +347,19 @@ impl Store {
         .await?
         .try_get(0)?;
         let applied = changes::apply(&mut transaction, &change).await?;
-        let contents = contents::load(&mut transaction).await?;
-        let built = tokio::task::spawn_blocking(move || build(contents))
+        delta::record(
+            &mut transaction,
+            revision,
+            &changes::scopes_of(&change, &applied),
+        )
+        .await?;
+        let update = match base_revision {
+            Some(base) if base < revision => {
+                delta::catch_up(&mut transaction, base, revision).await?
+            }
+            _ => StoreUpdate::Full(Box::new(contents::load(&mut transaction).await?)),
+        };
+        let built = tokio::task::spawn_blocking(move || build(update))
             .await
             .map_err(|_| StoreError::BuildLost)?
             .map_err(StoreError::Rejected)?;
