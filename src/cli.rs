@@ -292,6 +292,7 @@ pub async fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde
         raw_path,
         query,
         headers: &presented,
+        client_address: None,
     };
     let mut body = decision::GivenBody(args.body.as_deref().map(str::as_bytes));
     let options = decision::AdmitOptions { trace: true };

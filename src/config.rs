@@ -583,6 +583,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.sql.pool.per_caller_limit == 0 {
+            return Err(ConfigError::invalid(
+                "sql.pool.per_caller_limit",
+                "must be at least 1",
+            ));
+        }
         if !(0..=19).contains(&self.sql.pool.niceness) {
             return Err(ConfigError::invalid("sql.pool.niceness", "must be 0 to 19"));
         }
@@ -702,6 +708,12 @@ routes: {}
         );
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.contains("identity_headers.user"), "{error}");
+
+        let text = format!("{MINIMAL}sql: {{pool: {{per_caller_limit: 0}}}}\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("sql.pool.per_caller_limit"), "{error}");
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.sql.pool.per_caller_limit, 8);
     }
 
     #[test]

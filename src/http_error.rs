@@ -21,7 +21,16 @@ pub struct HttpError {
     pub kind: Option<&'static str>,
     /// A complete body replacing `{"message", "kind"}` (JSON-RPC errors).
     pub raw_body: Option<Vec<u8>>,
+    /// `Retry-After` seconds, on overload and availability refusals (429, 503).
+    pub retry_after: Option<u64>,
 }
+
+/// `Retry-After` for 503s whose cause datagate cannot time: the grants store or a replica's
+/// confirmation coming back (polled every `store.poll_interval`, 500 ms by default), and
+/// the identity provider's keys or STS (refetched every `jwks_refresh.retry_interval`,
+/// 10 s by default, and on the next request).
+const RETRY_STORE_SECONDS: u64 = 1;
+const RETRY_DEPENDENCY_SECONDS: u64 = 10;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -38,11 +47,17 @@ impl HttpError {
             www_authenticate: None,
             kind: None,
             raw_body: None,
+            retry_after: None,
         }
     }
 
     fn with_kind(mut self, kind: &'static str) -> HttpError {
         self.kind = Some(kind);
+        self
+    }
+
+    fn retry_after(mut self, seconds: u64) -> HttpError {
+        self.retry_after = Some(seconds);
         self
     }
 
@@ -58,14 +73,15 @@ impl HttpError {
             www_authenticate: Some(challenge),
             kind: None,
             raw_body: None,
+            retry_after: None,
         }
     }
 
     /// The same refusal as a JSON-RPC error (HTTP 200), for MCP routes. Authentication
-    /// and availability refusals stay HTTP (401 with its challenge, 503), as MCP clients
-    /// expect.
+    /// and availability refusals stay HTTP (401 with its challenge, 429 and 503 with
+    /// `Retry-After`), as MCP clients expect.
     pub fn as_json_rpc(&self, id: &serde_json::Value) -> Option<HttpError> {
-        if matches!(self.status, 401 | 503) {
+        if matches!(self.status, 401 | 429 | 503) {
             return None;
         }
         let code = match self.status {
@@ -87,6 +103,7 @@ impl HttpError {
             www_authenticate: None,
             kind: self.kind,
             raw_body: Some(serde_json::to_vec(&body).unwrap_or_default()),
+            retry_after: None,
         })
     }
 
@@ -111,9 +128,9 @@ impl From<&Refusal> for HttpError {
             Refusal::Authentication(error) if error.is_config_error() => {
                 HttpError::new(500, "authentication is misconfigured")
             }
-            Refusal::Authentication(AuthnError::KeysUnavailable) => {
-                HttpError::new(503, message).with_kind("identity_keys_unavailable")
-            }
+            Refusal::Authentication(AuthnError::KeysUnavailable) => HttpError::new(503, message)
+                .with_kind("identity_keys_unavailable")
+                .retry_after(RETRY_DEPENDENCY_SECONDS),
             Refusal::Authentication(AuthnError::CrossSiteRequest) => {
                 HttpError::new(403, message).with_kind("cross_site_request")
             }
@@ -145,7 +162,9 @@ impl From<&Refusal> for HttpError {
             Refusal::ResultUnknown { .. } => {
                 HttpError::new(403, message).with_kind("result_unknown")
             }
-            Refusal::ResultStore => HttpError::new(503, message).with_kind("result_store"),
+            Refusal::ResultStore => HttpError::new(503, message)
+                .with_kind("result_store")
+                .retry_after(RETRY_STORE_SECONDS),
             Refusal::UriTooLong { .. } => HttpError::new(414, message).with_kind("uri_too_long"),
             Refusal::UnmatchedRoute { .. }
             | Refusal::MissingPermission { .. }
@@ -163,7 +182,12 @@ impl From<&Refusal> for HttpError {
                     CredsError::PlaintextUpstream => (502, "plaintext_upstream"),
                     CredsError::SeveralDatasources(_) => (400, "several_iam_datasources"),
                 };
-                HttpError::new(status, message).with_kind(kind)
+                let error = HttpError::new(status, message).with_kind(kind);
+                if status == 503 {
+                    error.retry_after(RETRY_DEPENDENCY_SECONDS)
+                } else {
+                    error
+                }
             }
             Refusal::Header(error) => {
                 // A route that does not allow upgrades is a policy answer; the rest are
@@ -181,7 +205,9 @@ impl From<&Refusal> for HttpError {
             Refusal::McpMethodRefused(_) => {
                 HttpError::new(403, message).with_kind("mcp_method_refused")
             }
-            Refusal::PolicyStale { .. } => HttpError::new(503, message).with_kind("policy_stale"),
+            Refusal::PolicyStale { .. } => HttpError::new(503, message)
+                .with_kind("policy_stale")
+                .retry_after(RETRY_STORE_SECONDS),
             Refusal::SqlLocation(error) => {
                 let kind = error.kind();
                 let status = match kind {
@@ -192,12 +218,21 @@ impl From<&Refusal> for HttpError {
             }
             Refusal::SqlPool(error) => {
                 use crate::sql_pool::SqlPoolError;
-                let (status, kind) = match error {
-                    SqlPoolError::Busy { .. } => (503, "sql_busy"),
-                    SqlPoolError::TooLarge { .. } => (413, "sql_too_large"),
-                    SqlPoolError::WorkerLost => (500, "sql_worker_lost"),
-                };
-                HttpError::new(status, message).with_kind(kind)
+                match error {
+                    SqlPoolError::Busy { retry_after, .. } => HttpError::new(503, message)
+                        .with_kind("sql_busy")
+                        .retry_after(*retry_after),
+                    // The pool has room; this caller is over its share.
+                    SqlPoolError::CallerBusy { retry_after, .. } => HttpError::new(429, message)
+                        .with_kind("sql_caller_limit")
+                        .retry_after(*retry_after),
+                    SqlPoolError::TooLarge { .. } => {
+                        HttpError::new(413, message).with_kind("sql_too_large")
+                    }
+                    SqlPoolError::WorkerLost => {
+                        HttpError::new(500, message).with_kind("sql_worker_lost")
+                    }
+                }
             }
             Refusal::ChartData(error) => {
                 use crate::chart_data::ChartDataError;
@@ -366,5 +401,45 @@ mod tests {
             limit: 65536,
         });
         assert_eq!(error.status, 413);
+    }
+
+    #[test]
+    fn overload_and_availability_refusals_say_when_to_retry() {
+        use crate::sql_pool::SqlPoolError;
+        let busy = HttpError::from(&Refusal::SqlPool(SqlPoolError::Busy {
+            queue_limit: 64,
+            retry_after: 3,
+        }));
+        assert_eq!(
+            (busy.status, busy.kind, busy.retry_after),
+            (503, Some("sql_busy"), Some(3))
+        );
+        let share = HttpError::from(&Refusal::SqlPool(SqlPoolError::CallerBusy {
+            limit: 8,
+            retry_after: 2,
+        }));
+        assert_eq!(
+            (share.status, share.kind, share.retry_after),
+            (429, Some("sql_caller_limit"), Some(2))
+        );
+        // MCP clients get both as HTTP, with the header, not as JSON-RPC errors.
+        assert!(share.as_json_rpc(&serde_json::json!(1)).is_none());
+        for refusal in [
+            Refusal::ResultStore,
+            Refusal::PolicyStale { seconds: 12 },
+            Refusal::Authentication(AuthnError::KeysUnavailable),
+        ] {
+            let error = HttpError::from(&refusal);
+            assert_eq!(error.status, 503);
+            assert!(
+                error.retry_after.is_some_and(|seconds| seconds >= 1),
+                "{refusal}"
+            );
+        }
+        // A refusal that retrying cannot fix carries none.
+        let forbidden = HttpError::from(&Refusal::MissingPermission {
+            permission: "can_read on Chart".into(),
+        });
+        assert_eq!(forbidden.retry_after, None);
     }
 }

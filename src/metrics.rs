@@ -253,13 +253,17 @@ impl Metrics {
             rejected: IntCounterVec::new(
                 Opts::new(
                     "datagate_sql_pool_rejected_total",
-                    "SQL tasks refused before running, by reason (busy, too_large, worker_lost).",
+                    "SQL tasks refused before running, by reason (busy, caller_limit, too_large, worker_lost).",
                 ),
                 &["reason"],
             )?,
             queued: IntGauge::new(
                 "datagate_sql_pool_queued",
                 "SQL tasks waiting for a pool thread.",
+            )?,
+            callers: IntGauge::new(
+                "datagate_sql_pool_callers",
+                "Callers with SQL tasks queued or running (each held to sql.pool.per_caller_limit).",
             )?,
         };
         let build_info = IntGaugeVec::new(
@@ -306,6 +310,7 @@ impl Metrics {
             Box::new(upstream_seconds.clone()),
             Box::new(sql_pool.rejected.clone()),
             Box::new(sql_pool.queued.clone()),
+            Box::new(sql_pool.callers.clone()),
             Box::new(build_info.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_open.clone()),

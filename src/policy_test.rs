@@ -859,6 +859,7 @@ async fn run_case(
         raw_path,
         query,
         headers: &presented,
+        client_address: None,
     };
     let snapshot = state.snapshot();
     let mut given = decision::GivenBody(body.as_deref());

@@ -1,7 +1,9 @@
 //! Bounded SQL work, end to end with a real `datagate` process: while clients flood a SQL
 //! route with heavy statements (2,000-branch `UNION`s over a protected table), an
 //! authentication-only route on the same proxy still answers, and the flood beyond the
-//! pool's queue is refused with `503 sql_busy` — counted, and never forwarded.
+//! pool's queue is refused with `503 sql_busy` and a `Retry-After` — counted, and never
+//! forwarded. One caller flooding the pool is held to its share (`429 sql_caller_limit`)
+//! while another caller's SQL is still admitted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -33,8 +35,8 @@ table:
           datasource: {fixed: demo}
 "#;
 
-const GRANTS: &str =
-    "p, role:Public, Chart, can_read\np, role:Public, datasources:uid:demo, Query\n";
+const GRANTS: &str = "p, role:Public, Chart, can_read\np, role:Public, datasources:uid:demo, Query\n\
+     p, role:Gamma, Chart, can_read\np, role:Gamma, datasources:uid:demo, Query\n";
 
 /// A statement that is expensive to check and rewrite: `branches` SELECTs over the
 /// protected `orders` table, each wrapped by the rewrite (2,000 branches are about 56 KB,
@@ -49,6 +51,11 @@ fn heavy_union(branches: usize, salt: usize) -> String {
 }
 
 fn start(upstream: std::net::SocketAddr) -> Gateway {
+    // One SQL thread and one queue slot: a handful of concurrent statements overflow it.
+    start_with_pool(upstream, "threads: 1\n    queue_limit: 1")
+}
+
+fn start_with_pool(upstream: std::net::SocketAddr, pool: &str) -> Gateway {
     let mut options = GatewayOptions::new(upstream);
     options.routes_yaml = Some(ROUTES.to_string());
     let builtin =
@@ -61,12 +68,55 @@ fn start(upstream: std::net::SocketAddr) -> Gateway {
         ("10-grants.csv".to_string(), GRANTS.to_string()),
         ("50-demo.rls.yaml".to_string(), filters),
     ]);
-    // One SQL thread and one queue slot: a handful of concurrent statements overflow it.
-    options.extra_yaml = Some(
-        "sql:\n  max_bytes: 262144\n  max_cpu_time: 30s\n  pool:\n    threads: 1\n    queue_limit: 1\n"
-            .to_string(),
-    );
+    options.extra_yaml = Some(format!(
+        "sql:\n  max_bytes: 262144\n  max_cpu_time: 30s\n  pool:\n    {pool}\n"
+    ));
     Gateway::start(options)
+}
+
+/// What a SQL client got: status, `kind` and `Retry-After`.
+struct Answer {
+    status: u16,
+    kind: Option<String>,
+    retry_after: Option<String>,
+    text: String,
+}
+
+fn post_sql(url: &str, token: Option<&str>, sql: &str) -> Option<Answer> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let mut request = ureq::post(url)
+        .timeout(Duration::from_secs(120))
+        .set("Content-Type", "application/json");
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.send_string(&body) {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        // The test failed and stopped the process.
+        Err(_) => return None,
+    };
+    let status = response.status();
+    let retry_after = response.header("Retry-After").map(str::to_owned);
+    let text = response.into_string().unwrap();
+    let kind = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|value| value["kind"].as_str().map(str::to_owned));
+    Some(Answer {
+        status,
+        kind,
+        retry_after,
+        text,
+    })
+}
+
+/// A `Retry-After` of whole seconds, at least one.
+fn retry_seconds(answer: &Answer) -> Option<u64> {
+    answer
+        .retry_after
+        .as_deref()
+        .and_then(|value| value.parse::<u64>().ok())
+        .filter(|seconds| *seconds >= 1)
 }
 
 #[test]
@@ -97,40 +147,34 @@ fn an_auth_only_route_answers_while_sql_is_saturated_and_overload_is_sql_busy() 
     let sql_ok = Arc::new(AtomicUsize::new(0));
     let sql_busy = Arc::new(AtomicUsize::new(0));
     let sql_other = Arc::new(AtomicUsize::new(0));
+    let busy_without_retry_after = Arc::new(AtomicUsize::new(0));
     let salt = Arc::new(AtomicUsize::new(10_000));
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let (sql_url, stop) = (sql_url.clone(), stop.clone());
-            let (ok, busy, other, salt) = (
+            let (ok, busy, other, salt, no_retry) = (
                 sql_ok.clone(),
                 sql_busy.clone(),
                 sql_other.clone(),
                 salt.clone(),
+                busy_without_retry_after.clone(),
             );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let sql = heavy_union(2_000, salt.fetch_add(1, Ordering::SeqCst));
-                    let body = serde_json::json!({ "sql": sql }).to_string();
-                    let response = ureq::post(&sql_url)
-                        .timeout(Duration::from_secs(120))
-                        .set("Content-Type", "application/json")
-                        .send_string(&body);
-                    let (status, text) = match response {
-                        Ok(response) => (response.status(), response.into_string().unwrap()),
-                        Err(ureq::Error::Status(status, response)) => {
-                            (status, response.into_string().unwrap())
-                        }
-                        // The test failed and stopped the process.
-                        Err(_) => return,
+                    let Some(answer) = post_sql(&sql_url, None, &sql) else {
+                        return;
                     };
-                    let kind = serde_json::from_str::<serde_json::Value>(&text)
-                        .ok()
-                        .and_then(|value| value["kind"].as_str().map(str::to_owned));
-                    match (status, kind.as_deref()) {
+                    match (answer.status, answer.kind.as_deref()) {
                         (200, _) => ok.fetch_add(1, Ordering::SeqCst),
-                        (503, Some("sql_busy")) => busy.fetch_add(1, Ordering::SeqCst),
+                        (503, Some("sql_busy")) => {
+                            if retry_seconds(&answer).is_none() {
+                                no_retry.fetch_add(1, Ordering::SeqCst);
+                            }
+                            busy.fetch_add(1, Ordering::SeqCst)
+                        }
                         _ => {
-                            eprintln!("SQL route answered {status}: {text}");
+                            eprintln!("SQL route answered {}: {}", answer.status, answer.text);
                             other.fetch_add(1, Ordering::SeqCst)
                         }
                     };
@@ -168,6 +212,11 @@ fn an_auth_only_route_answers_while_sql_is_saturated_and_overload_is_sql_busy() 
         sql_other.load(Ordering::SeqCst),
         0,
         "unexpected SQL answers"
+    );
+    assert_eq!(
+        busy_without_retry_after.load(Ordering::SeqCst),
+        0,
+        "every sql_busy carries a Retry-After of whole seconds"
     );
 
     // Busy refusals are counted, by the pool and as refusals with their status and kind.
@@ -231,4 +280,131 @@ fn a_statement_over_its_cpu_budget_is_refused_and_not_forwarded() {
         Some(r#"{"sql": "SELECT 1"}"#),
     );
     assert_eq!(status, 200);
+}
+
+#[test]
+fn one_caller_is_held_to_its_share_while_another_callers_sql_is_admitted() {
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    // One thread, room for three waiting, two tasks per caller. Six greedy clients would
+    // fill all four places without the share (and the other caller would be refused
+    // `sql_busy`); held to two, they leave room. The two callers hold at most three tasks,
+    // so the three waiting places never overflow.
+    let gateway = start_with_pool(
+        upstream,
+        "threads: 1\n    queue_limit: 3\n    per_caller_limit: 2",
+    );
+    let sql_url = gateway.url("/api/sql");
+    let greedy = gateway.token("greedy", &["Gamma"], &[], None);
+    let patient = gateway.token("patient", &["Gamma"], &[], None);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let greedy_ok = Arc::new(AtomicUsize::new(0));
+    let greedy_limited = Arc::new(AtomicUsize::new(0));
+    let greedy_other = Arc::new(AtomicUsize::new(0));
+    let limited_without_retry_after = Arc::new(AtomicUsize::new(0));
+    let salt = Arc::new(AtomicUsize::new(50_000));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (sql_url, stop, token, salt) =
+                (sql_url.clone(), stop.clone(), greedy.clone(), salt.clone());
+            let (ok, limited, other, no_retry) = (
+                greedy_ok.clone(),
+                greedy_limited.clone(),
+                greedy_other.clone(),
+                limited_without_retry_after.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let sql = heavy_union(2_000, salt.fetch_add(1, Ordering::SeqCst));
+                    let Some(answer) = post_sql(&sql_url, Some(&token), &sql) else {
+                        return;
+                    };
+                    match (answer.status, answer.kind.as_deref()) {
+                        (200, _) => ok.fetch_add(1, Ordering::SeqCst),
+                        (429, Some("sql_caller_limit")) => {
+                            if retry_seconds(&answer).is_none() {
+                                no_retry.fetch_add(1, Ordering::SeqCst);
+                            }
+                            limited.fetch_add(1, Ordering::SeqCst)
+                        }
+                        _ => {
+                            eprintln!("greedy caller got {}: {}", answer.status, answer.text);
+                            other.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // The greedy caller demonstrably holds its whole share...
+    assert!(
+        Gateway::eventually(Duration::from_secs(120), || greedy_limited
+            .load(Ordering::SeqCst)
+            > 0),
+        "the greedy caller was never held to its share"
+    );
+    // ...and another caller's heavy statements are admitted every time, rewritten for
+    // that caller.
+    for attempt in 0..5 {
+        let sql = heavy_union(2_000, 90_000 + attempt);
+        let answer = post_sql(&sql_url, Some(&patient), &sql).unwrap();
+        assert_eq!(
+            answer.status, 200,
+            "the other caller's SQL was refused: {}",
+            answer.text
+        );
+    }
+    let limited_during = greedy_limited.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert!(limited_during > 0);
+    assert_eq!(greedy_other.load(Ordering::SeqCst), 0, "unexpected answers");
+    assert_eq!(
+        limited_without_retry_after.load(Ordering::SeqCst),
+        0,
+        "every sql_caller_limit carries a Retry-After of whole seconds"
+    );
+
+    // Counted by the pool and as refusals; none of them reached the upstream.
+    let limited = greedy_limited.load(Ordering::SeqCst) as f64;
+    assert_eq!(
+        gateway.metric_with(
+            "datagate_sql_pool_rejected_total",
+            &["reason=\"caller_limit\""]
+        ),
+        limited
+    );
+    assert_eq!(
+        gateway.metric_with(
+            "datagate_refusals_total",
+            &["status=\"429\"", "kind=\"sql_caller_limit\""]
+        ),
+        limited
+    );
+    assert_eq!(
+        gateway.metric_with("datagate_sql_pool_rejected_total", &["reason=\"busy\""]),
+        0.0,
+        "the queue itself never filled"
+    );
+    let recorded = recorded_requests(upstream);
+    let patient_forwarded: Vec<_> = recorded
+        .iter()
+        .filter(|request| request.body_text.contains("tenant_id = 'patient'"))
+        .collect();
+    assert_eq!(patient_forwarded.len(), 5);
+    assert!(patient_forwarded.iter().all(|request| {
+        request
+            .body_text
+            .matches("AND (note <> 'internal')")
+            .count()
+            == 2_000
+    }));
+    assert_eq!(
+        recorded.len(),
+        greedy_ok.load(Ordering::SeqCst) + 5,
+        "only the admitted statements reached the upstream"
+    );
 }

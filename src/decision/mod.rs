@@ -48,7 +48,9 @@ pub use permissions::{
     PERMISSIONS_ROUTE, caller_permissions, export_refusal, is_permissions_request,
 };
 pub use refusal::Refusal;
-pub use sql::{QUERY_ACTION, SqlJob, SqlPlan, SqlRewrite, StatementRewrite, finish_sql, plan_sql};
+pub use sql::{
+    QUERY_ACTION, SqlJob, SqlPlan, SqlRewrite, StatementRewrite, finish_sql, plan_sql, pool_caller,
+};
 
 use crate::principal::Principal;
 use crate::state::{AppState, PolicySnapshot};
@@ -64,6 +66,9 @@ pub struct RequestHead<'a> {
     pub query: Option<&'a str>,
     /// The request's headers as [`read_headers`] read them.
     pub headers: &'a PresentedHeaders,
+    /// The connection's peer (`None` outside the proxy): an anonymous caller's share of
+    /// the SQL pool is counted by it.
+    pub client_address: Option<std::net::IpAddr>,
 }
 
 /// What a request's headers present, read once by [`read_headers`] so that every
@@ -424,9 +429,10 @@ async fn decide(
         let started = Instant::now();
         let limits = state.config.sql.rewrite_limits();
         let job = plan.job(snapshot, permit.principal(), limits);
+        let caller = pool_caller(permit.principal(), head.client_address);
         let results = state
             .sql_pool
-            .run(plan.largest_statement(), move || job.run())
+            .run(&caller, plan.largest_statement(), move || job.run())
             .await;
         decision.sql_time = Some(started.elapsed());
         let rewrite = finish_sql(

@@ -215,5 +215,63 @@ pub fn finish_sql(
     })
 }
 
+/// Who the SQL pool counts a request's statements against: the principal, or for an
+/// anonymous caller the client address (every anonymous client is the same principal).
+pub fn pool_caller(
+    principal: &Principal,
+    client_address: Option<std::net::IpAddr>,
+) -> crate::sql_pool::CallerKey {
+    use crate::principal::{PrincipalKind, subject};
+    use crate::sql_pool::CallerKey;
+    match (principal.kind, client_address) {
+        (PrincipalKind::User, _) => {
+            CallerKey::new(format!("{}{}", subject::USER, principal.username))
+        }
+        (PrincipalKind::ServiceAccount, _) => CallerKey::new(format!(
+            "{}{}",
+            subject::SERVICE_ACCOUNT,
+            principal.username
+        )),
+        (PrincipalKind::Anonymous, Some(address)) => CallerKey::new(format!("ip:{address}")),
+        (PrincipalKind::Anonymous, None) => CallerKey::new("anonymous"),
+    }
+}
+
 /// The action a SQL statement needs on its datasource.
 pub const QUERY_ACTION: &str = "datasources:query";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::PrincipalKind;
+    use crate::sql_pool::CallerKey;
+
+    #[test]
+    fn the_pool_counts_principals_by_name_and_anonymous_callers_by_address() {
+        let address: std::net::IpAddr = [192, 0, 2, 7].into();
+        let mut alice = Principal::anonymous(vec!["Gamma".into()]);
+        alice.kind = PrincipalKind::User;
+        alice.username = "alice".into();
+        // Wherever alice connects from, it is her share.
+        assert_eq!(
+            pool_caller(&alice, Some(address)),
+            CallerKey::new("user:alice")
+        );
+        assert_eq!(pool_caller(&alice, None), CallerKey::new("user:alice"));
+        let mut robot = alice.clone();
+        robot.kind = PrincipalKind::ServiceAccount;
+        assert_eq!(
+            pool_caller(&robot, None),
+            CallerKey::new("serviceaccount:alice")
+        );
+        let anonymous = Principal::anonymous(vec!["Public".into()]);
+        assert_eq!(
+            pool_caller(&anonymous, Some(address)),
+            CallerKey::new("ip:192.0.2.7")
+        );
+        assert_ne!(
+            pool_caller(&anonymous, Some([192, 0, 2, 8].into())),
+            pool_caller(&anonymous, Some(address))
+        );
+    }
+}

@@ -193,6 +193,10 @@ impl ProxyHttp for DatagateProxy {
             raw_path: &raw_path,
             query: query.as_deref(),
             headers: &presented,
+            client_address: session
+                .client_addr()
+                .and_then(|address| address.as_inet())
+                .map(|address| address.ip()),
         };
         let mut body = body::SessionBody {
             session,
@@ -673,6 +677,7 @@ impl DatagateProxy {
                     raw_path: &head_path,
                     query: None,
                     headers: &presented,
+                    client_address: None,
                 };
                 let refusal = Refusal::Authentication(error);
                 let revision = self.state.snapshot().revision;
@@ -805,6 +810,9 @@ async fn write_json(session: &mut Session, error: &HttpError, body: Option<Vec<u
     response.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if let Some(challenge) = &error.www_authenticate {
         response.insert_header(http::header::WWW_AUTHENTICATE, challenge.clone())?;
+    }
+    if let Some(seconds) = error.retry_after {
+        response.insert_header(http::header::RETRY_AFTER, seconds.to_string())?;
     }
     session
         .write_response_header(Box::new(response), false)
