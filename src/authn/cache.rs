@@ -1,8 +1,12 @@
 //! A bounded cache of already-verified tokens, consulted before signature verification.
 //!
 //! RS256/ES256 verification costs hundreds of microseconds per request while clients
-//! resend the same token for its whole lifetime. The cache is keyed by sha256(token), so a
-//! hit requires presenting exactly the verified bytes, and each entry remembers the
+//! resend the same token for its whole lifetime. The cache is keyed by the token itself
+//! (as Envoy's JWT cache is), so a hit requires presenting exactly the verified bytes:
+//! the map's hash only finds the bucket and the full token is compared, so no hash
+//! collision can borrow another caller's entry, and no cryptographic digest is computed
+//! per request (sha256 of an 800-byte token was the largest single cost of a cached
+//! request, see README *Benchmarks*). Each entry remembers the
 //! token's `exp` (+ leeway), which is enforced on every hit, and the generation of the
 //! key set that verified it, so a key rotated out of a remote JWKS stops verifying cached
 //! tokens at the same refresh that removes it. It lives inside the
@@ -12,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::principal::Principal;
-
-pub(crate) type TokenDigest = [u8; 32];
 
 struct Entry {
     principal: Principal,
@@ -26,7 +28,7 @@ struct Entry {
 
 pub(crate) struct VerifiedTokenCache {
     capacity: usize,
-    entries: Mutex<HashMap<TokenDigest, Entry>>,
+    entries: Mutex<HashMap<Box<str>, Entry>>,
 }
 
 impl VerifiedTokenCache {
@@ -41,17 +43,17 @@ impl VerifiedTokenCache {
         self.capacity > 0
     }
 
-    pub(crate) fn get(&self, digest: &TokenDigest, now: u64) -> Option<(Principal, u64)> {
+    pub(crate) fn get(&self, token: &str, now: u64) -> Option<(Principal, u64)> {
         // A poisoned lock only means another thread panicked mid-insert; treating it as
         // a miss falls back to full verification, which is always correct.
         let entries = self.entries.lock().ok()?;
-        let entry = entries.get(digest)?;
+        let entry = entries.get(token)?;
         (now <= entry.usable_until).then(|| (entry.principal.clone(), entry.generation))
     }
 
     pub(crate) fn insert(
         &self,
-        digest: TokenDigest,
+        token: &str,
         principal: &Principal,
         usable_until: u64,
         now: u64,
@@ -69,7 +71,7 @@ impl VerifiedTokenCache {
             }
         }
         entries.insert(
-            digest,
+            token.into(),
             Entry {
                 principal: principal.clone(),
                 usable_until,
@@ -87,22 +89,22 @@ mod tests {
     fn entries_expire_and_capacity_is_bounded() {
         let cache = VerifiedTokenCache::new(2);
         let principal = Principal::anonymous(vec![]);
-        cache.insert([1; 32], &principal, 100, 50, 0);
-        assert!(cache.get(&[1; 32], 100).is_some());
-        assert!(cache.get(&[1; 32], 101).is_none());
-        assert!(cache.get(&[2; 32], 50).is_none());
-        cache.insert([2; 32], &principal, 200, 50, 0);
-        cache.insert([3; 32], &principal, 200, 150, 0);
+        cache.insert("one", &principal, 100, 50, 0);
+        assert!(cache.get("one", 100).is_some());
+        assert!(cache.get("one", 101).is_none());
+        assert!(cache.get("two", 50).is_none());
+        cache.insert("two", &principal, 200, 50, 0);
+        cache.insert("three", &principal, 200, 150, 0);
         // [1] had expired at 150 and was evicted; [2] and [3] are live.
-        assert!(cache.get(&[1; 32], 60).is_none());
-        assert!(cache.get(&[2; 32], 150).is_some());
-        assert!(cache.get(&[3; 32], 150).is_some());
-        cache.insert([4; 32], &principal, 300, 150, 0);
-        let live = [[2; 32], [3; 32], [4; 32]]
+        assert!(cache.get("one", 60).is_none());
+        assert!(cache.get("two", 150).is_some());
+        assert!(cache.get("three", 150).is_some());
+        cache.insert("four", &principal, 300, 150, 0);
+        let live = ["two", "three", "four"]
             .iter()
-            .filter(|digest| cache.get(digest, 150).is_some())
+            .filter(|token| cache.get(token, 150).is_some())
             .count();
         assert!(live <= 2);
-        assert!(cache.get(&[4; 32], 150).is_some());
+        assert!(cache.get("four", 150).is_some());
     }
 }

@@ -23,7 +23,6 @@ use jsonwebtoken::{
     Algorithm, DecodingKey, Validation, decode, decode_header, get_current_timestamp,
 };
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::cache::VerifiedTokenCache;
 use super::claims::principal_from_claims;
@@ -153,9 +152,8 @@ impl JwtVerifier {
             let (claims, _) = self.verified_claims(token)?;
             return principal_from_claims(claims, &self.claims);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = get_current_timestamp();
-        if let Some((principal, generation)) = self.cache.get(&digest, now)
+        if let Some((principal, generation)) = self.cache.get(token, now)
             && self.generation_still_serves(generation)
         {
             return Ok(principal);
@@ -166,7 +164,7 @@ impl JwtVerifier {
         if let Some(expires_at) = expires_at {
             let usable_until = expires_at.saturating_add(self.leeway_seconds);
             self.cache
-                .insert(digest, &principal, usable_until, now, generation);
+                .insert(token, &principal, usable_until, now, generation);
         }
         Ok(principal)
     }

@@ -9,6 +9,8 @@
 //! A [`Permit`] can only be built here: holding one proves every check ran against one
 //! snapshot.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use sha2::Digest;
 
@@ -24,7 +26,10 @@ use crate::state::{AppState, PolicySnapshot};
 
 /// Who is calling and which route the request is. The body has not been read yet.
 pub struct Identified<'t> {
-    pub principal: Principal,
+    /// Shared with the permit, the decision and the SQL pool's job: one caller, no copies.
+    pub principal: Arc<Principal>,
+    /// `principal.subjects()`, computed once per request.
+    pub subjects: Arc<[String]>,
     /// The path the route was matched on; it is also what the upstream receives.
     pub canonical_path: String,
     pub route: Option<(&'t Route, PathParams)>,
@@ -58,7 +63,8 @@ impl Identified<'_> {
 /// private to this module).
 #[derive(Debug, Clone)]
 pub struct Permit {
-    principal: Principal,
+    principal: Arc<Principal>,
+    subjects: Arc<[String]>,
     route: String,
     canonical_path: String,
     datasource_uids: Vec<String>,
@@ -68,6 +74,14 @@ pub struct Permit {
 impl Permit {
     pub fn principal(&self) -> &Principal {
         &self.principal
+    }
+    /// The caller as shared with later stages (the SQL pool's job).
+    pub fn shared_principal(&self) -> &Arc<Principal> {
+        &self.principal
+    }
+    /// The policy subjects the caller acts as ([`Principal::subjects`]).
+    pub fn subjects(&self) -> &[String] {
+        &self.subjects
     }
     pub fn route(&self) -> &str {
         &self.route
@@ -146,8 +160,10 @@ pub fn identify<'t>(
         Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
         Resolution::Unmatched(policy) => (None, policy),
     };
+    let subjects = principal.subjects().into();
     Ok(Identified {
-        principal,
+        principal: Arc::new(principal),
+        subjects,
         canonical_path,
         route,
         unmatched_policy,
@@ -303,7 +319,7 @@ pub fn authorize(
         }
     }
 
-    let subjects = principal.subjects();
+    let subjects = &identified.subjects[..];
     let denied = |permission: String| {
         if anonymous {
             Refusal::AuthenticationRequired {
@@ -317,7 +333,7 @@ pub fn authorize(
     for required in route.permissions_all_of() {
         let passed = snapshot
             .policy
-            .allows(&subjects, &required.view, &required.action);
+            .allows(subjects, &required.view, &required.action);
         record(
             CheckOutcome::new(format!("role permission `{required}`"), passed)
                 .permission(required.to_string()),
@@ -332,7 +348,7 @@ pub fn authorize(
         let granting = any_of.iter().find(|candidate| {
             snapshot
                 .policy
-                .allows(&subjects, &candidate.view, &candidate.action)
+                .allows(subjects, &candidate.view, &candidate.action)
         });
         let passed = granting.is_some();
         let listed = any_of
@@ -357,7 +373,7 @@ pub fn authorize(
             let object = crate::policy::datasource_object(uid);
             let passed = snapshot
                 .policy
-                .allows(&subjects, &object, &requirement.action);
+                .allows(subjects, &object, &requirement.action);
             record(
                 CheckOutcome::new(
                     format!("datasource permission `{}` on `{uid}`", requirement.action),
@@ -414,7 +430,7 @@ pub fn authorize(
             Some(required) if is_export => {
                 let passed = snapshot
                     .policy
-                    .allows(&subjects, &required.view, &required.action);
+                    .allows(subjects, &required.view, &required.action);
                 record(
                     CheckOutcome::new(
                         format!("{} export needs `{required}`", export.kind.as_str()),
@@ -469,6 +485,7 @@ pub(super) fn permit(
 ) -> Permit {
     Permit {
         principal: identified.principal.clone(),
+        subjects: identified.subjects.clone(),
         route: identified.route_name().to_string(),
         canonical_path: identified.canonical_path.clone(),
         datasource_uids,

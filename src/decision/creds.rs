@@ -57,8 +57,9 @@ pub async fn database_credentials(
         .credentials
         .get()
         .ok_or(Refusal::Credentials(crate::creds::CredsError::Disabled))?;
-    broker
-        .database_credentials(uid, iam, &permit.principal().username)
+    // Boxed: the AWS SDK's futures are large, and this state would otherwise be part of
+    // every request's decision future (see `decide`).
+    Box::pin(broker.database_credentials(uid, iam, &permit.principal().username))
         .await
         .map(Some)
         .map_err(|error| {

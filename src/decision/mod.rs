@@ -244,7 +244,7 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The route's name (`unmatched` when none matched or identification failed).
     pub route: String,
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
     pub canonical_path: Option<String>,
     /// Set on MCP routes: refusals are answered as JSON-RPC errors with this id.
     pub mcp: Option<McpCall>,
@@ -309,7 +309,7 @@ pub async fn admit(
         // A kid no key set holds may be the IdP's new key: one bounded, rate-limited JWKS
         // refetch, then one more try.
         Err(Refusal::Authentication(crate::authn::AuthnError::UnknownKey))
-            if state.authenticator.refetch_for_unknown_kid().await =>
+            if Box::pin(state.authenticator.refetch_for_unknown_kid()).await =>
         {
             identify(state, snapshot, head)
         }
@@ -428,12 +428,17 @@ async fn decide(
         // a full queue refuses at once with `sql_busy`.
         let started = Instant::now();
         let limits = state.config.sql.rewrite_limits();
-        let job = plan.job(snapshot, permit.principal(), limits);
+        let job = plan.job(snapshot, permit.shared_principal(), limits);
         let caller = pool_caller(permit.principal(), head.client_address);
-        let results = state
-            .sql_pool
-            .run(&caller, plan.largest_statement(), move || job.run())
-            .await;
+        // Boxed, like every rare await below: an async fn's state is as large as its
+        // largest await, and pingora moves the request's futures between its phases,
+        // so a large inline state is copied on every request (README *Benchmarks*).
+        let results = Box::pin(state.sql_pool.run(
+            &caller,
+            plan.largest_statement(),
+            move || job.run(),
+        ))
+        .await;
         decision.sql_time = Some(started.elapsed());
         let rewrite = finish_sql(
             plan,
@@ -492,7 +497,9 @@ async fn decide(
             limit: MAX_FORWARDED_URI_BYTES,
         });
     }
-    results::check(state, identified, &permit, &request).await?;
+    if results::applies(identified) {
+        Box::pin(results::check(state, identified, &permit, &request)).await?;
+    }
     let response_binding = results::response_binding(identified, &permit);
     let db_credentials = database_credentials(state, snapshot, &permit, &sql_datasources).await?;
     Ok(Forward {

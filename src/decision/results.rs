@@ -149,6 +149,14 @@ impl ResponseBinding {
 }
 
 /// Binds or checks result ids as the route says.
+/// Whether the route binds or checks results ids at all ([`check`] does nothing otherwise).
+pub fn applies(identified: &Identified<'_>) -> bool {
+    identified
+        .route
+        .as_ref()
+        .is_some_and(|(route, _)| route.results().is_some())
+}
+
 pub async fn check(
     state: &AppState,
     identified: &Identified<'_>,

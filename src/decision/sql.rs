@@ -59,12 +59,12 @@ impl SqlPlan {
     pub fn job(
         &self,
         snapshot: &Arc<PolicySnapshot>,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         limits: RewriteLimits,
     ) -> SqlJob {
         SqlJob {
             snapshot: snapshot.clone(),
-            principal: principal.clone(),
+            principal: Arc::clone(principal),
             allow_writes: self.allow_writes,
             limits,
             statements: self
@@ -79,7 +79,7 @@ impl SqlPlan {
 /// Row-level security for a request's statements, in order; runs on a pool thread.
 pub struct SqlJob {
     snapshot: Arc<PolicySnapshot>,
-    principal: Principal,
+    principal: Arc<Principal>,
     allow_writes: bool,
     limits: RewriteLimits,
     /// (datasource uid, SQL) per statement.
@@ -144,10 +144,10 @@ pub fn plan_sql(
     if !allows_templating {
         crate::sql_location::check_templating(sql, &items, request)?;
     }
-    let subjects = permit.principal().subjects();
+    let subjects = permit.subjects();
     for item in &items {
         let object = crate::policy::datasource_object(&item.datasource_uid);
-        let allowed = snapshot.policy.allows(&subjects, &object, QUERY_ACTION);
+        let allowed = snapshot.policy.allows(subjects, &object, QUERY_ACTION);
         if let Some(trace) = trace.as_deref_mut() {
             trace.push(
                 CheckOutcome::new(

@@ -17,6 +17,7 @@ mod body;
 mod forward;
 pub(crate) mod headers;
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -131,16 +132,22 @@ pub struct RequestContext {
 }
 
 struct Outcome {
+    /// Who and what was refused; an allowed request's audit line reads these from its
+    /// permit, and only when the line is written (most deployments audit refusals only).
+    refused: Option<RefusedRequest>,
+    status: u16,
+    reason: Cow<'static, str>,
+    revision: u64,
+    /// Allowed, but the response-side export guard refused what came back.
+    refused_response: bool,
+}
+
+struct RefusedRequest {
     method: String,
     path: String,
     route: String,
     user: String,
     roles: Vec<String>,
-    status: u16,
-    reason: String,
-    revision: u64,
-    /// Allowed, but the response-side export guard refused what came back.
-    refused_response: bool,
 }
 
 #[async_trait]
@@ -179,7 +186,9 @@ impl ProxyHttp for DatagateProxy {
             .authenticator
             .browser_endpoint(session.req_header().uri.path())
         {
-            return self.answer_browser_endpoint(session, ctx, endpoint).await;
+            // Boxed (as the large-body forward below): rare paths with large futures
+            // stay out of every request's `request_filter` state.
+            return Box::pin(self.answer_browser_endpoint(session, ctx, endpoint)).await;
         }
         let request = session.req_header();
         let method = request.method.as_str().to_owned();
@@ -230,13 +239,9 @@ impl ProxyHttp for DatagateProxy {
                     .with_label_values(&[permit.route(), "allow"])
                     .inc();
                 ctx.outcome = Some(Outcome {
-                    method: method.clone(),
-                    path: permit.canonical_path().to_string(),
-                    route: permit.route().to_string(),
-                    user: permit.principal().username.clone(),
-                    roles: permit.principal().roles.clone(),
+                    refused: None,
                     status: 0,
-                    reason: "allowed".to_string(),
+                    reason: Cow::Borrowed("allowed"),
                     revision: permit.policy_revision(),
                     refused_response: false,
                 });
@@ -255,7 +260,7 @@ impl ProxyHttp for DatagateProxy {
                             "an overflowed retry buffer without a body read",
                         ));
                     };
-                    return self.forward_buffered(session, ctx, body).await;
+                    return Box::pin(self.forward_buffered(session, ctx, body)).await;
                 }
                 Ok(false)
             }
@@ -274,7 +279,7 @@ impl ProxyHttp for DatagateProxy {
                     &head,
                     &refusal,
                     &decision.route,
-                    decision.principal.as_ref(),
+                    decision.principal.as_deref(),
                     decision.policy_revision,
                 );
                 self.refuse(session, ctx, refusal, outcome).await
@@ -421,7 +426,7 @@ impl ProxyHttp for DatagateProxy {
                 && let Some(snapshot) = &ctx.snapshot
                 && !snapshot
                     .exports
-                    .allowance(&snapshot.policy, &permit.principal().subjects())
+                    .allowance(&snapshot.policy, permit.subjects())
                     .allows(kind)
             {
                 let refusal = decision::export_refusal(&self.state.config.exports, kind);
@@ -438,7 +443,7 @@ impl ProxyHttp for DatagateProxy {
                     .with_label_values(&[permit.route(), "deny_response"])
                     .inc();
                 if let Some(outcome) = ctx.outcome.as_mut() {
-                    outcome.reason = format!("response refused: {refusal}");
+                    outcome.reason = format!("response refused: {refusal}").into();
                     outcome.refused_response = true;
                 }
             }
@@ -519,7 +524,7 @@ impl ProxyHttp for DatagateProxy {
         let rendered = HttpError::from_proxy_failure(error);
         if let Some(outcome) = ctx.outcome.as_mut() {
             outcome.status = rendered.as_ref().map_or(0, |rendered| rendered.status);
-            outcome.reason = format!("proxy failure: {:?}", error.etype());
+            outcome.reason = format!("proxy failure: {:?}", error.etype()).into();
         }
         if let Some(rendered) = &rendered
             && session.response_written().is_none()
@@ -535,7 +540,7 @@ impl ProxyHttp for DatagateProxy {
 
     async fn logging(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _error: Option<&Error>,
         ctx: &mut RequestContext,
     ) {
@@ -548,20 +553,32 @@ impl ProxyHttp for DatagateProxy {
         };
         let allowed = ctx.permit.is_some() && !outcome.refused_response;
         let decision = if allowed { "allow" } else { "deny" };
-        if self.state.audit.wants(allowed) {
-            self.state.audit.record(AuditEvent {
-                timestamp: SystemTime::now(),
-                user: outcome.user,
-                roles: outcome.roles,
-                method: outcome.method,
-                path: outcome.path,
-                route: outcome.route,
-                decision,
-                status: outcome.status,
-                reason: outcome.reason,
-                policy_revision: outcome.revision,
-            });
+        if !self.state.audit.wants(allowed) {
+            return;
         }
+        let request = match (outcome.refused, &ctx.permit) {
+            (Some(refused), _) => refused,
+            (None, Some(permit)) => RefusedRequest {
+                method: session.req_header().method.as_str().to_owned(),
+                path: permit.canonical_path().to_owned(),
+                route: permit.route().to_owned(),
+                user: permit.principal().username.clone(),
+                roles: permit.principal().roles.clone(),
+            },
+            (None, None) => return,
+        };
+        self.state.audit.record(AuditEvent {
+            timestamp: SystemTime::now(),
+            user: request.user,
+            roles: request.roles,
+            method: request.method,
+            path: request.path,
+            route: request.route,
+            decision,
+            status: outcome.status,
+            reason: outcome.reason.into_owned(),
+            policy_revision: outcome.revision,
+        });
     }
 }
 
@@ -592,17 +609,19 @@ fn refused_outcome(
     revision: u64,
 ) -> Outcome {
     Outcome {
-        method: head.method.to_string(),
-        path: head.raw_path.to_string(),
-        route: route.to_string(),
-        user: principal
-            .map(|principal| principal.username.clone())
-            .unwrap_or_default(),
-        roles: principal
-            .map(|principal| principal.roles.clone())
-            .unwrap_or_default(),
+        refused: Some(RefusedRequest {
+            method: head.method.to_string(),
+            path: head.raw_path.to_string(),
+            route: route.to_string(),
+            user: principal
+                .map(|principal| principal.username.clone())
+                .unwrap_or_default(),
+            roles: principal
+                .map(|principal| principal.roles.clone())
+                .unwrap_or_default(),
+        }),
         status: HttpError::from(refusal).status,
-        reason: refusal.to_string(),
+        reason: refusal.to_string().into(),
         revision,
         refused_response: false,
     }
@@ -726,7 +745,10 @@ impl DatagateProxy {
         self.state
             .metrics
             .requests
-            .with_label_values(&[outcome.route.as_str(), "deny"])
+            .with_label_values(&[outcome
+                .refused
+                .as_ref()
+                .map_or("unmatched", |refused| refused.route.as_str()), "deny"])
             .inc();
         let mut error = HttpError::from(&refusal);
         self.state
