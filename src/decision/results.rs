@@ -16,6 +16,7 @@
 //! A binding made from a response is also kept in memory, because the response may reach
 //! the caller before the store write completes: this replica then already knows it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -34,10 +35,12 @@ pub const MAX_BOUND_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// default; a binding outliving them only refuses more).
 pub const RESULT_BINDING_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Owners kept in memory when there is no store.
+/// Owners kept in memory when there is no store, and the store claims waiting to be
+/// written together.
 #[derive(Clone)]
 pub struct MemoryOwners {
     owners: Cache<String, String>,
+    claims: Arc<ClaimQueue>,
 }
 
 impl Default for MemoryOwners {
@@ -47,9 +50,31 @@ impl Default for MemoryOwners {
                 .max_capacity(1_000_000)
                 .time_to_live(RESULT_BINDING_TTL)
                 .build(),
+            claims: Arc::default(),
         }
     }
 }
+
+/// Group commit for results claims. Every SQL Lab execute binds its `client_id` before it
+/// is forwarded, and one durable transaction per claim (an fsync with SQLite) capped the
+/// route at ~66 requests a second. Claims that arrive while a transaction is being written
+/// wait and go into the next one together: each still commits durably before its request
+/// is forwarded, and each still learns whether it won its id.
+#[derive(Default)]
+struct ClaimQueue {
+    waiting: std::sync::Mutex<Vec<PendingClaim>>,
+    /// Held by the request writing the waiting claims.
+    writer: tokio::sync::Mutex<()>,
+}
+
+struct PendingClaim {
+    id: String,
+    owner: String,
+    answer: tokio::sync::oneshot::Sender<Result<bool, ()>>,
+}
+
+/// At most this many claims in one transaction.
+const MAX_CLAIMS_PER_TRANSACTION: usize = 512;
 
 impl std::fmt::Debug for MemoryOwners {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,8 +163,9 @@ impl ResponseBinding {
             if let Some(store) = &state.store {
                 let store = store.clone();
                 let owner = self.owner.clone();
+                let queue = state.result_owners.claims.clone();
                 tokio::spawn(async move {
-                    if let Err(refusal) = claim_in_store(&store, &id, &owner).await {
+                    if let Err(refusal) = claim_in_store(&queue, &store, &id, &owner).await {
                         tracing::warn!(%refusal, "a results id from a response was not stored");
                     }
                 });
@@ -148,7 +174,6 @@ impl ResponseBinding {
     }
 }
 
-/// Binds or checks result ids as the route says.
 /// Whether the route binds or checks results ids at all ([`check`] does nothing otherwise).
 pub fn applies(identified: &Identified<'_>) -> bool {
     identified
@@ -157,6 +182,7 @@ pub fn applies(identified: &Identified<'_>) -> bool {
         .is_some_and(|(route, _)| route.results().is_some())
 }
 
+/// Binds or checks result ids as the route says.
 pub async fn check(
     state: &AppState,
     identified: &Identified<'_>,
@@ -203,34 +229,120 @@ async fn claim(state: &AppState, id: &str, owner: &str) -> Result<(), Refusal> {
             Err(Refusal::ResultOwner { id: id.to_string() })
         };
     };
-    claim_in_store(store, id, owner).await
+    claim_in_store(&state.result_owners.claims, store, id, owner).await
 }
 
-async fn claim_in_store(store: &Store, id: &str, owner: &str) -> Result<(), Refusal> {
+async fn claim_in_store(
+    queue: &Arc<ClaimQueue>,
+    store: &Store,
+    id: &str,
+    owner: &str,
+) -> Result<(), Refusal> {
+    let (answer, mut answered) = tokio::sync::oneshot::channel();
+    queue.waiting_claims().push(PendingClaim {
+        id: id.to_string(),
+        owner: owner.to_string(),
+        answer,
+    });
+    let won = loop {
+        if let Some(result) = take_answer(&mut answered)? {
+            break result;
+        }
+        let _writer = queue.writer.lock().await;
+        // The writer before us may have taken this claim into its transaction.
+        if let Some(result) = take_answer(&mut answered)? {
+            break result;
+        }
+        let batch = std::mem::take(&mut *queue.waiting_claims());
+        // On a task of its own, so a request dropped mid-write cannot abandon the claims
+        // of the others in its batch.
+        let store = store.clone();
+        let written = tokio::spawn(write_claims(store, batch)).await;
+        if written.is_err() {
+            return Err(Refusal::ResultStore);
+        }
+    };
+    if won {
+        Ok(())
+    } else {
+        Err(Refusal::ResultOwner { id: id.to_string() })
+    }
+}
+
+impl ClaimQueue {
+    fn waiting_claims(&self) -> std::sync::MutexGuard<'_, Vec<PendingClaim>> {
+        // A poisoned queue only means a panic while pushing or taking; its contents
+        // are still a valid list of claims.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// `Some(won)` once a writer has answered the claim; a writer that gave up without
+/// answering refuses it (fail closed).
+fn take_answer(
+    answered: &mut tokio::sync::oneshot::Receiver<Result<bool, ()>>,
+) -> Result<Option<bool>, Refusal> {
+    match answered.try_recv() {
+        Ok(Ok(won)) => Ok(Some(won)),
+        Ok(Err(())) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+            Err(Refusal::ResultStore)
+        }
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => Ok(None),
+    }
+}
+
+/// One transaction for every waiting claim (in chunks of [`MAX_CLAIMS_PER_TRANSACTION`]);
+/// each claim learns whether it won its id, or all of a failed transaction's are refused.
+async fn write_claims(store: Store, batch: Vec<PendingClaim>) {
+    let mut batch = batch.into_iter().peekable();
+    while batch.peek().is_some() {
+        let chunk: Vec<PendingClaim> = batch.by_ref().take(MAX_CLAIMS_PER_TRANSACTION).collect();
+        match write_claim_chunk(&store, &chunk).await {
+            Ok(outcomes) => {
+                for (claim, won) in chunk.into_iter().zip(outcomes) {
+                    let _ = claim.answer.send(Ok(won));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, claims = chunk.len(), "results bindings could not be written");
+                for claim in chunk {
+                    let _ = claim.answer.send(Err(()));
+                }
+            }
+        }
+    }
+}
+
+async fn write_claim_chunk(
+    store: &Store,
+    chunk: &[PendingClaim],
+) -> Result<Vec<bool>, sqlx::Error> {
     let now = crate::store::now_ms();
     let expires = now + RESULT_BINDING_TTL.as_millis() as i64;
-    // Insert, or take over a row that is ours or expired; a live row of another owner
-    // is left alone (0 rows affected).
-    let affected = sqlx::query(
-        "INSERT INTO result_owners (result_id, owner, expires_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (result_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
-         WHERE result_owners.owner = excluded.owner OR result_owners.expires_at <= $4",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(expires)
-    .bind(now)
-    .execute(store.pool())
-    .await
-    .map_err(|error| {
-        tracing::error!(%error, "results binding could not be written");
-        Refusal::ResultStore
-    })?
-    .rows_affected();
-    if affected == 0 {
-        return Err(Refusal::ResultOwner { id: id.to_string() });
+    let mut transaction = store.pool().begin().await?;
+    let mut outcomes = Vec::with_capacity(chunk.len());
+    for claim in chunk {
+        // Insert, or take over a row that is ours or expired; a live row of another
+        // owner is left alone (0 rows affected). Two claims of one id in one batch
+        // resolve in order, as they would in two transactions.
+        let affected = sqlx::query(
+            "INSERT INTO result_owners (result_id, owner, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (result_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+             WHERE result_owners.owner = excluded.owner OR result_owners.expires_at <= $4",
+        )
+        .bind(&claim.id)
+        .bind(&claim.owner)
+        .bind(expires)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        outcomes.push(affected > 0);
     }
-    Ok(())
+    transaction.commit().await?;
+    Ok(outcomes)
 }
 
 async fn lookup(state: &AppState, id: &str) -> Result<Option<String>, Refusal> {
@@ -255,4 +367,73 @@ async fn lookup_in_store(store: &Store, id: &str) -> Result<Option<String>, Refu
                 Refusal::ResultStore
             })?;
     Ok(row.map(|(owner,)| owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claims made at the same time are written in shared transactions and each still
+    /// gets the answer one transaction per claim would give: the first owner of an id
+    /// wins, the same owner may claim again, everything committed is in the store.
+    #[test]
+    fn claims_at_the_same_time_commit_together_and_first_owner_wins() {
+        let directory = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut stores = vec![
+                Store::connect_url(
+                    &format!(
+                        "sqlite://{}?mode=rwc",
+                        directory.path().join("store.db").display()
+                    ),
+                    4,
+                )
+                .await
+                .unwrap(),
+            ];
+            if let Ok(url) = std::env::var("DATAGATE_TEST_PG_URL") {
+                stores.push(crate::store::tests::fresh_postgres(&url).await);
+            }
+            for store in stores {
+                let queue = Arc::new(ClaimQueue::default());
+                let mut claims = tokio::task::JoinSet::new();
+                // 100 ids, each claimed by alice, then by bob and alice again at once.
+                for index in 0..100 {
+                    let (queue, store) = (queue.clone(), store.clone());
+                    claims.spawn(async move {
+                        let id = format!("client-{index}");
+                        let first = claim_in_store(&queue, &store, &id, "user:alice").await;
+                        let (bob, again) = tokio::join!(
+                            claim_in_store(&queue, &store, &id, "user:bob"),
+                            claim_in_store(&queue, &store, &id, "user:alice"),
+                        );
+                        (first.is_ok(), bob.err(), again.is_ok())
+                    });
+                }
+                while let Some(joined) = claims.join_next().await {
+                    let (first, bob, again) = joined.unwrap();
+                    assert!(first, "{:?}", store.backend());
+                    assert!(matches!(bob, Some(Refusal::ResultOwner { .. })), "{bob:?}");
+                    assert!(again);
+                }
+                let owners: Vec<(String,)> =
+                    sqlx::query_as("SELECT DISTINCT owner FROM result_owners")
+                        .fetch_all(store.pool())
+                        .await
+                        .unwrap();
+                assert_eq!(owners, vec![("user:alice".to_string(),)]);
+                let count: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM result_owners")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+                assert_eq!(count.0, 100);
+                assert!(queue.waiting_claims().is_empty());
+            }
+        });
+    }
 }

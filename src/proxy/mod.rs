@@ -745,10 +745,13 @@ impl DatagateProxy {
         self.state
             .metrics
             .requests
-            .with_label_values(&[outcome
-                .refused
-                .as_ref()
-                .map_or("unmatched", |refused| refused.route.as_str()), "deny"])
+            .with_label_values(&[
+                outcome
+                    .refused
+                    .as_ref()
+                    .map_or("unmatched", |refused| refused.route.as_str()),
+                "deny",
+            ])
             .inc();
         let mut error = HttpError::from(&refusal);
         self.state

@@ -430,4 +430,4 @@ pub(crate) fn redact(message: &str, url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
