@@ -90,6 +90,7 @@ start() {
   esac
 }
 wait_port 28088
+stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; }
 
 instructions() { # candidate
   read -r pid port < <(start "$1" valgrind --tool=callgrind --callgrind-out-file="$work/$1.callgrind" --instr-atstart=yes)
@@ -107,7 +108,7 @@ instructions() { # candidate
   total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
   grep -q 'Non-2xx' "$work/$1.wrk" && echo "$1: non-2xx answers during the run" >&2
   printf '%-9s %12s instructions per request (%s requests, dump %s)\n' "$1" "$((total / requests))" "$requests" "$(basename "$dump")"
-  kill "$pid" 2>/dev/null || true
+  stop "$pid"
 }
 
 syscalls() { # candidate
@@ -124,7 +125,7 @@ syscalls() { # candidate
     wait_port "$port"
     wrk -t1 -c4 -d2s -s "$work/request.lua" "http://127.0.0.1:$port$path" >/dev/null
   fi
-  timeout -s INT 12 strace -f -c -p "$pid" -o "$work/$1.strace" &
+  timeout -s INT 12 strace -f -c -p "$pid" -o "$work/$1.strace" 2>/dev/null &
   local tracer=$!
   sleep 1
   wrk -t1 -c4 -d8s -s "$work/request.lua" "http://127.0.0.1:$port$path" >"$work/$1.syswrk"
@@ -137,7 +138,7 @@ syscalls() { # candidate
   printf '%-9s %8s system calls per request (%s requests); top:' "$1" "$(awk -v c="$calls" -v r="$requests" 'BEGIN {printf "%.2f", c / r}')" "$requests"
   awk -v r="$requests" 'NR > 2 && $NF != "total" && $1 !~ /^-/ && $4 / r >= 0.01 { printf " %s %.2f", $NF, $4 / r }' "$work/$1.strace"
   echo
-  if [ "$1" = nginx ]; then kill "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"; else kill "$pid" 2>/dev/null || true; fi
+  if [ "$1" = nginx ]; then stop "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"; else stop "$pid"; fi
 }
 
 echo "scenario $scenario: $method $path; wrk -t1 -c4 over loopback; load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -766,7 +766,7 @@ fn caller_choice(case: &TestCase) -> Result<CallerChoice, String> {
             roles: stated.roles,
             teams: stated.teams,
             basic_role: stated.basic_role,
-            claims: stated.claims,
+            claims: std::sync::Arc::new(stated.claims),
         },
     )))
 }

@@ -88,9 +88,10 @@ pub struct Principal {
     pub roles: Vec<String>,
     pub teams: Vec<String>,
     pub basic_role: Option<BasicRole>,
-    /// Every claim of the token, for `{{ claim('name') }}` in RLS clauses.
+    /// Every claim of the token, for `{{ claim('name') }}` in RLS clauses. Shared: the
+    /// verified-token cache hands out a copy of the principal on every request.
     #[serde(skip)]
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Principal {
@@ -104,7 +105,7 @@ impl Principal {
             roles,
             teams: Vec::new(),
             basic_role: None,
-            claims: serde_json::Map::new(),
+            claims: Default::default(),
         }
     }
 
@@ -112,26 +113,25 @@ impl Principal {
     /// `["user:alice", "role:Gamma", "team:eng", "basic:Viewer"]`.
     /// Anonymous callers act only through their roles.
     pub fn subjects(&self) -> Vec<String> {
+        // Concatenated, not `format!`ed: this runs on every request.
+        fn subject(prefix: &str, name: &str) -> String {
+            let mut subject = String::with_capacity(prefix.len() + name.len());
+            subject.push_str(prefix);
+            subject.push_str(name);
+            subject
+        }
         let mut subjects = Vec::with_capacity(2 + self.roles.len() + self.teams.len());
         match self.kind {
-            PrincipalKind::User => subjects.push(format!("{}{}", subject::USER, self.username)),
+            PrincipalKind::User => subjects.push(subject(subject::USER, &self.username)),
             PrincipalKind::ServiceAccount => {
-                subjects.push(format!("{}{}", subject::SERVICE_ACCOUNT, self.username))
+                subjects.push(subject(subject::SERVICE_ACCOUNT, &self.username))
             }
             PrincipalKind::Anonymous => {}
         }
-        subjects.extend(
-            self.roles
-                .iter()
-                .map(|role| format!("{}{role}", subject::ROLE)),
-        );
-        subjects.extend(
-            self.teams
-                .iter()
-                .map(|team| format!("{}{team}", subject::TEAM)),
-        );
+        subjects.extend(self.roles.iter().map(|role| subject(subject::ROLE, role)));
+        subjects.extend(self.teams.iter().map(|team| subject(subject::TEAM, team)));
         if let Some(basic_role) = self.basic_role {
-            subjects.push(format!("{}{basic_role}", subject::BASIC));
+            subjects.push(subject(subject::BASIC, basic_role.as_str()));
         }
         subjects
     }
@@ -151,7 +151,7 @@ mod tests {
             roles: vec!["Gamma".into()],
             teams: vec!["eng".into()],
             basic_role: Some(BasicRole::Editor),
-            claims: serde_json::Map::new(),
+            claims: Default::default(),
         };
         assert_eq!(
             principal.subjects(),

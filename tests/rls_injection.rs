@@ -191,7 +191,7 @@ fn principal_for(kind: &str, value: &str) -> Principal {
         roles: vec![kind.to_string()],
         teams: Vec::new(),
         basic_role: None,
-        claims: serde_json::Map::new(),
+        claims: Default::default(),
     };
     match kind {
         "username" => principal.username = value.to_string(),

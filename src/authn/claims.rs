@@ -5,7 +5,7 @@
 //! the IdP and datagate disagree about the token format, and guessing could grant or hide
 //! permissions.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::config::ClaimMapping;
 use super::error::{AuthnError, Malformed};
@@ -39,7 +39,7 @@ pub(crate) fn principal_from_claims(
         roles,
         teams,
         basic_role,
-        claims,
+        claims: std::sync::Arc::new(claims),
     })
 }
 
@@ -124,7 +124,7 @@ pub fn service_account(
         roles: roles.to_vec(),
         teams: teams.to_vec(),
         basic_role,
-        claims: Map::new(),
+        claims: Default::default(),
     }
 }
 

@@ -146,9 +146,13 @@ pub fn identify<'t>(
             seconds: age.as_secs(),
         });
     }
-    let principal = match head.headers.asserted_caller() {
-        Some(caller) => asserted_principal(state, snapshot, caller)?,
-        None => authenticate(
+    let (principal, subjects) = match head.headers.asserted_caller() {
+        Some(caller) => {
+            let principal = asserted_principal(state, snapshot, caller)?;
+            let subjects = principal.subjects();
+            (principal, subjects)
+        }
+        None => authenticate_with_subjects(
             state,
             snapshot,
             head.headers.authorization.as_deref(),
@@ -160,10 +164,9 @@ pub fn identify<'t>(
         Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
         Resolution::Unmatched(policy) => (None, policy),
     };
-    let subjects = principal.subjects().into();
     Ok(Identified {
         principal: Arc::new(principal),
-        subjects,
+        subjects: subjects.into(),
         canonical_path,
         route,
         unmatched_policy,
@@ -179,6 +182,17 @@ pub fn authenticate(
     authorization: Option<&str>,
     api_key: Option<&str>,
 ) -> Result<Principal, AuthnError> {
+    authenticate_with_subjects(state, snapshot, authorization, api_key)
+        .map(|(principal, _)| principal)
+}
+
+/// [`authenticate`], and the principal's [`Principal::subjects`] (computed once).
+fn authenticate_with_subjects(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    authorization: Option<&str>,
+    api_key: Option<&str>,
+) -> Result<(Principal, Vec<String>), AuthnError> {
     let tokens = |token: &str| {
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let (login, expires_at_ms) = snapshot
@@ -195,7 +209,7 @@ pub fn authenticate(
         state
             .authenticator
             .authenticate_with_tokens(authorization, api_key, &tokens)?;
-    Ok(enrich(snapshot, principal))
+    Ok(enrich_with_subjects(snapshot, principal))
 }
 
 /// The principal of a caller a policy test states ([`super::AssertedCaller`]): claims
@@ -216,10 +230,24 @@ pub fn asserted_principal(
 }
 
 /// What the grants store and the policy's memberships add to an authenticated caller.
-fn enrich(snapshot: &PolicySnapshot, mut principal: Principal) -> Principal {
-    if principal.kind != PrincipalKind::Anonymous
-        && let Some(subject) = principal.subjects().first()
-        && let Some(identity) = snapshot.store.identities.get(subject)
+fn enrich(snapshot: &PolicySnapshot, principal: Principal) -> Principal {
+    enrich_with_subjects(snapshot, principal).0
+}
+
+/// [`enrich`], and the enriched principal's subjects: computed once, or twice when the
+/// policy's memberships add to them (this runs on every request).
+fn enrich_with_subjects(
+    snapshot: &PolicySnapshot,
+    mut principal: Principal,
+) -> (Principal, Vec<String>) {
+    let own_subject = match principal.kind {
+        PrincipalKind::User => Some(crate::principal::subject::USER),
+        PrincipalKind::ServiceAccount => Some(crate::principal::subject::SERVICE_ACCOUNT),
+        PrincipalKind::Anonymous => None,
+    }
+    .map(|prefix| [prefix, principal.username.as_str()].concat());
+    if let Some(subject) = own_subject
+        && let Some(identity) = snapshot.store.identities.get(&subject)
     {
         for role in &identity.roles {
             if !principal.roles.contains(role) {
@@ -236,8 +264,13 @@ fn enrich(snapshot: &PolicySnapshot, mut principal: Principal) -> Principal {
     // Roles, teams and basic roles held through policy memberships (`g, user:alice,
     // role:Gamma`) count like the token's: authorization already grants their
     // permissions, so row-level security must apply their filters too.
+    let subjects = principal.subjects();
+    let groups = snapshot.policy.groups_of(&subjects);
+    if groups.is_empty() {
+        return (principal, subjects);
+    }
     {
-        for group in snapshot.policy.groups_of(&principal.subjects()) {
+        for group in groups {
             if let Some(role) = group.strip_prefix(crate::principal::subject::ROLE) {
                 if !principal.roles.iter().any(|held| held == role) {
                     principal.roles.push(role.to_string());
@@ -251,7 +284,8 @@ fn enrich(snapshot: &PolicySnapshot, mut principal: Principal) -> Principal {
             }
         }
     }
-    principal
+    let subjects = principal.subjects();
+    (principal, subjects)
 }
 
 /// Stage 5: every check against one snapshot, reading the request as parsed once. `trace`, when given, receives every check with its outcome.

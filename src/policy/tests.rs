@@ -204,7 +204,7 @@ fn basic_roles_nest_viewer_editor_admin() {
         roles: vec![],
         teams: vec![],
         basic_role: Some(BasicRole::Editor),
-        claims: serde_json::Map::new(),
+        claims: Default::default(),
     };
     assert!(policy.allows(&editor.subjects(), &v, "datasources:read"));
     assert!(!policy.allows(&editor.subjects(), &a, "datasources:read"));

@@ -387,8 +387,7 @@ mod tests {
         let mut principal = Principal::anonymous(vec!["Gamma".into(), "EU".into()]);
         principal.kind = crate::principal::PrincipalKind::User;
         principal.username = "x' OR '1'='1".into();
-        principal
-            .claims
+        std::sync::Arc::make_mut(&mut principal.claims)
             .insert("tenant".into(), serde_json::json!(42));
         principal
     }
