@@ -433,11 +433,11 @@ async fn decide(
         // Boxed, like every rare await below: an async fn's state is as large as its
         // largest await, and pingora moves the request's futures between its phases,
         // so a large inline state is copied on every request (README *Benchmarks*).
-        let results = Box::pin(state.sql_pool.run(
-            &caller,
-            plan.largest_statement(),
-            move || job.run(),
-        ))
+        let results = Box::pin(
+            state
+                .sql_pool
+                .run(&caller, plan.largest_statement(), move || job.run()),
+        )
         .await;
         decision.sql_time = Some(started.elapsed());
         let rewrite = finish_sql(

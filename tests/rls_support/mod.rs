@@ -186,7 +186,7 @@ pub fn principal(name: &str, user: &CorpusUser) -> Principal {
         roles: user.roles.clone(),
         teams: Vec::new(),
         basic_role: None,
-        claims: user.claims.clone(),
+        claims: std::sync::Arc::new(user.claims.clone()),
     }
 }
 
