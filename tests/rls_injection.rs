@@ -197,7 +197,7 @@ fn principal_for(kind: &str, value: &str) -> Principal {
         "username" => principal.username = value.to_string(),
         "email" => principal.email = Some(value.to_string()),
         "claim" => {
-            principal.claims.insert(
+            std::sync::Arc::make_mut(&mut principal.claims).insert(
                 "tenant".into(),
                 serde_json::Value::String(value.to_string()),
             );
