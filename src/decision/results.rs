@@ -385,21 +385,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let mut stores = vec![
-                Store::connect_url(
-                    &format!(
-                        "sqlite://{}?mode=rwc",
-                        directory.path().join("store.db").display()
-                    ),
-                    4,
-                )
-                .await
-                .unwrap(),
-            ];
-            if let Ok(url) = std::env::var("DATAGATE_TEST_PG_URL") {
-                stores.push(crate::store::tests::fresh_postgres(&url).await);
-            }
-            for store in stores {
+            for store in crate::store::tests::stores(directory.path()).await {
                 let queue = Arc::new(ClaimQueue::default());
                 let mut claims = tokio::task::JoinSet::new();
                 // 100 ids, each claimed by alice, then by bob and alice again at once.

@@ -12,7 +12,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A fresh, migrated store per backend available here.
-async fn stores(directory: &Path) -> Vec<Store> {
+pub(crate) async fn stores(directory: &Path) -> Vec<Store> {
     let mut stores = vec![
         Store::connect_url(
             &format!("sqlite://{}?mode=rwc", directory.join("store.db").display()),
