@@ -1,6 +1,7 @@
 //! Superset's real UI, in headless Chromium, through datagate: a person signs in at the
 //! OpenID Connect provider (panva's oidc-provider, tests/compat/oidc/provider.mjs), lands
-//! on Superset's home page, runs SQL in SQL Lab, opens a chart and downloads its CSV —
+//! on Superset's home page, runs SQL in SQL Lab, opens a chart in Explore and on a
+//! dashboard and downloads its CSV —
 //! and every row the browser is shown is one the caller's filters allow.
 //!
 //! The browser is Debian's chromium driven by playwright-core
@@ -370,10 +371,93 @@ fn text_grid(rows: &Value) -> Vec<Vec<String>> {
     rows
 }
 
+/// A chart step (Explore or a dashboard): every chart-data response the page received
+/// holds exactly `oracle_rows` (id, tenant_id, amount), the SQL Superset generated
+/// (where the response carries it) has the caller's filters, the table the chart drew
+/// shows those rows, and "Export to .CSV" posted the form-encoded `form_data=` and
+/// downloaded a file holding exactly them.
+fn assert_chart_step(found: &Value, user: &str, oracle_rows: &[Vec<Value>]) {
+    let columns = ["id", "tenant_id", "amount"];
+    let chart_data = found["chart_data"].as_array().unwrap();
+    assert!(
+        !chart_data.is_empty(),
+        "{user}: no chart data in {}",
+        found["do"]
+    );
+    for response in chart_data {
+        assert_eq!(response["status"], 200, "{user}: {response}");
+        let result = &response["json"]["result"][0];
+        assert_eq!(
+            shown_rows(&object_rows(&result["data"], &columns)),
+            shown_rows(oracle_rows),
+            "{user}: chart data in {}, Superset ran {}",
+            found["do"],
+            result["query"]
+        );
+        if let Some(generated) = result["query"].as_str() {
+            assert!(
+                generated.contains(&format!("tenant_id = '{user}'"))
+                    && generated.contains("note <> 'internal'"),
+                "{user}: {generated}"
+            );
+        }
+    }
+    let table = &found["table"];
+    assert_eq!(table["columns"], json!(columns));
+    // Amounts are drawn formatted; ids and tenants as they are.
+    let drawn: Vec<Vec<String>> = text_grid(&table["rows"])
+        .into_iter()
+        .map(|row| row[..2].to_vec())
+        .collect();
+    let mut wanted: Vec<Vec<String>> = shown_rows(oracle_rows)
+        .into_iter()
+        .map(|row| row[..2].to_vec())
+        .collect();
+    wanted.sort();
+    assert_eq!(drawn, wanted, "{user}: the table drawn in {}", found["do"]);
+    assert_eq!(found["csv_status"], 200, "{user}");
+    assert!(
+        found["csv_request_content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/x-www-form-urlencoded"),
+        "{}",
+        found["csv_request_content_type"]
+    );
+    assert!(
+        found["csv_request_body"]
+            .as_str()
+            .unwrap()
+            .starts_with("form_data="),
+        "{}",
+        found["csv_request_body"]
+    );
+    let mut csv = csv_rows(found["csv"].as_str().unwrap());
+    assert_eq!(csv.remove(0), columns, "{user}");
+    csv.sort();
+    let mut csv_expected: Vec<Vec<String>> = oracle_rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|value| match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    csv_expected.sort();
+    assert_eq!(
+        csv, csv_expected,
+        "{user}: the CSV downloaded in {}",
+        found["do"]
+    );
+}
+
 const SQL_LAB_QUERY: &str = "SELECT id, tenant_id, amount, note FROM orders";
 
 #[test]
-fn in_chromium_each_user_signs_in_and_sql_lab_explore_and_csv_show_only_their_rows() {
+fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_only_their_rows() {
     let Some(superset) = shared_or_skip() else {
         return;
     };
@@ -385,6 +469,7 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_and_csv_show_only_their_ro
     let provider = Provider::start(&format!("{public_url}/oauth2/callback"));
     let gateway = browser_gateway(superset, &provider, proxy_port);
     let chart = superset.ids.charts["orders"];
+    let dashboard = superset.ids.dashboards["orders"];
 
     for who in [&ALICE, &BOB] {
         provider.next_login(who);
@@ -394,6 +479,7 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_and_csv_show_only_their_ro
                 {"do": "welcome"},
                 {"do": "sqllab", "sql": SQL_LAB_QUERY},
                 {"do": "explore", "slice_id": chart},
+                {"do": "dashboard", "dashboard_id": dashboard},
             ]),
         );
         let assets = assert_only_deliberate_refusals(
@@ -457,82 +543,36 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_and_csv_show_only_their_ro
             who.name
         );
 
-        // 3. Explore: every chart-data response the page received holds the oracle's
-        //    rows, its SQL carries the caller's filters, and the table drawn shows them.
-        let explore = step(&report, "explore");
-        let chart_sql = "SELECT id, tenant_id, amount FROM orders";
-        let chart_oracle = rows_of(&expected, chart_sql).unwrap();
-        let chart_data = explore["chart_data"].as_array().unwrap();
-        assert!(!chart_data.is_empty(), "{}: no chart data", who.name);
-        for response in chart_data {
-            assert_eq!(response["status"], 200, "{}: {response}", who.name);
-            let result = &response["json"]["result"][0];
-            assert_eq!(
-                shown_rows(&object_rows(
-                    &result["data"],
-                    &["id", "tenant_id", "amount"]
-                )),
-                shown_rows(&chart_oracle),
-                "{}: chart data, Superset ran {}",
-                who.name,
-                result["query"]
-            );
-            let generated = result["query"].as_str().unwrap_or_default();
-            assert!(
-                generated.contains(&format!("tenant_id = '{}'", who.name))
-                    && generated.contains("note <> 'internal'"),
-                "{}: {generated}",
-                who.name
-            );
-        }
-        let table = &explore["table"];
-        assert_eq!(table["columns"], json!(["id", "tenant_id", "amount"]));
-        let drawn: Vec<Vec<String>> = text_grid(&table["rows"])
-            .into_iter()
-            .map(|row| row[..2].to_vec())
-            .collect();
-        let mut wanted: Vec<Vec<String>> = shown_rows(&chart_oracle)
-            .into_iter()
-            .map(|row| row[..2].to_vec())
-            .collect();
-        wanted.sort();
-        assert_eq!(drawn, wanted, "{}: the table the chart drew", who.name);
-
-        // ...and "Export to .CSV" posts the form-encoded `form_data=`, and the file the
-        // browser downloaded holds exactly the oracle's rows.
-        assert_eq!(explore["csv_status"], 200, "{}", who.name);
+        // 3. Explore, and the chart on a dashboard: what the page received, drew and
+        //    downloaded.
+        let chart_oracle = rows_of(&expected, "SELECT id, tenant_id, amount FROM orders").unwrap();
+        assert_chart_step(step(&report, "explore"), who.name, &chart_oracle);
+        let on_dashboard = step(&report, "dashboard");
+        assert_chart_step(on_dashboard, who.name, &chart_oracle);
         assert!(
-            explore["csv_request_content_type"]
-                .as_str()
+            on_dashboard["chart_data"]
+                .as_array()
                 .unwrap()
-                .starts_with("application/x-www-form-urlencoded"),
-            "{}",
-            explore["csv_request_content_type"]
+                .iter()
+                .any(|response| response["url"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("dashboard_id={dashboard}"))),
+            "{}: the dashboard's chart data names the dashboard",
+            who.name
         );
-        assert!(
-            explore["csv_request_body"]
-                .as_str()
-                .unwrap()
-                .starts_with("form_data="),
-            "{}",
-            explore["csv_request_body"]
+        // "View as table" (`result_type: results`) from the chart's menu.
+        let view = &on_dashboard["view_as_table"];
+        assert_eq!(view["status"], 200, "{}: {view}", who.name);
+        assert_eq!(
+            shown_rows(&object_rows(
+                &view["json"]["result"][0]["data"],
+                &["id", "tenant_id", "amount"]
+            )),
+            shown_rows(&chart_oracle),
+            "{}: View as table",
+            who.name
         );
-        let mut csv = csv_rows(explore["csv"].as_str().unwrap());
-        assert_eq!(csv.remove(0), ["id", "tenant_id", "amount"], "{}", who.name);
-        csv.sort();
-        let mut csv_expected: Vec<Vec<String>> = chart_oracle
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .map(|value| match value {
-                        Value::String(text) => text.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect()
-            })
-            .collect();
-        csv_expected.sort();
-        assert_eq!(csv, csv_expected, "{}: the downloaded CSV", who.name);
     }
 
     // 4. A Gamma-only user tries what Gamma may not: open SQL Lab (no `can_read on

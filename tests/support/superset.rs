@@ -32,6 +32,8 @@ pub struct Ids {
     pub database_id: u64,
     pub datasets: std::collections::BTreeMap<String, u64>,
     pub charts: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub dashboards: std::collections::BTreeMap<String, u64>,
     pub data_db: PathBuf,
 }
 

@@ -11,6 +11,7 @@
 //   {"do": "welcome"}                      open `/`, sign in, wait for the home page
 //   {"do": "sqllab", "sql": "..."}         SQL Lab: type the query, press Run, read the grid
 //   {"do": "explore", "slice_id": 1}       open the chart, read its table, download its CSV
+//   {"do": "dashboard", "dashboard_id": 1} the chart on a dashboard, "View as table", CSV
 //   {"do": "navigate", "path": "/x", "marker": "m"}   open a page (X-Test-Marker: m)
 //   {"do": "fetch", "method": "DELETE", "path": "/x", "marker": "m"}
 //                                          the request a UI button sends, from the page
@@ -177,7 +178,9 @@ async function openMenu(page, path, target) {
   }
 }
 
-async function explore(page, step) {
+// Collects every JSON chart-data response the page receives until the returned
+// function is called (which returns them).
+function collectChartData(page) {
   const chartData = [];
   const listener = async (response) => {
     if (sameOrigin(response.url()) && response.url().includes('/api/v1/chart/data')
@@ -199,6 +202,36 @@ async function explore(page, step) {
     }
   };
   page.on('response', listener);
+  return () => {
+    page.off('response', listener);
+    return chartData;
+  };
+}
+
+// Clicks a menu item and returns the download it starts (CSV: a form post of
+// `form_data=` into a new window, whose response is the file).
+async function download(page, item) {
+  const [file, response] = await Promise.all([
+    page.waitForEvent('download', { timeout: TIMEOUT }),
+    page.context().waitForEvent('response', {
+      predicate: (candidate) => sameOrigin(candidate.url()) && candidate.url().includes('/api/v1/chart/data')
+        && (candidate.request().headers()['content-type'] || '').startsWith('application/x-www-form-urlencoded'),
+      timeout: TIMEOUT,
+    }),
+    page.getByRole('menuitem', { name: item }).click({ timeout: TIMEOUT }),
+  ]);
+  const path = await file.path();
+  return {
+    csv: path ? fs.readFileSync(path, 'utf8') : null,
+    csv_status: response.status(),
+    csv_request_content_type: response.request().headers()['content-type'],
+    csv_request_body: response.request().postData(),
+    filename: file.suggestedFilename(),
+  };
+}
+
+async function explore(page, step) {
+  const collected = collectChartData(page);
   await Promise.all([
     nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
     page.goto(`${base}/explore/?slice_id=${step.slice_id}`, { timeout: TIMEOUT }),
@@ -210,28 +243,41 @@ async function explore(page, step) {
   // "..." → Data Export Options → Export All Data → Export to .CSV: a form post of
   // `form_data=` that the browser downloads.
   await openMenu(page, ['Data Export Options', 'Export All Data'], 'Export to .CSV');
-  const [download, response] = await Promise.all([
-    page.waitForEvent('download', { timeout: TIMEOUT }),
-    // Superset submits the form into a new window, whose response is the download.
-    page.context().waitForEvent('response', {
-      predicate: (candidate) => sameOrigin(candidate.url()) && candidate.url().includes('/api/v1/chart/data')
-        && (candidate.request().headers()['content-type'] || '').startsWith('application/x-www-form-urlencoded'),
-      timeout: TIMEOUT,
-    }),
-    page.getByRole('menuitem', { name: 'Export to .CSV' }).click({ timeout: TIMEOUT }),
+  const csv = await download(page, 'Export to .CSV');
+  return { chart_data: collected(), table, ...csv };
+}
+
+// A dashboard with a table chart: the chart as drawn, its "View as table" and its
+// "Download → Export to .CSV" from the chart's menu.
+async function dashboard(page, step) {
+  const collected = collectChartData(page);
+  await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
+    page.goto(`${base}/superset/dashboard/${step.dashboard_id}/`, { timeout: TIMEOUT }),
   ]);
-  const path = await download.path();
-  const csv = path ? fs.readFileSync(path, 'utf8') : null;
-  page.off('response', listener);
-  return {
-    chart_data: chartData,
-    table,
-    csv,
-    csv_status: response.status(),
-    csv_request_content_type: response.request().headers()['content-type'],
-    csv_request_body: response.request().postData(),
-    filename: download.suggestedFilename(),
-  };
+  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  const table = await readChartTable(page);
+  const menu = page.locator('[data-test="slice-header"] .ant-dropdown-trigger').first();
+  await menu.click({ timeout: TIMEOUT });
+  const [viewAsTable] = await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
+    page.getByText('View as table', { exact: true }).click({ timeout: TIMEOUT }),
+  ]);
+  await page.keyboard.press('Escape');
+  let csv = null;
+  for (let attempt = 1; csv === null; attempt += 1) {
+    try {
+      await page.keyboard.press('Escape');
+      await menu.click({ timeout: 10000 });
+      await page.getByText('Download', { exact: true }).hover({ timeout: 5000 });
+      await page.getByRole('menuitem', { name: 'Export to .CSV' }).waitFor({ timeout: 5000 });
+      csv = await download(page, 'Export to .CSV');
+    } catch (error) {
+      if (attempt === 5) throw error;
+    }
+  }
+  return { chart_data: collected(), table, view_as_table: viewAsTable, ...csv };
 }
 
 async function navigate(page, step) {
@@ -258,7 +304,7 @@ async function fetchFromPage(page, step) {
   }, step);
 }
 
-const STEPS = { welcome, sqllab, explore, navigate, fetch: fetchFromPage };
+const STEPS = { welcome, sqllab, explore, dashboard, navigate, fetch: fetchFromPage };
 
 const browser = await chromium.launch({
   executablePath: spec.chromium || '/usr/bin/chromium',

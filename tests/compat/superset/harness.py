@@ -11,7 +11,8 @@ Run with the Superset venv's python (tests/compat/superset/install.sh):
 `setup` runs `superset db upgrade` and `superset init` (or copies their result from a
 template cached beside the venv, keyed by the installed pins), creates the users, registers
 the SQLite data database and its datasets through Superset's REST API, and writes
-DIR/ids.json: {"database_id", "datasets": {table: id}, "charts": {name: id}}.
+DIR/ids.json: {"database_id", "datasets": {name: id}, "charts": {name: id},
+"dashboards": {name: id}}.
 """
 
 from __future__ import annotations
@@ -188,6 +189,11 @@ def setup(home: str, data_path: str) -> dict:
                 column.python_date_format = "%Y-%m-%d"
         daily.main_dttm_col = "ts"
         db.session.commit()
+    # A published dashboard (Gamma sees it through its datasets' database access) that
+    # shows the chart; without a layout Superset places its charts itself.
+    dashboard = call("POST", "/api/v1/dashboard/", {
+        "dashboard_title": "Orders", "published": True})
+    dashboards = {"orders": dashboard["id"]}
     charts = {}
     params = {
         "viz_type": "table", "query_mode": "raw", "all_columns": ["id", "tenant_id", "amount"],
@@ -196,6 +202,7 @@ def setup(home: str, data_path: str) -> dict:
     chart = call("POST", "/api/v1/chart/", {
         "slice_name": "orders", "viz_type": "table", "datasource_id": datasets["orders"],
         "datasource_type": "table", "params": json.dumps(params),
+        "dashboards": [dashboard["id"]],
         "query_context": json.dumps({
             "datasource": {"id": datasets["orders"], "type": "table"},
             "queries": [{"columns": ["id", "tenant_id", "amount"], "row_limit": 1000}],
@@ -204,7 +211,7 @@ def setup(home: str, data_path: str) -> dict:
     })
     charts["orders"] = chart["id"]
     ids = {"database_id": database_id, "datasets": datasets, "charts": charts,
-           "data_db": data_path}
+           "dashboards": dashboards, "data_db": data_path}
     with open(os.path.join(home, "ids.json"), "w") as handle:
         json.dump(ids, handle)
     return ids
@@ -224,6 +231,10 @@ def serve(home: str, port: int, workers: int, access_log: str | None,
     argv = [
         gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
         "--threads", "4", "--timeout", "120", "--log-level", "warning",
+        # Longer than datagate's upstream.idle_timeout (60 s): gunicorn's default (2 s)
+        # closes pooled connections datagate is about to reuse, and a request whose body
+        # is being written then fails (502).
+        "--keep-alive", "75",
     ]
     if access_log:
         # The test marks each request with X-Test-Marker and reads this log to prove
