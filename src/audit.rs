@@ -31,6 +31,9 @@ pub struct AuditEvent {
     pub status: u16,
     pub reason: String,
     pub policy_revision: u64,
+    /// The request's OpenTelemetry trace id, when traces are exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// One change made through the admin API (also kept in the store, `GET /api/audit`).

@@ -295,7 +295,10 @@ pub async fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde
         client_address: None,
     };
     let mut body = decision::GivenBody(args.body.as_deref().map(str::as_bytes));
-    let options = decision::AdmitOptions { trace: true };
+    let options = decision::AdmitOptions {
+        trace: true,
+        ..Default::default()
+    };
     let admitted = decision::admit(state, &snapshot, &head, &mut body, options).await;
     let (verdict, status, reason, forwarded) = match &admitted.verdict {
         decision::Verdict::Forward(forward) => (
@@ -460,6 +463,21 @@ pub fn run(config_path: Option<&Path>, args: &RunArgs) -> Result<(), CliError> {
         ));
         let _ = state.credentials.set(Arc::new(broker));
         tracing::info!("AWS IAM database authentication enabled");
+    }
+    if let Some(otlp) = &state.config.telemetry.otlp {
+        let telemetry =
+            crate::telemetry::Telemetry::start(otlp, &state.config.base_dir).map_err(|error| {
+                CliError::Other {
+                    context: "telemetry.otlp",
+                    message: error.to_string(),
+                }
+            })?;
+        let _ = state.telemetry.set(telemetry);
+        tracing::info!(
+            endpoint = %otlp.endpoint,
+            sample_ratio = otlp.sample_ratio,
+            "OpenTelemetry trace export enabled"
+        );
     }
     let snapshot = state.snapshot();
     if snapshot.policy.uses_casbin_fallback() {

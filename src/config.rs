@@ -76,6 +76,9 @@ pub struct Config {
     /// How datagate's own logs are written.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// OpenTelemetry trace export (off unless `telemetry.otlp` is set).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// Directory relative paths are resolved against: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -616,6 +619,10 @@ impl Config {
                 "limits must be greater than zero",
             ));
         }
+        if let Some(otlp) = &self.telemetry.otlp {
+            otlp.validate()
+                .map_err(|(key, message)| ConfigError::invalid(key, message))?;
+        }
         self.auth.validate().map_err(|error| ConfigError::Invalid {
             key: "auth".to_string(),
             message: error.to_string(),
@@ -714,6 +721,44 @@ routes: {}
         assert!(error.contains("sql.pool.per_caller_limit"), "{error}");
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.sql.pool.per_caller_limit, 8);
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_its_settings_are_checked() {
+        assert!(parse(MINIMAL).unwrap().telemetry.otlp.is_none());
+        let otlp = |settings: &str| {
+            parse(&format!(
+                "{MINIMAL}telemetry:\n  otlp: {{endpoint: \"http://127.0.0.1:4318/v1/traces\"{settings}}}\n"
+            ))
+        };
+        let config = otlp("").unwrap();
+        let settings = config.telemetry.otlp.unwrap();
+        assert_eq!(settings.protocol, "http/protobuf");
+        assert_eq!(settings.service_name, "datagate");
+        assert_eq!(settings.sample_ratio, 1.0);
+        for (settings, key) in [
+            (", protocol: grpc", "telemetry.otlp.protocol"),
+            (", protocol: http/json", "telemetry.otlp.protocol"),
+            (", sample_ratio: 1.5", "telemetry.otlp.sample_ratio"),
+            (", sample_ratio: -0.1", "telemetry.otlp.sample_ratio"),
+            (", service_name: \" \"", "telemetry.otlp.service_name"),
+            (", timeout: 0s", "telemetry.otlp.timeout"),
+            (", sampler: always", "sampler"),
+        ] {
+            let error = otlp(settings).unwrap_err().to_string();
+            assert!(error.contains(key), "{settings}: {error}");
+        }
+        for endpoint in ["collector:4318", "ftp://collector/v1/traces", "not a url"] {
+            let error = parse(&format!(
+                "{MINIMAL}telemetry:\n  otlp: {{endpoint: \"{endpoint}\"}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains("telemetry.otlp.endpoint"),
+                "{endpoint}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -37,3 +37,4 @@ pub mod sql_location;
 pub mod sql_pool;
 pub mod state;
 pub mod store;
+pub mod telemetry;

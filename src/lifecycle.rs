@@ -185,6 +185,9 @@ impl ShutdownSignalWatch for DrainingSignals {
     }
 }
 
+/// How long an exiting process waits for its queued spans to reach the collector.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// pingora waits the whole grace period after it stops accepting; this ends the process
 /// as soon as no request is in flight (after the listener has let go of its socket), and
 /// at the latest when the grace period ends.
@@ -203,19 +206,24 @@ fn wait_for_drain(state: Arc<crate::state::AppState>, accepting_for: Duration) {
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
-            finish(&state.metrics, started);
+            finish(&state, started);
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot watch the drain; exiting after the whole grace period");
     }
 }
 
-fn finish(metrics: &Metrics, started: Instant) {
+fn finish(state: &crate::state::AppState, started: Instant) {
+    let metrics: &Metrics = &state.metrics;
     tracing::info!(
         after_ms = started.elapsed().as_millis() as u64,
         left_in_flight = metrics.in_flight.get(),
         "drained; exiting"
     );
+    // The last requests' spans are still queued for export.
+    if let Some(telemetry) = state.telemetry.get() {
+        telemetry.shutdown(TRACE_FLUSH_TIMEOUT);
+    }
     // Give the audit writer a moment to write what the last requests queued.
     std::thread::sleep(Duration::from_millis(50));
     std::process::exit(0);

@@ -863,7 +863,10 @@ async fn run_case(
     };
     let snapshot = state.snapshot();
     let mut given = decision::GivenBody(body.as_deref());
-    let options = decision::AdmitOptions { trace: true };
+    let options = decision::AdmitOptions {
+        trace: true,
+        ..Default::default()
+    };
     let decided = decision::admit(state, &snapshot, &head, &mut given, options).await;
     let actual = actual_of(decided);
     Ok(compare(expect, export.as_ref(), &actual, databases))

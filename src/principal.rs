@@ -21,6 +21,17 @@ pub enum PrincipalKind {
     Anonymous,
 }
 
+impl PrincipalKind {
+    /// The serialised name (`user`, `service_account`, `anonymous`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::ServiceAccount => "service_account",
+            PrincipalKind::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// Grafana's basic (organisation) roles: `Viewer` ⊂ `Editor` ⊂ `Admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BasicRole {

@@ -103,6 +103,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Database credentials for `aws_iam` datasources (when `aws.database_iam_auth`).
     pub credentials: std::sync::OnceLock<Arc<crate::creds::CredentialBroker>>,
+    /// Trace export, started by `datagate run` when `telemetry.otlp` is set (never by
+    /// `explain` or `test`, which build the same state).
+    pub telemetry: std::sync::OnceLock<crate::telemetry::Telemetry>,
     pub audit: AuditSink,
     /// The grants store, when configured.
     pub store: Option<Store>,
@@ -224,6 +227,7 @@ impl AppState {
             metrics,
             audit,
             credentials: std::sync::OnceLock::new(),
+            telemetry: std::sync::OnceLock::new(),
             store,
             admin_writes: tokio::sync::Mutex::new(()),
             lifecycle: crate::lifecycle::Lifecycle::default(),

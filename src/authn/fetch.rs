@@ -68,17 +68,7 @@ impl IdpClient {
         keep_alive: bool,
         ca_file: Option<&Path>,
     ) -> Result<IdpClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| format!("no usable TLS versions: {error}"))?
-            .with_root_certificates(trust_roots(ca_file)?)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = https_connector(ca_file)?;
         let mut builder = Client::builder(TokioExecutor::new());
         if !keep_alive {
             builder.pool_max_idle_per_host(0);
@@ -159,6 +149,24 @@ impl IdpClient {
             .await
             .map_err(|_| FetchError::Unreachable)?
     }
+}
+
+/// An HTTP/1.1 connector for `http://` and `https://` URLs (rustls with ring, trusting
+/// [`trust_roots`]); also used by the OTLP trace exporter.
+pub(crate) fn https_connector(
+    ca_file: Option<&Path>,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("no usable TLS versions: {error}"))?
+        .with_root_certificates(trust_roots(ca_file)?)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
 }
 
 /// The system's roots, plus every certificate in `ca_file`. A `ca_file` that cannot be

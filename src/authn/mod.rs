@@ -51,6 +51,7 @@ pub use config::{
 };
 pub use credentials::MAX_CREDENTIAL_BYTES;
 pub use error::{AuthnError, ConfigError, Malformed};
+pub(crate) use fetch::https_connector;
 pub use jsonwebtoken::Algorithm;
 pub use jwt::MAX_KEYS_TRIED_WITHOUT_KID;
 pub use keys::EnvLookup;

@@ -140,27 +140,41 @@ pub fn identify<'t>(
     state: &'t AppState,
     snapshot: &PolicySnapshot,
     head: &RequestHead<'_>,
+    clock: &mut super::StageClock,
 ) -> Result<Identified<'t>, Refusal> {
-    if let Some(age) = state.policy_staleness() {
-        return Err(Refusal::PolicyStale {
-            seconds: age.as_secs(),
-        });
-    }
-    let (principal, subjects) = match head.headers.asserted_caller() {
-        Some(caller) => {
-            let principal = asserted_principal(state, snapshot, caller)?;
-            let subjects = principal.subjects();
-            (principal, subjects)
+    let started = clock.start();
+    let principal = (|| {
+        if let Some(age) = state.policy_staleness() {
+            return Err(Refusal::PolicyStale {
+                seconds: age.as_secs(),
+            });
         }
-        None => authenticate_with_subjects(
-            state,
-            snapshot,
-            head.headers.authorization.as_deref(),
-            head.headers.api_key.as_deref(),
-        )?,
-    };
-    let canonical_path = canonicalize_path(head.raw_path).map_err(Refusal::BadPath)?;
-    let (route, unmatched_policy) = match state.routes.resolve(head.method, &canonical_path) {
+        Ok(match head.headers.asserted_caller() {
+            Some(caller) => {
+                let principal = asserted_principal(state, snapshot, caller)?;
+                let subjects = principal.subjects();
+                (principal, subjects)
+            }
+            None => authenticate_with_subjects(
+                state,
+                snapshot,
+                head.headers.authorization.as_deref(),
+                head.headers.api_key.as_deref(),
+            )?,
+        })
+    })();
+    clock.stop(super::Stage::Authenticate, started, &principal);
+    let (principal, subjects) = principal?;
+    let started = clock.start();
+    let routed = canonicalize_path(head.raw_path)
+        .map_err(Refusal::BadPath)
+        .map(|canonical_path| {
+            let resolution = state.routes.resolve(head.method, &canonical_path);
+            (canonical_path, resolution)
+        });
+    clock.stop(super::Stage::Route, started, &routed);
+    let (canonical_path, resolution) = routed?;
+    let (route, unmatched_policy) = match resolution {
         Resolution::Matched { route, params } => (Some((route, params)), UnmatchedPolicy::Deny),
         Resolution::Unmatched(policy) => (None, policy),
     };

@@ -206,6 +206,77 @@ impl BodySource for GivenBody<'_> {
 pub struct AdmitOptions {
     /// Record every check with its outcome (`explain`, `datagate test`).
     pub trace: bool,
+    /// Record when each stage ran ([`Decision::stages`], for OpenTelemetry spans).
+    pub time_stages: bool,
+}
+
+/// A stage of the request path, as traces name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Authenticate,
+    Route,
+    ReadBody,
+    Authorize,
+    Rewrite,
+    Results,
+    Credentials,
+    /// The proxy's call to the upstream (timed by the proxy, not by [`admit`]).
+    Upstream,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Authenticate => "authenticate",
+            Stage::Route => "route",
+            Stage::ReadBody => "read_body",
+            Stage::Authorize => "authorize",
+            Stage::Rewrite => "rewrite",
+            Stage::Results => "results",
+            Stage::Credentials => "credentials",
+            Stage::Upstream => "upstream",
+        }
+    }
+}
+
+/// When one stage ran, and whether it refused the request.
+#[derive(Debug, Clone, Copy)]
+pub struct StageTiming {
+    pub stage: Stage,
+    pub started: Instant,
+    pub ended: Instant,
+    pub refused: bool,
+}
+
+/// Times stages only when [`AdmitOptions::time_stages`] asks: otherwise no clock is read.
+#[derive(Debug, Default)]
+pub struct StageClock {
+    enabled: bool,
+    timings: Vec<StageTiming>,
+}
+
+impl StageClock {
+    fn new(enabled: bool) -> StageClock {
+        StageClock {
+            enabled,
+            timings: Vec::new(),
+        }
+    }
+
+    fn start(&self) -> Option<Instant> {
+        self.enabled.then(Instant::now)
+    }
+
+    fn stop<T, E>(&mut self, stage: Stage, started: Option<Instant>, result: &Result<T, E>) {
+        if let Some(started) = started {
+            self.timings.push(StageTiming {
+                stage,
+                started,
+                ended: Instant::now(),
+                refused: result.is_err(),
+            });
+        }
+    }
 }
 
 /// What to do with a request.
@@ -261,6 +332,8 @@ pub struct Decision {
     /// The route lets an `Upgrade` through (after every check passed).
     pub allows_upgrade: bool,
     pub policy_revision: u64,
+    /// When each stage ran, when [`AdmitOptions::time_stages`] asked.
+    pub stages: Vec<StageTiming>,
 }
 
 impl Decision {
@@ -297,7 +370,9 @@ pub async fn admit(
         body_read: false,
         allows_upgrade: false,
         policy_revision: snapshot.revision,
+        stages: Vec::new(),
     };
+    let mut clock = StageClock::new(options.time_stages);
     if let Some(problem) = &head.headers.problem {
         decision.verdict = Verdict::Refuse(match problem {
             HeadersProblem::Header(error) => Refusal::from(error.clone()),
@@ -305,13 +380,13 @@ pub async fn admit(
         });
         return decision;
     }
-    let identified = match identify(state, snapshot, head) {
+    let identified = match identify(state, snapshot, head, &mut clock) {
         // A kid no key set holds may be the IdP's new key: one bounded, rate-limited JWKS
         // refetch, then one more try.
         Err(Refusal::Authentication(crate::authn::AuthnError::UnknownKey))
             if Box::pin(state.authenticator.refetch_for_unknown_kid()).await =>
         {
-            identify(state, snapshot, head)
+            identify(state, snapshot, head, &mut clock)
         }
         other => other,
     };
@@ -319,6 +394,7 @@ pub async fn admit(
         Ok(identified) => identified,
         Err(refusal) => {
             decision.verdict = Verdict::Refuse(refusal);
+            decision.stages = clock.timings;
             return decision;
         }
     };
@@ -331,6 +407,7 @@ pub async fn admit(
             snapshot,
             &identified.principal,
         ))));
+        decision.stages = clock.timings;
         return decision;
     }
     decision.verdict = match decide(
@@ -341,6 +418,7 @@ pub async fn admit(
         options,
         &mut identified,
         &mut decision,
+        &mut clock,
     )
     .await
     {
@@ -365,10 +443,12 @@ pub async fn admit(
             },
         ));
     }
+    decision.stages = clock.timings;
     decision
 }
 
 /// Everything after identification, as one result.
+#[allow(clippy::too_many_arguments)]
 async fn decide(
     state: &AppState,
     snapshot: &Arc<PolicySnapshot>,
@@ -377,106 +457,82 @@ async fn decide(
     options: AdmitOptions,
     identified: &mut Identified<'_>,
     decision: &mut Decision,
+    clock: &mut StageClock,
 ) -> Result<Forward, Refusal> {
     let needs_body = identified.needs_body();
     let limit = state.routes.max_body_bytes();
     let body_bytes = if needs_body {
+        let started = clock.start();
         let bytes = body.read(limit).await.map_err(|error| match error {
             BodyReadError::TooLarge => Refusal::BodyTooLarge {
                 route: identified.route_name().to_string(),
                 limit,
             },
             BodyReadError::Unreadable => Refusal::BodyUnreadable,
-        })?;
+        });
+        clock.stop(Stage::ReadBody, started, &bytes);
         decision.body_read = true;
-        Some(bytes)
+        Some(bytes?)
     } else {
         None
     };
     if mcp::is_mcp(identified) {
         decision.mcp = Some(McpCall::default());
     }
-    let mut request = ParsedRequest::parse(
-        head.query,
-        head.headers.content_type.as_deref(),
-        body_bytes.as_deref(),
-    )?;
-    if let Some(call) = decision.mcp.as_mut()
-        && let Some(canonical) = select_mcp_tool(identified, &request, call)?
-    {
-        request = canonical;
-    }
-    let mut trace = options.trace.then_some(&mut decision.checks);
-    let permit = authorize(snapshot, identified, head, &request, trace.as_deref_mut())?;
-
-    let mut query = None;
-    let mut forwarded_body = None;
-    let mut sql_datasources = Vec::new();
-    let plan = if identified.carries_sql() {
-        plan_sql(
-            snapshot,
-            identified,
-            &permit,
-            &request,
-            trace.as_deref_mut(),
-        )?
-    } else {
-        None
-    };
-    if let Some(plan) = plan {
-        // Parsing and rewriting run on the bounded SQL pool, not on this (I/O) thread;
-        // a full queue refuses at once with `sql_busy`.
-        let started = Instant::now();
-        let limits = state.config.sql.rewrite_limits();
-        let job = plan.job(snapshot, permit.shared_principal(), limits);
-        let caller = pool_caller(permit.principal(), head.client_address);
-        // Boxed, like every rare await below: an async fn's state is as large as its
-        // largest await, and pingora moves the request's futures between its phases,
-        // so a large inline state is copied on every request (README *Benchmarks*).
-        let results = Box::pin(
-            state
-                .sql_pool
-                .run(&caller, plan.largest_statement(), move || job.run()),
-        )
-        .await;
-        decision.sql_time = Some(started.elapsed());
-        let rewrite = finish_sql(
-            plan,
-            results.map_err(Refusal::SqlPool)?,
-            &request,
-            trace.as_deref_mut(),
+    let started = clock.start();
+    let permit = (|| {
+        let mut request = ParsedRequest::parse(
+            head.query,
+            head.headers.content_type.as_deref(),
+            body_bytes.as_deref(),
         )?;
-        sql_datasources = rewrite
-            .statements
-            .iter()
-            .map(|statement| statement.datasource.clone())
-            .collect();
-        query = rewrite.query;
-        forwarded_body = rewrite.body.map(Bytes::from);
-        decision.statements = rewrite.statements;
-    }
-    if identified
-        .route
-        .as_ref()
-        .is_some_and(|(route, _)| route.chart_data().is_some())
-    {
-        let started = Instant::now();
-        let result = chart::rewrite_chart_data(
-            &state.config.charts,
+        if let Some(call) = decision.mcp.as_mut()
+            && let Some(canonical) = select_mcp_tool(identified, &request, call)?
+        {
+            request = canonical;
+        }
+        let trace = options.trace.then_some(&mut decision.checks);
+        let permit = authorize(snapshot, identified, head, &request, trace)?;
+        Ok::<_, Refusal>((request, permit))
+    })();
+    clock.stop(Stage::Authorize, started, &permit);
+    let (request, permit) = permit?;
+
+    let rewrites = identified.carries_sql()
+        || identified
+            .route
+            .as_ref()
+            .is_some_and(|(route, _)| route.chart_data().is_some());
+    let rewritten = if rewrites {
+        let started = clock.start();
+        let trace = options.trace.then_some(&mut decision.checks);
+        // Boxed, like every rare await here: an async fn's state is as large as its
+        // largest await, and pingora moves the request's futures between its phases.
+        let rewritten = Box::pin(rewrite_sql(
+            state,
             snapshot,
+            head,
             identified,
             &permit,
             &request,
-            state.config.sql.rewrite_limits(),
             trace,
-        );
-        decision.sql_time = Some(started.elapsed());
-        let outcome = result?;
-        if outcome.body.is_some() {
-            forwarded_body = outcome.body;
-        }
-        decision.chart_data = outcome.rewrite;
-    }
+            &mut decision.sql_time,
+        ))
+        .await;
+        clock.stop(Stage::Rewrite, started, &rewritten);
+        rewritten
+    } else {
+        Ok(Rewrites::default())
+    };
+    let Rewrites {
+        query,
+        mut forwarded_body,
+        sql_datasources,
+        statements,
+        chart_data,
+    } = rewritten?;
+    decision.statements = statements;
+    decision.chart_data = chart_data;
     // Whatever datagate inspected as JSON goes upstream as datagate read it.
     if forwarded_body.is_none()
         && let ParsedBody::Json(value) = &request.body
@@ -497,16 +553,121 @@ async fn decide(
             limit: MAX_FORWARDED_URI_BYTES,
         });
     }
+    let started = if results::applies(identified) {
+        clock.start()
+    } else {
+        None
+    };
     if results::applies(identified) {
-        Box::pin(results::check(state, identified, &permit, &request)).await?;
+        let owners = Box::pin(results::check(state, identified, &permit, &request)).await;
+        clock.stop(Stage::Results, started, &owners);
+        owners?;
     }
     let response_binding = results::response_binding(identified, &permit);
-    let db_credentials = database_credentials(state, snapshot, &permit, &sql_datasources).await?;
+    let started = clock.start();
+    let db_credentials = database_credentials(state, snapshot, &permit, &sql_datasources).await;
+    // Only a request whose datasource uses IAM authentication has this stage.
+    if !matches!(db_credentials, Ok(None)) {
+        clock.stop(Stage::Credentials, started, &db_credentials);
+    }
+    let db_credentials = db_credentials?;
     Ok(Forward {
         permit,
         query,
         body: forwarded_body,
         db_credentials,
         response_binding,
+    })
+}
+
+/// What row-level security made of a request's SQL and chart data.
+#[derive(Default)]
+struct Rewrites {
+    query: Option<String>,
+    forwarded_body: Option<Bytes>,
+    sql_datasources: Vec<String>,
+    statements: Vec<StatementRewrite>,
+    chart_data: Option<crate::chart_data::ChartRewrite>,
+}
+
+/// Stage 6: the route's SQL rewritten on the SQL pool, and chart data's filters injected.
+/// `sql_time` is set whenever row-level security ran, refused or not.
+#[allow(clippy::too_many_arguments)]
+async fn rewrite_sql(
+    state: &AppState,
+    snapshot: &Arc<PolicySnapshot>,
+    head: &RequestHead<'_>,
+    identified: &Identified<'_>,
+    permit: &Permit,
+    request: &ParsedRequest,
+    mut trace: Option<&mut Vec<CheckOutcome>>,
+    sql_time: &mut Option<Duration>,
+) -> Result<Rewrites, Refusal> {
+    let mut statements = Vec::new();
+    let mut chart_data = None;
+
+    let mut query = None;
+    let mut forwarded_body = None;
+    let mut sql_datasources = Vec::new();
+    let plan = if identified.carries_sql() {
+        plan_sql(snapshot, identified, permit, request, trace.as_deref_mut())?
+    } else {
+        None
+    };
+    if let Some(plan) = plan {
+        // Parsing and rewriting run on the bounded SQL pool, not on this (I/O) thread;
+        // a full queue refuses at once with `sql_busy`.
+        let started = Instant::now();
+        let limits = state.config.sql.rewrite_limits();
+        let job = plan.job(snapshot, permit.shared_principal(), limits);
+        let caller = pool_caller(permit.principal(), head.client_address);
+        let results = state
+            .sql_pool
+            .run(&caller, plan.largest_statement(), move || job.run())
+            .await;
+        *sql_time = Some(started.elapsed());
+        let rewrite = finish_sql(
+            plan,
+            results.map_err(Refusal::SqlPool)?,
+            request,
+            trace.as_deref_mut(),
+        )?;
+        sql_datasources = rewrite
+            .statements
+            .iter()
+            .map(|statement| statement.datasource.clone())
+            .collect();
+        query = rewrite.query;
+        forwarded_body = rewrite.body.map(Bytes::from);
+        statements = rewrite.statements;
+    }
+    if identified
+        .route
+        .as_ref()
+        .is_some_and(|(route, _)| route.chart_data().is_some())
+    {
+        let started = Instant::now();
+        let result = chart::rewrite_chart_data(
+            &state.config.charts,
+            snapshot,
+            identified,
+            permit,
+            request,
+            state.config.sql.rewrite_limits(),
+            trace,
+        );
+        *sql_time = Some(started.elapsed());
+        let outcome = result?;
+        if outcome.body.is_some() {
+            forwarded_body = outcome.body;
+        }
+        chart_data = outcome.rewrite;
+    }
+    Ok(Rewrites {
+        query,
+        forwarded_body,
+        sql_datasources,
+        statements,
+        chart_data,
     })
 }

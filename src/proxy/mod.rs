@@ -12,6 +12,11 @@
 //!   headers written.
 //! - `response_filter` / `response_body_filter`: the export guard on what comes back.
 //! - `logging`: metrics and the audit line.
+//!
+//! With `telemetry.otlp` set, each phase also feeds the request's
+//! [`crate::telemetry::RequestTrace`]: started in `request_filter`, the decision's stages
+//! recorded after `admit`, the `upstream` span (and the one `traceparent` the upstream
+//! gets) in `upstream_request_filter`, ended in `response_filter` and `logging`.
 
 mod body;
 mod forward;
@@ -129,6 +134,9 @@ pub struct RequestContext {
     /// it is complete (see `decision::results`).
     response_binding: Option<decision::results::ResponseBinding>,
     held_response: Option<Vec<u8>>,
+    /// The request's spans, when traces are exported (boxed: the context is moved between
+    /// pingora's phases, and stays one pointer wide when tracing is off).
+    trace: Option<Box<crate::telemetry::RequestTrace>>,
 }
 
 struct Outcome {
@@ -171,6 +179,7 @@ impl ProxyHttp for DatagateProxy {
             db_credentials: None,
             response_binding: None,
             held_response: None,
+            trace: None,
         }
     }
 
@@ -180,6 +189,12 @@ impl ProxyHttp for DatagateProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         let snapshot = self.state.snapshot();
+        if let Some(telemetry) = self.state.telemetry.get() {
+            let request = session.req_header();
+            ctx.trace = Some(Box::new(
+                telemetry.start_request(request.method.as_str(), &request.headers),
+            ));
+        }
         // datagate's own sign-in endpoints (OIDC callback, logout) are answered here.
         if let Some(endpoint) = self
             .state
@@ -217,10 +232,16 @@ impl ProxyHttp for DatagateProxy {
             &snapshot,
             &head,
             &mut body,
-            decision::AdmitOptions::default(),
+            decision::AdmitOptions {
+                time_stages: ctx.trace.is_some(),
+                ..Default::default()
+            },
         )
         .await;
         let read_body = body.read.take();
+        if let Some(trace) = &ctx.trace {
+            record_decision(trace, &decision);
+        }
         ctx.body_read = decision.body_read;
         ctx.mcp = decision.mcp.clone();
         self.count_sql(&decision);
@@ -365,6 +386,16 @@ impl ProxyHttp for DatagateProxy {
             // datagate reads this response's ids; a compressed one could not be read.
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         }
+        if let Some(trace) = ctx.trace.as_mut() {
+            // The upstream continues datagate's trace, never a client's header: exactly
+            // one `traceparent`, naming the upstream span.
+            for name in [crate::telemetry::TRACEPARENT, crate::telemetry::TRACESTATE] {
+                while upstream_request.remove_header(name).is_some() {}
+            }
+            for (name, value) in trace.start_upstream() {
+                upstream_request.append_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -400,6 +431,9 @@ impl ProxyHttp for DatagateProxy {
             self.state
                 .metrics
                 .observe_upstream(Some(response.status.as_u16()), started.elapsed());
+        }
+        if let Some(trace) = ctx.trace.as_mut() {
+            trace.end_upstream(Some(response.status.as_u16()));
         }
         if let Err(error) = headers::check_upstream_switch(session.req_header(), response) {
             if let Some(outcome) = ctx.outcome.as_mut() {
@@ -548,6 +582,13 @@ impl ProxyHttp for DatagateProxy {
             // Went upstream and no response head came back (connect, timeout, reset).
             self.state.metrics.observe_upstream(None, started.elapsed());
         }
+        let trace_id = ctx.trace.as_ref().map(|trace| trace.trace_id());
+        if let Some(trace) = ctx.trace.take() {
+            let status = session
+                .response_written()
+                .map_or(0, |response| response.status.as_u16());
+            trace.finish(status);
+        }
         let Some(outcome) = ctx.outcome.take() else {
             return;
         };
@@ -578,8 +619,35 @@ impl ProxyHttp for DatagateProxy {
             status: outcome.status,
             reason: outcome.reason.into_owned(),
             policy_revision: outcome.revision,
+            trace_id,
         });
     }
+}
+
+/// The decision on the request's root span, and its stages as child spans. Attributes
+/// carry kinds and counts, never refusal messages or SQL.
+fn record_decision(trace: &crate::telemetry::RequestTrace, decision: &decision::Decision) {
+    let refusal_kind = decision
+        .refusal()
+        .map(|refusal| HttpError::from(refusal).kind.unwrap_or("none"));
+    trace.record_stages(&decision.stages, refusal_kind);
+    trace.record_decision(&crate::telemetry::DecisionSummary {
+        route: &decision.route,
+        canonical_path: decision.canonical_path.as_deref(),
+        allowed: !matches!(decision.verdict, Verdict::Refuse(_)),
+        refusal_kind,
+        principal_kind: decision
+            .principal
+            .as_ref()
+            .map(|principal| principal.kind.as_str()),
+        policy_revision: decision.policy_revision,
+        statements: decision.statements.len(),
+        statements_rewritten: decision
+            .statements
+            .iter()
+            .filter(|statement| statement.rewritten.changed)
+            .count(),
+    });
 }
 
 fn remove_consumed_credentials(
