@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -457,22 +457,28 @@ fn grafana_preset_sends_exactly_the_auth_proxy_headers() {
 
 #[test]
 fn an_upstream_101_never_becomes_a_tunnel_for_requests_after_it() {
-    let port = free_port();
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("received");
-    let process = Command::new("python3")
+    // Port 0 and the announced address: a port picked here and bound later by the script
+    // can be taken by another test's listener in between (seen in CI as a refused connect).
+    let mut process = Command::new("python3")
         .arg(echo_dir().join("always_101.py"))
-        .arg(port.to_string())
+        .arg("0")
         .arg(&log)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let stdout = process.stdout.take().unwrap();
     let _upstream = ChildProcess::new(process);
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(Gateway::eventually(Duration::from_secs(10), || {
-        TcpStream::connect(address).is_ok()
-    }));
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let address: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected always_101.py output: {line:?}"))
+        .parse()
+        .unwrap();
     std::fs::write(&log, b"").unwrap();
     let gateway = gateway(address, None);
     let token = gateway.token("alice", &["Gamma"], &[], None);

@@ -553,12 +553,8 @@ async fn decide(
             limit: MAX_FORWARDED_URI_BYTES,
         });
     }
-    let started = if results::applies(identified) {
-        clock.start()
-    } else {
-        None
-    };
     if results::applies(identified) {
+        let started = clock.start();
         let owners = Box::pin(results::check(state, identified, &permit, &request)).await;
         clock.stop(Stage::Results, started, &owners);
         owners?;

@@ -3,6 +3,9 @@ asked for, and then records every byte that arrives on the connection (the "tunn
 For tests/headers.rs: datagate must not turn such an answer into a tunnel.
 
     python3 always_101.py PORT LOGFILE
+
+PORT 0 binds an ephemeral port; the bound address is printed as the first line of stdout
+("listening on 127.0.0.1:PORT") so the test never races another process for a port.
 """
 
 import socket
@@ -38,6 +41,7 @@ def main():
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen()
+    print(f"listening on 127.0.0.1:{listener.getsockname()[1]}", flush=True)
     while True:
         connection, _ = listener.accept()
         threading.Thread(target=serve, args=(connection, log, lock), daemon=True).start()
