@@ -171,9 +171,11 @@ fn browse(public_url: &str, steps: Value) -> Value {
         .unwrap();
     let screenshot = work.path().join("failed-step.png");
     let spec = work.path().join("spec.json");
+    let report_path = work.path().join("report.json");
     std::fs::write(
         &spec,
-        json!({"base": public_url, "steps": steps, "screenshot": screenshot}).to_string(),
+        json!({"base": public_url, "steps": steps, "screenshot": screenshot, "report": report_path})
+            .to_string(),
     )
     .unwrap();
     let output = Command::new("node")
@@ -183,9 +185,14 @@ fn browse(public_url: &str, steps: Value) -> Value {
         .stderr(Stdio::inherit())
         .output()
         .expect("node runs tests/compat/browser/superset_ui.mjs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|error| panic!("the browser driver printed no report ({error}): {stdout}"));
+    let written = std::fs::read_to_string(&report_path).unwrap_or_default();
+    let report: Value = serde_json::from_str(written.trim()).unwrap_or_else(|error| {
+        panic!(
+            "the browser driver wrote no report ({error}; exit {}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
     if !output.status.success() {
         let kept = work.keep();
         panic!(

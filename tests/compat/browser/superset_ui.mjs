@@ -16,9 +16,11 @@
 //   {"do": "fetch", "method": "DELETE", "path": "/x", "marker": "m"}
 //                                          the request a UI button sends, from the page
 //
-// Prints one JSON object: every response the browser saw (`responses`), failed requests,
-// console errors, and each step's findings (`steps`), in order. Exits 1 (with `error` in
-// the JSON) when a step cannot complete.
+// Writes one JSON object to SPEC's `report` path (stdout when unset): every response the
+// browser saw (`responses`), failed requests, console errors, and each step's findings
+// (`steps`), in order. Exits 1 (with `error` in the JSON) when a step cannot complete.
+// A file, not stdout: Node writes to a pipe asynchronously, and `process.exit` right after
+// a write larger than the pipe's 64 KiB buffer cut the report off there.
 
 import fs from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -341,5 +343,9 @@ try {
 } finally {
   await browser.close();
 }
-process.stdout.write(JSON.stringify(report) + '\n');
-process.exit(failed ? 1 : 0);
+if (spec.report) {
+  fs.writeFileSync(spec.report, JSON.stringify(report) + '\n');
+  process.exit(failed ? 1 : 0);
+} else {
+  process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(failed ? 1 : 0));
+}
