@@ -117,6 +117,14 @@ pub enum ChartDataMode {
     /// The request replays a query context datagate cannot see (a saved chart, a cache
     /// key, legacy `explore_json`): refused while filters apply to the caller.
     RefuseWhenFiltered,
+    /// The request changes or deletes a dataset (`PUT`/`DELETE /api/v1/dataset/{pk}`, the
+    /// bulk delete's `q`, the legacy `/datasource/save/` form): on a mapped dataset, for
+    /// every caller, deletes are refused and an edit may not move the dataset off its
+    /// table or store SQL that was not checked ([`DatasetEdit`]).
+    GuardDataset,
+    /// The request can overwrite datasets datagate cannot see (imports that carry dataset
+    /// definitions and overwrite them): refused while `charts.datasets` maps any dataset.
+    RefuseWhenMapped,
 }
 
 /// `routes.table[i].chart_data`.
@@ -143,6 +151,18 @@ pub enum ChartDataError {
     RefusedField { location: String, reason: String },
     #[error("SQL fragment at `{location}` refused: {error}")]
     Fragment { location: String, error: RlsError },
+    #[error(
+        "dataset {dataset} is mapped to `{table}` in `charts.datasets`: {reason}; remove the mapping first"
+    )]
+    MappedDataset {
+        dataset: u64,
+        table: String,
+        reason: String,
+    },
+    #[error(
+        "route `{route}` can overwrite datasets datagate cannot see while `charts.datasets` maps datasets to protected tables"
+    )]
+    OverwritesMappedDatasets { route: String },
 }
 
 impl ChartDataError {
@@ -153,6 +173,8 @@ impl ChartDataError {
             ChartDataError::BadQueryContext(_) => "bad_query_context",
             ChartDataError::RefusedField { .. } => "chart_field_refused",
             ChartDataError::Fragment { error, .. } => error.kind(),
+            ChartDataError::MappedDataset { .. } => "chart_dataset_mapped",
+            ChartDataError::OverwritesMappedDatasets { .. } => "chart_dataset_import_refused",
         }
     }
 }
@@ -568,6 +590,176 @@ fn has_content(value: Option<&Value>) -> bool {
     }
 }
 
+/// An edit of a mapped dataset (`PUT /api/v1/dataset/{pk}`, the `data` of
+/// `/datasource/save/`). What the mapping promises — the dataset's rows are its table's
+/// rows, so the table's filters are the right ones — rests on fields only such an edit
+/// changes, and Superset pastes the SQL stored in a dataset (calculated columns, saved
+/// metrics, the values predicate) into every chart's query, where datagate's fragment
+/// checks never see it. So, for every caller (a stored expression serves every caller
+/// later): the table, schema, catalog and database must stay the mapping's, no dataset
+/// SQL or template parameters, and each stored expression is checked like a query
+/// context's `sqlExpression` and forwarded as printed.
+pub struct DatasetEdit<'a> {
+    pub rls: &'a RlsPolicy,
+    pub dataset: &'a DatasetMapping,
+    pub principal: &'a Principal,
+    pub limits: RewriteLimits,
+    /// The schema an unqualified mapping means (`main` on SQLite, `public` on
+    /// PostgreSQL); `None` when the dialect has none.
+    pub default_schema: Option<&'static str>,
+}
+
+fn is_blank(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(text) => text.trim().is_empty(),
+        _ => false,
+    }
+}
+
+impl DatasetEdit<'_> {
+    fn refused(&self, reason: impl Into<String>) -> ChartDataError {
+        ChartDataError::MappedDataset {
+            dataset: self.dataset.id,
+            table: self.dataset.table.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The refusal for deleting the dataset: a new dataset could take its id (SQLite
+    /// reuses the highest) and with it the mapping.
+    pub fn delete_refused(&self) -> ChartDataError {
+        self.refused("datagate refuses deleting it, since a new dataset could take its id")
+    }
+
+    /// Checks `edit` (the dataset object) in place; returns the locations of the
+    /// expressions checked.
+    pub fn check(&self, edit: &mut Value) -> Result<Vec<String>, ChartDataError> {
+        let Value::Object(fields) = edit else {
+            return Err(ChartDataError::BadQueryContext(
+                "a dataset edit must be a JSON object".into(),
+            ));
+        };
+        let parts: Vec<&str> = self.dataset.table.split('.').collect();
+        let (mapped_schema, mapped_table) = match parts.as_slice() {
+            [schema, table] => (Some(*schema), *table),
+            _ => (None, self.dataset.table.as_str()),
+        };
+        if let Some(table) = fields.get("table_name").filter(|value| !value.is_null())
+            && table.as_str() != Some(mapped_table)
+        {
+            return Err(self.refused(format!("`table_name` must stay `{mapped_table}`")));
+        }
+        if let Some(schema) = fields.get("schema").filter(|value| !is_blank(value)) {
+            let allowed = mapped_schema.or(self.default_schema);
+            if schema.as_str().is_none() || schema.as_str() != allowed {
+                return Err(self.refused(match allowed {
+                    Some(allowed) => format!("`schema` must stay `{allowed}`"),
+                    None => "`schema` cannot be set on this mapping".to_string(),
+                }));
+            }
+        }
+        if fields.get("catalog").is_some_and(|value| !is_blank(value)) {
+            return Err(self.refused("`catalog` cannot be set"));
+        }
+        let database = fields.get("database_id").or_else(|| {
+            fields
+                .get("database")
+                .and_then(|database| database.get("id"))
+        });
+        if let Some(database) = database.filter(|value| !value.is_null()) {
+            let uid = match database {
+                Value::Number(number) => number.to_string(),
+                Value::String(text) => text.clone(),
+                _ => String::new(),
+            };
+            if uid != self.dataset.datasource {
+                return Err(self.refused(format!(
+                    "the database must stay `{}`",
+                    self.dataset.datasource
+                )));
+            }
+        }
+        if fields.get("sql").is_some_and(|value| !is_blank(value)) {
+            return Err(self.refused(
+                "its SQL cannot be set or changed through datagate (the mapping says its rows are the table's)",
+            ));
+        }
+        let no_template_parameters = |value: &Value| {
+            is_blank(value)
+                || value.as_str().is_some_and(|text| text.trim() == "{}")
+                || value.as_object().is_some_and(Map::is_empty)
+        };
+        if fields
+            .get("template_params")
+            .is_some_and(|value| !no_template_parameters(value))
+        {
+            return Err(self.refused(
+                "`template_params` are refused (Jinja is rendered after datagate's checks)",
+            ));
+        }
+        let mut checked = Vec::new();
+        if let Some(predicate) = fields.get_mut("fetch_values_predicate") {
+            self.expression(predicate, "/fetch_values_predicate", &mut checked)?;
+        }
+        for list in ["columns", "metrics"] {
+            match fields.get_mut(list) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(items)) => {
+                    for (index, item) in items.iter_mut().enumerate() {
+                        let location = format!("/{list}/{index}/expression");
+                        match item {
+                            Value::Object(members) => {
+                                if let Some(expression) = members.get_mut("expression") {
+                                    self.expression(expression, &location, &mut checked)?;
+                                }
+                            }
+                            _ => {
+                                return Err(ChartDataError::BadQueryContext(format!(
+                                    "`/{list}/{index}` must be an object"
+                                )));
+                            }
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(ChartDataError::BadQueryContext(format!(
+                        "`{list}` must be an array"
+                    )));
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    fn expression(
+        &self,
+        slot: &mut Value,
+        location: &str,
+        checked: &mut Vec<String>,
+    ) -> Result<(), ChartDataError> {
+        if is_blank(slot) {
+            return Ok(());
+        }
+        let Value::String(text) = slot else {
+            return Err(ChartDataError::RefusedField {
+                location: location.to_string(),
+                reason: "a SQL expression must be a string".into(),
+            });
+        };
+        let printed = self
+            .rls
+            .check_fragment(&self.dataset.datasource, text, self.principal, self.limits)
+            .map_err(|error| ChartDataError::Fragment {
+                location: location.to_string(),
+                error,
+            })?;
+        *text = printed;
+        checked.push(location.to_string());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,5 +1067,91 @@ mod tests {
             assert_eq!(error.kind(), "chart_field_refused", "{name}={value}");
             assert!(error.to_string().contains(&format!("`?{name}`")), "{error}");
         }
+    }
+
+    fn dataset_edit(edit: &mut Value, table: &str) -> Result<Vec<String>, ChartDataError> {
+        let rls = rls();
+        let dataset = DatasetMapping {
+            id: 7,
+            datasource: "1".into(),
+            table: table.into(),
+        };
+        DatasetEdit {
+            rls: &rls,
+            dataset: &dataset,
+            principal: &caller("root", &["Admin"]),
+            limits: RewriteLimits::default(),
+            default_schema: Dialect::Sqlite.default_schema(),
+        }
+        .check(edit)
+    }
+
+    #[test]
+    fn a_mapped_dataset_edit_keeps_the_table_and_stores_only_checked_sql() {
+        // What the 6.1 dataset editor sends for a physical dataset, trimmed.
+        let mut edit = json!({
+            "table_name": "orders", "schema": "main", "catalog": null, "database_id": 1,
+            "sql": null, "template_params": "", "fetch_values_predicate": "amount  >  0",
+            "columns": [{"column_name": "id"}, {"column_name": "big", "expression": "amount*2"}],
+            "metrics": [{"metric_name": "total", "expression": "SUM( amount )"}],
+            "description": "x"
+        });
+        let checked = dataset_edit(&mut edit, "orders").unwrap();
+        assert_eq!(
+            checked,
+            [
+                "/fetch_values_predicate",
+                "/columns/1/expression",
+                "/metrics/0/expression"
+            ]
+        );
+        assert_eq!(edit["metrics"][0]["expression"], "SUM(amount)");
+        assert_eq!(edit["fetch_values_predicate"], "amount > 0");
+        assert!(dataset_edit(&mut json!({"schema": "main"}), "main.orders").is_ok());
+
+        let refused = |edit: Value, table: &str| {
+            dataset_edit(&mut edit.clone(), table)
+                .expect_err(&edit.to_string())
+                .kind()
+        };
+        for edit in [
+            json!({"table_name": "customers"}),
+            json!({"table_name": 5}),
+            json!({"schema": "other"}),
+            json!({"catalog": "x"}),
+            json!({"database_id": 2}),
+            json!({"database": {"id": "2"}}),
+            json!({"sql": "SELECT * FROM orders"}),
+            json!({"template_params": "{\"a\": 1}"}),
+        ] {
+            assert_eq!(refused(edit, "orders"), "chart_dataset_mapped");
+        }
+        assert_eq!(
+            refused(json!({"schema": "main"}), "archive.orders"),
+            "chart_dataset_mapped"
+        );
+        assert_eq!(
+            refused(
+                json!({"metrics": [{"expression": "(SELECT sum(amount) FROM orders)"}]}),
+                "orders"
+            ),
+            "subquery_not_allowed"
+        );
+        assert_eq!(
+            refused(
+                json!({"columns": [{"expression": "load_extension('x')"}]}),
+                "orders"
+            ),
+            "denied_function"
+        );
+        assert_eq!(
+            refused(json!({"columns": [{"expression": 5}]}), "orders"),
+            "chart_field_refused"
+        );
+        assert_eq!(
+            refused(json!({"columns": {}}), "orders"),
+            "bad_query_context"
+        );
+        assert_eq!(refused(json!([]), "orders"), "bad_query_context");
     }
 }

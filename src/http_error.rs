@@ -239,7 +239,9 @@ impl From<&Refusal> for HttpError {
                 let status = match error {
                     ChartDataError::UnmappedDataset { .. }
                     | ChartDataError::ReplayFiltered { .. }
-                    | ChartDataError::RefusedField { .. } => 403,
+                    | ChartDataError::RefusedField { .. }
+                    | ChartDataError::MappedDataset { .. }
+                    | ChartDataError::OverwritesMappedDatasets { .. } => 403,
                     ChartDataError::BadQueryContext(_) => 400,
                     ChartDataError::Fragment { error, .. } => sql_status(error.kind()),
                 };

@@ -1510,3 +1510,127 @@ fn shown_number(value: &Value) -> String {
         other => as_text(other),
     }
 }
+
+#[test]
+fn mapped_datasets_keep_their_table_database_and_checked_sql() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = chart_gateway(superset);
+    let dataset = superset.ids.datasets["orders"];
+    let path = format!("/api/v1/dataset/{dataset}");
+    // Admin: no role may move a mapped dataset off its table or store unchecked SQL in
+    // it, since every filtered caller's charts read what is stored.
+    let admin = caller(&gateway, "admin", &["Admin"]);
+    let put = |body: Value| {
+        admin.send(
+            "PUT",
+            &path,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    };
+    let attempts: Vec<(Value, &str)> = vec![
+        (
+            json!({"sql": "SELECT * FROM customers"}),
+            "chart_dataset_mapped",
+        ),
+        (json!({"table_name": "customers"}), "chart_dataset_mapped"),
+        (json!({"schema": "other"}), "chart_dataset_mapped"),
+        (json!({"database_id": 999}), "chart_dataset_mapped"),
+        (
+            json!({"template_params": "{\"tenant\": \"bob\"}"}),
+            "chart_dataset_mapped",
+        ),
+        (
+            json!({"metrics": [{"metric_name": "everyone", "expression": "(SELECT sum(amount) FROM orders)"}]}),
+            "subquery_not_allowed",
+        ),
+        (
+            json!({"columns": [{"column_name": "leak", "expression": "(SELECT group_concat(note) FROM orders)"}]}),
+            "subquery_not_allowed",
+        ),
+        (
+            json!({"fetch_values_predicate": "1 = 1 --"}),
+            "comment_not_allowed",
+        ),
+    ];
+    for (body, kind) in attempts {
+        let (reply, marker) = put(body.clone());
+        // 400 for SQL that cannot be read (a comment), 403 for what is refused.
+        assert!(
+            reply.status == 403 || reply.status == 400,
+            "{body}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.json()["kind"], kind, "{body}: {}", reply.text());
+        assert!(!superset.received(&marker), "Superset received {body}");
+    }
+    // The legacy editor's form (`/datasource/save/`, `data=<dataset JSON>`) likewise.
+    let form_body = format!(
+        "data={}",
+        form_urlencoded::byte_serialize(
+            json!({"id": dataset, "type": "table", "database": {"id": 1}, "sql": "SELECT * FROM customers", "columns": [], "metrics": [], "owners": []})
+                .to_string()
+                .as_bytes()
+        )
+        .collect::<String>()
+    );
+    let (reply, marker) = admin.send(
+        "POST",
+        "/datasource/save/",
+        Some(("application/x-www-form-urlencoded", form_body.into_bytes())),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["kind"], "chart_dataset_mapped");
+    assert!(!superset.received(&marker));
+    // Deleting it (alone or in a bulk delete) would let a new dataset take its id.
+    for delete in [path.clone(), format!("/api/v1/dataset/?q=!({dataset})")] {
+        let (reply, marker) = admin.send("DELETE", &delete, None);
+        assert_eq!(reply.status, 403, "{delete}: {}", reply.text());
+        assert_eq!(reply.json()["kind"], "chart_dataset_mapped");
+        assert!(!superset.received(&marker));
+    }
+    // Imports that overwrite datasets from a ZIP datagate does not read.
+    let (reply, marker) = admin.send(
+        "POST",
+        "/api/v1/dataset/import/",
+        Some(("multipart/form-data; boundary=x", b"--x--\r\n".to_vec())),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["kind"], "chart_dataset_import_refused");
+    assert!(!superset.received(&marker));
+
+    // An edit that keeps the mapping's promise reaches Superset, with the stored
+    // expression as datagate printed it.
+    let description = unique("checked edit");
+    let (reply, marker) = put(json!({
+        "description": description,
+        "table_name": "orders",
+        "sql": null,
+        "template_params": null,
+        "fetch_values_predicate": "amount   >=   0"
+    }));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(superset.received(&marker));
+    let stored = superset.direct("GET", &path, "admin", &["Admin"], None);
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert_eq!(stored.json()["result"]["description"], description.as_str());
+    assert_eq!(
+        stored.json()["result"]["fetch_values_predicate"],
+        "amount >= 0"
+    );
+    // A dataset datagate does not map is Superset's to decide: forwarded.
+    let customers = superset.ids.datasets["customers"];
+    let (reply, marker) = admin.send(
+        "PUT",
+        &format!("/api/v1/dataset/{customers}"),
+        Some((
+            "application/json",
+            json!({"description": unique("unmapped")})
+                .to_string()
+                .into_bytes(),
+        )),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(superset.received(&marker));
+}

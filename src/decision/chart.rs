@@ -5,6 +5,8 @@
 //! receives. Replays of query contexts datagate cannot see are refused while filters
 //! apply to the caller.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use super::Refusal;
@@ -23,8 +25,10 @@ pub struct ChartDataOutcome {
     pub rewrite: Option<ChartRewrite>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn rewrite_chart_data(
     charts: &crate::chart_data::ChartsConfig,
+    method: &str,
     snapshot: &PolicySnapshot,
     identified: &Identified<'_>,
     permit: &Permit,
@@ -48,14 +52,40 @@ pub fn rewrite_chart_data(
             !filtered,
         ));
     }
-    if mode == ChartDataMode::RefuseWhenFiltered {
-        if filtered {
-            return Err(ChartDataError::ReplayFiltered {
-                route: route.name().to_string(),
+    match mode {
+        ChartDataMode::Inject => {}
+        ChartDataMode::RefuseWhenFiltered => {
+            if filtered {
+                return Err(ChartDataError::ReplayFiltered {
+                    route: route.name().to_string(),
+                }
+                .into());
             }
-            .into());
+            return Ok(ChartDataOutcome::default());
         }
-        return Ok(ChartDataOutcome::default());
+        ChartDataMode::RefuseWhenMapped => {
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push(CheckOutcome::new(
+                    "chart data: no dataset is mapped to a protected table (`charts.datasets`)",
+                    charts.datasets.is_empty(),
+                ));
+            }
+            if !charts.datasets.is_empty() {
+                return Err(ChartDataError::OverwritesMappedDatasets {
+                    route: route.name().to_string(),
+                }
+                .into());
+            }
+            return Ok(ChartDataOutcome::default());
+        }
+        ChartDataMode::GuardDataset => {
+            let guarded = GuardedRequest {
+                method,
+                identified,
+                request,
+            };
+            return guard_dataset(charts, snapshot, &guarded, permit, limits, trace);
+        }
     }
     // Superset's templating reads every query parameter (`url_param()`), and a
     // `form_data` parameter overrides the form data its helpers read.
@@ -64,34 +94,9 @@ pub fn rewrite_chart_data(
             crate::chart_data::check_query_parameter(&pair.name, &pair.value)?;
         }
     }
-    let (mut context, form_span) = match &request.body {
-        ParsedBody::Json(value) => (value.clone(), None),
-        ParsedBody::Form(form) => {
-            let (pair, text) = form
-                .single_value(FORM_FIELD)
-                .map_err(|error| ChartDataError::BadQueryContext(error.to_string()))?
-                .ok_or_else(|| {
-                    ChartDataError::BadQueryContext(format!(
-                        "a form body carries the query context in `{FORM_FIELD}`"
-                    ))
-                })?;
-            let value = crate::json_guard::parse_strict(text.as_bytes()).map_err(|error| {
-                ChartDataError::BadQueryContext(format!("`{FORM_FIELD}`: {error}"))
-            })?;
-            (value, Some(pair.value_span.clone()))
-        }
-        ParsedBody::Absent => {
-            return Err(
-                ChartDataError::BadQueryContext("the request has no query context".into()).into(),
-            );
-        }
-        ParsedBody::Unreadable { media_type } => {
-            return Err(ChartDataError::BadQueryContext(format!(
-                "a query context is JSON or a form field, not `{media_type}`"
-            ))
-            .into());
-        }
-    };
+    let (mut context, form_span) = body_object(request, FORM_FIELD)?.ok_or_else(|| {
+        ChartDataError::BadQueryContext("the request has no query context".into())
+    })?;
     let dataset = crate::chart_data::dataset_id(&context)?.and_then(|id| charts.dataset(id));
     let Some(dataset) = dataset else {
         if let Some(trace) = trace.as_deref_mut() {
@@ -150,14 +155,55 @@ pub fn rewrite_chart_data(
                 rewrite.applied.len()
             ), true));
     }
-    let serialised = serde_json::to_vec(&context)
+    Ok(ChartDataOutcome {
+        body: Some(reencoded(&context, form_span, request)?),
+        rewrite: Some(rewrite),
+    })
+}
+
+/// The JSON object a request carries: the JSON body, or the JSON in form field `field`
+/// (with the span of its value, to put the checked object back in its place). `None`:
+/// no body.
+fn body_object(
+    request: &ParsedRequest,
+    field: &str,
+) -> Result<Option<(serde_json::Value, Option<Range<usize>>)>, ChartDataError> {
+    match &request.body {
+        ParsedBody::Json(value) => Ok(Some((value.clone(), None))),
+        ParsedBody::Form(form) => {
+            let (pair, text) = form
+                .single_value(field)
+                .map_err(|error| ChartDataError::BadQueryContext(error.to_string()))?
+                .ok_or_else(|| {
+                    ChartDataError::BadQueryContext(format!(
+                        "a form body carries the JSON in `{field}`"
+                    ))
+                })?;
+            let value = crate::json_guard::parse_strict(text.as_bytes())
+                .map_err(|error| ChartDataError::BadQueryContext(format!("`{field}`: {error}")))?;
+            Ok(Some((value, Some(pair.value_span.clone()))))
+        }
+        ParsedBody::Absent => Ok(None),
+        ParsedBody::Unreadable { media_type } => Err(ChartDataError::BadQueryContext(format!(
+            "the body is JSON or a form field, not `{media_type}`"
+        ))),
+    }
+}
+
+/// `value` serialised where it was read from: the whole body, or its form field.
+fn reencoded(
+    value: &serde_json::Value,
+    form_span: Option<Range<usize>>,
+    request: &ParsedRequest,
+) -> Result<Bytes, ChartDataError> {
+    let serialised = serde_json::to_vec(value)
         .map_err(|error| ChartDataError::BadQueryContext(format!("re-serialising: {error}")))?;
     let body = match (form_span, &request.body) {
         (Some(span), ParsedBody::Form(form)) => {
             let encoded: String = form_urlencoded::byte_serialize(&serialised).collect();
             let text = form.text();
             let (Some(before), Some(after)) = (text.get(..span.start), text.get(span.end..)) else {
-                return Err(ChartDataError::BadQueryContext("form body".into()).into());
+                return Err(ChartDataError::BadQueryContext("form body".into()));
             };
             let mut output = Vec::with_capacity(before.len() + encoded.len() + after.len());
             output.extend_from_slice(before);
@@ -167,9 +213,133 @@ pub fn rewrite_chart_data(
         }
         _ => serialised,
     };
+    Ok(Bytes::from(body))
+}
+
+/// The form field the legacy `/datasource/save/` posts the dataset in.
+const DATASET_FORM_FIELD: &str = "data";
+
+/// The datasets a dataset-changing request names: the `pk` path parameter, else the
+/// bulk delete's Rison list in `q`, else the `id` of the dataset object in the body.
+fn named_datasets(
+    identified: &Identified<'_>,
+    request: &ParsedRequest,
+    body: Option<&serde_json::Value>,
+) -> Result<Vec<u64>, ChartDataError> {
+    let invalid =
+        |what: &str| ChartDataError::BadQueryContext(format!("{what} is not a dataset id"));
+    if let Some((_, params)) = &identified.route
+        && let Some(pk) = params.lookup("pk")
+    {
+        return match pk {
+            crate::route::ParamValue::Text(text) => text
+                .parse()
+                .map(|id| vec![id])
+                .map_err(|_| invalid("the path's `pk`")),
+            crate::route::ParamValue::NotUtf8 { .. } => Err(invalid("the path's `pk`")),
+        };
+    }
+    if let Some((_, text)) = request
+        .query
+        .single_value("q")
+        .map_err(|error| ChartDataError::BadQueryContext(error.to_string()))?
+    {
+        let list = crate::route::rison::parse(&text)
+            .map_err(|error| ChartDataError::BadQueryContext(format!("`q`: {error}")))?;
+        let ids = list.as_array().ok_or_else(|| invalid("`q`"))?;
+        return ids
+            .iter()
+            .map(|id| id.as_u64().ok_or_else(|| invalid("an item of `q`")))
+            .collect();
+    }
+    if let Some(body) = body {
+        if body.get("type").and_then(serde_json::Value::as_str) != Some("table") {
+            return Err(ChartDataError::BadQueryContext(
+                "the dataset's `type` must be `table`".into(),
+            ));
+        }
+        let id = body
+            .get("id")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| invalid("the body's `id`"))?;
+        return Ok(vec![id]);
+    }
+    Err(ChartDataError::BadQueryContext(
+        "the request names no dataset".into(),
+    ))
+}
+
+/// A dataset-changing request as the guard reads it.
+#[derive(Clone, Copy)]
+struct GuardedRequest<'a> {
+    method: &'a str,
+    identified: &'a Identified<'a>,
+    request: &'a ParsedRequest,
+}
+
+/// `chart_data: {mode: guard_dataset}`: edits and deletes of datasets mapped in
+/// `charts.datasets`, for every caller (see [`crate::chart_data::DatasetEdit`]).
+/// Datasets that are not mapped are Superset's to decide.
+fn guard_dataset(
+    charts: &crate::chart_data::ChartsConfig,
+    snapshot: &PolicySnapshot,
+    guarded: &GuardedRequest<'_>,
+    permit: &Permit,
+    limits: crate::rls::RewriteLimits,
+    trace: Option<&mut Vec<CheckOutcome>>,
+) -> Result<ChartDataOutcome, Refusal> {
+    let GuardedRequest {
+        method,
+        identified,
+        request,
+    } = *guarded;
+    if charts.datasets.is_empty() {
+        return Ok(ChartDataOutcome::default());
+    }
+    let (mut edit, form_span) = match body_object(request, DATASET_FORM_FIELD)? {
+        Some((value, span)) => (Some(value), span),
+        None => (None, None),
+    };
+    let ids = named_datasets(identified, request, edit.as_ref())?;
+    let mapped = ids.iter().find_map(|id| charts.dataset(*id));
+    if let Some(trace) = trace {
+        trace.push(CheckOutcome::new(
+            format!(
+                "dataset change: {}",
+                match mapped {
+                    Some(dataset) =>
+                        format!("dataset {} is mapped to `{}`", dataset.id, dataset.table),
+                    None => "no dataset it names is mapped".to_string(),
+                }
+            ),
+            true,
+        ));
+    }
+    let Some(dataset) = mapped else {
+        return Ok(ChartDataOutcome::default());
+    };
+    let check = crate::chart_data::DatasetEdit {
+        rls: &snapshot.rls,
+        dataset,
+        principal: permit.principal(),
+        limits,
+        default_schema: snapshot
+            .rls
+            .dialect(&dataset.datasource)
+            .and_then(crate::rls::Dialect::default_schema),
+    };
+    // Only an edit (`PUT`, the legacy form's `POST`) of one dataset can be checked;
+    // deletes, and anything else a route lets through, are refused.
+    if !matches!(method, "PUT" | "POST") || ids.len() > 1 {
+        return Err(check.delete_refused().into());
+    }
+    let Some(edit) = edit.as_mut() else {
+        return Err(ChartDataError::BadQueryContext("a dataset edit has a body".into()).into());
+    };
+    check.check(edit)?;
     Ok(ChartDataOutcome {
-        body: Some(Bytes::from(body)),
-        rewrite: Some(rewrite),
+        body: Some(reencoded(edit, form_span, request)?),
+        rewrite: None,
     })
 }
 

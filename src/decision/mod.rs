@@ -645,6 +645,7 @@ async fn rewrite_sql(
         let started = Instant::now();
         let result = chart::rewrite_chart_data(
             &state.config.charts,
+            head.method,
             snapshot,
             identified,
             permit,

@@ -18,6 +18,16 @@ impl Dialect {
         }
     }
 
+    /// The schema an unqualified table name resolves in on an ordinary setup (SQLite's
+    /// `main`, PostgreSQL's `public`); `None` where it depends on the connection.
+    pub fn default_schema(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => Some("main"),
+            Dialect::Postgres => Some("public"),
+            Dialect::Mysql | Dialect::Generic => None,
+        }
+    }
+
     /// The name as the database resolves it: PostgreSQL folds unquoted names to lower
     /// case and keeps quoted ones exact; SQLite, MySQL (table names, on the common
     /// case-insensitive setups) and the generic dialect compare without case.

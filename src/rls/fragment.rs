@@ -159,6 +159,11 @@ impl RlsPolicy {
             })
     }
 
+    /// The dialect of datasource `uid`, when it is configured.
+    pub fn dialect(&self, uid: &str) -> Option<super::Dialect> {
+        self.datasources.get(uid).map(|rules| rules.config.dialect)
+    }
+
     /// Checks one fragment for datasource `uid`; returns the text to forward (the parsed
     /// expression printed again).
     pub fn check_fragment(

@@ -320,7 +320,13 @@ impl Route {
                 .as_ref()
                 .is_some_and(ExportRequirement::reads_body)
             || self.mcp.is_some()
-            || self.chart_data == Some(crate::chart_data::ChartDataMode::Inject)
+            || matches!(
+                self.chart_data,
+                Some(
+                    crate::chart_data::ChartDataMode::Inject
+                        | crate::chart_data::ChartDataMode::GuardDataset
+                )
+            )
             || self.results.as_ref().is_some_and(|results| {
                 [&results.bind, &results.owned]
                     .into_iter()

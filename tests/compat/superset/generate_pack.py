@@ -127,6 +127,9 @@ _SQL_LAB_SQL = {
 }
 
 # The data routes: where their datasource, SQL and export markers are.
+_GUARD_DATASET = {"mode": "guard_dataset"}
+_REFUSE_WHEN_MAPPED = {"mode": "refuse_when_mapped"}
+
 DATA_ROUTES = {
     "SqlLabRestApi.execute_sql_query": {
         "name": "superset-sqllab-execute", "authenticated": True, "datasource": _DATABASE_ID,
@@ -179,6 +182,21 @@ DATA_ROUTES = {
     "DashboardRestApi.screenshot": {"name": "superset-dashboard-screenshot", "export": _EXPORT_IMAGE},
     "DashboardRestApi.cache_dashboard_screenshot": {
         "name": "superset-dashboard-cache-screenshot", "export": _EXPORT_IMAGE},
+    # A mapped dataset's rows are its table's only while its table, database and stored SQL
+    # (calculated columns, saved metrics) stay what datagate checked: edits are checked and
+    # deletes refused for every caller (src/decision/chart.rs, `guard_dataset`).
+    "DatasetRestApi.put": {"name": "superset-dataset-write", "chart_data": _GUARD_DATASET},
+    "DatasetRestApi.delete": {"name": "superset-dataset-write", "chart_data": _GUARD_DATASET},
+    "DatasetRestApi.bulk_delete": {"name": "superset-dataset-bulk-delete", "chart_data": _GUARD_DATASET},
+    "Datasource.save": {"name": "superset-datasource-save", "chart_data": _GUARD_DATASET},
+    # Imports that overwrite existing datasets (dataset import with `overwrite`, assets
+    # import always, dashboard import through its v0 format) from a ZIP datagate does not
+    # read: refused while any dataset is mapped. Chart and database imports never
+    # overwrite a dataset that exists (`import_dataset(config, overwrite=False)`).
+    "DatasetRestApi.import_": {"name": "superset-dataset-import", "chart_data": _REFUSE_WHEN_MAPPED},
+    "DashboardRestApi.import_": {"name": "superset-dashboard-import", "chart_data": _REFUSE_WHEN_MAPPED},
+    "ImportExportRestApi.import_": {
+        "name": "superset-import-export-import", "chart_data": _REFUSE_WHEN_MAPPED},
 }
 
 # `superset mcp run` is its own server (port and `/mcp`); not in the Flask url_map. Its
@@ -441,12 +459,14 @@ def render(routes, refused, version: str, mcp: str) -> str:
         "# Superset database ids (SQL Lab's `database_id`) are datagate datasource uids: declare",
         "# them under `datasources:` and grant them like any datasource. Dataset ids (chart data)",
         "# are not datasource uids. Chart data replayed from what datagate cannot see (cache",
-        "# keys, legacy explore_json, samples, column values) is refused.",
+        "# keys, legacy explore_json, samples, column values) is refused. Datasets mapped in",
+        "# `charts.datasets` keep their table, database and checked SQL: their edits are",
+        "# checked, their deletes and imports that could overwrite them refused.",
         "",
     ]
-    data = [route for route in routes if any(key in route for key in ("datasource", "sql", "export"))]
+    data = [route for route in routes if any(key in route for key in ("datasource", "sql", "export", "chart_data"))]
     other = [route for route in routes if route not in data]
-    lines.append("# --- Data routes: SQL, chart data, exports ------------------------------------------")
+    lines.append("# --- Data routes: SQL, chart data, exports, mapped datasets ---------------------------")
     for route in data:
         lines.append("- " + flow(route))
     lines.append("")
