@@ -47,6 +47,10 @@ pids=()
 cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
   kill "${pids[@]}" 2>/dev/null || true
+  # SIGTERM is a graceful shutdown for pingora (it drains for its grace period): give the
+  # candidates 10 s, then kill what is left rather than wait for it.
+  for _ in $(seq 1 100); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }

@@ -9,8 +9,10 @@
 #   SCENARIO=sql …            auth (default) or sql (SQL Lab execute, rewrite-cache hits)
 #   KEEP_WORK=1 …             keep the callgrind output (callgrind_annotate it)
 #
-# Candidates: bare datagate nginx (nginx only for syscalls: its master/worker processes
-# under valgrind say little). Throughput under load is benches/load.sh.
+# Candidates: bare datagate nginx. For instructions nginx runs as one process
+# (`master_process off; daemon off;`, one worker's event loop, the same code path that
+# serves requests) so callgrind sees every instruction a request costs it. Throughput
+# under load is benches/load.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-both}
@@ -87,10 +89,16 @@ start() {
   case $name in
     bare) "$@" "$bin/examples/bare_proxy" 127.0.0.1:28081 $upstream 2 >"$work/$name.log" 2>&1 & echo "$! 28081" ;;
     datagate) DATAGATE_LOG=error "$@" "$bin/datagate" run --config "$work/datagate.yaml" >"$work/$name.log" 2>&1 & echo "$! 28080" ;;
+    nginx) sed -e 's/^daemon on;/daemon off;\nmaster_process off;/' -e "s#pid $work/nginx.pid#pid $work/nginx-single.pid#" \
+             "$work/nginx.conf" >"$work/nginx-single.conf"
+           "$@" "$nginx_bin" -c "$work/nginx-single.conf" -p "$work" >"$work/$name.log" 2>&1 & echo "$! 28082" ;;
   esac
 }
 wait_port 28088
-stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; }
+# SIGTERM is a graceful shutdown for pingora (it drains for its grace period), so a
+# candidate still running after 10 s is killed: the counts are taken, and a survivor would
+# still hold its port when the next run starts.
+stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -KILL "$1" 2>/dev/null || true; }
 
 instructions() { # candidate
   read -r pid port < <(start "$1" valgrind --tool=callgrind --callgrind-out-file="$work/$1.callgrind" --instr-atstart=yes)
@@ -143,6 +151,6 @@ syscalls() { # candidate
 
 echo "scenario $scenario: $method $path; wrk -t1 -c4 over loopback; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for candidate in "${candidates[@]}"; do
-  if [ "$mode" != syscalls ] && [ "$candidate" != nginx ]; then instructions "$candidate"; fi
+  if [ "$mode" != syscalls ]; then instructions "$candidate"; fi
   if [ "$mode" != instructions ]; then syscalls "$candidate"; fi
 done
