@@ -161,13 +161,13 @@ pub fn rewrite_chart_data(
     })
 }
 
+/// A JSON object read from a body, and the span of the form value it came from.
+type BodyObject = (serde_json::Value, Option<Range<usize>>);
+
 /// The JSON object a request carries: the JSON body, or the JSON in form field `field`
 /// (with the span of its value, to put the checked object back in its place). `None`:
 /// no body.
-fn body_object(
-    request: &ParsedRequest,
-    field: &str,
-) -> Result<Option<(serde_json::Value, Option<Range<usize>>)>, ChartDataError> {
+fn body_object(request: &ParsedRequest, field: &str) -> Result<Option<BodyObject>, ChartDataError> {
     match &request.body {
         ParsedBody::Json(value) => Ok(Some((value.clone(), None))),
         ParsedBody::Form(form) => {
