@@ -1575,14 +1575,21 @@ fn mapped_datasets_keep_their_table_database_and_checked_sql() {
         )
         .collect::<String>()
     );
-    let (reply, marker) = admin.send(
-        "POST",
-        "/datasource/save/",
-        Some(("application/x-www-form-urlencoded", form_body.into_bytes())),
-    );
-    assert_eq!(reply.status, 403, "{}", reply.text());
-    assert_eq!(reply.json()["kind"], "chart_dataset_mapped");
-    assert!(!superset.received(&marker));
+    // A `q` naming an unmapped dataset does not stand in for the body's `id`, which is
+    // what Superset's save reads.
+    for save in ["/datasource/save/", "/datasource/save/?q=!(999)"] {
+        let (reply, marker) = admin.send(
+            "POST",
+            save,
+            Some((
+                "application/x-www-form-urlencoded",
+                form_body.clone().into_bytes(),
+            )),
+        );
+        assert_eq!(reply.status, 403, "{save}: {}", reply.text());
+        assert_eq!(reply.json()["kind"], "chart_dataset_mapped");
+        assert!(!superset.received(&marker));
+    }
     // Deleting it (alone or in a bulk delete) would let a new dataset take its id.
     for delete in [path.clone(), format!("/api/v1/dataset/?q=!({dataset})")] {
         let (reply, marker) = admin.send("DELETE", &delete, None);

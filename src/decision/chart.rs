@@ -219,8 +219,11 @@ fn reencoded(
 /// The form field the legacy `/datasource/save/` posts the dataset in.
 const DATASET_FORM_FIELD: &str = "data";
 
-/// The datasets a dataset-changing request names: the `pk` path parameter, else the
-/// bulk delete's Rison list in `q`, else the `id` of the dataset object in the body.
+/// Every dataset a dataset-changing request could name to Superset: the `pk` path
+/// parameter, the bulk delete's Rison list in `q`, and the `id` of the dataset object
+/// in the body (the legacy save form's). All of them, not the first found: a `q` added
+/// to the save form's URL must not stand in for the body's `id`, which is what Superset
+/// reads there.
 fn named_datasets(
     identified: &Identified<'_>,
     request: &ParsedRequest,
@@ -228,16 +231,15 @@ fn named_datasets(
 ) -> Result<Vec<u64>, ChartDataError> {
     let invalid =
         |what: &str| ChartDataError::BadQueryContext(format!("{what} is not a dataset id"));
+    let mut ids = Vec::new();
     if let Some((_, params)) = &identified.route
         && let Some(pk) = params.lookup("pk")
     {
-        return match pk {
-            crate::route::ParamValue::Text(text) => text
-                .parse()
-                .map(|id| vec![id])
-                .map_err(|_| invalid("the path's `pk`")),
-            crate::route::ParamValue::NotUtf8 { .. } => Err(invalid("the path's `pk`")),
+        let id = match pk {
+            crate::route::ParamValue::Text(text) => text.parse().ok(),
+            crate::route::ParamValue::NotUtf8 { .. } => None,
         };
+        ids.push(id.ok_or_else(|| invalid("the path's `pk`"))?);
     }
     if let Some((_, text)) = request
         .query
@@ -246,27 +248,19 @@ fn named_datasets(
     {
         let list = crate::route::rison::parse(&text)
             .map_err(|error| ChartDataError::BadQueryContext(format!("`q`: {error}")))?;
-        let ids = list.as_array().ok_or_else(|| invalid("`q`"))?;
-        return ids
-            .iter()
-            .map(|id| id.as_u64().ok_or_else(|| invalid("an item of `q`")))
-            .collect();
-    }
-    if let Some(body) = body {
-        if body.get("type").and_then(serde_json::Value::as_str) != Some("table") {
-            return Err(ChartDataError::BadQueryContext(
-                "the dataset's `type` must be `table`".into(),
-            ));
+        for id in list.as_array().ok_or_else(|| invalid("`q`"))? {
+            ids.push(id.as_u64().ok_or_else(|| invalid("an item of `q`"))?);
         }
-        let id = body
-            .get("id")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| invalid("the body's `id`"))?;
-        return Ok(vec![id]);
     }
-    Err(ChartDataError::BadQueryContext(
-        "the request names no dataset".into(),
-    ))
+    if let Some(id) = body.and_then(|body| body.get("id")) {
+        ids.push(id.as_u64().ok_or_else(|| invalid("the body's `id`"))?);
+    }
+    if ids.is_empty() {
+        return Err(ChartDataError::BadQueryContext(
+            "the request names no dataset".into(),
+        ));
+    }
+    Ok(ids)
 }
 
 /// A dataset-changing request as the guard reads it.
@@ -330,7 +324,8 @@ fn guard_dataset(
     };
     // Only an edit (`PUT`, the legacy form's `POST`) of one dataset can be checked;
     // deletes, and anything else a route lets through, are refused.
-    if !matches!(method, "PUT" | "POST") || ids.len() > 1 {
+    let one_dataset = ids.iter().all(|id| *id == dataset.id);
+    if !matches!(method, "PUT" | "POST") || !one_dataset {
         return Err(check.delete_refused().into());
     }
     let Some(edit) = edit.as_mut() else {
