@@ -3,7 +3,9 @@
 //! UI's "Download CSV" posts), its dataset resolved through `charts.datasets`, checked
 //! and rewritten by [`crate::chart_data`], and put back into the body the upstream
 //! receives. Replays of query contexts datagate cannot see are refused while filters
-//! apply to the caller.
+//! apply to the caller. Requests that change a mapped dataset (`guard_dataset`) or could
+//! overwrite one (`refuse_when_mapped`) are checked here too, for every caller: the
+//! mapping is only true while the dataset keeps its table and its stored SQL is checked.
 
 use std::ops::Range;
 
