@@ -662,12 +662,19 @@ impl DatasetEdit<'_> {
         if fields.get("catalog").is_some_and(|value| !is_blank(value)) {
             return Err(self.refused("`catalog` cannot be set"));
         }
-        let database = fields.get("database_id").or_else(|| {
+        // Both spellings, each checked: the REST API reads `database_id`, the legacy save
+        // form `database.id`, and a body may carry both.
+        let databases = [
+            fields.get("database_id"),
             fields
                 .get("database")
-                .and_then(|database| database.get("id"))
-        });
-        if let Some(database) = database.filter(|value| !value.is_null()) {
+                .and_then(|database| database.get("id")),
+        ];
+        for database in databases
+            .into_iter()
+            .flatten()
+            .filter(|value| !value.is_null())
+        {
             let uid = match database {
                 Value::Number(number) => number.to_string(),
                 Value::String(text) => text.clone(),
@@ -1121,6 +1128,7 @@ mod tests {
             json!({"catalog": "x"}),
             json!({"database_id": 2}),
             json!({"database": {"id": "2"}}),
+            json!({"database_id": 1, "database": {"id": 2}}),
             json!({"sql": "SELECT * FROM orders"}),
             json!({"template_params": "{\"a\": 1}"}),
         ] {
