@@ -328,22 +328,14 @@ impl Rewriter<'_> {
         location: &str,
         report: &mut ChartRewrite,
     ) -> Result<(), ChartDataError> {
-        let Value::String(text) = slot else {
-            return Err(ChartDataError::RefusedField {
-                location: location.to_string(),
-                reason: "a SQL expression must be a string".into(),
-            });
-        };
-        if !is_bare_name(text) {
-            let printed = self
-                .rls
-                .check_fragment(&self.dataset.datasource, text, self.principal, self.limits)
-                .map_err(|error| ChartDataError::Fragment {
-                    location: location.to_string(),
-                    error,
-                })?;
-            *text = printed;
-        }
+        replace_with_checked(
+            self.rls,
+            self.dataset,
+            self.principal,
+            self.limits,
+            slot,
+            location,
+        )?;
         report.fragments.push(location.to_string());
         Ok(())
     }
@@ -618,7 +610,7 @@ fn is_blank(value: &Value) -> bool {
 }
 
 impl DatasetEdit<'_> {
-    fn refused(&self, reason: impl Into<String>) -> ChartDataError {
+    pub fn refused(&self, reason: impl Into<String>) -> ChartDataError {
         ChartDataError::MappedDataset {
             dataset: self.dataset.id,
             table: self.dataset.table.clone(),
@@ -748,23 +740,45 @@ impl DatasetEdit<'_> {
         if is_blank(slot) {
             return Ok(());
         }
-        let Value::String(text) = slot else {
-            return Err(ChartDataError::RefusedField {
-                location: location.to_string(),
-                reason: "a SQL expression must be a string".into(),
-            });
-        };
-        let printed = self
-            .rls
-            .check_fragment(&self.dataset.datasource, text, self.principal, self.limits)
+        replace_with_checked(
+            self.rls,
+            self.dataset,
+            self.principal,
+            self.limits,
+            slot,
+            location,
+        )?;
+        checked.push(location.to_string());
+        Ok(())
+    }
+}
+
+/// The SQL expression in `slot` (a query context's or a dataset's) checked as a fragment
+/// of the dataset's datasource and replaced by its printed form; bare names pass as they
+/// are.
+fn replace_with_checked(
+    rls: &RlsPolicy,
+    dataset: &DatasetMapping,
+    principal: &Principal,
+    limits: RewriteLimits,
+    slot: &mut Value,
+    location: &str,
+) -> Result<(), ChartDataError> {
+    let Value::String(text) = slot else {
+        return Err(ChartDataError::RefusedField {
+            location: location.to_string(),
+            reason: "a SQL expression must be a string".into(),
+        });
+    };
+    if !is_bare_name(text) {
+        *text = rls
+            .check_fragment(&dataset.datasource, text, principal, limits)
             .map_err(|error| ChartDataError::Fragment {
                 location: location.to_string(),
                 error,
             })?;
-        *text = printed;
-        checked.push(location.to_string());
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -471,14 +471,7 @@ fn an_upstream_101_never_becomes_a_tunnel_for_requests_after_it() {
         .unwrap();
     let stdout = process.stdout.take().unwrap();
     let _upstream = ChildProcess::new(process);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let address: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected always_101.py output: {line:?}"))
-        .parse()
-        .unwrap();
+    let address = support::announced_address(stdout);
     std::fs::write(&log, b"").unwrap();
     let gateway = gateway(address, None);
     let token = gateway.token("alice", &["Gamma"], &[], None);

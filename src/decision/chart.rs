@@ -326,9 +326,13 @@ fn guard_dataset(
     };
     // Only an edit (`PUT`, the legacy form's `POST`) of one dataset can be checked;
     // deletes, and anything else a route lets through, are refused.
-    let one_dataset = ids.iter().all(|id| *id == dataset.id);
-    if !matches!(method, "PUT" | "POST") || !one_dataset {
+    if !matches!(method, "PUT" | "POST") {
         return Err(check.delete_refused().into());
+    }
+    if ids.iter().any(|id| *id != dataset.id) {
+        return Err(check
+            .refused("the request names other datasets too, so the edit's target is unclear")
+            .into());
     }
     let Some(edit) = edit.as_mut() else {
         return Err(ChartDataError::BadQueryContext("a dataset edit has a body".into()).into());

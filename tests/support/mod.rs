@@ -76,19 +76,24 @@ pub fn spawn_upstream(extra_args: &[&str]) -> (ChildProcess, SocketAddr) {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let process = ChildProcess::new(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let address: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected upstream output: {line:?}"))
-        .parse()
-        .unwrap();
+    let address = announced_address(stdout);
     wait_for_http_ok(
         &format!("http://{address}/__recorder/health"),
         Duration::from_secs(10),
     );
     (process, address)
+}
+
+/// The address a process bound to port 0 announces as its first line of output,
+/// `listening on <address>`.
+pub fn announced_address(stdout: impl std::io::Read) -> SocketAddr {
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected output instead of `listening on …`: {line:?}"))
+        .parse()
+        .unwrap()
 }
 
 pub fn wait_for_http_ok(url: &str, timeout: Duration) {
