@@ -172,6 +172,55 @@ enum Phase {
     Exchange,
 }
 
+/// Where a head scan stands after a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadScan {
+    /// The read held the head's terminating `\r\n\r\n`.
+    Complete,
+    /// Still in the head; the read ended with `matched` bytes of the terminator.
+    Partial { matched: u8 },
+}
+
+const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+
+/// Scans `bytes` for the end of a request head, `matched` bytes of the terminator having
+/// ended the previous read.
+fn scan_head(matched: u8, bytes: &[u8]) -> HeadScan {
+    // A terminator split across reads: continue its match byte by byte. Mismatching on
+    // `\r` restarts the match at one byte (the terminator's only self-overlap).
+    let mut matched = usize::from(matched);
+    let mut consumed = 0;
+    while matched > 0 && consumed < bytes.len() {
+        let byte = bytes[consumed];
+        consumed += 1;
+        matched = if byte == HEAD_END[matched] {
+            matched + 1
+        } else {
+            usize::from(byte == b'\r')
+        };
+        if matched == HEAD_END.len() {
+            return HeadScan::Complete;
+        }
+    }
+    if matched > 0 {
+        // Every byte continued the match (`consumed == bytes.len()`); it is below 4.
+        return HeadScan::Partial {
+            matched: matched as u8,
+        };
+    }
+    let rest = &bytes[consumed..];
+    if memchr::memmem::find(rest, HEAD_END).is_some() {
+        return HeadScan::Complete;
+    }
+    let matched = (1..HEAD_END.len())
+        .rev()
+        .find(|length| rest.ends_with(&HEAD_END[..*length]))
+        .unwrap_or(0);
+    HeadScan::Partial {
+        matched: matched as u8,
+    }
+}
+
 /// A client stream with a connection slot and a head deadline.
 pub struct GuardedStream {
     inner: Stream,
@@ -204,33 +253,28 @@ impl GuardedStream {
         }
     }
 
-    /// Advances the head scan over bytes just read.
+    /// Advances the head scan over bytes just read. The deadline is armed only when a
+    /// read ends inside a head: a head that arrives whole in one read (nearly every
+    /// request on a kept-alive connection) never registers a timer.
     fn scan(&mut self, bytes: &[u8]) {
-        let Phase::Head { mut matched } = self.phase else {
+        let Phase::Head { matched } = self.phase else {
             return;
         };
         if bytes.is_empty() {
             return;
         }
-        if self.deadline.is_none() {
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
-        }
-        const END: &[u8; 4] = b"\r\n\r\n";
-        for &byte in bytes {
-            matched = if byte == END[matched as usize] {
-                matched + 1
-            } else if byte == b'\r' {
-                1
-            } else {
-                0
-            };
-            if matched == 4 {
+        match scan_head(matched, bytes) {
+            HeadScan::Complete => {
                 self.phase = Phase::Exchange;
                 self.deadline = None;
-                return;
+            }
+            HeadScan::Partial { matched } => {
+                self.phase = Phase::Head { matched };
+                if self.deadline.is_none() {
+                    self.deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+                }
             }
         }
-        self.phase = Phase::Head { matched };
     }
 
     /// A write of a final response head re-arms the scan for the next request; interim
@@ -324,15 +368,12 @@ impl AsyncWrite for GuardedStream {
         buffers: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        let first = buffers
-            .iter()
-            .find(|buffer| !buffer.is_empty())
-            .map(|b| b.to_vec());
         let result = Pin::new(&mut this.inner).poll_write_vectored(context, buffers);
-        if let (Poll::Ready(Ok(written)), Some(first)) = (&result, first)
+        if let Poll::Ready(Ok(written)) = &result
             && *written > 0
+            && let Some(first) = buffers.iter().find(|buffer| !buffer.is_empty())
         {
-            this.wrote(&first);
+            this.wrote(first);
         }
         result
     }
@@ -421,6 +462,41 @@ mod tests {
             prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["bound"]).unwrap(),
             prometheus::IntGauge::new("o", "o").unwrap(),
         )
+    }
+
+    /// The scan as a byte-at-a-time search over everything read so far.
+    fn head_complete_naively(reads: &[&[u8]]) -> bool {
+        reads.concat().windows(4).any(|window| window == HEAD_END)
+    }
+
+    #[test]
+    fn the_head_scan_finds_the_terminator_however_reads_split_it() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\r\n\r";
+        for first in 0..head.len() {
+            for second in first..head.len() {
+                let reads = [&head[..first], &head[first..second], &head[second..]];
+                let mut state = HeadScan::Partial { matched: 0 };
+                let mut seen: Vec<&[u8]> = Vec::new();
+                for read in reads {
+                    seen.push(read);
+                    if let HeadScan::Partial { matched } = state
+                        && !read.is_empty()
+                    {
+                        state = scan_head(matched, read);
+                    }
+                    assert_eq!(
+                        state == HeadScan::Complete,
+                        head_complete_naively(&seen),
+                        "split at {first} and {second}"
+                    );
+                }
+            }
+        }
+        assert_eq!(scan_head(0, b"a\r\n\r"), HeadScan::Partial { matched: 3 });
+        assert_eq!(scan_head(3, b"\r\r\n"), HeadScan::Partial { matched: 2 });
+        assert_eq!(scan_head(3, b"\r\r\n\r\n"), HeadScan::Complete);
+        assert_eq!(scan_head(2, b"x\r\n\r\n"), HeadScan::Complete);
+        assert_eq!(scan_head(1, b"\n"), HeadScan::Partial { matched: 2 });
     }
 
     #[test]

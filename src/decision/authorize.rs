@@ -312,41 +312,36 @@ pub fn authorize(
 ) -> Result<Permit, Refusal> {
     let principal = &identified.principal;
     let anonymous = principal.kind == PrincipalKind::Anonymous;
-    let mut record = |outcome: CheckOutcome| {
+    // Outcomes (and their text) are built only when a caller asked for them: a proxied
+    // request does not.
+    let mut record = |outcome: &dyn Fn() -> CheckOutcome| {
         if let Some(trace) = trace.as_deref_mut() {
-            trace.push(outcome);
+            trace.push(outcome());
         }
     };
     let Some((route, params)) = &identified.route else {
         return match identified.unmatched_policy {
             UnmatchedPolicy::Allow => {
-                record(CheckOutcome::new(
-                    "unmatched route: allowed by `routes.unmatched: allow`",
-                    true,
-                ));
+                record(&|| {
+                    CheckOutcome::new(
+                        "unmatched route: allowed by `routes.unmatched: allow`",
+                        true,
+                    )
+                });
                 Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated if !anonymous => {
-                record(CheckOutcome::new(
-                    "unmatched route: caller is authenticated",
-                    true,
-                ));
+                record(&|| CheckOutcome::new("unmatched route: caller is authenticated", true));
                 Ok(permit(snapshot, identified, Vec::new()))
             }
             UnmatchedPolicy::Authenticated => {
-                record(CheckOutcome::new(
-                    "unmatched route: caller is authenticated",
-                    false,
-                ));
+                record(&|| CheckOutcome::new("unmatched route: caller is authenticated", false));
                 Err(Refusal::AuthenticationRequired {
                     reason: "unmatched routes require an authenticated caller".into(),
                 })
             }
             UnmatchedPolicy::Deny => {
-                record(CheckOutcome::new(
-                    "unmatched route: `routes.unmatched: deny`",
-                    false,
-                ));
+                record(&|| CheckOutcome::new("unmatched route: `routes.unmatched: deny`", false));
                 Err(Refusal::UnmatchedRoute {
                     method: head.method.to_string(),
                     path: identified.canonical_path.clone(),
@@ -356,10 +351,7 @@ pub fn authorize(
     };
 
     if route.requires_authentication() {
-        record(CheckOutcome::new(
-            "route requires an authenticated caller",
-            !anonymous,
-        ));
+        record(&|| CheckOutcome::new("route requires an authenticated caller", !anonymous));
         if anonymous {
             return Err(Refusal::AuthenticationRequired {
                 reason: format!("route `{}` does not allow anonymous callers", route.name()),
@@ -382,10 +374,10 @@ pub fn authorize(
         let passed = snapshot
             .policy
             .allows(subjects, &required.view, &required.action);
-        record(
+        record(&|| {
             CheckOutcome::new(format!("role permission `{required}`"), passed)
-                .permission(required.to_string()),
-        );
+                .permission(required.to_string())
+        });
         if !passed {
             return Err(denied(required.to_string()));
         }
@@ -398,18 +390,23 @@ pub fn authorize(
                 .policy
                 .allows(subjects, &candidate.view, &candidate.action)
         });
-        let passed = granting.is_some();
-        let listed = any_of
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("` or `");
-        let deciding = granting.map_or_else(|| listed.clone(), ToString::to_string);
-        record(
-            CheckOutcome::new(format!("role permission `{listed}`"), passed).permission(deciding),
-        );
-        if !passed {
-            return Err(denied(listed));
+        let listed = || {
+            any_of
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("` or `")
+        };
+        record(&|| {
+            let deciding = granting.map_or_else(listed, ToString::to_string);
+            CheckOutcome::new(
+                format!("role permission `{}`", listed()),
+                granting.is_some(),
+            )
+            .permission(deciding)
+        });
+        if granting.is_none() {
+            return Err(denied(listed()));
         }
     }
 
@@ -422,13 +419,13 @@ pub fn authorize(
             let passed = snapshot
                 .policy
                 .allows(subjects, &object, &requirement.action);
-            record(
+            record(&|| {
                 CheckOutcome::new(
                     format!("datasource permission `{}` on `{uid}`", requirement.action),
                     passed,
                 )
-                .permission(format!("{} on {uid}", requirement.action)),
-            );
+                .permission(format!("{} on {uid}", requirement.action))
+            });
             if !passed {
                 return Err(if anonymous {
                     Refusal::AuthenticationRequired {
@@ -462,10 +459,12 @@ pub fn authorize(
         };
         for uid in &datasource_uids {
             let result = snapshot.rls.table_page_allowed(uid, &table, principal);
-            record(CheckOutcome::new(
-                format!("table page `{table}` unfiltered for this caller"),
-                result.is_ok(),
-            ));
+            record(&|| {
+                CheckOutcome::new(
+                    format!("table page `{table}` unfiltered for this caller"),
+                    result.is_ok(),
+                )
+            });
             result.map_err(|reason| Refusal::TablePageFiltered { reason })?;
         }
     }
@@ -479,26 +478,26 @@ pub fn authorize(
                 let passed = snapshot
                     .policy
                     .allows(subjects, &required.view, &required.action);
-                record(
+                record(&|| {
                     CheckOutcome::new(
                         format!("{} export needs `{required}`", export.kind.as_str()),
                         passed,
                     )
                     .permission(required.to_string())
-                    .export(export.kind),
-                );
+                    .export(export.kind)
+                });
                 if !passed {
                     return Err(denied(required.to_string()));
                 }
             }
             // An export no permission controls (images with the granular controls off).
-            None if is_export => record(
+            None if is_export => record(&|| {
                 CheckOutcome::new(
                     format!("{} export: not controlled", export.kind.as_str()),
                     true,
                 )
-                .export(export.kind),
-            ),
+                .export(export.kind)
+            }),
             _ => {}
         }
     }

@@ -129,7 +129,8 @@ impl ResponseBinding {
     /// Every string the pointers name in a complete response body (`null` and absent
     /// members name nothing: a query still running has no results key yet).
     pub fn ids(&self, body: &[u8]) -> Result<Vec<String>, ResponseBindingError> {
-        let document: serde_json::Value = serde_json::from_slice(body)
+        // Only the bound members are built: a SQL Lab response carries its rows too.
+        let document = crate::route::parse_along(&self.pointers, body)
             .map_err(|error| ResponseBindingError::NotJson(error.to_string()))?;
         let mut ids = Vec::new();
         for pointer in &self.pointers {

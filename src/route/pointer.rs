@@ -8,9 +8,12 @@
 //! `[{"datasource": {"uid": "allowed"}}, {"datasource": "secret"}]` (Grafana's pre-8.3
 //! string form) would be checked as `allowed` only.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
-use serde_json::Value;
+use serde::Deserializer;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 use super::RouteError;
 
@@ -134,6 +137,113 @@ impl JsonPointer {
     }
 }
 
+/// `body` parsed as JSON keeping only what `pointers` can reach, for large bodies of
+/// which a few values matter (a SQL Lab response whose rows are not read). Members off
+/// every pointer's path are skipped without being built; array elements off the path
+/// become `null`, so indices stay; a container or scalar on a path keeps its kind, so
+/// [`JsonPointer::reach`] on the result reports the same values and the same shape errors
+/// as on the whole document (not the case-folding error, which needs the siblings: that
+/// guards what an upstream reads from a request, not what datagate reads from a response).
+pub fn parse_along(pointers: &[JsonPointer], body: &[u8]) -> Result<Value, serde_json::Error> {
+    let paths: Vec<&[Step]> = pointers
+        .iter()
+        .map(|pointer| pointer.steps.as_slice())
+        .collect();
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = Along { paths: &paths }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+/// Builds the parts of a value the remaining `paths` reach.
+struct Along<'p> {
+    paths: &'p [&'p [Step]],
+}
+
+impl<'de> DeserializeSeed<'de> for Along<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.paths.iter().any(|path| path.is_empty()) {
+            return serde::Deserialize::deserialize(deserializer);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Along<'_> {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_string()))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let index = items.len();
+            let rests: Vec<&[Step]> = self
+                .paths
+                .iter()
+                .filter_map(|path| match path.split_first() {
+                    Some((Step::EveryElement, rest)) => Some(rest),
+                    Some((Step::Key(key), rest)) if array_index(key) == Some(index) => Some(rest),
+                    _ => None,
+                })
+                .collect();
+            let item = if rests.is_empty() {
+                sequence.next_element::<IgnoredAny>()?.map(|_| Value::Null)
+            } else {
+                sequence.next_element_seed(Along { paths: &rests })?
+            };
+            match item {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let rests: Vec<&[Step]> = self
+                .paths
+                .iter()
+                .filter_map(|path| match path.split_first() {
+                    Some((Step::Key(name), rest)) if *name == key => Some(rest),
+                    _ => None,
+                })
+                .collect();
+            if rests.is_empty() {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                let value = map.next_value_seed(Along { paths: &rests })?;
+                members.insert(key, value);
+            }
+        }
+        Ok(Value::Object(members))
+    }
+}
+
 /// One place a pointer reached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reached<'v> {
@@ -171,8 +281,12 @@ fn unescape_segment(segment: &str) -> Option<String> {
     Some(output)
 }
 
-fn escape_segment(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+fn escape_segment(key: &str) -> Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        Cow::Owned(key.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(key)
+    }
 }
 
 /// RFC 6901 array index: `0` or digits without a leading zero.
@@ -228,7 +342,7 @@ fn walk<'v>(
         (_, Value::Null) => reached(walked, None),
         (Step::EveryElement, Value::Array(items)) => {
             for (index, item) in items.iter().enumerate() {
-                walked.location.push_str(&format!("/{index}"));
+                let _ = write!(walked.location, "/{index}");
                 walked.indices.push(index);
                 let result = walk(item, rest, walked, true, found);
                 walked.indices.pop();
@@ -243,10 +357,9 @@ fn walk<'v>(
             match members.get(key) {
                 Some(child) => walk(child, rest, walked, under_wildcard, found),
                 None => {
-                    let folded = crate::json_guard::fold_key(key);
                     match members
                         .keys()
-                        .find(|other| crate::json_guard::fold_key(other) == folded)
+                        .find(|other| crate::json_guard::keys_fold_equal(other, key))
                     {
                         Some(other) => Err(RouteError::CaseFoldedKey {
                             location: location_text(&walked.location),
@@ -259,7 +372,7 @@ fn walk<'v>(
         }
         (Step::Key(key), Value::Array(items)) => match array_index(key) {
             Some(index) => {
-                walked.location.push_str(&format!("/{index}"));
+                let _ = write!(walked.location, "/{index}");
                 match items.get(index) {
                     Some(child) => walk(child, rest, walked, under_wildcard, found),
                     None => reached(walked, None),
@@ -302,6 +415,40 @@ mod tests {
         pointer(text)
             .uids(document)
             .map(|found| found.into_iter().map(|(_, uid)| uid).collect())
+    }
+
+    #[test]
+    fn parsing_along_pointers_reaches_what_the_whole_document_reaches() {
+        let body = json!({
+            "query": {"resultsKey": "abc", "rows": 3, "state": "success"},
+            "data": [{"id": 1}, {"id": 2}],
+            "columns": [{"name": "a", "type": "INT"}, {"name": "b"}, 7],
+            "a/b": {"c~d": [null, {"e": true}]},
+            "scalar": "text",
+            "float": 1.5
+        });
+        let text = serde_json::to_vec(&body).unwrap();
+        let pointers = [
+            "/query/resultsKey",
+            "/columns/*/name",
+            "/columns/1",
+            "/a~1b/c~0d/1/e",
+            "/query/absent",
+            "/data/0",
+            "/scalar/deeper",
+            "/data/key",
+            "/float",
+        ]
+        .map(pointer);
+        let pruned = parse_along(&pointers, &text).unwrap();
+        for pointer in &pointers {
+            assert_eq!(pointer.reach(&pruned), pointer.reach(&body), "{pointer}");
+        }
+        // Off-path members are not built.
+        assert_eq!(pruned["query"].as_object().unwrap().len(), 1);
+        assert!(pruned["data"][1].is_null());
+        assert!(parse_along(&pointers, b"{\"query\": ").is_err());
+        assert!(parse_along(&pointers, b"{} trailing").is_err());
     }
 
     #[test]
