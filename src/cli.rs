@@ -465,13 +465,15 @@ pub fn run(config_path: Option<&Path>, args: &RunArgs) -> Result<(), CliError> {
         tracing::info!("AWS IAM database authentication enabled");
     }
     if let Some(otlp) = &state.config.telemetry.otlp {
-        let telemetry =
-            crate::telemetry::Telemetry::start(otlp, &state.config.base_dir).map_err(|error| {
-                CliError::Other {
-                    context: "telemetry.otlp",
-                    message: error.to_string(),
-                }
-            })?;
+        let telemetry = crate::telemetry::Telemetry::start(
+            otlp,
+            &state.config.base_dir,
+            state.metrics.trace_spans.clone(),
+        )
+        .map_err(|error| CliError::Other {
+            context: "telemetry.otlp",
+            message: error.to_string(),
+        })?;
         let _ = state.telemetry.set(telemetry);
         tracing::info!(
             endpoint = %otlp.endpoint,

@@ -144,7 +144,8 @@ pub fn probe_until_accepting(lifecycle: Arc<crate::state::AppState>, listen: Soc
 }
 
 /// pingora's signal handling with a drain state in front: SIGTERM drains then stops
-/// gracefully, SIGQUIT hands the sockets over (graceful upgrade), SIGINT stops at once.
+/// gracefully, SIGQUIT hands the sockets over (graceful upgrade), SIGINT stops at once
+/// (after flushing queued traces).
 pub struct DrainingSignals {
     pub state: Arc<crate::state::AppState>,
 }
@@ -180,7 +181,21 @@ impl ShutdownSignalWatch for DrainingSignals {
                 wait_for_drain(self.state.clone(), Duration::from_millis(200));
                 ShutdownSignal::GracefulTerminate
             }
-            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+            _ = interrupt.recv() => {
+                // Stopping at once still sends the spans already queued (at most
+                // TRACE_FLUSH_TIMEOUT): they are the last requests' traces.
+                let state = self.state.clone();
+                let flushed = tokio::task::spawn_blocking(move || {
+                    if let Some(telemetry) = state.telemetry.get() {
+                        telemetry.shutdown(TRACE_FLUSH_TIMEOUT);
+                    }
+                })
+                .await;
+                if flushed.is_err() {
+                    tracing::warn!("queued traces were not flushed before stopping");
+                }
+                ShutdownSignal::FastShutdown
+            }
         }
     }
 }

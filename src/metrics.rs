@@ -74,6 +74,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Client connections open right now.
     pub connections_open: IntGauge,
+    /// OpenTelemetry spans, by outcome: `ended` (handed to the export queue), `exported`,
+    /// `failed` (in a batch the collector did not take). `ended − exported − failed` is
+    /// what is queued or was dropped on a full queue.
+    pub trace_spans: IntCounterVec,
 }
 
 /// Counts a request in flight until dropped (kept in the request's context, so every
@@ -299,6 +303,13 @@ impl Metrics {
             "datagate_connections_open",
             "Client connections open on the proxy port.",
         )?;
+        let trace_spans = IntCounterVec::new(
+            Opts::new(
+                "datagate_trace_spans_total",
+                "OpenTelemetry spans, by outcome (ended: queued for export; exported; failed: in a batch the collector refused or never received).",
+            ),
+            &["outcome"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -314,6 +325,7 @@ impl Metrics {
             Box::new(build_info.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_open.clone()),
+            Box::new(trace_spans.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -399,6 +411,7 @@ impl Metrics {
             build_info,
             connections_refused,
             connections_open,
+            trace_spans,
             jwks_fetches,
             jwks_fetch_failures,
             jwks_kid_misses,

@@ -9,7 +9,8 @@
 //! ends the spans in `response_filter` and `logging`. Ended spans go to the SDK's batch
 //! processor (a bounded queue drained by its own thread, dropping when full), which
 //! exports through a hyper client on a small runtime of its own, so a slow or absent
-//! collector never holds up a request.
+//! collector never holds up a request. `datagate_trace_spans_total` counts spans ended,
+//! exported and failed, so a collector that is down, or a queue that overflows, shows.
 //!
 //! Attributes never carry secrets, identities or SQL: method, canonical path (never the
 //! query string, which can hold SQL), route name, decision, refusal kind (never the
@@ -25,8 +26,12 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
 use serde::Deserialize;
 
 use crate::decision::{Stage, StageTiming};
@@ -146,6 +151,7 @@ impl Telemetry {
     pub fn start(
         config: &OtlpConfig,
         base_dir: &std::path::Path,
+        spans: prometheus::IntCounterVec,
     ) -> Result<Telemetry, TelemetryError> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -175,8 +181,15 @@ impl Telemetry {
             .with_http_client(client)
             .build()
             .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
+        let exporter = CountingExporter {
+            inner: exporter,
+            spans: spans.clone(),
+        };
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_span_processor(CountingProcessor {
+                inner: BatchSpanProcessor::builder(exporter).build(),
+                spans,
+            })
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sample_ratio,
             ))))
@@ -229,6 +242,58 @@ impl Drop for Telemetry {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// The batch processor, counting the spans handed to it.
+#[derive(Debug)]
+struct CountingProcessor<P> {
+    inner: P,
+    spans: prometheus::IntCounterVec,
+}
+
+impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, context: &Context) {
+        self.inner.on_start(span, context);
+    }
+    fn on_end(&self, span: SpanData) {
+        self.spans.with_label_values(&["ended"]).inc();
+        self.inner.on_end(span);
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, counting the spans of each batch by how its export ended.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    spans: prometheus::IntCounterVec,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let count = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let outcome = if result.is_ok() { "exported" } else { "failed" };
+        self.spans.with_label_values(&[outcome]).inc_by(count);
+        result
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

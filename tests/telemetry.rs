@@ -6,7 +6,9 @@
 //! `tracestate` kept), a malformed or repeated one replaced by a new trace and never
 //! forwarded; the upstream always gets exactly one well-formed `traceparent` naming the
 //! upstream span; attributes carry no SQL, no token and no user name; audit lines carry
-//! the trace id; an unsampled incoming trace is propagated but not exported.
+//! the trace id; an unsampled incoming trace is propagated but not exported; spans queued
+//! at SIGTERM or SIGINT are flushed before the process ends; `datagate_trace_spans_total`
+//! counts spans ended, exported and failed (against a collector that is not there).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -210,6 +212,18 @@ fn start_with_delay(
     receiver: Option<&Receiver>,
     batch_delay_ms: &str,
 ) -> Gateway {
+    start_exporting_to(
+        upstream,
+        receiver.map(|receiver| receiver.address),
+        batch_delay_ms,
+    )
+}
+
+fn start_exporting_to(
+    upstream: SocketAddr,
+    collector: Option<SocketAddr>,
+    batch_delay_ms: &str,
+) -> Gateway {
     let mut options = GatewayOptions::new(upstream);
     options.routes_yaml = Some(ROUTES.to_string());
     options.log_allowed = true;
@@ -223,10 +237,9 @@ fn start_with_delay(
         ("10-grants.csv".to_string(), GRANTS.to_string()),
         ("50-demo.rls.yaml".to_string(), filters),
     ]);
-    if let Some(receiver) = receiver {
+    if let Some(collector) = collector {
         options.extra_yaml = Some(format!(
-            "telemetry:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: datagate-under-test\n",
-            receiver.address
+            "telemetry:\n  otlp:\n    endpoint: http://{collector}/v1/traces\n    service_name: datagate-under-test\n"
         ));
         // The SDK's batch delay (5 s by default), so the test does not wait on it.
         options.env = vec![(
@@ -536,8 +549,8 @@ fn without_telemetry_the_clients_trace_headers_pass_through_untouched() {
     );
 }
 
-#[test]
-fn spans_still_queued_at_sigterm_are_exported_before_the_process_exits() {
+/// Spans queued when the process is told to stop reach the collector before it exits.
+fn queued_spans_are_flushed_on(signal: i32) {
     let receiver = Receiver::start();
     let (_upstream_process, upstream) = spawn_upstream(&[]);
     // A batch delay far beyond the test: only the exit's flush can send these spans.
@@ -551,15 +564,87 @@ fn spans_still_queued_at_sigterm_are_exported_before_the_process_exits() {
         "exported before the exit"
     );
     // SAFETY: signalling a child process this test started.
-    let signalled = unsafe { libc::kill(gateway.pid() as i32, libc::SIGTERM) };
+    let signalled = unsafe { libc::kill(gateway.pid() as i32, signal) };
     assert_eq!(signalled, 0);
     let exit = gateway.process.wait_for_exit(Duration::from_secs(30));
-    assert!(exit.is_some_and(|status| status.success()), "{exit:?}");
+    assert!(exit.is_some(), "still running after signal {signal}");
+    if signal == libc::SIGTERM {
+        assert!(exit.is_some_and(|status| status.success()), "{exit:?}");
+    }
     assert!(
         receiver
             .trace(&trace_id)
             .iter()
             .any(|span| span.kind == SpanKind::Server as i32),
-        "the queued spans were not flushed at exit"
+        "the queued spans were not flushed at exit (signal {signal})"
     );
+}
+
+#[test]
+fn spans_still_queued_at_sigterm_are_exported_before_the_process_exits() {
+    queued_spans_are_flushed_on(libc::SIGTERM);
+}
+
+#[test]
+fn spans_still_queued_at_sigint_are_exported_before_the_process_stops() {
+    queued_spans_are_flushed_on(libc::SIGINT);
+}
+
+/// `datagate_trace_spans_total{outcome}` from the gateway's metrics.
+fn span_count(gateway: &Gateway, outcome: &str) -> u64 {
+    let text = ureq::get(&gateway.admin_url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let prefix = format!("datagate_trace_spans_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[test]
+fn span_counts_show_what_reached_the_collector_and_what_did_not() {
+    let receiver = Receiver::start();
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let gateway = start(upstream, Some(&receiver));
+    for _ in 0..3 {
+        let (status, _) = call("GET", &gateway.url("/api/v1/chart/1"), None, None);
+        assert_eq!(status, 200);
+    }
+    assert!(
+        Gateway::eventually(Duration::from_secs(30), || span_count(&gateway, "exported")
+            == receiver.spans().len() as u64
+            && receiver
+                .spans()
+                .iter()
+                .filter(|span| span.kind == SpanKind::Server as i32)
+                .count()
+                == 3),
+        "exported {} spans by the count, the collector received {}",
+        span_count(&gateway, "exported"),
+        receiver.spans().len()
+    );
+    assert_eq!(span_count(&gateway, "ended"), receiver.spans().len() as u64);
+    assert_eq!(span_count(&gateway, "failed"), 0);
+
+    // A collector that is not there: the spans end, and their batches fail.
+    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = unused.local_addr().unwrap();
+    drop(unused);
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let gateway = start_exporting_to(upstream, Some(nowhere), "100");
+    let (status, _) = call("GET", &gateway.url("/api/v1/chart/1"), None, None);
+    assert_eq!(status, 200);
+    assert!(
+        Gateway::eventually(Duration::from_secs(30), || {
+            let ended = span_count(&gateway, "ended");
+            ended > 0 && span_count(&gateway, "failed") == ended
+        }),
+        "ended {}, failed {}, exported {}",
+        span_count(&gateway, "ended"),
+        span_count(&gateway, "failed"),
+        span_count(&gateway, "exported")
+    );
+    assert_eq!(span_count(&gateway, "exported"), 0);
 }
