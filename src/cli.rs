@@ -413,7 +413,9 @@ pub fn init_logging(format: crate::config::LogFormat) {
         crate::config::LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // A request's lines carry its trace id (`"span": {"trace_id": …}`).
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         crate::config::LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())

@@ -15,7 +15,8 @@
 //! Attributes never carry secrets, identities or SQL: method, canonical path (never the
 //! query string, which can hold SQL), route name, decision, refusal kind (never the
 //! message, which can quote the request), status, policy revision, the caller's kind,
-//! statement counts. The audit line carries the trace id, so a trace leads to who called.
+//! statement counts. The audit line carries the trace id, so a trace leads to who called;
+//! datagate's own log lines about a request are written in a `request` span naming it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -219,8 +220,15 @@ impl Telemetry {
                 .with_attributes([KeyValue::new("http.request.method", method.to_string())]),
             &parent,
         );
+        let context = parent.with_span(root);
+        // At the highest level, so that whatever `DATAGATE_LOG` lets through is inside it.
+        let log_span = tracing::error_span!(
+            "request",
+            trace_id = %context.span().span_context().trace_id()
+        );
         RequestTrace {
-            context: parent.with_span(root),
+            context,
+            log_span,
             anchor: (Instant::now(), SystemTime::now()),
             upstream: None,
             method: method.to_string(),
@@ -409,12 +417,20 @@ pub struct RequestTrace {
     anchor: (Instant, SystemTime),
     /// The upstream call in progress, as a context holding its span.
     upstream: Option<Context>,
+    /// datagate's own log lines about this request are written inside this span, so
+    /// they carry its `trace_id`.
+    log_span: tracing::Span,
     method: String,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
 }
 
 impl RequestTrace {
+    /// The span the request's log lines are written in (it names the trace id).
+    pub fn log_span(&self) -> &tracing::Span {
+        &self.log_span
+    }
+
     /// The trace id, as the audit line carries it (32 hex digits).
     pub fn trace_id(&self) -> String {
         self.context.span().span_context().trace_id().to_string()

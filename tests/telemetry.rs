@@ -39,6 +39,11 @@ table:
     path: /api/v1/chart/{pk}
     permissions:
       any_of: ["can_write on Chart"]
+  - name: results-misbound
+    methods: [GET]
+    path: /echoed
+    results:
+      bind_response: [/ok/resultsKey]
   - name: sql-run
     methods: [POST]
     path: /api/sql
@@ -224,6 +229,14 @@ fn start_exporting_to(
     collector: Option<SocketAddr>,
     batch_delay_ms: &str,
 ) -> Gateway {
+    Gateway::start(options_exporting_to(upstream, collector, batch_delay_ms))
+}
+
+fn options_exporting_to(
+    upstream: SocketAddr,
+    collector: Option<SocketAddr>,
+    batch_delay_ms: &str,
+) -> GatewayOptions {
     let mut options = GatewayOptions::new(upstream);
     options.routes_yaml = Some(ROUTES.to_string());
     options.log_allowed = true;
@@ -247,7 +260,7 @@ fn start_exporting_to(
             batch_delay_ms.to_string(),
         )];
     }
-    Gateway::start(options)
+    options
 }
 
 /// A request written by hand, so it can repeat a header; the status of the answer.
@@ -647,4 +660,46 @@ fn span_counts_show_what_reached_the_collector_and_what_did_not() {
         span_count(&gateway, "exported")
     );
     assert_eq!(span_count(&gateway, "exported"), 0);
+}
+
+#[test]
+fn log_lines_about_a_request_carry_its_trace_id() {
+    let receiver = Receiver::start();
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let mut options = options_exporting_to(upstream, Some(receiver.address), "100");
+    options.capture_log = true;
+    options
+        .env
+        .push(("DATAGATE_LOG".to_string(), "warn".to_string()));
+    options
+        .extra_yaml
+        .as_mut()
+        .unwrap()
+        .push_str("logging:\n  format: json\n");
+    let gateway = Gateway::start(options);
+    // The route binds results ids at `/ok/resultsKey`; the upstream's echo has a boolean
+    // at `/ok`, and datagate logs that it bound nothing.
+    let (status, answer) = call("GET", &gateway.url("/echoed"), None, None);
+    assert_eq!(status, 200, "{answer}");
+    let (trace_id, _, _) = forwarded_traceparent(&only_request(upstream));
+    let mut warning = None;
+    assert!(
+        Gateway::eventually(Duration::from_secs(10), || {
+            warning = gateway.log_text().lines().find_map(|line| {
+                let line: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+                (line["message"] == "results ids in a response were not bound").then_some(line)
+            });
+            warning.is_some()
+        }),
+        "no warning logged:\n{}",
+        gateway.log_text()
+    );
+    let warning = warning.unwrap();
+    assert_eq!(warning["span"]["trace_id"], trace_id.as_str(), "{warning}");
+    assert_eq!(warning["span"]["name"], "request", "{warning}");
+    assert!(
+        !gateway.log_text().contains('\u{1b}'),
+        "ANSI escape codes in a JSON log"
+    );
 }

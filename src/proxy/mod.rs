@@ -33,6 +33,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::ProxyHttp;
 use pingora::{Error, ErrorType, Result};
+use tracing::Instrument as _;
 
 use crate::audit::AuditEvent;
 use crate::decision::{self, Permit, Refusal, RequestHead, Verdict};
@@ -237,6 +238,7 @@ impl ProxyHttp for DatagateProxy {
                 ..Default::default()
             },
         )
+        .instrument(log_span(ctx))
         .await;
         let read_body = body.read.take();
         if let Some(trace) = &ctx.trace {
@@ -427,6 +429,9 @@ impl ProxyHttp for DatagateProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        // No await below: the log span can stay entered.
+        let span = log_span(ctx);
+        let _entered = span.enter();
         if let Some(started) = ctx.upstream_started.take() {
             self.state
                 .metrics
@@ -507,6 +512,8 @@ impl ProxyHttp for DatagateProxy {
         end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<Option<std::time::Duration>> {
+        let span = log_span(ctx);
+        let _entered = span.enter();
         // Not one byte of a refused export reaches the client: every upstream chunk is
         // dropped and the refusal goes out instead, once, at the end.
         if ctx.refused_response_body.is_some() {
@@ -626,6 +633,14 @@ impl ProxyHttp for DatagateProxy {
 
 /// The decision on the request's root span, and its stages as child spans. Attributes
 /// carry kinds and counts, never refusal messages or SQL.
+/// The span the request's log lines are written in (naming its trace id), or none when
+/// traces are off.
+fn log_span(ctx: &RequestContext) -> tracing::Span {
+    ctx.trace
+        .as_ref()
+        .map_or_else(tracing::Span::none, |trace| trace.log_span().clone())
+}
+
 fn record_decision(trace: &crate::telemetry::RequestTrace, decision: &decision::Decision) {
     let refusal_kind = decision
         .refusal()

@@ -57,6 +57,9 @@ pub struct GatewayOptions {
     pub auth_yaml: Option<String>,
     /// The proxy port, when the test must know it before start (a free one otherwise).
     pub proxy_port: Option<u16>,
+    /// Write datagate's own log (stderr) to a file the test reads ([`Gateway::log_text`])
+    /// instead of the test's stderr.
+    pub capture_log: bool,
 }
 
 impl GatewayOptions {
@@ -77,6 +80,7 @@ impl GatewayOptions {
             listen_yaml: None,
             auth_yaml: None,
             proxy_port: None,
+            capture_log: false,
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct Gateway {
     pub process: ChildProcess,
     config: Config,
     env: Vec<(String, String)>,
+    log_path: Option<PathBuf>,
 }
 
 pub fn repository_root() -> PathBuf {
@@ -214,9 +219,11 @@ auth:
         let config_path = dir.path().join("datagate.yaml");
         std::fs::write(&config_path, Gateway::config_yaml(&options, proxy, admin)).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let process = spawn_datagate(&config_path, &options.env);
+        let log_path = options.capture_log.then(|| dir.path().join("datagate.log"));
+        let process = spawn_datagate(&config_path, &options.env, log_path.as_deref());
         wait_until_ready(admin, proxy);
         Gateway {
+            log_path,
             audit_path: dir.path().join("audit.log"),
             dir,
             proxy,
@@ -230,6 +237,15 @@ auth:
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
+    }
+
+    /// What datagate has logged so far, when started with `capture_log`.
+    pub fn log_text(&self) -> String {
+        let path = self
+            .log_path
+            .as_ref()
+            .expect("the gateway was started without capture_log");
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -361,7 +377,7 @@ auth:
     /// Stops the process and starts it again on the same config, directory and ports.
     pub fn restart(&mut self) {
         self.process.kill();
-        self.process = spawn_datagate(&self.config_path, &self.env);
+        self.process = spawn_datagate(&self.config_path, &self.env, self.log_path.as_deref());
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if TcpStream::connect(self.admin).is_ok() {
@@ -376,7 +392,21 @@ auth:
     }
 }
 
-fn spawn_datagate(config_path: &Path, env: &[(String, String)]) -> ChildProcess {
+fn spawn_datagate(
+    config_path: &Path,
+    env: &[(String, String)],
+    log_path: Option<&Path>,
+) -> ChildProcess {
+    let stderr = match log_path {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap(),
+        ),
+        None => Stdio::inherit(),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_datagate"))
         .arg("run")
         .arg("--config")
@@ -387,7 +417,7 @@ fn spawn_datagate(config_path: &Path, env: &[(String, String)]) -> ChildProcess 
                 .map(|(name, value)| (name.as_str(), value.as_str())),
         )
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     ChildProcess::new(child)
