@@ -389,6 +389,111 @@ fn inspected_bodies_arrive_whole_at_every_size_up_to_the_limit_and_over_it_are_4
     assert!(recorded_requests(upstream).is_empty());
 }
 
+/// A body over pingora's retry buffer goes through datagate's own forward path; when the
+/// pooled connection it takes was closed by the upstream as it was reused (a keep-alive
+/// timeout racing the request), the request is sent again on a fresh connection instead
+/// of failing with 502. The upstream (`closes_kept_alive.py`) answers the first request
+/// on each connection and drops the second unanswered.
+#[test]
+fn a_large_body_is_sent_again_when_the_kept_alive_upstream_connection_was_closed() {
+    // `body`: the upstream read the request, then closed (datagate's read fails);
+    // `head`: it closed with the body unread (datagate's writes fail or its read is reset).
+    for drop_at in ["body", "head"] {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("answers");
+        let mut process = std::process::Command::new("python3")
+            .arg(
+                support::gateway::repository_root()
+                    .join("tests/compat/wsgi_echo/closes_kept_alive.py"),
+            )
+            .arg("0")
+            .arg(&log)
+            .arg(drop_at)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        let _upstream = support::ChildProcess::new(process);
+        let upstream = support::announced_address(stdout);
+        // 4 MiB: more than loopback buffers take before the upstream's reset arrives, so
+        // in `head` mode datagate's writes fail.
+        let mut options = GatewayOptions::new(upstream);
+        options.routes_yaml = Some(
+            support::gateway::example_routes_yaml()
+                .replace("max_body_bytes: 262144", "max_body_bytes: 8388608"),
+        );
+        let gateway = Gateway::start(options);
+        let token = gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+        let prefix = r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}],"padding":""#;
+        let body = format!("{prefix}{}\"}}", "x".repeat(4 << 20));
+        for round in 1..=3 {
+            let response = post_json(&gateway.url("/api/ds/query"), Some(&token), &body);
+            assert_eq!(
+                response.status, 200,
+                "{drop_at} round {round}: {}",
+                response.body
+            );
+        }
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let answered = format!("answered {}", body.len());
+        assert_eq!(
+            lines.iter().filter(|line| **line == answered).count(),
+            3,
+            "{drop_at}: {lines:?}"
+        );
+        // Rounds 2 and 3 first took the connection the previous round left in the pool.
+        assert_eq!(
+            lines.iter().filter(|line| *line == "dropped").count(),
+            2,
+            "{drop_at}: {lines:?}"
+        );
+    }
+}
+
+/// An upstream that drops a large-body request on a fresh connection: no retry (the
+/// failure is not a stale pooled connection), and the answer is the upstream failure it
+/// is (502 `upstream_error`), not an internal error.
+#[test]
+fn a_large_body_the_upstream_drops_on_a_fresh_connection_is_a_502() {
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("answers");
+    let mut process = std::process::Command::new("python3")
+        .arg(
+            support::gateway::repository_root().join("tests/compat/wsgi_echo/closes_kept_alive.py"),
+        )
+        .arg("0")
+        .arg(&log)
+        .arg("always")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = process.stdout.take().unwrap();
+    let _upstream = support::ChildProcess::new(process);
+    let upstream = support::announced_address(stdout);
+    let gateway = Gateway::start(GatewayOptions::new(upstream));
+    let token = gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
+    let prefix =
+        r#"{"queries":[{"refId":"A","datasource":{"uid":"demo"},"rawSql":"SELECT 1"}],"padding":""#;
+    let body = format!("{prefix}{}\"}}", "x".repeat(100_000));
+    let response = post_json(&gateway.url("/api/ds/query"), Some(&token), &body);
+    assert_eq!(response.status, 502, "{}", response.body);
+    assert_eq!(
+        response.json()["kind"],
+        "upstream_error",
+        "{}",
+        response.body
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "dropped\n",
+        "sent more than once"
+    );
+}
+
 /// A SQL Lab query larger than pingora's retry buffer is rewritten like a small one: the
 /// upstream receives the same rewritten SQL with the long literal in place.
 #[test]

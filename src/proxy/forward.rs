@@ -15,10 +15,10 @@
 
 use bytes::Bytes;
 use http::header;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::Session;
 use pingora::proxy::ProxyHttp;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, Result, RetryType};
 
 use super::{DatagateProxy, RequestContext};
 
@@ -75,6 +75,46 @@ pub(super) fn upstream_head(client: &RequestHeader) -> Result<RequestHeader> {
     Ok(request)
 }
 
+/// Connections tried for one request: pooled ones that turn out closed, then a fresh one.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Writes the request and its body, and reads the final response head (interim answers,
+/// `100 Continue`, are the upstream's business with datagate).
+async fn send_and_read_head(
+    upstream: &mut pingora::protocols::http::client::HttpSession,
+    request: &RequestHeader,
+    body: &Bytes,
+) -> Result<ResponseHeader> {
+    // A write that fails on a pooled connection means the upstream closed it before the
+    // request was whole, so it cannot have acted on it: unlike pingora's streaming path
+    // (which cannot replay the body), this one may try again.
+    let retry_if_reused = |mut error: Box<Error>| {
+        error.retry = RetryType::ReusedOnly;
+        error
+    };
+    upstream
+        .write_request_header(Box::new(request.clone()))
+        .await
+        .map_err(retry_if_reused)?;
+    upstream
+        .write_request_body(body.clone(), true)
+        .await
+        .map_err(retry_if_reused)?;
+    upstream
+        .finish_request_body()
+        .await
+        .map_err(retry_if_reused)?;
+    loop {
+        upstream.read_response_header().await?;
+        let head = upstream.response_header().ok_or_else(|| {
+            Error::explain(ErrorType::InvalidHTTPHeader, "no upstream response header")
+        })?;
+        if !head.status.is_informational() || head.status.as_u16() == 101 {
+            return Ok(head.clone());
+        }
+    }
+}
+
 impl DatagateProxy {
     /// Sends the admitted request with `body` upstream and streams the answer back; the
     /// request is answered when this returns `Ok`. Errors go to `fail_to_proxy` like any
@@ -93,20 +133,28 @@ impl DatagateProxy {
             .await?;
         ctx.rewritten_body = None;
 
-        let (mut upstream, _reused) = self.connector.get_http_session(peer.as_ref()).await?;
-        upstream.set_read_timeout(peer.options.read_timeout);
-        upstream.set_write_timeout(peer.options.write_timeout);
-        upstream.write_request_header(Box::new(request)).await?;
-        upstream.write_request_body(body, true).await?;
-        upstream.finish_request_body().await?;
-        // Interim answers (100 Continue) are the upstream's business with datagate.
-        let mut response = loop {
-            upstream.read_response_header().await?;
-            let head = upstream.response_header().ok_or_else(|| {
-                Error::explain(ErrorType::InvalidHTTPHeader, "no upstream response header")
-            })?;
-            if !head.status.is_informational() || head.status.as_u16() == 101 {
-                break head.clone();
+        // A kept-alive connection the upstream closed as it was taken from the pool fails
+        // before any answer; like pingora's own proxy path, that is tried again on another
+        // connection (the body is in memory). A failure on a fresh connection is final.
+        let mut attempts = 0;
+        let (mut upstream, mut response) = loop {
+            attempts += 1;
+            let (mut upstream, reused) = self
+                .connector
+                .get_http_session(peer.as_ref())
+                .await
+                .map_err(Error::into_up)?;
+            upstream.set_read_timeout(peer.options.read_timeout);
+            upstream.set_write_timeout(peer.options.write_timeout);
+            match send_and_read_head(&mut upstream, &request, &body).await {
+                Ok(response) => break (upstream, response),
+                Err(mut error) => {
+                    error.retry.decide_reuse(reused);
+                    if !error.retry() || attempts >= MAX_ATTEMPTS {
+                        // Answered as pingora answers an upstream failure (502, 504).
+                        return Err(error.into_up());
+                    }
+                }
             }
         };
         self.response_filter(session, &mut response, ctx).await?;
@@ -120,7 +168,10 @@ impl DatagateProxy {
             let mut chunk = if head_only {
                 None
             } else {
-                upstream.read_response_body().await?
+                upstream
+                    .read_response_body()
+                    .await
+                    .map_err(Error::into_up)?
             };
             let end = chunk.is_none() || upstream.response_done();
             self.response_body_filter(session, &mut chunk, end, ctx)?;
