@@ -78,6 +78,50 @@ pub(super) fn upstream_head(client: &RequestHeader) -> Result<RequestHeader> {
 /// Connections tried for one request: pooled ones that turn out closed, then a fresh one.
 const MAX_ATTEMPTS: usize = 4;
 
+/// How an attempt on an upstream connection failed, for the retry decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttemptFailure {
+    /// The request could not be written whole (framed by its `Content-Length`, so the
+    /// upstream cannot have acted on it).
+    Sending,
+    /// The request was written; the connection closed or reset before an answer came
+    /// (pingora marks these retryable on a reused connection).
+    AwaitingAnswer,
+    /// Anything else — timeouts, TLS, a malformed answer — is never retried.
+    Other,
+}
+
+impl AttemptFailure {
+    pub(super) fn of(error: &Error) -> AttemptFailure {
+        match (error.etype(), &error.retry) {
+            (ErrorType::WriteError, _) => AttemptFailure::Sending,
+            (_, RetryType::ReusedOnly) => AttemptFailure::AwaitingAnswer,
+            _ => AttemptFailure::Other,
+        }
+    }
+}
+
+/// Whether a request whose attempt failed is sent again on another connection. Only a
+/// pooled connection's failure can be the keep-alive race a retry is for (the upstream
+/// closed it as datagate reused it), and only a body that can be sent again (held whole)
+/// is. A request the upstream may have received whole is sent again only when its method
+/// is idempotent, as pingora and nginx decide; one that could not be written whole is
+/// sent again whatever its method.
+pub(super) fn may_retry(
+    failure: AttemptFailure,
+    reused: bool,
+    idempotent: bool,
+    replayable: bool,
+) -> bool {
+    reused
+        && replayable
+        && match failure {
+            AttemptFailure::Sending => true,
+            AttemptFailure::AwaitingAnswer => idempotent,
+            AttemptFailure::Other => false,
+        }
+}
+
 /// Writes the request and its body, and reads the final response head (interim answers,
 /// `100 Continue`, are the upstream's business with datagate).
 async fn send_and_read_head(
@@ -85,25 +129,11 @@ async fn send_and_read_head(
     request: &RequestHeader,
     body: &Bytes,
 ) -> Result<ResponseHeader> {
-    // A write that fails on a pooled connection means the upstream closed it before the
-    // request was whole, so it cannot have acted on it: unlike pingora's streaming path
-    // (which cannot replay the body), this one may try again.
-    let retry_if_reused = |mut error: Box<Error>| {
-        error.retry = RetryType::ReusedOnly;
-        error
-    };
     upstream
         .write_request_header(Box::new(request.clone()))
-        .await
-        .map_err(retry_if_reused)?;
-    upstream
-        .write_request_body(body.clone(), true)
-        .await
-        .map_err(retry_if_reused)?;
-    upstream
-        .finish_request_body()
-        .await
-        .map_err(retry_if_reused)?;
+        .await?;
+    upstream.write_request_body(body.clone(), true).await?;
+    upstream.finish_request_body().await?;
     loop {
         upstream.read_response_header().await?;
         let head = upstream.response_header().ok_or_else(|| {
@@ -134,8 +164,9 @@ impl DatagateProxy {
         ctx.rewritten_body = None;
 
         // A kept-alive connection the upstream closed as it was taken from the pool fails
-        // before any answer; like pingora's own proxy path, that is tried again on another
-        // connection (the body is in memory). A failure on a fresh connection is final.
+        // before any answer: tried again on another connection when [`may_retry`] says so
+        // (the body is in memory). A failure on a fresh connection is final.
+        let idempotent = session.req_header().method.is_idempotent();
         let mut attempts = 0;
         let (mut upstream, mut response) = loop {
             attempts += 1;
@@ -149,8 +180,9 @@ impl DatagateProxy {
             match send_and_read_head(&mut upstream, &request, &body).await {
                 Ok(response) => break (upstream, response),
                 Err(mut error) => {
-                    error.retry.decide_reuse(reused);
-                    if !error.retry() || attempts >= MAX_ATTEMPTS {
+                    let retry = may_retry(AttemptFailure::of(&error), reused, idempotent, true);
+                    if !retry || attempts >= MAX_ATTEMPTS {
+                        error.set_retry(false);
                         // Answered as pingora answers an upstream failure (502, 504).
                         return Err(error.into_up());
                     }

@@ -359,6 +359,9 @@ impl ProxyHttp for DatagateProxy {
                 .is_some()
             {}
         }
+        // A new attempt (pingora retries a stale pooled connection): the rewritten body
+        // goes out again in place of the replayed original.
+        ctx.body_replaced = false;
         if let Some(body) = &ctx.rewritten_body {
             // The rewritten body replaces the original in `request_body_filter`.
             while upstream_request
@@ -409,18 +412,39 @@ impl ProxyHttp for DatagateProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         // The whole original body was read in `request_filter` and is replayed here from
-        // pingora's retry buffer; the rewritten body goes out instead, exactly once.
-        if let Some(rewritten) = ctx.rewritten_body.take() {
-            *body = Some(rewritten);
-            ctx.body_replaced = true;
-        } else if ctx.body_replaced {
-            *body = if end_of_stream {
+        // pingora's retry buffer; the rewritten body goes out instead, once per attempt
+        // (kept, not taken: a retried attempt must not send an empty body under the
+        // rewritten body's `Content-Length`).
+        if let Some(rewritten) = &ctx.rewritten_body {
+            *body = if !ctx.body_replaced {
+                ctx.body_replaced = true;
+                Some(rewritten.clone())
+            } else if end_of_stream {
                 None
             } else {
                 Some(Bytes::new())
             };
         }
         Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        _ctx: &mut RequestContext,
+        reused: bool,
+    ) -> Box<Error> {
+        let mut error = error.more_context(format!("Peer: {peer}"));
+        let retry = forward::may_retry(
+            forward::AttemptFailure::of(&error),
+            reused,
+            session.req_header().method.is_idempotent(),
+            !session.as_ref().retry_buffer_truncated(),
+        );
+        error.set_retry(retry);
+        error
     }
 
     async fn response_filter(

@@ -11,8 +11,9 @@ of the answer fails); `head` closes as soon as the second request's head is in, 
 unread (the client's writes fail, or its read is reset); `always` drops every request,
 the first on a connection too.
 
-Every answered request appends one line to LOGFILE: `answered <body length>`; every
-request dropped unanswered appends `dropped`. PORT 0 binds an ephemeral port; the bound
+Every answered request appends one line to LOGFILE: `answered <body length>`, followed
+by ` <body>` when the body is under 4 KiB; every request dropped unanswered appends
+`dropped`. PORT 0 binds an ephemeral port; the bound
 address is printed as the first line of stdout ("listening on 127.0.0.1:PORT").
 """
 
@@ -56,7 +57,8 @@ def serve(connection, log, lock, drop_at):
             return
         # Logged before answering: the test reads the log as soon as it has the answer.
         with lock, open(log, "a") as out:
-            out.write(f"answered {len(body)}\n")
+            shown = " " + body.decode(errors="replace") if len(body) < 4096 else ""
+            out.write(f"answered {len(body)}{shown}\n")
         answer = b'{"results": {}}'
         connection.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -74,6 +76,11 @@ def main():
     lock = threading.Lock()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if drop_at == "head":
+        # A small receive window (inherited by accepted sockets, no autotuning): a body
+        # larger than the client's send buffer cannot be written before this side reads
+        # it, so closing with it unread always fails the client's writes.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     listener.bind(("127.0.0.1", port))
     listener.listen()
     print(f"listening on 127.0.0.1:{listener.getsockname()[1]}", flush=True)
