@@ -504,16 +504,27 @@ impl HeaderPlan {
         db_credentials: Option<&crate::creds::DbCredentials>,
         peer: Option<IpAddr>,
     ) -> Result<()> {
-        let client_forwarded_for: Vec<String> = request
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok().map(str::to_owned))
-            .collect();
-        let host = header_text(request, http::header::HOST.as_str());
+        // Read before the client's copies are stripped, and only when they are used.
+        let client_forwarded_for: Vec<String> =
+            if self.forwarding.x_forwarded_for == ForwardedForMode::Append {
+                request
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|value| value.to_str().ok().map(str::to_owned))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let host = if self.forwarding.x_forwarded_host {
+            header_text(request, http::header::HOST.as_str())
+        } else {
+            None
+        };
+        // The database-credential names are protected: stripping removed every client copy.
         self.strip_client_headers(request);
         self.write_identity(request, principal)?;
-        replace_db_credential_headers(request, &self.db_headers, db_credentials)?;
+        write_db_credential_headers(request, &self.db_headers, db_credentials)?;
         let forwarded_for = forwarded_for(
             self.forwarding.x_forwarded_for,
             &self.trusted_proxies,
@@ -678,6 +689,15 @@ pub fn replace_db_credential_headers(
     for name in [&names.db_user, &names.db_token, &names.db_endpoint] {
         while request.remove_header(name.as_str()).is_some() {}
     }
+    write_db_credential_headers(request, names, credentials)
+}
+
+/// Sets the database-credential headers on a request that carries none.
+fn write_db_credential_headers(
+    request: &mut RequestHeader,
+    names: &crate::creds::DbCredentialHeaders,
+    credentials: Option<&crate::creds::DbCredentials>,
+) -> Result<()> {
     let Some(credentials) = credentials else {
         return Ok(());
     };
