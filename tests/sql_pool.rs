@@ -3,7 +3,8 @@
 //! authentication-only route on the same proxy still answers, and the flood beyond the
 //! pool's queue is refused with `503 sql_busy` and a `Retry-After` — counted, and never
 //! forwarded. One caller flooding the pool is held to its share (`429 sql_caller_limit`)
-//! while another caller's SQL is still admitted.
+//! while another caller's SQL is still admitted, and its own cached statements, which
+//! need no pool thread, are still answered.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -296,6 +297,14 @@ fn one_caller_is_held_to_its_share_while_another_callers_sql_is_admitted() {
     let sql_url = gateway.url("/api/sql");
     let greedy = gateway.token("greedy", &["Gamma"], &[], None);
     let patient = gateway.token("patient", &["Gamma"], &[], None);
+    // A statement the greedy caller ran before: its rewrite is cached.
+    let cached_sql = "SELECT id FROM orders WHERE id < 3";
+    assert_eq!(
+        post_sql(&sql_url, Some(&greedy), cached_sql)
+            .unwrap()
+            .status,
+        200
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let greedy_ok = Arc::new(AtomicUsize::new(0));
@@ -355,6 +364,15 @@ fn one_caller_is_held_to_its_share_while_another_callers_sql_is_admitted() {
             answer.text
         );
     }
+    // A cached rewrite needs no pool thread: the caller held to its share still gets it.
+    for attempt in 0..5 {
+        let answer = post_sql(&sql_url, Some(&greedy), cached_sql).unwrap();
+        assert_eq!(
+            answer.status, 200,
+            "a cached statement waited for the pool (attempt {attempt}): {}",
+            answer.text
+        );
+    }
     let limited_during = greedy_limited.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     for client in clients {
@@ -402,9 +420,19 @@ fn one_caller_is_held_to_its_share_while_another_callers_sql_is_admitted() {
             .count()
             == 2_000
     }));
+    // The cached statement, once before the flood and five times during it, each time
+    // rewritten for its caller.
+    let cached_forwarded = recorded
+        .iter()
+        .filter(|request| {
+            request.body_text.contains("id < 3")
+                && request.body_text.contains("tenant_id = 'greedy'")
+        })
+        .count();
+    assert_eq!(cached_forwarded, 6);
     assert_eq!(
         recorded.len(),
-        greedy_ok.load(Ordering::SeqCst) + 5,
+        greedy_ok.load(Ordering::SeqCst) + 5 + 6,
         "only the admitted statements reached the upstream"
     );
 }

@@ -612,15 +612,20 @@ async fn rewrite_sql(
     };
     if let Some(plan) = plan {
         // Parsing and rewriting run on the bounded SQL pool, not on this (I/O) thread;
-        // a full queue refuses at once with `sql_busy`.
+        // a full queue refuses at once with `sql_busy`. Cached rewrites are read here.
         let started = Instant::now();
         let limits = state.config.sql.rewrite_limits();
         let job = plan.job(snapshot, permit.shared_principal(), limits);
-        let caller = pool_caller(permit.principal(), head.client_address);
-        let results = state
-            .sql_pool
-            .run(&caller, plan.largest_statement(), move || job.run())
-            .await;
+        let results = match job.cached() {
+            Some(results) => Ok(results),
+            None => {
+                let caller = pool_caller(permit.principal(), head.client_address);
+                state
+                    .sql_pool
+                    .run(&caller, plan.largest_statement(), move || job.run())
+                    .await
+            }
+        };
         *sql_time = Some(started.elapsed());
         let rewrite = finish_sql(
             plan,

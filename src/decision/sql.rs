@@ -6,7 +6,8 @@
 //! Split in three so the CPU-heavy part runs off the proxy's I/O threads: [`plan_sql`]
 //! (cheap: find the statements, check templating and datasource permissions) and
 //! [`finish_sql`] (put the rewrites back) run on the caller's thread; [`SqlJob::run`]
-//! (parse, rewrite, print, re-parse, verify) runs on the bounded [`crate::sql_pool`].
+//! (parse, rewrite, print, re-parse, verify) runs on the bounded [`crate::sql_pool`],
+//! unless every statement's rewrite is cached ([`SqlJob::cached`], looked up in place).
 
 use std::sync::Arc;
 
@@ -86,7 +87,34 @@ pub struct SqlJob {
     statements: Vec<(String, String)>,
 }
 
+/// Statements up to this size are looked up in the rewrite cache on the proxy's I/O
+/// thread (the lookup hashes the SQL); larger ones always go to the pool.
+const CACHE_LOOKUP_MAX_BYTES: usize = 16 * 1024;
+
 impl SqlJob {
+    /// Every statement's rewrite from the cache, when all of them are there (and small):
+    /// the request then needs no pool thread.
+    pub fn cached(&self) -> Option<Vec<Result<Rewritten, RlsError>>> {
+        self.statements
+            .iter()
+            .map(|(datasource_uid, sql)| {
+                if sql.len() > CACHE_LOOKUP_MAX_BYTES {
+                    return None;
+                }
+                self.snapshot
+                    .rls
+                    .cached(&crate::rls::RewriteRequest {
+                        datasource_uid,
+                        sql,
+                        principal: &self.principal,
+                        allow_writes: self.allow_writes,
+                        limits: self.limits,
+                    })
+                    .map(Ok)
+            })
+            .collect()
+    }
+
     /// Rewrites every statement; stops at the first refusal (the request is refused
     /// whole), so the results are the rewrites of a prefix of the statements.
     pub fn run(self) -> Vec<Result<Rewritten, RlsError>> {

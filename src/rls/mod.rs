@@ -533,30 +533,9 @@ impl RlsPolicy {
             return Err(RlsError::SqlTooLarge(request.limits.max_sql_bytes));
         }
         let (applicable, bindings) = rules.for_caller(request.principal);
-        let key = {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            request.datasource_uid.hash(&mut hasher);
-            request.sql.hash(&mut hasher);
-            request.allow_writes.hash(&mut hasher);
-            for (name, values) in &bindings {
-                name.hash(&mut hasher);
-                match values {
-                    Ok(values) => values.hash(&mut hasher),
-                    Err(error) => error.kind().hash(&mut hasher),
-                }
-            }
-            hasher.finish()
-        };
-        if let Some(entry) = self.cache.get(&key)
-            && entry.datasource == request.datasource_uid
-            && entry.sql == request.sql
-            && entry.allow_writes == request.allow_writes
-            && entry.bindings == bindings
-        {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            let mut result = entry.result.clone();
-            result.cache_hit = true;
-            return Ok(result);
+        let key = cache_key(request, &bindings);
+        if let Some(hit) = self.cache_hit(key, request, &bindings) {
+            return Ok(hit);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let context = CallerRules::new(rules, &applicable, &bindings);
@@ -573,6 +552,62 @@ impl RlsPolicy {
         );
         Ok(result)
     }
+}
+
+impl RlsPolicy {
+    /// The cached rewrite of `request`, if there is one. Cheap (the caller's bindings and
+    /// a hash of the SQL), so the proxy's I/O thread asks first and a cache hit never
+    /// waits for, or counts against, the SQL pool; `None` means "rewrite it", and errors
+    /// are left to [`Self::rewrite`].
+    pub fn cached(&self, request: &RewriteRequest<'_>) -> Option<Rewritten> {
+        let rules = self.datasources.get(request.datasource_uid)?;
+        if request.sql.len() > request.limits.max_sql_bytes {
+            return None;
+        }
+        let (_, bindings) = rules.for_caller(request.principal);
+        // A miss is counted once, by the rewrite that follows.
+        self.cache_hit(cache_key(request, &bindings), request, &bindings)
+    }
+
+    fn cache_hit(
+        &self,
+        key: u64,
+        request: &RewriteRequest<'_>,
+        bindings: &[(String, Result<Vec<BoundValue>, RlsError>)],
+    ) -> Option<Rewritten> {
+        let entry = self.cache.get(&key)?;
+        let same = entry.datasource == request.datasource_uid
+            && entry.sql == request.sql
+            && entry.allow_writes == request.allow_writes
+            && entry.bindings == bindings;
+        if !same {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let mut result = entry.result.clone();
+        result.cache_hit = true;
+        Some(result)
+    }
+}
+
+/// The rewrite cache's key: the statement, where it goes and the caller's bindings (what
+/// the rewrite depends on); the entry is compared in full on a hit.
+fn cache_key(
+    request: &RewriteRequest<'_>,
+    bindings: &[(String, Result<Vec<BoundValue>, RlsError>)],
+) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    request.datasource_uid.hash(&mut hasher);
+    request.sql.hash(&mut hasher);
+    request.allow_writes.hash(&mut hasher);
+    for (name, values) in bindings {
+        name.hash(&mut hasher);
+        match values {
+            Ok(values) => values.hash(&mut hasher),
+            Err(error) => error.kind().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
 }
 
 /// A datasource's rules seen through one caller's applicable filters.
