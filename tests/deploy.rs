@@ -980,11 +980,22 @@ fn exported_metrics() -> BTreeMap<String, Declared> {
     let (_upstream_process, upstream) = spawn_upstream(&[]);
     let mut options = GatewayOptions::new(upstream);
     options.store_yaml = Some("url: sqlite:store.db\npoll_interval: 200ms\n".to_string());
+    // Traces exported to a collector that is not there: spans end, and their batches fail.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = unused.local_addr().unwrap();
+    drop(unused);
+    options.extra_yaml = Some(format!(
+        "telemetry:\n  otlp:\n    endpoint: http://{nowhere}/v1/traces\n"
+    ));
+    options.env = vec![("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string())];
     let gateway = Gateway::start(options);
     let token = gateway.token("alice", &["Gamma", "sql_lab"], &[], None);
     let admin = gateway.admin_token();
     call("GET", &gateway.url("/api/v1/chart/1"), Some(&token), None);
     call("GET", &gateway.url("/api/v1/chart/1"), None, None);
+    // A refusal, counted by status and kind.
+    let (status, _) = call("DELETE", &gateway.url("/api/v1/chart/1"), None, None);
+    assert!(status >= 400, "an anonymous delete was allowed: {status}");
     for _ in 0..2 {
         let (status, answer) = call(
             "POST",
@@ -1169,6 +1180,11 @@ fn dashboard_queries_only_metrics_and_labels_datagate_exports() {
         "datagate_store_syncs_total",
         "datagate_sts_calls_total",
         "datagate_credential_cache_total",
+        "datagate_refusals_total",
+        "datagate_upstream_responses_total",
+        "datagate_upstream_duration_seconds_bucket",
+        "datagate_requests_in_flight",
+        "datagate_trace_spans_total",
     ] {
         assert!(
             text.contains(metric),
