@@ -18,7 +18,7 @@ use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::Session;
 use pingora::proxy::ProxyHttp;
-use pingora::{Error, ErrorType, Result, RetryType};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 
 use super::{DatagateProxy, RequestContext};
 
@@ -92,7 +92,13 @@ pub(super) enum AttemptFailure {
 }
 
 impl AttemptFailure {
+    /// Only the upstream connection's own failures count: a client that went away while
+    /// its answer was written (a downstream write error) is never a reason to send the
+    /// request upstream again.
     pub(super) fn of(error: &Error) -> AttemptFailure {
+        if *error.esource() != ErrorSource::Upstream {
+            return AttemptFailure::Other;
+        }
         match (error.etype(), &error.retry) {
             (ErrorType::WriteError, _) => AttemptFailure::Sending,
             (_, RetryType::ReusedOnly) => AttemptFailure::AwaitingAnswer,
@@ -177,14 +183,18 @@ impl DatagateProxy {
                 .map_err(Error::into_up)?;
             upstream.set_read_timeout(peer.options.read_timeout);
             upstream.set_write_timeout(peer.options.write_timeout);
-            match send_and_read_head(&mut upstream, &request, &body).await {
+            // Every failure here is the upstream connection's: answered as pingora answers
+            // one (502, 504).
+            match send_and_read_head(&mut upstream, &request, &body)
+                .await
+                .map_err(Error::into_up)
+            {
                 Ok(response) => break (upstream, response),
                 Err(mut error) => {
                     let retry = may_retry(AttemptFailure::of(&error), reused, idempotent, true);
                     if !retry || attempts >= MAX_ATTEMPTS {
                         error.set_retry(false);
-                        // Answered as pingora answers an upstream failure (502, 504).
-                        return Err(error.into_up());
+                        return Err(error);
                     }
                 }
             }
@@ -216,5 +226,66 @@ impl DatagateProxy {
             .release_http_session(upstream, peer.as_ref(), peer.options.idle_timeout)
             .await;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(etype: ErrorType, source: ErrorSource, retry: RetryType) -> AttemptFailure {
+        let mut error = Error::new(etype);
+        error.esource = source;
+        error.retry = retry;
+        AttemptFailure::of(&error)
+    }
+
+    #[test]
+    fn only_the_upstreams_failures_on_a_pooled_connection_are_retried() {
+        use AttemptFailure::{AwaitingAnswer, Other, Sending};
+        assert_eq!(
+            failure(ErrorType::WriteError, ErrorSource::Upstream, false.into()),
+            Sending
+        );
+        assert_eq!(
+            failure(
+                ErrorType::ConnectionClosed,
+                ErrorSource::Upstream,
+                RetryType::ReusedOnly
+            ),
+            AwaitingAnswer
+        );
+        // The client went away while its answer was written: never a retry.
+        assert_eq!(
+            failure(ErrorType::WriteError, ErrorSource::Downstream, false.into()),
+            Other
+        );
+        assert_eq!(
+            failure(
+                ErrorType::WriteTimedout,
+                ErrorSource::Upstream,
+                false.into()
+            ),
+            Other
+        );
+        assert_eq!(
+            failure(ErrorType::ReadTimedout, ErrorSource::Upstream, false.into()),
+            Other
+        );
+        for (failure, reused, idempotent, replayable, retried) in [
+            (Sending, true, false, true, true),
+            (Sending, false, false, true, false),
+            (Sending, true, true, false, false),
+            (AwaitingAnswer, true, true, true, true),
+            (AwaitingAnswer, true, false, true, false),
+            (AwaitingAnswer, false, true, true, false),
+            (Other, true, true, true, false),
+        ] {
+            assert_eq!(
+                may_retry(failure, reused, idempotent, replayable),
+                retried,
+                "{failure:?} reused {reused} idempotent {idempotent} replayable {replayable}"
+            );
+        }
     }
 }
