@@ -108,14 +108,15 @@ pub fn check_client_headers(
     credential_headers: &[&str],
 ) -> std::result::Result<(), HeaderError> {
     for credential in credential_headers {
-        let wanted = normalized_name(credential);
-        let exact = credential.to_ascii_lowercase();
+        let wanted = folded(credential);
         let mut count = 0usize;
         for (name, value) in headers.iter() {
-            if folded(name.as_str()) != wanted.as_str() {
+            if folded(name.as_str()) != wanted {
                 continue;
             }
-            if name.as_str() != exact {
+            // Header names arrive lowercased: only the credential's own spelling (any
+            // case) is the credential; `_` for `-` is another header to the upstream.
+            if !name.as_str().eq_ignore_ascii_case(credential) {
                 return Err(HeaderError::AmbiguousCredentialName {
                     sent: shown(name.as_str()),
                     header: credential.to_string(),
@@ -157,7 +158,7 @@ pub fn check_client_headers(
                 || nominated.starts_with("x-datagate-")
                 || credential_headers
                     .iter()
-                    .any(|credential| normalized_name(credential) == nominated);
+                    .any(|credential| folded(credential) == nominated.as_str());
             if protected {
                 return Err(HeaderError::ConnectionNominatesProtected {
                     header: shown(token),
