@@ -655,8 +655,6 @@ impl ProxyHttp for DatagateProxy {
     }
 }
 
-/// The decision on the request's root span, and its stages as child spans. Attributes
-/// carry kinds and counts, never refusal messages or SQL.
 /// The span the request's log lines are written in (naming its trace id), or none when
 /// traces are off.
 fn log_span(ctx: &RequestContext) -> tracing::Span {
@@ -665,6 +663,8 @@ fn log_span(ctx: &RequestContext) -> tracing::Span {
         .map_or_else(tracing::Span::none, |trace| trace.log_span().clone())
 }
 
+/// The decision on the request's root span, and its stages as child spans. Attributes
+/// carry kinds and counts, never refusal messages or SQL.
 fn record_decision(trace: &crate::telemetry::RequestTrace, decision: &decision::Decision) {
     let refusal_kind = decision
         .refusal()
