@@ -165,11 +165,16 @@ impl ResponseBinding {
                 let store = store.clone();
                 let owner = self.owner.clone();
                 let queue = state.result_owners.claims.clone();
-                tokio::spawn(async move {
+                // In the request's log span (its trace id), which is current here.
+                let claim = async move {
                     if let Err(refusal) = claim_in_store(&queue, &store, &id, &owner).await {
                         tracing::warn!(%refusal, "a results id from a response was not stored");
                     }
-                });
+                };
+                tokio::spawn(tracing::Instrument::instrument(
+                    claim,
+                    tracing::Span::current(),
+                ));
             }
         }
     }
