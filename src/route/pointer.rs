@@ -99,13 +99,13 @@ impl JsonPointer {
     /// present (Go's `encoding/json` would read that key here).
     pub fn reach<'v>(&self, document: &'v Value) -> Result<Vec<Reached<'v>>, RouteError> {
         let mut found = Vec::new();
-        walk(
-            document,
-            &self.steps,
-            &mut Walked::default(),
-            false,
-            &mut found,
-        )?;
+        // Room for the concrete location up front (indices make it a little longer than
+        // the pointer's text): it is pushed to segment by segment.
+        let mut walked = Walked {
+            location: String::with_capacity(self.text.len() + 16),
+            indices: Vec::new(),
+        };
+        walk(document, &self.steps, &mut walked, false, &mut found)?;
         Ok(found)
     }
 
@@ -258,7 +258,6 @@ pub struct Reached<'v> {
     pub under_wildcard: bool,
 }
 
-#[derive(Default)]
 struct Walked {
     location: String,
     indices: Vec<usize>,
