@@ -242,6 +242,25 @@ fn compile_rls(
     Ok((RlsPolicy::compile(&datasources, filters)?, uids))
 }
 
+/// The filter files' filters, and the files' digest: the policy files' digest (the model
+/// and the grant files) followed by every filter file, names and contents framed.
+fn filter_parts(
+    policy_digest: &str,
+    filter_files: &[(String, String)],
+) -> Result<(Vec<FilterDefinition>, String), SnapshotError> {
+    let mut hasher = Sha256::new();
+    hasher.update(policy_digest.as_bytes());
+    let mut filters = Vec::new();
+    for (name, text) in filter_files {
+        filters.extend(parse_filter_file(name, text)?);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    Ok((filters, hex::encode(hasher.finalize())))
+}
+
 /// Builds everything a snapshot holds from input files already read and the whole
 /// store; nothing is swapped here. Store grants add to file grants (grants only ever
 /// allow, so neither source can take away what the other gives); store filters and
@@ -261,19 +280,10 @@ pub fn build_snapshot_from_inputs(
         .cloned()
         .collect();
     let file_policy = sources.compile()?;
-    let mut hasher = Sha256::new();
-    hasher.update(file_policy.digest().as_bytes());
-    let mut filters = Vec::new();
-    for (name, text) in &inputs.filter_files {
-        filters.extend(parse_filter_file(name, text)?);
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-    }
+    let (filters, digest) = filter_parts(file_policy.digest(), &inputs.filter_files)?;
     let files = Arc::new(FileParts {
         inputs: inputs.clone(),
-        digest: hex::encode(hasher.finalize()),
+        digest,
         filters,
         datasource_grants,
     });
@@ -303,6 +313,47 @@ pub fn build_snapshot_from_inputs(
 }
 
 impl SnapshotContent {
+    /// The content `inputs` make of this one when only filter files differ (the model and
+    /// the grant files are the same text): the compiled grants — the costly part, seconds
+    /// at a million lines — are kept, and only row-level security is compiled again.
+    /// `None` when the grant files differ too (a full build is needed).
+    pub fn with_filter_files(
+        &self,
+        config: &Config,
+        inputs: &Arc<PolicyInputs>,
+    ) -> Option<Result<SnapshotContent, SnapshotError>> {
+        if inputs.texts != self.files.inputs.texts {
+            return None;
+        }
+        Some(self.rebuilt_filters(config, inputs))
+    }
+
+    fn rebuilt_filters(
+        &self,
+        config: &Config,
+        inputs: &Arc<PolicyInputs>,
+    ) -> Result<SnapshotContent, SnapshotError> {
+        let (filters, digest) = filter_parts(self.policy.digest(), &inputs.filter_files)?;
+        let files = Arc::new(FileParts {
+            inputs: inputs.clone(),
+            digest,
+            filters,
+            datasource_grants: self.files.datasource_grants.clone(),
+        });
+        let (rls, datasource_uids) = compile_rls(config, &files.filters, &self.store.contents)?;
+        Ok(SnapshotContent {
+            policy: self.policy.clone(),
+            rls: Arc::new(rls),
+            digest: snapshot_digest(&files.digest, self.store.revision),
+            store: StoreView {
+                datasource_uids: Arc::new(datasource_uids),
+                ..self.store.clone()
+            },
+            files,
+            build: BuildKind::Incremental,
+        })
+    }
+
     /// The content `delta` makes of this one: the changed rows applied to a copy of the
     /// store part, and only what they feed rebuilt. `self` is unchanged; an invalid
     /// result is refused. The delta must start at or before this content's store

@@ -431,7 +431,17 @@ impl AppState {
         inputs: &Arc<PolicyInputs>,
         contents: &Arc<StoreContents>,
     ) -> Result<ReloadOutcome, SnapshotError> {
-        match build_snapshot_from_inputs(&self.config, inputs, contents) {
+        // Only filter files changed, over the store part serving: the compiled grants are
+        // kept and row-level security alone is compiled.
+        let serving = self.snapshot.load_full();
+        let filters_only = if Arc::ptr_eq(contents, &serving.store.contents) {
+            serving.content().with_filter_files(&self.config, inputs)
+        } else {
+            None
+        };
+        let built = filters_only
+            .unwrap_or_else(|| build_snapshot_from_inputs(&self.config, inputs, contents));
+        match built {
             Ok(content) => {
                 *self.last_reload_error.lock() = None;
                 *self.serving_inputs.lock() = inputs.clone();

@@ -336,3 +336,73 @@ fn an_idle_gateway_does_not_reload_and_an_edit_still_does() {
         ) >= 1.0
     );
 }
+
+/// An edited row-level security filter file is compiled alone: the grants are kept (the
+/// build counts as `incremental`), and the next statement is rewritten with the edited
+/// filter. A grant-file edit after it is a full build.
+#[test]
+fn an_edited_filter_file_is_compiled_without_rebuilding_the_grants() {
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let mut options = GatewayOptions::new(upstream);
+    options.routes_yaml = Some(format!(
+        "{ROUTES}  - name: sql-run\n    methods: [POST]\n    path: /api/sql\n    \
+         permissions: {{any_of: [\"can_read on Chart\"]}}\n    sql:\n      locations:\n        \
+         - {{json_pointer: /sql, datasource: {{fixed: demo}}}}\n"
+    ));
+    let filters =
+        std::fs::read_to_string(repository_root().join("policies/50-demo.rls.yaml")).unwrap();
+    options.policy_files = Some(vec![
+        ("00-builtin-hierarchy.csv".to_string(), hierarchy()),
+        (
+            "10-grants.csv".to_string(),
+            format!("{GRANTS_V1}p, role:Gamma, datasources:uid:demo, Query\n"),
+        ),
+        ("50-demo.rls.yaml".to_string(), filters.clone()),
+    ]);
+    let gateway = Gateway::start(options);
+    let token = gateway.token("alice", &["Gamma"], &[], None);
+    let forwarded_sql = || {
+        support::clear_recorded(upstream);
+        let response = ureq::post(&gateway.url("/api/sql"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"sql": "SELECT id FROM orders"}"#)
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let recorded = support::recorded_requests(upstream);
+        assert_eq!(recorded.len(), 1);
+        recorded[0].body_text.clone()
+    };
+    assert!(forwarded_sql().contains("tenant_id = 'alice'"));
+    let builds = |build: &str| {
+        gateway.metric_with(
+            "datagate_snapshot_builds_total",
+            &[&format!("build=\"{build}\"")],
+        )
+    };
+
+    let edited = filters.replace("note <> 'internal'", "note <> 'edited'");
+    assert_ne!(edited, filters);
+    gateway.write_policy("50-demo.rls.yaml", &edited);
+    assert!(Gateway::eventually(Duration::from_secs(10), || gateway
+        .revision()
+        == 2));
+    let sql = forwarded_sql();
+    assert!(sql.contains("note <> 'edited'"), "{sql}");
+    assert!(sql.contains("tenant_id = 'alice'"), "{sql}");
+    assert_eq!(builds("incremental"), 1.0);
+    assert_eq!(builds("full"), 0.0);
+    assert_eq!(status_of(&gateway, "/api/v1/dashboard/1", &token), 403);
+
+    // A grant edit needs the grants compiled: a full build.
+    gateway.write_policy(
+        "10-grants.csv",
+        &format!("{GRANTS_V2}p, role:Gamma, datasources:uid:demo, Query\n"),
+    );
+    assert!(Gateway::eventually(Duration::from_secs(10), || gateway
+        .revision()
+        == 3));
+    assert_eq!(status_of(&gateway, "/api/v1/dashboard/1", &token), 200);
+    assert_eq!(builds("full"), 1.0);
+    assert!(forwarded_sql().contains("note <> 'edited'"));
+}

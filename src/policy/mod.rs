@@ -158,6 +158,12 @@ impl CompiledPolicy {
         &self.files.digest
     }
 
+    /// Whether both were compiled from the same policy files build (not merely equal).
+    #[cfg(test)]
+    pub(crate) fn shares_files_with(&self, other: &CompiledPolicy) -> bool {
+        Arc::ptr_eq(&self.files, &other.files)
+    }
+
     /// Policy lines (`p`, `g`, `g2`) loaded from files and store, duplicates included.
     pub fn line_count(&self) -> usize {
         self.files.line_count + self.store.line_count()

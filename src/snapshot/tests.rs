@@ -607,3 +607,81 @@ fn a_gap_in_the_change_log_means_a_full_update() {
         assert!(store.changes_since(3).await.unwrap().is_none());
     });
 }
+
+/// A filter-file change keeps the compiled grants and compiles row-level security alone;
+/// the result is what a full build of the same files gives (digest, filters, rewrites,
+/// decisions). A grant-file change is not taken that way.
+#[test]
+fn a_filter_only_change_keeps_the_grants_and_equals_a_full_build() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path());
+    let filter = |clause: &str| {
+        format!(
+            "filters:\n  - {{name: own, type: regular, datasource: cfg, tables: [orders], roles: [Gamma], clause: \"{clause}\"}}\n"
+        )
+    };
+    let filter_path = directory.path().join("policies/60-filters.rls.yaml");
+    std::fs::write(&filter_path, filter("tenant_id = 1")).unwrap();
+    let store = Arc::new(StoreContents::default());
+    let before_inputs = Arc::new(PolicyInputs::read(&config).unwrap());
+    let serving = build_snapshot_from_inputs(&config, &before_inputs, &store).unwrap();
+
+    std::fs::write(&filter_path, filter("tenant_id = 2")).unwrap();
+    let inputs = Arc::new(PolicyInputs::read(&config).unwrap());
+    let kept = serving
+        .with_filter_files(&config, &inputs)
+        .expect("only a filter file changed")
+        .unwrap();
+    let full = build_snapshot_from_inputs(&config, &inputs, &store).unwrap();
+    assert_eq!(kept.build, BuildKind::Incremental);
+    assert_eq!(kept.digest, full.digest);
+    assert_ne!(kept.digest, serving.digest);
+    assert_eq!(kept.files.digest, full.files.digest);
+    assert_eq!(kept.files.filters, full.files.filters);
+    assert_eq!(kept.store.datasource_uids, full.store.datasource_uids);
+    assert!(
+        kept.policy.shares_files_with(&serving.policy),
+        "grants rebuilt"
+    );
+    let mut gamma = crate::principal::Principal::anonymous(vec!["Gamma".into()]);
+    gamma.kind = crate::principal::PrincipalKind::User;
+    gamma.username = "ann".into();
+    let rewrite = |content: &SnapshotContent| {
+        content
+            .rls
+            .rewrite(&crate::rls::RewriteRequest {
+                datasource_uid: "cfg",
+                sql: "SELECT id FROM orders",
+                principal: &gamma,
+                allow_writes: false,
+                limits: crate::rls::RewriteLimits::default(),
+            })
+            .unwrap()
+            .sql
+    };
+    assert_eq!(rewrite(&kept), rewrite(&full));
+    assert!(
+        rewrite(&kept).contains("tenant_id = 2"),
+        "{}",
+        rewrite(&kept)
+    );
+    let subjects = gamma.subjects();
+    for object in OBJECTS {
+        for action in ACTIONS {
+            assert_eq!(
+                kept.policy.allows(&subjects, object, action),
+                full.policy.allows(&subjects, object, action),
+                "{object} {action}"
+            );
+        }
+    }
+
+    // A grant file changed too: a full build is needed.
+    std::fs::write(
+        directory.path().join("policies/50-test.csv"),
+        format!("{FILE_POLICY}p, role:Gamma, Chart, can_write\n"),
+    )
+    .unwrap();
+    let inputs = Arc::new(PolicyInputs::read(&config).unwrap());
+    assert!(serving.with_filter_files(&config, &inputs).is_none());
+}
