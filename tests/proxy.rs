@@ -389,6 +389,50 @@ fn inspected_bodies_arrive_whole_at_every_size_up_to_the_limit_and_over_it_are_4
     assert!(recorded_requests(upstream).is_empty());
 }
 
+/// `tests/compat/wsgi_echo/closes_kept_alive.py` on an ephemeral port, answering or
+/// dropping requests as `mode` says, with the log of what it did.
+struct ClosingUpstream {
+    address: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    _log_dir: tempfile::TempDir,
+    _process: support::ChildProcess,
+}
+
+impl ClosingUpstream {
+    fn start(mode: &str) -> ClosingUpstream {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("answers");
+        let mut process = std::process::Command::new("python3")
+            .arg(
+                support::gateway::repository_root()
+                    .join("tests/compat/wsgi_echo/closes_kept_alive.py"),
+            )
+            .arg("0")
+            .arg(&log)
+            .arg(mode)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        let process = support::ChildProcess::new(process);
+        ClosingUpstream {
+            address: support::announced_address(stdout),
+            log,
+            _log_dir: log_dir,
+            _process: process,
+        }
+    }
+
+    /// One line per request: `answered <length>[ <body>]` or `dropped`.
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// A body over pingora's retry buffer goes through datagate's own forward path; when the
 /// pooled connection it takes was closed by the upstream as it was reused (a keep-alive
 /// timeout racing the request), the request is sent again on a fresh connection instead
@@ -399,22 +443,8 @@ fn a_large_body_is_sent_again_when_the_kept_alive_upstream_connection_was_closed
     // `body`: the upstream read the request, then closed (datagate's read fails);
     // `head`: it closed with the body unread (datagate's writes fail or its read is reset).
     for drop_at in ["body", "head"] {
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("answers");
-        let mut process = std::process::Command::new("python3")
-            .arg(
-                support::gateway::repository_root()
-                    .join("tests/compat/wsgi_echo/closes_kept_alive.py"),
-            )
-            .arg("0")
-            .arg(&log)
-            .arg(drop_at)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = process.stdout.take().unwrap();
-        let _upstream = support::ChildProcess::new(process);
-        let upstream = support::announced_address(stdout);
+        let closing = ClosingUpstream::start(drop_at);
+        let upstream = closing.address;
         // 6 MiB: more than datagate's send buffer (at most 4 MiB here) and the upstream's
         // small receive window take, so in `head` mode datagate's writes fail.
         let mut options = GatewayOptions::new(upstream);
@@ -429,11 +459,7 @@ fn a_large_body_is_sent_again_when_the_kept_alive_upstream_connection_was_closed
         let statuses: Vec<u16> = (0..3)
             .map(|_| post_json(&gateway.url("/api/ds/query"), Some(&token), &body).status)
             .collect();
-        let lines: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let lines = closing.lines();
         let answered = format!("answered {}", body.len());
         let answered = lines.iter().filter(|line| **line == answered).count();
         let dropped = lines.iter().filter(|line| *line == "dropped").count();
@@ -458,21 +484,8 @@ fn a_large_body_is_sent_again_when_the_kept_alive_upstream_connection_was_closed
 /// original, and not an empty body under the rewritten body's `Content-Length`.
 #[test]
 fn a_retried_attempt_sends_the_rewritten_body_again() {
-    let log_dir = tempfile::tempdir().unwrap();
-    let log = log_dir.path().join("answers");
-    let mut process = std::process::Command::new("python3")
-        .arg(
-            support::gateway::repository_root().join("tests/compat/wsgi_echo/closes_kept_alive.py"),
-        )
-        .arg("0")
-        .arg(&log)
-        .arg("body")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = process.stdout.take().unwrap();
-    let _upstream = support::ChildProcess::new(process);
-    let upstream = support::announced_address(stdout);
+    let closing = ClosingUpstream::start("body");
+    let upstream = closing.address;
     let mut options = GatewayOptions::new(upstream);
     options.routes_yaml = Some(
         "unmatched: deny\ntable:\n  - name: sql-put\n    methods: [PUT]\n    path: /api/sql\n    \
@@ -507,11 +520,7 @@ fn a_retried_attempt_sends_the_rewritten_body_again() {
             .unwrap_or_else(|error| panic!("round {round}: {error}"));
         assert_eq!(response.status(), 200, "round {round}");
     }
-    let lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let lines = closing.lines();
     // Round 2 took the pooled connection, which the upstream dropped after reading the
     // request; pingora sent it again on a fresh one.
     assert_eq!(
@@ -543,21 +552,8 @@ fn a_retried_attempt_sends_the_rewritten_body_again() {
 /// is (502 `upstream_error`), not an internal error.
 #[test]
 fn a_large_body_the_upstream_drops_on_a_fresh_connection_is_a_502() {
-    let log_dir = tempfile::tempdir().unwrap();
-    let log = log_dir.path().join("answers");
-    let mut process = std::process::Command::new("python3")
-        .arg(
-            support::gateway::repository_root().join("tests/compat/wsgi_echo/closes_kept_alive.py"),
-        )
-        .arg("0")
-        .arg(&log)
-        .arg("always")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = process.stdout.take().unwrap();
-    let _upstream = support::ChildProcess::new(process);
-    let upstream = support::announced_address(stdout);
+    let closing = ClosingUpstream::start("always");
+    let upstream = closing.address;
     let gateway = Gateway::start(GatewayOptions::new(upstream));
     let token = gateway.token("alice", &["Gamma"], &[], Some(BasicRole::Viewer));
     let prefix =
@@ -571,11 +567,7 @@ fn a_large_body_the_upstream_drops_on_a_fresh_connection_is_a_502() {
         "{}",
         response.body
     );
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
-        "dropped\n",
-        "sent more than once"
-    );
+    assert_eq!(closing.lines(), ["dropped"], "sent more than once");
 }
 
 /// A SQL Lab query larger than pingora's retry buffer is rewritten like a small one: the

@@ -524,7 +524,8 @@ impl RlsPolicy {
         )
     }
 
-    pub fn rewrite(&self, request: &RewriteRequest<'_>) -> Result<Rewritten, RlsError> {
+    /// The datasource's rules for `request`, refused when unknown or over the size limit.
+    fn rules_for(&self, request: &RewriteRequest<'_>) -> Result<&DatasourceRules, RlsError> {
         let rules = self
             .datasources
             .get(request.datasource_uid)
@@ -532,6 +533,11 @@ impl RlsPolicy {
         if request.sql.len() > request.limits.max_sql_bytes {
             return Err(RlsError::SqlTooLarge(request.limits.max_sql_bytes));
         }
+        Ok(rules)
+    }
+
+    pub fn rewrite(&self, request: &RewriteRequest<'_>) -> Result<Rewritten, RlsError> {
+        let rules = self.rules_for(request)?;
         let (applicable, bindings) = rules.for_caller(request.principal);
         let key = cache_key(request, &bindings);
         if let Some(hit) = self.cache_hit(key, request, &bindings) {
@@ -560,11 +566,7 @@ impl RlsPolicy {
     /// waits for, or counts against, the SQL pool; `None` means "rewrite it", and errors
     /// are left to [`Self::rewrite`].
     pub fn cached(&self, request: &RewriteRequest<'_>) -> Option<Rewritten> {
-        let rules = self.datasources.get(request.datasource_uid)?;
-        if request.sql.len() > request.limits.max_sql_bytes {
-            return None;
-        }
-        let (_, bindings) = rules.for_caller(request.principal);
+        let (_, bindings) = self.rules_for(request).ok()?.for_caller(request.principal);
         // A miss is counted once, by the rewrite that follows.
         self.cache_hit(cache_key(request, &bindings), request, &bindings)
     }
