@@ -46,6 +46,10 @@ pub struct ChartsConfig {
     /// configured datasource.
     #[serde(default)]
     pub datasources: Option<Vec<String>>,
+    /// Verify each mapped dataset against the definition the upstream stores before a
+    /// filtered caller's chart data on it is forwarded ([`crate::dataset_verify`]).
+    #[serde(default)]
+    pub verify: Option<crate::dataset_verify::VerifyConfig>,
 }
 
 /// `charts.datasets[i]`.
@@ -61,6 +65,10 @@ pub struct DatasetMapping {
     /// The table whose filters apply, `[schema.]table`. A virtual dataset may be mapped
     /// only when its rows are this table's rows and it keeps the filters' columns.
     pub table: String,
+    /// A virtual dataset's SQL, as Superset stores it: with `charts.verify`, the stored
+    /// SQL must equal it (a physical dataset leaves it unset and must store none).
+    #[serde(default)]
+    pub sql: Option<String>,
 }
 
 impl ChartsConfig {
@@ -163,6 +171,21 @@ pub enum ChartDataError {
         "route `{route}` can overwrite datasets datagate cannot see while `charts.datasets` maps datasets to protected tables"
     )]
     OverwritesMappedDatasets { route: String },
+    #[error(
+        "chart data on dataset {dataset} is refused: what Superset stores for it does not match its mapping to `{table}` (`charts.datasets`): {reason}"
+    )]
+    DatasetMismatch {
+        dataset: u64,
+        table: String,
+        reason: String,
+    },
+    #[error(
+        "chart data on dataset {dataset} is refused: its definition could not be read from the upstream to verify its mapping"
+    )]
+    VerificationUnavailable { dataset: u64 },
+    /// Not a refusal a client sees: the decision path verifies the dataset and asks again.
+    #[error("dataset {dataset} has not been verified yet")]
+    VerificationPending { dataset: u64 },
 }
 
 impl ChartDataError {
@@ -175,6 +198,9 @@ impl ChartDataError {
             ChartDataError::Fragment { error, .. } => error.kind(),
             ChartDataError::MappedDataset { .. } => "chart_dataset_mapped",
             ChartDataError::OverwritesMappedDatasets { .. } => "chart_dataset_import_refused",
+            ChartDataError::DatasetMismatch { .. }
+            | ChartDataError::VerificationUnavailable { .. }
+            | ChartDataError::VerificationPending { .. } => "chart_dataset_unverified",
         }
     }
 }
@@ -731,6 +757,82 @@ impl DatasetEdit<'_> {
         Ok(checked)
     }
 
+    /// Checks the definition the upstream stores for the dataset (the `result` of
+    /// Superset's `GET /api/v1/dataset/{pk}`) against the mapping, by the rules an edit
+    /// through datagate must keep, and the stored SQL equal to the mapping's `sql` (none
+    /// for a physical dataset). This covers what was stored before datagate was in front,
+    /// or by a path around it, and a mapped id taken by a dataset created later.
+    pub fn check_stored(&self, stored: &Value) -> Result<(), ChartDataError> {
+        let mismatch = |reason: String| ChartDataError::DatasetMismatch {
+            dataset: self.dataset.id,
+            table: self.dataset.table.clone(),
+            reason,
+        };
+        let Value::Object(fields) = stored else {
+            return Err(mismatch("the upstream's answer is not a dataset".into()));
+        };
+        if fields.get("id").and_then(Value::as_u64) != Some(self.dataset.id) {
+            return Err(mismatch("the upstream answered for another dataset".into()));
+        }
+        fn trimmed(value: Option<&str>) -> Option<&str> {
+            value.map(str::trim).filter(|text| !text.is_empty())
+        }
+        let stored_sql = trimmed(fields.get("sql").and_then(Value::as_str));
+        match (stored_sql, trimmed(self.dataset.sql.as_deref())) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(mismatch(
+                    "it is a virtual dataset and the mapping names no `sql` for it".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(mismatch(
+                    "the mapping names `sql`, but the dataset stores none".into(),
+                ));
+            }
+            (Some(stored), Some(mapped)) if stored != mapped => {
+                return Err(mismatch("its stored SQL is not the mapping's `sql`".into()));
+            }
+            (Some(_), Some(_)) => {}
+        }
+        let database = fields
+            .get("database")
+            .and_then(|database| database.get("id"))
+            .cloned()
+            .ok_or_else(|| mismatch("the upstream's answer names no database".into()))?;
+        let mut definition = Map::new();
+        // A virtual dataset's `table_name` is only its name: its SQL (checked above) is
+        // what it reads.
+        if stored_sql.is_none()
+            && let Some(table) = fields.get("table_name")
+        {
+            definition.insert("table_name".to_string(), table.clone());
+        }
+        for key in [
+            "schema",
+            "catalog",
+            "template_params",
+            "fetch_values_predicate",
+            "columns",
+            "metrics",
+        ] {
+            if let Some(value) = fields.get(key) {
+                definition.insert(key.to_string(), value.clone());
+            }
+        }
+        definition.insert("database_id".to_string(), database);
+        let mut definition = Value::Object(definition);
+        self.check(&mut definition).map(|_| ()).map_err(|error| {
+            mismatch(match error {
+                ChartDataError::MappedDataset { reason, .. } => reason,
+                ChartDataError::Fragment { location, error } => {
+                    format!("its stored SQL at `{location}` is refused: {error}")
+                }
+                other => other.to_string(),
+            })
+        })
+    }
+
     fn expression(
         &self,
         slot: &mut Value,
@@ -823,6 +925,7 @@ mod tests {
     fn rewrite(context: &mut Value, principal: &Principal) -> Result<ChartRewrite, ChartDataError> {
         let rls = rls();
         let dataset = DatasetMapping {
+            sql: None,
             id: 7,
             datasource: "1".into(),
             table: "orders".into(),
@@ -1093,6 +1196,7 @@ mod tests {
     fn dataset_edit(edit: &mut Value, table: &str) -> Result<Vec<String>, ChartDataError> {
         let rls = rls();
         let dataset = DatasetMapping {
+            sql: None,
             id: 7,
             datasource: "1".into(),
             table: table.into(),
@@ -1175,5 +1279,113 @@ mod tests {
             "bad_query_context"
         );
         assert_eq!(refused(json!([]), "orders"), "bad_query_context");
+    }
+
+    fn stored_check(stored: &Value, sql: Option<&str>) -> Result<(), ChartDataError> {
+        let rls = rls();
+        let dataset = DatasetMapping {
+            sql: sql.map(str::to_string),
+            id: 7,
+            datasource: "1".into(),
+            table: "orders".into(),
+        };
+        DatasetEdit {
+            rls: &rls,
+            dataset: &dataset,
+            principal: &caller("datagate-verifier", &["Admin"]),
+            limits: RewriteLimits::default(),
+            default_schema: Dialect::Sqlite.default_schema(),
+        }
+        .check_stored(stored)
+    }
+
+    #[test]
+    fn a_stored_dataset_is_verified_by_the_rules_an_edit_keeps() {
+        // `GET /api/v1/dataset/7`'s result as Superset 6.1 answers it, trimmed.
+        let physical = json!({
+            "id": 7, "table_name": "orders", "schema": "main", "catalog": null,
+            "database": {"id": 1, "database_name": "demo", "backend": "sqlite"},
+            "sql": null, "template_params": null, "fetch_values_predicate": null,
+            "columns": [{"column_name": "id", "expression": null}, {"column_name": "big", "expression": "amount*2"}],
+            "metrics": [{"metric_name": "count", "expression": "COUNT(*)"}],
+            "extra": null, "kind": "physical",
+        });
+        assert_eq!(stored_check(&physical, None), Ok(()));
+        let virtual_sql = "SELECT id, tenant_id, amount FROM orders";
+        let mut virtual_dataset = physical.clone();
+        virtual_dataset["sql"] = json!(format!("{virtual_sql}\n"));
+        virtual_dataset["table_name"] = json!("orders_amounts");
+        assert_eq!(stored_check(&virtual_dataset, Some(virtual_sql)), Ok(()));
+
+        let reason = |stored: &Value, sql: Option<&str>| match stored_check(stored, sql) {
+            Err(ChartDataError::DatasetMismatch {
+                dataset, reason, ..
+            }) => {
+                assert_eq!(dataset, 7);
+                reason
+            }
+            other => panic!("{stored}: {other:?}"),
+        };
+        let changed = |pointer: &str, value: Value| {
+            let mut stored = physical.clone();
+            *stored.pointer_mut(pointer).unwrap() = value;
+            stored
+        };
+        let cases: Vec<(Value, Option<&str>, &str)> = vec![
+            (
+                changed(
+                    "/metrics/0/expression",
+                    json!("(SELECT group_concat(note) FROM orders)"),
+                ),
+                None,
+                "/metrics/0/expression",
+            ),
+            (
+                changed("/columns/1/expression", json!("amount -- hidden")),
+                None,
+                "/columns/1/expression",
+            ),
+            (
+                changed("/fetch_values_predicate", json!("{{ url_param('t') }}")),
+                None,
+                "/fetch_values_predicate",
+            ),
+            (
+                changed("/table_name", json!("customers")),
+                None,
+                "`table_name` must stay `orders`",
+            ),
+            (
+                changed("/schema", json!("other")),
+                None,
+                "`schema` must stay `main`",
+            ),
+            (
+                changed("/database/id", json!(2)),
+                None,
+                "the database must stay `1`",
+            ),
+            (
+                changed("/template_params", json!("{\"tenant\": \"bob\"}")),
+                None,
+                "`template_params`",
+            ),
+            (changed("/id", json!(8)), None, "another dataset"),
+            (virtual_dataset.clone(), None, "virtual dataset"),
+            (
+                virtual_dataset.clone(),
+                Some("SELECT * FROM orders"),
+                "not the mapping's `sql`",
+            ),
+            (physical.clone(), Some(virtual_sql), "stores none"),
+            (json!([]), None, "not a dataset"),
+        ];
+        for (stored, sql, expected) in cases {
+            let reason = reason(&stored, sql);
+            assert!(reason.contains(expected), "{stored}: {reason}");
+        }
+        let mut no_database = physical.clone();
+        no_database.as_object_mut().unwrap().remove("database");
+        assert!(reason(&no_database, None).contains("no database"));
     }
 }

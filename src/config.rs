@@ -516,6 +516,8 @@ impl Config {
         self.charts
             .validate(&self.datasources)
             .map_err(|(key, message)| ConfigError::invalid(&key, message))?;
+        crate::dataset_verify::DatasetVerifier::new(self)
+            .map_err(|(key, message)| ConfigError::invalid(&key, message))?;
         for (key, name) in [
             ("aws.headers.db_user", &self.aws.headers.db_user),
             ("aws.headers.db_token", &self.aws.headers.db_token),

@@ -241,7 +241,10 @@ impl From<&Refusal> for HttpError {
                     | ChartDataError::ReplayFiltered { .. }
                     | ChartDataError::RefusedField { .. }
                     | ChartDataError::MappedDataset { .. }
-                    | ChartDataError::OverwritesMappedDatasets { .. } => 403,
+                    | ChartDataError::OverwritesMappedDatasets { .. }
+                    | ChartDataError::DatasetMismatch { .. } => 403,
+                    ChartDataError::VerificationUnavailable { .. }
+                    | ChartDataError::VerificationPending { .. } => 503,
                     ChartDataError::BadQueryContext(_) => 400,
                     ChartDataError::Fragment { error, .. } => sql_status(error.kind()),
                 };

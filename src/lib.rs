@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod connection_guard;
 pub mod creds;
+pub mod dataset_verify;
 pub mod decision;
 pub mod export;
 pub mod http_error;

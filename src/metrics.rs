@@ -78,6 +78,9 @@ pub struct Metrics {
     /// `failed` (in a batch the collector did not take). `ended − exported − failed` is
     /// what is queued or was dropped on a full queue.
     pub trace_spans: IntCounterVec,
+    /// Reads of mapped datasets from the upstream (`charts.verify`), by result: `verified`,
+    /// `mismatch` (refused until the next read), `failed` (not read; the request refused).
+    pub dataset_verifications: IntCounterVec,
 }
 
 /// Counts a request in flight until dropped (kept in the request's context, so every
@@ -310,6 +313,13 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let dataset_verifications = IntCounterVec::new(
+            Opts::new(
+                "datagate_dataset_verifications_total",
+                "Mapped Superset datasets read from the upstream and checked against their mapping, by result (verified, mismatch, failed).",
+            ),
+            &["result"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -326,6 +336,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(connections_open.clone()),
             Box::new(trace_spans.clone()),
+            Box::new(dataset_verifications.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -412,6 +423,7 @@ impl Metrics {
             connections_refused,
             connections_open,
             trace_spans,
+            dataset_verifications,
             jwks_fetches,
             jwks_fetch_failures,
             jwks_kid_misses,

@@ -117,6 +117,9 @@ pub struct AppState {
     pub sql_pool: crate::sql_pool::SqlPool,
     /// Results ids bound to their callers, when there is no store to hold them.
     pub result_owners: crate::decision::results::MemoryOwners,
+    /// Mapped Superset datasets checked against their stored definitions
+    /// (`charts.verify`).
+    pub dataset_verifier: Option<crate::dataset_verify::DatasetVerifier>,
     snapshot: ArcSwap<PolicySnapshot>,
     next_revision: AtomicU64,
     /// When this replica last confirmed that its snapshot holds the store's current
@@ -149,6 +152,8 @@ pub enum StartupError {
     Audit(#[from] std::io::Error),
     #[error("SQL work pool: {0}")]
     SqlPool(std::io::Error),
+    #[error("dataset verification: {0}")]
+    DatasetVerifier(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -220,6 +225,15 @@ impl AppState {
             metrics.sql_pool.clone(),
         )
         .map_err(StartupError::SqlPool)?;
+        let dataset_verifier =
+            crate::dataset_verify::DatasetVerifier::new(&config).map_err(|(key, message)| {
+                StartupError::DatasetVerifier(format!("`{key}` {message}"))
+            })?;
+        if dataset_verifier.is_none() && !config.charts.datasets.is_empty() {
+            tracing::warn!(
+                "charts.datasets maps datasets but charts.verify is not set: what the upstream stored for them before datagate was in front is not checked"
+            );
+        }
         Ok(Arc::new(AppState {
             config,
             authenticator,
@@ -233,6 +247,7 @@ impl AppState {
             lifecycle: crate::lifecycle::Lifecycle::default(),
             sql_pool,
             result_owners: Default::default(),
+            dataset_verifier,
             snapshot: ArcSwap::from_pointee(snapshot),
             next_revision: AtomicU64::new(2),
             store_confirmed_ms: AtomicI64::new(0),

@@ -629,21 +629,42 @@ fn sorted_text(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
 /// datagate in front of Superset with the datasets over `orders` mapped for chart-data
 /// RLS (the physical table and the harness's two virtual datasets), and the grants chart
 /// data and its CSV download need.
+/// `charts.datasets` entries mapping each of `ids` to table `orders`, with the SQL
+/// Superset stores for the virtual ones (what an operator copies into the mapping).
+fn orders_mappings(superset: &Superset, ids: &[u64]) -> String {
+    let uid = superset.database_uid();
+    ids.iter()
+        .map(|id| {
+            let stored = superset.direct(
+                "GET",
+                &format!("/api/v1/dataset/{id}"),
+                "admin",
+                &["Admin"],
+                None,
+            );
+            let sql = match stored.json()["result"]["sql"].as_str() {
+                Some(sql) if !sql.trim().is_empty() => format!(", sql: {}", json!(sql)),
+                _ => String::new(),
+            };
+            format!("  - {{id: {id}, datasource: \"{uid}\", table: orders{sql}}}\n")
+        })
+        .collect()
+}
+
+/// How the chart tests' datagate reads mapped datasets from Superset to verify them.
+const VERIFY_YAML: &str = "verify: {user: datagate-verifier, roles: [Admin]}\n";
+
 fn chart_gateway(superset: &Superset) -> support::gateway::Gateway {
     let uid = superset.database_uid();
-    let mappings: String = ["orders", "orders_daily", "orders_amounts"]
+    let ids: Vec<u64> = ["orders", "orders_daily", "orders_amounts"]
         .iter()
-        .map(|name| {
-            format!(
-                "  - {{id: {}, datasource: \"{uid}\", table: orders}}\n",
-                superset.ids.datasets[*name]
-            )
-        })
+        .map(|name| superset.ids.datasets[*name])
         .collect();
+    let mappings = orders_mappings(superset, &ids);
     superset_gateway(
         superset,
         SupersetGatewayOptions {
-            charts_yaml: Some(format!("datasets:\n{mappings}")),
+            charts_yaml: Some(format!("datasets:\n{mappings}{VERIFY_YAML}")),
             policy_files: vec![(
                 "41-charts-test.csv".to_string(),
                 format!(
@@ -1640,4 +1661,181 @@ fn mapped_datasets_keep_their_table_database_and_checked_sql() {
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(superset.received(&marker));
+}
+
+/// A browser sends many requests at once, so after a role change several requests find
+/// the Superset user's roles stale and write the same role rows together. Every one of
+/// them is answered with exactly the roles datagate named (the losers of that race re-read
+/// what the winner wrote), none with an error or as another role set. Sent to Superset
+/// directly: the code under test is `deploy/superset/datagate_security.py`.
+#[test]
+fn concurrent_requests_after_a_role_change_all_get_the_new_roles() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let user = unique("rosa");
+    let role_sets: [&[&str]; 2] = [&["Gamma"], &["Gamma", "sql_lab"]];
+    for round in 0..6 {
+        let roles = role_sets[round % 2];
+        let barrier = std::sync::Barrier::new(8);
+        let replies: Vec<superset::Reply> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        superset.direct("GET", "/api/v1/me/roles/", &user, roles, None)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for reply in replies {
+            assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
+            let mut held: Vec<String> = reply.json()["result"]["roles"]
+                .as_object()
+                .unwrap_or_else(|| panic!("round {round}: {}", reply.text()))
+                .keys()
+                .cloned()
+                .collect();
+            held.sort();
+            assert_eq!(held, roles, "round {round}");
+        }
+    }
+}
+
+/// With `charts.verify`, datagate reads each mapped dataset from Superset before a
+/// filtered caller's chart data on it is forwarded, and applies the rules an edit through
+/// datagate keeps to what is stored: SQL stored before datagate was in front (here: a
+/// saved metric with a subquery over `orders`, written straight to Superset), and a mapped
+/// id Superset does not have (the next dataset created would take it), are refused, and
+/// Superset receives nothing of the caller's request.
+#[test]
+fn mapped_datasets_are_verified_against_what_superset_stores() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let name = unique("orders_rogue_");
+    let created = superset.direct(
+        "POST",
+        "/api/v1/dataset/",
+        "admin",
+        &["Admin"],
+        Some(&json!({
+            "database": superset.ids.database_id,
+            "schema": "main",
+            "table_name": name,
+            "sql": "SELECT id, tenant_id, amount, note FROM orders",
+        })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let rogue = created.json()["id"].as_u64().unwrap();
+    let stored = superset.direct(
+        "PUT",
+        &format!("/api/v1/dataset/{rogue}"),
+        "admin",
+        &["Admin"],
+        Some(&json!({"metrics": [
+            {"metric_name": "everyone", "expression": "(SELECT group_concat(note) FROM orders)"}
+        ]})),
+    );
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    let clean = superset.ids.datasets["orders"];
+    let missing = 9_000_000 + rogue;
+    let mut mappings = orders_mappings(superset, &[clean, rogue]);
+    mappings.push_str(&format!(
+        "  - {{id: {missing}, datasource: \"{}\", table: orders}}\n",
+        superset.database_uid()
+    ));
+    let uid = superset.database_uid();
+    let gateway = superset_gateway(
+        superset,
+        SupersetGatewayOptions {
+            charts_yaml: Some(format!("datasets:\n{mappings}{VERIFY_YAML}")),
+            policy_files: vec![(
+                "41-charts-test.csv".to_string(),
+                format!(
+                    "p, role:Gamma, Superset, can_export_data\np, role:Gamma, datasources:uid:{uid}, Query\n"
+                ),
+            )],
+            ..SupersetGatewayOptions::default()
+        },
+    );
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    // The mapped dataset Superset stores as mapped: verified, and served filtered.
+    let (reply, marker) =
+        alice.post_json("/api/v1/chart/data", &chart_context(clean, "json", "full"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(superset.received(&marker));
+    assert_eq!(
+        sorted(chart_rows(&reply.json())),
+        sorted(
+            rows_of(
+                &oracle(&ALICE),
+                "SELECT id, tenant_id, amount FROM orders WHERE amount > 0"
+            )
+            .unwrap()
+        ),
+    );
+    // The metric Superset pastes into every chart's query on the rogue dataset.
+    let (reply, marker) =
+        alice.post_json("/api/v1/chart/data", &chart_context(rogue, "json", "full"));
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["kind"], "chart_dataset_unverified", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("/metrics/0/expression"), "{message}");
+    assert!(!superset.received(&marker));
+    // The verdict is kept: asked again, the same refusal.
+    let (again, marker) =
+        alice.post_json("/api/v1/chart/data", &chart_context(rogue, "json", "full"));
+    assert_eq!(again.status, 403, "{}", again.text());
+    assert!(!superset.received(&marker));
+    // A mapped id Superset does not have.
+    let (reply, marker) = alice.post_json(
+        "/api/v1/chart/data",
+        &chart_context(missing, "json", "full"),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["kind"], "chart_dataset_unverified");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no such dataset"),
+        "{}",
+        reply.text()
+    );
+    assert!(!superset.received(&marker));
+    // Three reads: one per dataset; the repeated request was decided from the kept verdict.
+    let verifications = "datagate_dataset_verifications_total";
+    assert_eq!(
+        gateway.metric_with(verifications, &["result=\"verified\""]),
+        1.0
+    );
+    assert_eq!(
+        gateway.metric_with(verifications, &["result=\"mismatch\""]),
+        2.0
+    );
+    // The control: straight to Superset, the rogue metric reads every tenant's notes.
+    let mut context = chart_context(rogue, "json", "full");
+    context["queries"][0]["metrics"] = json!(["everyone"]);
+    context["queries"][0]["columns"] = json!([]);
+    let direct = superset.direct(
+        "POST",
+        "/api/v1/chart/data",
+        "alice",
+        ALICE.roles,
+        Some(&context),
+    );
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let everyone = direct.json()["result"][0]["data"][0]["everyone"].to_string();
+    for tenant_note in rows_of(&oracle(&BOB), "SELECT note FROM orders").unwrap() {
+        let Value::String(note) = &tenant_note[0] else {
+            continue;
+        };
+        assert!(
+            everyone.contains(note.as_str()),
+            "{everyone} lacks bob's {note}"
+        );
+    }
 }

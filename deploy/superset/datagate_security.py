@@ -46,6 +46,8 @@ from typing import Any, Optional
 from urllib.parse import unquote
 
 from flask import current_app, g, has_request_context, jsonify, request
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 from superset.security import SupersetSecurityManager
 
 log = logging.getLogger(__name__)
@@ -112,12 +114,38 @@ def init_datagate_app(app: Any) -> None:
         manager = getattr(current_app, "appbuilder", None)
         manager = getattr(manager, "sm", None)
         if isinstance(manager, DatagateSecurityManager):
-            manager.datagate_user()
+            user = manager.datagate_user()
+            if user is None and identity[0] != _setting("DATAGATE_ANONYMOUS_USER"):
+                # Inactive, or could not be created or given its roles: refused, not
+                # served as the anonymous user.
+                response = jsonify(
+                    message="the Superset user datagate names is inactive or could not be provisioned",
+                    kind="identity_refused",
+                )
+                response.status_code = 403
+                return response
         return None
 
     # Registered first so it runs before every other before_request hook (FAB's sets g.user).
     funcs = app.before_request_funcs.setdefault(None, [])
     funcs.insert(0, funcs.pop())
+    _bind_celery_tasks()
+
+
+def _bind_celery_tasks() -> None:
+    """Bind Superset's Celery tasks once, at start-up, before any request thread runs.
+
+    Celery binds a task lazily on first use and registers it before binding it, so two
+    gunicorn threads running the first SQL Lab queries of a fresh worker at once can get
+    the unbound task (`'NoneType' object has no attribute 'push'`, a 400 from SQL Lab).
+    Finalizing the Celery app here evaluates every pending task under Celery's own lock.
+    """
+    try:
+        import superset.sql_lab  # noqa: F401  (registers SQL Lab's tasks)
+        from superset.extensions import celery_app
+    except ImportError:
+        return
+    celery_app.finalize()
 
 
 class DatagateSecurityManager(SupersetSecurityManager):
@@ -194,12 +222,32 @@ class DatagateSecurityManager(SupersetSecurityManager):
         if not user.is_active:
             return None
         if _setting("DATAGATE_SYNC_ROLES"):
-            wanted = sorted(role.id for role in roles)
-            if sorted(role.id for role in user.roles) != wanted:
+            return self._sync_roles(user, roles)
+        return user
+
+    def _sync_roles(self, user: Any, roles: list[Any]) -> Any:
+        """Set the user's roles to `roles`; the user, or None when that keeps failing.
+
+        A browser sends many requests at once, so the first requests after a role change
+        all find the roles stale and write the same rows: the losers of that race get an
+        integrity error (a row inserted twice) or a stale-data error (a row deleted twice).
+        They roll back, re-read the roles the winner wrote, and are done when those are the
+        wanted ones.
+        """
+        wanted = sorted(role.id for role in roles)
+        for _attempt in range(3):
+            if sorted(role.id for role in user.roles) == wanted:
+                return user
+            try:
                 user.roles = roles
                 self.session.merge(user)
                 self.session.commit()
-        return user
+                return user
+            except (IntegrityError, OperationalError, StaleDataError):
+                self.session.rollback()
+                # The rollback expired the user: its roles are read again from the database.
+        log.error("datagate: could not set the roles of Superset user %r", user.username)
+        return None
 
 
 def datagate_mcp_auth(app: Any) -> None:

@@ -88,6 +88,25 @@ impl IdpClient {
         self.exchange(request).await
     }
 
+    /// GETs a JSON document with extra request headers (the dataset verifier's identity
+    /// headers, `crate::dataset_verify`).
+    pub(crate) async fn get_with_headers(
+        &self,
+        url: &url::Url,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Result<IdpResponse, FetchError> {
+        let mut request = http::Request::get(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, user_agent());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| FetchError::Unreachable)?;
+        self.exchange(request).await
+    }
+
     /// POSTs a form with HTTP Basic client authentication.
     pub(crate) async fn post_form(
         &self,

@@ -31,7 +31,7 @@ mod claims;
 mod config;
 mod credentials;
 mod error;
-mod fetch;
+pub(crate) mod fetch;
 mod jwt;
 mod keys;
 mod mint;

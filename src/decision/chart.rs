@@ -27,9 +27,13 @@ pub struct ChartDataOutcome {
     pub rewrite: Option<ChartRewrite>,
 }
 
+/// `verifier`: with `charts.verify`, a filtered caller's chart data on a mapped dataset
+/// needs the dataset's kept verdict; without one the answer is `VerificationPending`, and
+/// the caller verifies the dataset and asks again.
 #[allow(clippy::too_many_arguments)]
 pub fn rewrite_chart_data(
     charts: &crate::chart_data::ChartsConfig,
+    verifier: Option<&crate::dataset_verify::DatasetVerifier>,
     method: &str,
     snapshot: &PolicySnapshot,
     identified: &Identified<'_>,
@@ -140,6 +144,22 @@ pub fn rewrite_chart_data(
             action: super::QUERY_ACTION.to_string(),
             uid: dataset.datasource.clone(),
         });
+    }
+    // The mapping decides which filters apply, so it must hold for a filtered caller.
+    if filtered && let Some(verifier) = verifier {
+        let verdict = verifier.verdict(dataset.id);
+        if let Some(trace) = trace.as_deref_mut()
+            && !matches!(verdict, Err(ChartDataError::VerificationPending { .. }))
+        {
+            trace.push(CheckOutcome::new(
+                format!(
+                    "dataset {} as the upstream stores it matches its mapping to `{}`",
+                    dataset.id, dataset.table
+                ),
+                verdict.is_ok(),
+            ));
+        }
+        verdict?;
     }
     let rewriter = Rewriter {
         rls: &snapshot.rls,

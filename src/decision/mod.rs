@@ -52,6 +52,7 @@ pub use sql::{
     QUERY_ACTION, SqlJob, SqlPlan, SqlRewrite, StatementRewrite, finish_sql, plan_sql, pool_caller,
 };
 
+use crate::chart_data::ChartDataError;
 use crate::principal::Principal;
 use crate::state::{AppState, PolicySnapshot};
 use request::{ParsedBody, ParsedRequest};
@@ -648,16 +649,45 @@ async fn rewrite_sql(
         .is_some_and(|(route, _)| route.chart_data().is_some())
     {
         let started = Instant::now();
-        let result = chart::rewrite_chart_data(
+        let limits = state.config.sql.rewrite_limits();
+        let verifier = state.dataset_verifier.as_ref();
+        let traced_before = trace.as_ref().map(|trace| trace.len());
+        let mut result = chart::rewrite_chart_data(
             &state.config.charts,
+            verifier,
             head.method,
             snapshot,
             identified,
             permit,
             request,
-            state.config.sql.rewrite_limits(),
-            trace,
+            limits,
+            trace.as_deref_mut(),
         );
+        if let (
+            Err(Refusal::ChartData(ChartDataError::VerificationPending { dataset })),
+            Some(verifier),
+        ) = (&result, verifier)
+            && let Some(mapping) = state.config.charts.dataset(*dataset)
+        {
+            // Read from the upstream once per `refresh`, then decided again with a verdict.
+            verifier
+                .verify(&snapshot.rls, mapping, limits, &state.metrics)
+                .await?;
+            if let (Some(trace), Some(length)) = (trace.as_deref_mut(), traced_before) {
+                trace.truncate(length);
+            }
+            result = chart::rewrite_chart_data(
+                &state.config.charts,
+                Some(verifier),
+                head.method,
+                snapshot,
+                identified,
+                permit,
+                request,
+                limits,
+                trace,
+            );
+        }
         *sql_time = Some(started.elapsed());
         let outcome = result?;
         if outcome.body.is_some() {
