@@ -116,7 +116,8 @@ impl Provider {
 }
 
 /// datagate in front of the shared Superset with browser sign-in at `provider`, the
-/// `orders` dataset mapped for chart RLS, and the grants chart data and its CSV need.
+/// `orders` dataset mapped for chart RLS (and verified against what Superset stores), and
+/// the grants chart data and its CSV need.
 fn browser_gateway(superset: &Superset, provider: &Provider, proxy_port: u16) -> Gateway {
     use base64::Engine as _;
     let uid = superset.database_uid();
@@ -125,7 +126,8 @@ fn browser_gateway(superset: &Superset, provider: &Provider, proxy_port: u16) ->
         superset,
         SupersetGatewayOptions {
             charts_yaml: Some(format!(
-                "datasets:\n  - {{id: {}, datasource: \"{uid}\", table: orders}}\n",
+                "datasets:\n  - {{id: {}, datasource: \"{uid}\", table: orders}}\n\
+                 verify: {{user: datagate-verifier, roles: [Admin]}}\n",
                 superset.ids.datasets["orders"]
             )),
             policy_files: vec![(
