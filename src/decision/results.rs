@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use moka::sync::Cache;
 
@@ -251,20 +252,22 @@ async fn claim_in_store(
         answer,
     });
     let won = loop {
-        if let Some(result) = take_answer(&mut answered)? {
+        if let Some(result) = take_answer(&mut answered).inspect_err(|_| unwritten())? {
             break result;
         }
         let _writer = queue.writer.lock().await;
         // The writer before us may have taken this claim into its transaction.
-        if let Some(result) = take_answer(&mut answered)? {
+        if let Some(result) = take_answer(&mut answered).inspect_err(|_| unwritten())? {
             break result;
         }
         let batch = std::mem::take(&mut *queue.waiting_claims());
         // On a task of its own, so a request dropped mid-write cannot abandon the claims
-        // of the others in its batch.
+        // of the others in its batch; in this request's span, so the batch's own log
+        // line carries the trace id of the request that wrote it.
         let store = store.clone();
-        let written = tokio::spawn(write_claims(store, batch)).await;
+        let written = tokio::spawn(write_claims(store, batch).in_current_span()).await;
         if written.is_err() {
+            unwritten();
             return Err(Refusal::ResultStore);
         }
     };
@@ -273,6 +276,12 @@ async fn claim_in_store(
     } else {
         Err(Refusal::ResultOwner { id: id.to_string() })
     }
+}
+
+/// Logged by every request whose claim was in a batch the store did not take, in that
+/// request's span (its trace id): the batch's line names only the writer's.
+fn unwritten() {
+    tracing::warn!("this request's results binding was not written; refused");
 }
 
 impl ClaimQueue {
@@ -427,5 +436,85 @@ mod tests {
                 assert!(queue.waiting_claims().is_empty());
             }
         });
+    }
+
+    /// Log lines captured by a test subscriber.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// When the store does not take a batch of claims, every request in it is refused and
+    /// says so in its own span (so under its own trace id), and the batch's line, with the
+    /// store's error, is in the span of the request that wrote it.
+    #[test]
+    fn a_batch_the_store_did_not_take_is_logged_in_each_requests_span() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _subscriber = tracing::subscriber::set_default(subscriber);
+        // One thread: the spawned batch writer logs to this thread's subscriber too.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = crate::store::tests::stores(directory.path())
+                .await
+                .remove(0);
+            sqlx::query("DROP TABLE result_owners")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            let queue = Arc::new(ClaimQueue::default());
+            let mut claims = tokio::task::JoinSet::new();
+            for index in 0..8 {
+                let (queue, store) = (queue.clone(), store.clone());
+                claims.spawn(
+                    async move {
+                        claim_in_store(&queue, &store, &format!("client-{index}"), "user:alice")
+                            .await
+                    }
+                    .instrument(tracing::info_span!("request", trace_id = index)),
+                );
+            }
+            while let Some(joined) = claims.join_next().await {
+                let refused = joined.unwrap();
+                assert!(matches!(refused, Err(Refusal::ResultStore)), "{refused:?}");
+            }
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        for index in 0..8 {
+            let span = format!("request{{trace_id={index}}}");
+            assert!(
+                text.lines()
+                    .any(|line| line.contains(&span) && line.contains("was not written")),
+                "{span}: {text}"
+            );
+        }
+        let batches: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("results bindings could not be written"))
+            .collect();
+        assert!(!batches.is_empty(), "{text}");
+        assert!(
+            batches
+                .iter()
+                .all(|line| line.contains("request{trace_id=")),
+            "{text}"
+        );
     }
 }
