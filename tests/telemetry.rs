@@ -44,6 +44,12 @@ table:
     path: /echoed
     results:
       bind_response: [/ok/resultsKey]
+  - name: results-claim
+    methods: [POST]
+    path: /api/run
+    authenticated: true
+    results:
+      bind: [{json_pointer: /client_id}]
   - name: sql-run
     methods: [POST]
     path: /api/sql
@@ -702,4 +708,65 @@ fn log_lines_about_a_request_carry_its_trace_id() {
         !gateway.log_text().contains('\u{1b}'),
         "ANSI escape codes in a JSON log"
     );
+}
+
+/// Claiming a results id is a stage of its own in the trace: the owner's claim is a
+/// `results` child span beside the upstream call; another caller's claim of the same id
+/// is refused there (`result_owner`), and that trace has no upstream span.
+#[test]
+fn results_claims_are_a_traced_stage() {
+    let receiver = Receiver::start();
+    let (_upstream_process, upstream) = spawn_upstream(&[]);
+    let gateway = start(upstream, Some(&receiver));
+    let body = r#"{"client_id": "claimed-in-a-trace"}"#;
+    for (who, expected) in [("alice", 200), ("bob", 403)] {
+        let token = gateway.token(who, &["Gamma"], &[], None);
+        let (status, answer) = call("POST", &gateway.url("/api/run"), Some(&token), Some(body));
+        assert_eq!(status, expected, "{who}: {answer}");
+    }
+    assert_eq!(
+        recorded_requests(upstream).len(),
+        1,
+        "only alice's claim went upstream"
+    );
+    let claims = || {
+        gateway
+            .audit_lines()
+            .into_iter()
+            .filter(|line| line["route"] == "results-claim")
+            .collect::<Vec<_>>()
+    };
+    assert!(Gateway::eventually(Duration::from_secs(10), || claims()
+        .len()
+        == 2));
+    for line in claims() {
+        let trace_id = line["trace_id"].as_str().unwrap().to_string();
+        let spans = receiver.wait_for_trace(&trace_id);
+        let root = spans
+            .iter()
+            .find(|span| span.kind == SpanKind::Server as i32)
+            .unwrap();
+        let results = spans
+            .iter()
+            .find(|span| span.name == "results")
+            .unwrap_or_else(|| panic!("no results span: {spans:#?}"));
+        assert_eq!(results.parent_span_id, root.span_id);
+        let upstream_span = spans.iter().find(|span| span.name == "upstream");
+        if line["decision"] == "allow" {
+            assert_eq!(results.attribute("datagate.outcome"), None, "{line}");
+            assert!(upstream_span.is_some(), "{spans:#?}");
+        } else {
+            assert_eq!(
+                results.attribute("datagate.outcome"),
+                Some("refused"),
+                "{line}"
+            );
+            assert_eq!(
+                results.attribute("datagate.refusal.kind"),
+                Some("result_owner"),
+                "{line}"
+            );
+            assert!(upstream_span.is_none(), "{spans:#?}");
+        }
+    }
 }
