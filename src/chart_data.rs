@@ -663,7 +663,14 @@ impl DatasetEdit<'_> {
             [schema, table] => (Some(*schema), *table),
             _ => (None, self.dataset.table.as_str()),
         };
-        if let Some(table) = fields.get("table_name").filter(|value| !value.is_null())
+        // A virtual dataset's `table_name` is only its name; its SQL is what it reads.
+        let is_virtual = self
+            .dataset
+            .sql
+            .as_deref()
+            .is_some_and(|sql| !sql.trim().is_empty());
+        if !is_virtual
+            && let Some(table) = fields.get("table_name").filter(|value| !value.is_null())
             && table.as_str() != Some(mapped_table)
         {
             return Err(self.refused(format!("`table_name` must stay `{mapped_table}`")));
@@ -705,10 +712,28 @@ impl DatasetEdit<'_> {
                 )));
             }
         }
-        if fields.get("sql").is_some_and(|value| !is_blank(value)) {
-            return Err(self.refused(
-                "its SQL cannot be set or changed through datagate (the mapping says its rows are the table's)",
-            ));
+        // A mapped virtual dataset's SQL may be sent back unchanged (the dataset editor
+        // sends the whole dataset when it saves a metric), never changed or cleared.
+        let mapped_sql = self
+            .dataset
+            .sql
+            .as_deref()
+            .map(str::trim)
+            .filter(|sql| !sql.is_empty());
+        match (fields.get("sql"), mapped_sql) {
+            (None, _) => {}
+            (Some(sql), None) if is_blank(sql) => {}
+            (Some(_), None) => {
+                return Err(self.refused(
+                    "its SQL cannot be set or changed through datagate (the mapping says its rows are the table's)",
+                ));
+            }
+            (Some(sql), Some(mapped)) if sql.as_str().map(str::trim) != Some(mapped) => {
+                return Err(
+                    self.refused("its SQL can only be sent unchanged (the mapping's `sql`)")
+                );
+            }
+            (Some(_), Some(_)) => {}
         }
         let no_template_parameters = |value: &Value| {
             is_blank(value)
@@ -801,14 +826,8 @@ impl DatasetEdit<'_> {
             .cloned()
             .ok_or_else(|| mismatch("the upstream's answer names no database".into()))?;
         let mut definition = Map::new();
-        // A virtual dataset's `table_name` is only its name: its SQL (checked above) is
-        // what it reads.
-        if stored_sql.is_none()
-            && let Some(table) = fields.get("table_name")
-        {
-            definition.insert("table_name".to_string(), table.clone());
-        }
         for key in [
+            "table_name",
             "schema",
             "catalog",
             "template_params",
@@ -1387,5 +1406,59 @@ mod tests {
         let mut no_database = physical.clone();
         no_database.as_object_mut().unwrap().remove("database");
         assert!(reason(&no_database, None).contains("no database"));
+    }
+
+    #[test]
+    fn a_mapped_virtual_dataset_is_edited_only_with_its_sql_unchanged() {
+        let rls = rls();
+        let mapped_sql = "SELECT id, tenant_id, amount FROM orders";
+        let dataset = DatasetMapping {
+            sql: Some(mapped_sql.into()),
+            id: 9,
+            datasource: "1".into(),
+            table: "orders".into(),
+        };
+        let check = DatasetEdit {
+            rls: &rls,
+            dataset: &dataset,
+            principal: &caller("root", &["Admin"]),
+            limits: RewriteLimits::default(),
+            default_schema: Dialect::Sqlite.default_schema(),
+        };
+        // What the dataset editor saves: the whole dataset, its SQL as stored.
+        let mut edit = json!({
+            "table_name": "orders_amounts", "schema": "main", "database_id": 1,
+            "sql": format!("{mapped_sql}\n"),
+            "metrics": [{"metric_name": "total", "expression": "SUM(amount)"}],
+        });
+        assert_eq!(
+            check.check(&mut edit),
+            Ok(vec!["/metrics/0/expression".to_string()])
+        );
+        assert!(
+            check
+                .check(&mut json!({"description": "renamed", "table_name": "any name"}))
+                .is_ok()
+        );
+        for sql in [
+            json!("SELECT * FROM orders"),
+            json!(null),
+            json!(""),
+            json!(7),
+        ] {
+            let refused = check.check(&mut json!({"sql": sql}));
+            assert!(
+                matches!(&refused, Err(ChartDataError::MappedDataset { reason, .. }) if reason.contains("unchanged")),
+                "{sql}: {refused:?}"
+            );
+        }
+        // The other rules still hold.
+        let refused = check.check(
+            &mut json!({"sql": mapped_sql, "metrics": [{"expression": "(SELECT 1 FROM orders)"}]}),
+        );
+        assert!(
+            matches!(refused, Err(ChartDataError::Fragment { .. })),
+            "{refused:?}"
+        );
     }
 }

@@ -1839,3 +1839,43 @@ fn mapped_datasets_are_verified_against_what_superset_stores() {
         );
     }
 }
+
+/// A mapped virtual dataset (its `sql` in the mapping) can be edited through datagate,
+/// as Superset's dataset editor saves it — the whole dataset, its SQL unchanged — while
+/// changing or clearing its SQL is refused and reaches nothing.
+#[test]
+fn a_mapped_virtual_dataset_is_edited_with_its_sql_unchanged() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    let gateway = chart_gateway(superset);
+    let dataset = superset.ids.datasets["orders_amounts"];
+    let path = format!("/api/v1/dataset/{dataset}");
+    let stored = superset
+        .direct("GET", &path, "admin", &["Admin"], None)
+        .json();
+    let sql = stored["result"]["sql"].as_str().unwrap().to_string();
+    let admin = caller(&gateway, "admin", &["Admin"]);
+    let put = |body: Value| {
+        admin.send(
+            "PUT",
+            &path,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    };
+    let description = unique("edited through datagate ");
+    let (reply, marker) = put(json!({"sql": sql, "description": description}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(superset.received(&marker));
+    let after = superset
+        .direct("GET", &path, "admin", &["Admin"], None)
+        .json();
+    assert_eq!(after["result"]["description"], json!(description));
+    assert_eq!(after["result"]["sql"], json!(sql));
+    for changed in [json!("SELECT * FROM customers"), json!(null), json!("")] {
+        let (reply, marker) = put(json!({"sql": changed}));
+        assert_eq!(reply.status, 403, "{changed}: {}", reply.text());
+        assert_eq!(reply.json()["kind"], "chart_dataset_mapped");
+        assert!(!superset.received(&marker), "{changed}");
+    }
+}
