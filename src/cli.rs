@@ -466,6 +466,17 @@ pub fn run(config_path: Option<&Path>, args: &RunArgs) -> Result<(), CliError> {
         let _ = state.credentials.set(Arc::new(broker));
         tracing::info!("AWS IAM database authentication enabled");
     }
+    let verifier =
+        crate::dataset_verify::DatasetVerifier::new(&state.config).map_err(|(key, message)| {
+            CliError::Other {
+                context: "charts.verify",
+                message: format!("`{key}` {message}"),
+            }
+        })?;
+    if let Some(verifier) = verifier {
+        let _ = state.dataset_verifier.set(verifier);
+        tracing::info!("mapped datasets are verified against the upstream (charts.verify)");
+    }
     if let Some(otlp) = &state.config.telemetry.otlp {
         let telemetry = crate::telemetry::Telemetry::start(
             otlp,

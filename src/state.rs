@@ -118,8 +118,9 @@ pub struct AppState {
     /// Results ids bound to their callers, when there is no store to hold them.
     pub result_owners: crate::decision::results::MemoryOwners,
     /// Mapped Superset datasets checked against their stored definitions
-    /// (`charts.verify`).
-    pub dataset_verifier: Option<crate::dataset_verify::DatasetVerifier>,
+    /// (`charts.verify`); set by `datagate run` only, since `explain` and `test` decide
+    /// without reaching the upstream.
+    pub dataset_verifier: std::sync::OnceLock<crate::dataset_verify::DatasetVerifier>,
     snapshot: ArcSwap<PolicySnapshot>,
     next_revision: AtomicU64,
     /// When this replica last confirmed that its snapshot holds the store's current
@@ -152,8 +153,6 @@ pub enum StartupError {
     Audit(#[from] std::io::Error),
     #[error("SQL work pool: {0}")]
     SqlPool(std::io::Error),
-    #[error("dataset verification: {0}")]
-    DatasetVerifier(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -225,11 +224,7 @@ impl AppState {
             metrics.sql_pool.clone(),
         )
         .map_err(StartupError::SqlPool)?;
-        let dataset_verifier =
-            crate::dataset_verify::DatasetVerifier::new(&config).map_err(|(key, message)| {
-                StartupError::DatasetVerifier(format!("`{key}` {message}"))
-            })?;
-        if dataset_verifier.is_none() && !config.charts.datasets.is_empty() {
+        if config.charts.verify.is_none() && !config.charts.datasets.is_empty() {
             tracing::warn!(
                 "charts.datasets maps datasets but charts.verify is not set: what the upstream stored for them before datagate was in front is not checked"
             );
@@ -247,7 +242,7 @@ impl AppState {
             lifecycle: crate::lifecycle::Lifecycle::default(),
             sql_pool,
             result_owners: Default::default(),
-            dataset_verifier,
+            dataset_verifier: std::sync::OnceLock::new(),
             snapshot: ArcSwap::from_pointee(snapshot),
             next_revision: AtomicU64::new(2),
             store_confirmed_ms: AtomicI64::new(0),

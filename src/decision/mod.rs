@@ -650,7 +650,7 @@ async fn rewrite_sql(
     {
         let started = Instant::now();
         let limits = state.config.sql.rewrite_limits();
-        let verifier = state.dataset_verifier.as_ref();
+        let verifier = state.dataset_verifier.get();
         let traced_before = trace.as_ref().map(|trace| trace.len());
         let mut result = chart::rewrite_chart_data(
             &state.config.charts,
