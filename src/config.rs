@@ -721,6 +721,29 @@ routes: {}
         let text = format!("{MINIMAL}sql: {{pool: {{per_caller_limit: 0}}}}\n");
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.contains("sql.pool.per_caller_limit"), "{error}");
+
+        // charts.verify names the user and roles in identity headers Grafana's preset
+        // does not have, and reads the upstream at its address.
+        let verify = "charts: {verify: {user: datagate-verifier, roles: [Admin]}}\n";
+        assert!(parse(&format!("{MINIMAL}{verify}")).is_ok());
+        let text = format!("{MINIMAL}identity_headers: {{preset: grafana}}\n{verify}");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("charts.verify") && error.contains("roles"),
+            "{error}"
+        );
+        let text = MINIMAL.replace(
+            "upstream: {address: \"127.0.0.1:8088\"}",
+            "upstream: {address: \"127.0.0.1:8088\", tls: true, sni: superset.internal}",
+        );
+        let error = parse(&format!("{text}{verify}")).unwrap_err().to_string();
+        assert!(
+            error.contains("charts.verify") && error.contains("upstream.sni"),
+            "{error}"
+        );
+        let text = format!("{MINIMAL}charts: {{verify: {{user: x, roles: [], refresh: soon}}}}\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("`soon`"), "{error}");
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.sql.pool.per_caller_limit, 8);
     }

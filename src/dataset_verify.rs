@@ -63,7 +63,8 @@ pub struct DatasetVerifier {
     client: IdpClient,
     base: url::Url,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// Whose denied functions the stored SQL is checked against.
+    /// Who the stored fragments are checked as. Denied functions are the datasource's,
+    /// and a fragment may name no relation, so no caller's filters enter the check.
     principal: Principal,
     /// `Ok`: verified; `Err`: the mismatch a filtered caller is refused with.
     verdicts: moka::sync::Cache<u64, Result<(), ChartDataError>>,
@@ -89,8 +90,15 @@ impl DatasetVerifier {
         }
         let (host, port) = crate::proxy::upstream_host_port(&upstream.address)
             .map_err(|message| ("upstream.address".to_string(), message))?;
+        // Read at `upstream.address`, the certificate checked for its host: a server name
+        // of its own would need a connector that dials one name and verifies another.
+        if upstream.tls && upstream.sni.as_deref().is_some_and(|sni| sni != host) {
+            return Err(invalid(
+                "",
+                "reads the upstream at `upstream.address`; an `upstream.sni` other than its host is not supported".into(),
+            ));
+        }
         let scheme = if upstream.tls { "https" } else { "http" };
-        let host = upstream.sni.as_deref().unwrap_or(&host);
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
