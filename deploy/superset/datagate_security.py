@@ -242,12 +242,36 @@ class DatagateSecurityManager(SupersetSecurityManager):
                 user.roles = roles
                 self.session.merge(user)
                 self.session.commit()
+                _forget_cached_bootstrap_data()
                 return user
             except (IntegrityError, OperationalError, StaleDataError):
                 self.session.rollback()
                 # The rollback expired the user: its roles are read again from the database.
         log.error("datagate: could not set the roles of Superset user %r", user.username)
         return None
+
+
+def _forget_cached_bootstrap_data() -> None:
+    """Forget the bootstrap data Superset memoized for its users, after a role change.
+
+    Superset memoizes each user's page bootstrap data — the menu among it, built from the
+    user's permissions — for 60 s in its cache (`cached_common_bootstrap_data`, keyed by
+    user id and locale), so without this a user whose roles changed kept the old menu for
+    up to a minute: links to what was taken away, none to what was given. The memoized
+    entries of every user are dropped (Flask-Caching keys them by a version of the
+    function, which this bumps in the shared cache, so every worker sees it); role changes
+    are rare, and each user's next page builds its data again.
+    """
+    try:
+        from superset.extensions import cache_manager
+        from superset.views.base import cached_common_bootstrap_data
+    except ImportError:
+        return
+    try:
+        cache_manager.cache.delete_memoized(cached_common_bootstrap_data)
+    except Exception:  # noqa: BLE001  (a cache outage must not fail the request)
+        log.warning("datagate: could not forget the cached menus after a role change",
+                    exc_info=True)
 
 
 def datagate_mcp_auth(app: Any) -> None:

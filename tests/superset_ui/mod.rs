@@ -6,7 +6,8 @@
 //!
 //! The browser is Debian's chromium driven by playwright-core
 //! (tests/compat/browser/superset_ui.mjs, installed by its install.sh); the Superset is the
-//! one every test in tests/superset.rs shares; datagate runs with the Superset pack,
+//! one every test in tests/superset.rs shares, served by a second gunicorn with Superset's
+//! production defaults (CSRF protection, Talisman) on; datagate runs with the Superset pack,
 //! `unmatched: deny`, the identity preset and browser sign-in (`auth.oidc`). Every
 //! response the browser saw is collected: none may be a refusal except the deliberate
 //! ones each test names, and datagate's audit log must agree. Rows are compared with the
@@ -115,9 +116,10 @@ impl Provider {
     }
 }
 
-/// datagate in front of the shared Superset with browser sign-in at `provider`, the
-/// `orders` dataset mapped for chart RLS (and verified against what Superset stores), and
-/// the grants chart data and its CSV need.
+/// datagate in front of the shared Superset — served with its production defaults, CSRF
+/// protection and Talisman on ([`Superset::with_production_defaults`]) — with browser
+/// sign-in at `provider`, the `orders` dataset mapped for chart RLS (and verified against
+/// what Superset stores), and the grants chart data and its CSV need.
 fn browser_gateway(superset: &Superset, provider: &Provider, proxy_port: u16) -> Gateway {
     use base64::Engine as _;
     let uid = superset.database_uid();
@@ -150,6 +152,7 @@ oidc:
                 issuer = provider.issuer
             )),
             proxy_port: Some(proxy_port),
+            upstream: Some(superset.with_production_defaults()),
             env: vec![
                 (OIDC_SECRET_ENV.to_string(), CLIENT_SECRET.to_string()),
                 (
@@ -488,6 +491,47 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
     let gateway = browser_gateway(superset, &provider, proxy_port);
     let chart = superset.ids.charts["orders"];
     let dashboard = superset.ids.dashboards["orders"];
+
+    // The controls: the Superset behind this datagate enforces its production defaults.
+    // A SQL Lab execute without Flask-WTF's token is refused by Superset itself (so the
+    // browser's executes below passed its token through datagate), and pages carry
+    // Talisman's Content-Security-Policy.
+    let production = superset.with_production_defaults();
+    let roles = ALICE.roles.join(",");
+    let identity = [
+        ("X-Datagate-User", ALICE.name),
+        ("X-Datagate-Roles", roles.as_str()),
+    ];
+    let without_token = superset::send(
+        "POST",
+        &format!("http://{production}/api/v1/sqllab/execute/"),
+        &identity,
+        Some((
+            "application/json",
+            json!({"database_id": superset.ids.database_id, "sql": "SELECT 1"})
+                .to_string()
+                .into_bytes(),
+        )),
+    );
+    assert_eq!(without_token.status, 400, "{}", without_token.text());
+    assert!(
+        without_token.text().contains("CSRF"),
+        "{}",
+        without_token.text()
+    );
+    let page = superset::send(
+        "GET",
+        &format!("http://{production}/superset/welcome/"),
+        &identity,
+        None,
+    );
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|policy| policy.contains("script-src")),
+        "no Content-Security-Policy on {:?}",
+        page.headers
+    );
 
     for who in [&ALICE, &BOB] {
         provider.next_login(who);

@@ -46,6 +46,10 @@ pub struct Superset {
     _serve: Mutex<ChildProcess>,
     /// Superset's MCP service, started by the first test that asks ([`Superset::mcp`]).
     mcp: OnceLock<McpService>,
+    /// A second gunicorn over the same home with a deployment's CSRF protection and
+    /// Talisman on, started by the first test that asks
+    /// ([`Superset::with_production_defaults`]).
+    production: OnceLock<(SocketAddr, Mutex<ChildProcess>)>,
 }
 
 /// `superset mcp run` on loopback, over the same metadata and data databases.
@@ -112,16 +116,37 @@ fn start() -> Option<Superset> {
     );
     let ids: Ids =
         serde_json::from_str(&std::fs::read_to_string(home.join("ids.json")).unwrap()).unwrap();
-    let port = free_port();
     let access_log = home.join("access.log");
-    let child = Command::new(&python)
+    let (address, serve) = serve(&home, &access_log, false);
+    Some(Superset {
+        address,
+        home,
+        ids,
+        access_log,
+        _serve: Mutex::new(serve),
+        mcp: OnceLock::new(),
+        production: OnceLock::new(),
+    })
+}
+
+/// gunicorn (two workers) over `home` on a free loopback port, answering `/health`; with
+/// `production_defaults`, Flask-WTF's CSRF protection and Talisman are on, as in a
+/// Superset deployment (superset_config.py reads `DATAGATE_SUPERSET_PRODUCTION_DEFAULTS`).
+fn serve(home: &Path, access_log: &Path, production_defaults: bool) -> (SocketAddr, ChildProcess) {
+    let port = free_port();
+    let mut command = Command::new(venv().join("bin/python"));
+    command
         .arg(harness())
         .args(["serve", "--exit-with-stdin", "--workers", "2", "--home"])
-        .arg(&home)
+        .arg(home)
         .arg("--port")
         .arg(port.to_string())
         .arg("--access-log")
-        .arg(&access_log)
+        .arg(access_log);
+    if production_defaults {
+        command.arg("--production-defaults");
+    }
+    let child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -147,14 +172,7 @@ fn start() -> Option<Superset> {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    Some(Superset {
-        address,
-        home,
-        ids,
-        access_log,
-        _serve: Mutex::new(serve),
-        mcp: OnceLock::new(),
-    })
+    (address, serve)
 }
 
 fn start_mcp(superset: &Superset) -> McpService {
@@ -364,6 +382,21 @@ impl Superset {
     /// Superset's MCP service over the same databases, started on first use.
     pub fn mcp(&self) -> &McpService {
         self.mcp.get_or_init(|| start_mcp(self))
+    }
+
+    /// The address of this Superset served as a deployment serves it — Flask-WTF's CSRF
+    /// protection and Talisman on — over the same metadata and data databases; started on
+    /// first use. The browser test runs against it, so the UI is proven to work through
+    /// datagate with the defaults an operator has (the REST tests call the API as a
+    /// non-browser client, with CSRF off).
+    pub fn with_production_defaults(&self) -> SocketAddr {
+        self.production
+            .get_or_init(|| {
+                let (address, process) =
+                    serve(&self.home, &self.home.join("access-production.log"), true);
+                (address, Mutex::new(process))
+            })
+            .0
     }
 
     /// The data DB Superset queries (the oracle reads the same rows from `demo_rls`).

@@ -218,15 +218,20 @@ def setup(home: str, data_path: str) -> dict:
 
 
 def serve(home: str, port: int, workers: int, access_log: str | None,
-          with_stdin: bool) -> None:
+          with_stdin: bool, production_defaults: bool = False) -> None:
     """gunicorn on 127.0.0.1:PORT.
 
     With --exit-with-stdin (how the Rust test runs it): gunicorn is a child, and when this
     process's stdin closes (the test process exited, however it died) gunicorn is stopped
     and the home directory removed, so nothing outlives the test. gunicorn also gets
     SIGTERM if this process is killed (PR_SET_PDEATHSIG).
+
+    With --production-defaults, CSRF protection and Talisman are on, as in a deployment
+    (superset_config.py); several servers may share one home.
     """
     env = environment(home)
+    if production_defaults:
+        env["DATAGATE_SUPERSET_PRODUCTION_DEFAULTS"] = "1"
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     argv = [
         gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
@@ -329,6 +334,7 @@ def main() -> None:
     serve_parser.add_argument("--workers", type=int, default=2)
     serve_parser.add_argument("--access-log")
     serve_parser.add_argument("--exit-with-stdin", action="store_true")
+    serve_parser.add_argument("--production-defaults", action="store_true")
     mcp_parser = sub.add_parser("mcp")
     mcp_parser.add_argument("--home", required=True)
     mcp_parser.add_argument("--port", type=int, required=True)
@@ -341,7 +347,7 @@ def main() -> None:
         mcp(os.path.abspath(args.home), args.port, args.access_log, args.exit_with_stdin)
     else:
         serve(os.path.abspath(args.home), args.port, args.workers, args.access_log,
-              args.exit_with_stdin)
+              args.exit_with_stdin, args.production_defaults)
 
 
 if __name__ == "__main__":

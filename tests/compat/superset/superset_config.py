@@ -41,10 +41,14 @@ MCP_AUTH_FACTORY = datagate_mcp_auth
 # (tests/superset.rs: export permissions only datagate enforces).
 DATAGATE_ROLE_MAP = {"analyst_sql": ["sql_lab"]}
 
-# The test drives the REST API as a non-browser client: its identity travels in datagate's
-# Authorization header, not in a cookie, so there is no cross-site request to forge.
-WTF_CSRF_ENABLED = False
-TALISMAN_ENABLED = False
+# The REST tests drive the API as a non-browser client: its identity travels in datagate's
+# Authorization header, not in a cookie, so there is no cross-site request to forge. The
+# browser test (tests/superset_ui/) runs against a server started with
+# `harness.py serve --production-defaults`: Superset's own defaults, Flask-WTF's CSRF
+# protection and Talisman's security headers on, as a deployment has them.
+_PRODUCTION_DEFAULTS = os.environ.get("DATAGATE_SUPERSET_PRODUCTION_DEFAULTS") == "1"
+WTF_CSRF_ENABLED = _PRODUCTION_DEFAULTS
+TALISMAN_ENABLED = _PRODUCTION_DEFAULTS
 
 _cache_dir = os.path.join(HOME, "cache")
 CACHE_CONFIG = {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": _cache_dir, "CACHE_DEFAULT_TIMEOUT": 300}
