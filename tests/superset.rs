@@ -655,6 +655,11 @@ fn orders_mappings(superset: &Superset, ids: &[u64]) -> String {
 const VERIFY_YAML: &str = "verify: {user: datagate-verifier, roles: [Admin]}\n";
 
 fn chart_gateway(superset: &Superset) -> support::gateway::Gateway {
+    chart_gateway_granting(superset, "")
+}
+
+/// [`chart_gateway`] with `extra` policy lines.
+fn chart_gateway_granting(superset: &Superset, extra: &str) -> support::gateway::Gateway {
     let uid = superset.database_uid();
     let ids: Vec<u64> = ["orders", "orders_daily", "orders_amounts"]
         .iter()
@@ -668,7 +673,7 @@ fn chart_gateway(superset: &Superset) -> support::gateway::Gateway {
             policy_files: vec![(
                 "41-charts-test.csv".to_string(),
                 format!(
-                    "p, role:Gamma, Superset, can_export_data\np, role:Admin, datasources:uid:{uid}, Query\n"
+                    "p, role:Gamma, Superset, can_export_data\np, role:Admin, datasources:uid:{uid}, Query\n{extra}"
                 ),
             )],
             ..SupersetGatewayOptions::default()
@@ -891,9 +896,14 @@ fn chart_sql_fragments_unmapped_datasets_and_replays_are_refused_before_superset
         reply.text()
     );
     assert!(!superset.received(&marker));
-    // A cache key (refused for everyone: the pack leaves it unmapped).
+    // A cache key (more in `reads_datagate_cannot_filter_serve_only_unfiltered_callers`).
     let (reply, marker) = alice.get("/api/v1/chart/data/qc-0123456789abcdef0123456789abcdef");
-    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(
+        (reply.status, reply.json()["kind"].clone()),
+        (403, json!("chart_replay_filtered")),
+        "{}",
+        reply.text()
+    );
     assert!(!superset.received(&marker));
     // The control: Superset serves alice the saved chart with every tenant's rows.
     let direct = superset.direct(
@@ -906,6 +916,126 @@ fn chart_sql_fragments_unmapped_datasets_and_replays_are_refused_before_superset
     assert_eq!(direct.status, 200, "{}", direct.text());
     let all = rows_of(&oracle(&ADMIN), "SELECT count(*) FROM orders").unwrap();
     assert_eq!(json!(chart_rows(&direct.json()).len()), all[0][0]);
+}
+
+/// The checked-in pack (`deploy/route-packs/superset.yaml`) is what
+/// `tests/compat/superset/generate_pack.py` writes from the installed Superset's own route
+/// map: an edit to the pack that the generator would not make, or a generator change not
+/// regenerated, fails here.
+#[test]
+fn the_checked_in_pack_is_what_the_generator_writes_from_superset() {
+    if shared_or_skip().is_none() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(support::superset::venv().join("bin/python"))
+        .arg(support::gateway::repository_root().join("tests/compat/superset/generate_pack.py"))
+        .arg("--check")
+        .env("DATAGATE_SUPERSET_HOME", home.path())
+        .current_dir(support::gateway::repository_root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the pack is stale: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What Superset reads from a dataset without a query context datagate could rewrite —
+/// Explore's filter value suggestions (column values), its Samples tab, legacy
+/// `explore_json` — or replays from its cache: refused while filters apply to the caller
+/// (Superset receives nothing), served to a caller no filter applies to, with what
+/// Superset has (the oracle's rows for the unfiltered admin).
+#[test]
+fn reads_datagate_cannot_filter_serve_only_unfiltered_callers() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    // Superset's Gamma holds neither permission; granted here (in datagate only), so what
+    // refuses alice is her row filters.
+    let gateway = chart_gateway_granting(
+        superset,
+        "p, role:Gamma, Datasource, can_get_column_values\np, role:Gamma, Datasource, can_samples\n",
+    );
+    let alice = caller(&gateway, "alice", ALICE.roles);
+    let admin = caller(&gateway, "admin", ADMIN.roles);
+    let orders = superset.ids.datasets["orders"];
+    let column_values = format!("/api/v1/datasource/table/{orders}/column/tenant_id/values/");
+    let samples = format!("/datasource/samples?datasource_id={orders}&datasource_type=table");
+    let form_data = json!({
+        "datasource": format!("{orders}__table"), "viz_type": "table",
+        "all_columns": ["id", "tenant_id"], "row_limit": 1000,
+    });
+    let explore_json = format!(
+        "/superset/explore_json/?form_data={}",
+        url::form_urlencoded::byte_serialize(form_data.to_string().as_bytes()).collect::<String>()
+    );
+    let cache_key = "/api/v1/chart/data/qc-0123456789abcdef0123456789abcdef";
+    let requests: Vec<(&str, &str, Option<Value>)> = vec![
+        ("GET", &column_values, None),
+        ("POST", &samples, Some(json!({}))),
+        ("POST", &explore_json, Some(json!({}))),
+        ("GET", cache_key, None),
+    ];
+    let send = |who: &support::superset::Caller<'_>,
+                (method, path, body): &(&str, &str, Option<Value>)| {
+        who.send(
+            method,
+            path,
+            body.as_ref()
+                .map(|body| ("application/json", body.to_string().into_bytes())),
+        )
+    };
+    for request in &requests {
+        let (reply, marker) = send(&alice, request);
+        assert_eq!(
+            (reply.status, reply.json()["kind"].clone()),
+            (403, json!("chart_replay_filtered")),
+            "{} {}: {}",
+            request.0,
+            request.1,
+            reply.text()
+        );
+        assert!(!superset.received(&marker), "{} {}", request.0, request.1);
+        let (_, marker) = send(&admin, request);
+        assert!(
+            superset.received(&marker),
+            "admin's {} {}",
+            request.0,
+            request.1
+        );
+    }
+
+    let everything = oracle(&ADMIN);
+    let (reply, _) = send(&admin, &requests[0]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let mut tenants: Vec<String> = reply.json()["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", reply.text()))
+        .iter()
+        .map(as_text)
+        .collect();
+    tenants.sort();
+    let wanted: Vec<String> = rows_of(
+        &everything,
+        "SELECT DISTINCT tenant_id FROM orders ORDER BY tenant_id",
+    )
+    .unwrap()
+    .iter()
+    .map(|row| as_text(&row[0]))
+    .collect();
+    assert_eq!(tenants, wanted, "column values");
+    let (reply, _) = send(&admin, &requests[1]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let all = rows_of(&everything, "SELECT count(*) FROM orders").unwrap();
+    assert_eq!(
+        json!(reply.json()["result"]["data"].as_array().map(Vec::len)),
+        all[0][0],
+        "samples: {}",
+        reply.text()
+    );
 }
 
 // --- Superset's MCP service (`superset mcp run`) behind datagate ------------------------

@@ -65,10 +65,6 @@ UNPROTECTED = {
     "Dashboard.embedded": (REFUSED, "embedded dashboards use guest tokens, which datagate_security.py turns off"),
     # Chart data replayed from something datagate does not see (a cache key, legacy form
     # data, a dataset's rows): refused until chart-data row-level security maps datasets.
-    "ChartDataRestApi.data_from_cache": (REFUSED, "replays a cached query context datagate cannot filter"),
-    "Superset.explore_json": (REFUSED, "legacy chart data: a query context datagate cannot filter"),
-    "Datasource.samples": (REFUSED, "a dataset's rows, without datagate's row filters"),
-    "DatasourceRestApi.get_column_values": (REFUSED, "a dataset column's values, without datagate's row filters"),
     "DatabaseRestApi.oauth2": (REFUSED, "OAuth2 database sign-in callbacks carry their own identity"),
     "DynamicPluginsView.action": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
     "DynamicPluginsView.action_post": (REFUSED, "FAB bulk actions check permissions by action name inside the view"),
@@ -173,6 +169,24 @@ DATA_ROUTES = {
     },
     # Legacy async chart data replays a cached form: refused while filters apply.
     "Superset.explore_json_data": {"chart_data": {"mode": "refuse_when_filtered"}},
+    # Rows and values Superset reads from a dataset itself, without a query context
+    # datagate could rewrite, or replayed from its cache: refused while filters apply,
+    # served to callers no filter applies to (Superset checks their dataset access).
+    "ChartDataRestApi.data_from_cache": {
+        "name": "superset-chart-data-by-cache-key", "chart_data": {"mode": "refuse_when_filtered"}},
+    # Legacy chart data (form data, not a query context); `?csv=true` / `?xlsx=true` ask
+    # for the export.
+    "Superset.explore_json": {
+        "name": "superset-explore-json", "chart_data": {"mode": "refuse_when_filtered"},
+        "export": {"kind": "data", "when": [{"query_param": "csv", "values": ["true"]},
+                                            {"query_param": "xlsx", "values": ["true"]}]}},
+    # Explore's Samples tab.
+    "Datasource.samples": {
+        "name": "superset-datasource-samples", "chart_data": {"mode": "refuse_when_filtered"}},
+    # Value suggestions in Explore's filter editor.
+    "DatasourceRestApi.get_column_values": {
+        "name": "superset-datasource-column-values",
+        "chart_data": {"mode": "refuse_when_filtered"}},
     "ChartRestApi.export": {"name": "superset-chart-export", "export": _EXPORT_DATA},
     "DashboardRestApi.export": {"name": "superset-dashboard-export", "export": _EXPORT_DATA},
     "ChartRestApi.thumbnail": {"name": "superset-chart-thumbnail", "export": _EXPORT_IMAGE},
@@ -458,8 +472,9 @@ def render(routes, refused, version: str, mcp: str) -> str:
         "# under `Refused` at the end and left unmapped, so `unmatched: deny` refuses it.",
         "# Superset database ids (SQL Lab's `database_id`) are datagate datasource uids: declare",
         "# them under `datasources:` and grant them like any datasource. Dataset ids (chart data)",
-        "# are not datasource uids. Chart data replayed from what datagate cannot see (cache",
-        "# keys, legacy explore_json, samples, column values) is refused. Datasets mapped in",
+        "# are not datasource uids. Chart data datagate cannot see or filter (saved charts,",
+        "# cache keys, legacy explore_json, samples, column values) is refused while row-level",
+        "# security filters apply to the caller. Datasets mapped in",
         "# `charts.datasets` keep their table, database and checked SQL: their edits are",
         "# checked, their deletes and imports that could overwrite them refused.",
         "",
