@@ -122,6 +122,11 @@ pub enum ChartDataMode {
     /// The request carries a query context (JSON body, or the `form_data` field of a
     /// form body): checked and rewritten.
     Inject,
+    /// Superset's samples and drill-to-detail read (`POST /datasource/samples
+    /// ?datasource_id=&datasource_type=`): the JSON body is one query object (`filters`,
+    /// `extras`, `time_range`, `granularity`) on the dataset the query string names,
+    /// checked and rewritten like a chart-data query ([`samples_context`]).
+    Samples,
     /// The request replays a query context datagate cannot see (a saved chart, a cache
     /// key, legacy `explore_json`): refused while filters apply to the caller.
     RefuseWhenFiltered,
@@ -244,6 +249,71 @@ pub fn check_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataE
             "Superset's `url_param()` reads every query parameter into templated SQL",
         )),
     }
+}
+
+/// One query parameter of a filtered caller's samples request: the ones Superset's
+/// `SamplesRequestSchema` reads, in the shapes the 6.1 UI sends (ids and page numbers as
+/// ASCII digits, `force=true|false`, `datasource_type=table`); any other is refused, as
+/// for chart data ([`check_query_parameter`]), because `url_param()` reads it into SQL.
+pub fn check_samples_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataError> {
+    let shown = String::from_utf8_lossy(name);
+    let refused = |reason: &str| ChartDataError::RefusedField {
+        location: format!("?{shown}"),
+        reason: reason.to_string(),
+    };
+    let is_number =
+        |text: &[u8]| !text.is_empty() && text.len() <= 9 && text.iter().all(u8::is_ascii_digit);
+    match name {
+        b"datasource_id" | b"dashboard_id" if is_number(value) => Ok(()),
+        b"page" | b"per_page" if is_number(value) => Ok(()),
+        b"force" if matches!(value, b"true" | b"false") => Ok(()),
+        b"datasource_type" if value == b"table" => Ok(()),
+        b"datasource_id" | b"dashboard_id" | b"page" | b"per_page" | b"force"
+        | b"datasource_type" => Err(refused("not a value the Superset UI sends")),
+        _ => Err(refused(
+            "Superset's `url_param()` reads every query parameter into templated SQL",
+        )),
+    }
+}
+
+/// The query context a samples request stands for: Superset's `get_samples` builds one
+/// from the dataset the query string names (`datasource_id`, `datasource_type`, each
+/// read once) and the body as its only query (`{**payload, row_limit, row_offset}`).
+/// `payload` is the JSON body; `null` is `{}` to Superset (`handle_none`). The rewritten
+/// query is sent back as the body ([`samples_payload`]).
+pub fn samples_context(
+    datasource_id: Option<&str>,
+    datasource_type: Option<&str>,
+    payload: Value,
+) -> Result<Value, ChartDataError> {
+    let missing = |name: &str| ChartDataError::BadQueryContext(format!("`?{name}` is required"));
+    let datasource_id = datasource_id.ok_or_else(|| missing("datasource_id"))?;
+    let datasource_type = datasource_type.ok_or_else(|| missing("datasource_type"))?;
+    let payload = match payload {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(members) => Value::Object(members),
+        _ => {
+            return Err(ChartDataError::BadQueryContext(
+                "the samples request's body is a JSON object".into(),
+            ));
+        }
+    };
+    let id = match datasource_id.parse::<u64>() {
+        Ok(id) if datasource_id.bytes().all(|byte| byte.is_ascii_digit()) => Value::from(id),
+        _ => Value::String(datasource_id.to_string()),
+    };
+    Ok(serde_json::json!({
+        "datasource": {"id": id, "type": datasource_type},
+        "queries": [payload],
+    }))
+}
+
+/// The body to forward for a rewritten [`samples_context`]: its one query.
+pub fn samples_payload(context: &Value) -> Result<&Value, ChartDataError> {
+    context
+        .get("queries")
+        .and_then(|queries| queries.get(0))
+        .ok_or_else(|| ChartDataError::BadQueryContext("the samples query".into()))
 }
 
 /// The dataset a query context names, as Superset resolves it: `{"type": "table",
@@ -1024,6 +1094,80 @@ mod tests {
         assert_eq!(admin["queries"][0]["extras"]["where"], "(amount > 1)");
         assert!(report.applied.is_empty());
         assert_eq!(admin["queries"][0]["url_params"], json!({"slice_id": "5"}));
+    }
+
+    #[test]
+    fn a_samples_request_is_its_dataset_and_one_query_rewritten_like_chart_data() {
+        // What Explore's drill to detail sends, on dataset 7.
+        let drill = json!({"filters": [{"col": "region", "op": "IN", "val": ["EU"]}], "extras": {"where": ""}});
+        let mut context = samples_context(Some("7"), Some("table"), drill).unwrap();
+        assert_eq!(dataset_id(&context).unwrap(), Some(7));
+        rewrite(&mut context, &caller("acme", &["Gamma"])).unwrap();
+        let payload = samples_payload(&context).unwrap();
+        assert_eq!(payload["extras"]["where"], "((tenant = 'acme'))");
+        assert_eq!(payload["filters"][0]["col"], "region");
+        // The Samples tab's empty body (and `null`, which Superset reads as `{}`) gets
+        // the filter too.
+        for body in [json!({}), Value::Null] {
+            let mut context = samples_context(Some("7"), Some("table"), body).unwrap();
+            rewrite(&mut context, &caller("acme", &["Gamma"])).unwrap();
+            assert_eq!(
+                samples_payload(&context).unwrap(),
+                &json!({"extras": {"where": "((tenant = 'acme'))"}})
+            );
+        }
+        // Another kind of datasource, or an id that is not ASCII digits, is not mapped.
+        for (id, kind) in [
+            ("7", "dataset"),
+            ("7", "query"),
+            ("٧", "table"),
+            ("+7", "table"),
+        ] {
+            let context = samples_context(Some(id), Some(kind), json!({})).unwrap();
+            assert_eq!(dataset_id(&context).unwrap(), None, "{id} {kind}");
+        }
+        assert!(samples_context(None, Some("table"), json!({})).is_err());
+        assert!(samples_context(Some("7"), None, json!({})).is_err());
+        assert!(samples_context(Some("7"), Some("table"), json!([1])).is_err());
+        // A fragment is checked as in chart data.
+        let mut context = samples_context(
+            Some("7"),
+            Some("table"),
+            json!({"extras": {"where": "1=1) OR (1=1"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            rewrite(&mut context, &caller("acme", &["Gamma"]))
+                .unwrap_err()
+                .kind(),
+            "parse_error"
+        );
+        // The query string holds only what the UI sends.
+        for (name, value) in [
+            ("datasource_id", "7"),
+            ("datasource_type", "table"),
+            ("force", "false"),
+            ("page", "1"),
+            ("per_page", "50"),
+            ("dashboard_id", "3"),
+        ] {
+            assert!(check_samples_query_parameter(name.as_bytes(), value.as_bytes()).is_ok());
+        }
+        for (name, value) in [
+            ("datasource_id", "+7"),
+            ("datasource_type", "query"),
+            ("per_page", "1e3"),
+            ("tenant", "x"),
+            ("form_data", "{}"),
+        ] {
+            assert_eq!(
+                check_samples_query_parameter(name.as_bytes(), value.as_bytes())
+                    .unwrap_err()
+                    .kind(),
+                "chart_field_refused",
+                "{name}={value}"
+            );
+        }
     }
 
     #[test]

@@ -944,26 +944,25 @@ fn the_checked_in_pack_is_what_the_generator_writes_from_superset() {
 }
 
 /// What Superset reads from a dataset without a query context datagate could rewrite —
-/// Explore's filter value suggestions (column values), its Samples tab, legacy
-/// `explore_json` — or replays from its cache: refused while filters apply to the caller
-/// (Superset receives nothing), served to a caller no filter applies to, with what
-/// Superset has (the oracle's rows for the unfiltered admin).
+/// Explore's filter value suggestions (column values), legacy `explore_json` — or
+/// replays from its cache: refused while filters apply to the caller (Superset receives
+/// nothing), served to a caller no filter applies to, with what Superset has (the
+/// oracle's values for the unfiltered admin).
 #[test]
 fn reads_datagate_cannot_filter_serve_only_unfiltered_callers() {
     let Some(superset) = shared_or_skip() else {
         return;
     };
-    // Superset's Gamma holds neither permission; granted here (in datagate only), so what
+    // Superset's Gamma lacks the permission; granted here (in datagate only), so what
     // refuses alice is her row filters.
     let gateway = chart_gateway_granting(
         superset,
-        "p, role:Gamma, Datasource, can_get_column_values\np, role:Gamma, Datasource, can_samples\n",
+        "p, role:Gamma, Datasource, can_get_column_values\n",
     );
     let alice = caller(&gateway, "alice", ALICE.roles);
     let admin = caller(&gateway, "admin", ADMIN.roles);
     let orders = superset.ids.datasets["orders"];
     let column_values = format!("/api/v1/datasource/table/{orders}/column/tenant_id/values/");
-    let samples = format!("/datasource/samples?datasource_id={orders}&datasource_type=table");
     let form_data = json!({
         "datasource": format!("{orders}__table"), "viz_type": "table",
         "all_columns": ["id", "tenant_id"], "row_limit": 1000,
@@ -975,7 +974,6 @@ fn reads_datagate_cannot_filter_serve_only_unfiltered_callers() {
     let cache_key = "/api/v1/chart/data/qc-0123456789abcdef0123456789abcdef";
     let requests: Vec<(&str, &str, Option<Value>)> = vec![
         ("GET", &column_values, None),
-        ("POST", &samples, Some(json!({}))),
         ("POST", &explore_json, Some(json!({}))),
         ("GET", cache_key, None),
     ];
@@ -1027,15 +1025,136 @@ fn reads_datagate_cannot_filter_serve_only_unfiltered_callers() {
     .map(|row| as_text(&row[0]))
     .collect();
     assert_eq!(tenants, wanted, "column values");
-    let (reply, _) = send(&admin, &requests[1]);
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let all = rows_of(&everything, "SELECT count(*) FROM orders").unwrap();
+}
+
+/// Explore's Samples tab and drill to detail (`POST /datasource/samples`, one query
+/// object on the dataset the query string names): the caller's filters are injected into
+/// the query Superset builds, so alice and bob get exactly the oracle's rows — all of
+/// them, and those a drill-to-detail filter selects — while the same request straight to
+/// Superset returns every tenant's. Fragments are checked as in chart data, and the query
+/// string is limited to what the UI sends.
+#[test]
+fn samples_and_drill_to_detail_return_only_the_callers_rows() {
+    let Some(superset) = shared_or_skip() else {
+        return;
+    };
+    // Superset's Gamma lacks `can_samples on Datasource`; Alpha has it, and Gamma's
+    // filter still applies. Users of their own (role changes are per user in Superset,
+    // and the other tests' alice and bob run at the same time).
+    let gateway = chart_gateway(superset);
+    let orders = superset.ids.datasets["orders"];
+    let path = format!("/datasource/samples?datasource_id={orders}&datasource_type=table");
+    let columns = ["id", "tenant_id", "customer_id", "amount", "note", "region"];
+    let rows = |reply: &superset::Reply| -> Vec<String> {
+        let data = reply.json()["result"]["data"].clone();
+        let rows: Vec<Vec<Value>> = data
+            .as_array()
+            .unwrap_or_else(|| panic!("no rows in {}", reply.text()))
+            .iter()
+            .map(|row| columns.iter().map(|name| row[*name].clone()).collect())
+            .collect();
+        sorted(
+            rows.iter()
+                .map(|row| row.iter().map(|value| json!(as_text(value))).collect())
+                .collect(),
+        )
+    };
+    let oracle_rows = |who: &demo_rls::Caller, sql: &str| -> Vec<String> {
+        let found = rows_of(&oracle(who), sql).unwrap();
+        sorted(
+            found
+                .iter()
+                .map(|row| row.iter().map(|value| json!(as_text(value))).collect())
+                .collect(),
+        )
+    };
+    let drill = json!({"filters": [{"col": "amount", "op": ">=", "val": 55}]});
+    const CAROL: demo_rls::Caller = demo_rls::Caller {
+        name: "carol",
+        roles: &["Alpha", "Gamma"],
+    };
+    const OBRIEN: demo_rls::Caller = demo_rls::Caller {
+        name: "O'Brien",
+        roles: &["Alpha", "Gamma"],
+    };
+    for who in [&CAROL, &OBRIEN] {
+        let person = caller(&gateway, who.name, who.roles);
+        let (reply, _) = person.post_json(&path, &json!({}));
+        assert_eq!(reply.status, 200, "{}: {}", who.name, reply.text());
+        assert_eq!(
+            rows(&reply),
+            oracle_rows(
+                who,
+                "SELECT id, tenant_id, customer_id, amount, note, region FROM orders"
+            ),
+            "{}: samples",
+            who.name
+        );
+        let (reply, _) = person.post_json(&path, &drill);
+        assert_eq!(reply.status, 200, "{}: {}", who.name, reply.text());
+        assert_eq!(
+            rows(&reply),
+            oracle_rows(
+                who,
+                "SELECT id, tenant_id, customer_id, amount, note, region FROM orders WHERE amount >= 55"
+            ),
+            "{}: drill to detail",
+            who.name
+        );
+    }
+    // The control: straight to Superset, carol's samples are every tenant's rows.
+    let direct = superset.direct("POST", &path, CAROL.name, CAROL.roles, Some(&json!({})));
+    assert_eq!(direct.status, 200, "{}", direct.text());
     assert_eq!(
-        json!(reply.json()["result"]["data"].as_array().map(Vec::len)),
-        all[0][0],
-        "samples: {}",
-        reply.text()
+        rows(&direct),
+        oracle_rows(
+            &ADMIN,
+            "SELECT id, tenant_id, customer_id, amount, note, region FROM orders"
+        )
     );
+
+    // Refused before Superset: fragments that reach other rows, the query string's other
+    // parameters (templated SQL reads them), a dataset named twice, another kind of
+    // datasource, and a body that is not a query object.
+    let carol = caller(&gateway, CAROL.name, CAROL.roles);
+    let refused: Vec<(String, Value, &str)> = vec![
+        (
+            path.clone(),
+            json!({"extras": {"where": "1=1) OR (1=1"}}),
+            "parse_error",
+        ),
+        (
+            path.clone(),
+            json!({"filters": [{"col": {"sqlExpression": "(SELECT max(note) FROM orders)", "label": "x"}, "op": "IS NOT NULL"}]}),
+            "subquery_not_allowed",
+        ),
+        (
+            format!("{path}&tenant=bob"),
+            json!({}),
+            "chart_field_refused",
+        ),
+        (
+            format!("{path}&datasource_id={orders}"),
+            json!({}),
+            "bad_query_context",
+        ),
+        (
+            format!("/datasource/samples?datasource_id={orders}&datasource_type=query"),
+            json!({}),
+            "chart_field_refused",
+        ),
+        (path.clone(), json!([1]), "bad_query_context"),
+    ];
+    for (path, body, kind) in refused {
+        let (reply, marker) = carol.post_json(&path, &body);
+        assert_eq!(
+            (reply.status >= 400, reply.json()["kind"].as_str()),
+            (true, Some(kind)),
+            "{path} {body}: {}",
+            reply.text()
+        );
+        assert!(!superset.received(&marker), "{path} {body}");
+    }
 }
 
 // --- Superset's MCP service (`superset mcp run`) behind datagate ------------------------

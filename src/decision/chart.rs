@@ -59,7 +59,7 @@ pub fn rewrite_chart_data(
         ));
     }
     match mode {
-        ChartDataMode::Inject => {}
+        ChartDataMode::Inject | ChartDataMode::Samples => {}
         ChartDataMode::RefuseWhenFiltered => {
             if filtered {
                 return Err(ChartDataError::ReplayFiltered {
@@ -95,14 +95,23 @@ pub fn rewrite_chart_data(
     }
     // Superset's templating reads every query parameter (`url_param()`), and a
     // `form_data` parameter overrides the form data its helpers read.
+    let samples = mode == ChartDataMode::Samples;
     if filtered {
         for pair in request.query.every_pair() {
-            crate::chart_data::check_query_parameter(&pair.name, &pair.value)?;
+            if samples {
+                crate::chart_data::check_samples_query_parameter(&pair.name, &pair.value)?;
+            } else {
+                crate::chart_data::check_query_parameter(&pair.name, &pair.value)?;
+            }
         }
     }
-    let (mut context, form_span) = body_object(request, FORM_FIELD)?.ok_or_else(|| {
-        ChartDataError::BadQueryContext("the request has no query context".into())
-    })?;
+    let (mut context, form_span) = if samples {
+        (samples_context(request)?, None)
+    } else {
+        body_object(request, FORM_FIELD)?.ok_or_else(|| {
+            ChartDataError::BadQueryContext("the request has no query context".into())
+        })?
+    };
     let dataset = crate::chart_data::dataset_id(&context)?.and_then(|id| charts.dataset(id));
     let Some(dataset) = dataset else {
         if let Some(trace) = trace.as_deref_mut() {
@@ -177,10 +186,41 @@ pub fn rewrite_chart_data(
                 rewrite.applied.len()
             ), true));
     }
+    let forwarded = if samples {
+        crate::chart_data::samples_payload(&context)?
+    } else {
+        &context
+    };
     Ok(ChartDataOutcome {
-        body: Some(reencoded(&context, form_span, request)?),
+        body: Some(reencoded(forwarded, form_span, request)?),
         rewrite: Some(rewrite),
     })
+}
+
+/// A samples request as a query context (see [`crate::chart_data::samples_context`]):
+/// the dataset from the query string, each parameter read once as Superset reads it, and
+/// the JSON body as its query. Superset reads only a JSON body here (`request.json`).
+fn samples_context(request: &ParsedRequest) -> Result<serde_json::Value, ChartDataError> {
+    let single = |name: &str| {
+        request
+            .query
+            .single_value(name)
+            .map(|found| found.map(|(_, text)| text))
+            .map_err(|error| ChartDataError::BadQueryContext(error.to_string()))
+    };
+    let payload = match &request.body {
+        ParsedBody::Json(value) => value.clone(),
+        _ => {
+            return Err(ChartDataError::BadQueryContext(
+                "the samples request's body is a JSON object".into(),
+            ));
+        }
+    };
+    crate::chart_data::samples_context(
+        single("datasource_id")?.as_deref(),
+        single("datasource_type")?.as_deref(),
+        payload,
+    )
 }
 
 /// A JSON object read from a body, and the span of the form value it came from.

@@ -324,6 +324,7 @@ impl Route {
                 self.chart_data,
                 Some(
                     crate::chart_data::ChartDataMode::Inject
+                        | crate::chart_data::ChartDataMode::Samples
                         | crate::chart_data::ChartDataMode::GuardDataset
                 )
             )

@@ -180,9 +180,9 @@ DATA_ROUTES = {
         "name": "superset-explore-json", "chart_data": {"mode": "refuse_when_filtered"},
         "export": {"kind": "data", "when": [{"query_param": "csv", "values": ["true"]},
                                             {"query_param": "xlsx", "values": ["true"]}]}},
-    # Explore's Samples tab.
-    "Datasource.samples": {
-        "name": "superset-datasource-samples", "chart_data": {"mode": "refuse_when_filtered"}},
+    # Explore's Samples tab and drill to detail: the body is one query object on the
+    # dataset the query string names, checked and filtered like chart data.
+    "Datasource.samples": {"name": "superset-datasource-samples", "chart_data": {"mode": "samples"}},
     # Value suggestions in Explore's filter editor.
     "DatasourceRestApi.get_column_values": {
         "name": "superset-datasource-column-values",
