@@ -35,6 +35,14 @@ const CLIENT_SECRET: &str = "datagate-test-client-secret-0123456789";
 const OIDC_SECRET_ENV: &str = "DG_TEST_OIDC_CLIENT_SECRET";
 const SESSION_KEYS_ENV: &str = "DG_TEST_SESSION_KEYS";
 
+/// A user Superset lets see samples and drill to detail (Alpha), whom Gamma's row filter
+/// still confines to her own orders. Her own user: the REST tests running beside this
+/// one sign alice and bob in with other roles.
+const CAROL: demo_rls::Caller = demo_rls::Caller {
+    name: "carol",
+    roles: &["Alpha", "Gamma"],
+};
+
 /// A Gamma-only user: Superset's Gamma may not run SQL, nor write datasets.
 const GUS: demo_rls::Caller = demo_rls::Caller {
     name: "gus",
@@ -637,7 +645,32 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
         );
     }
 
-    // 4. A Gamma-only user tries what Gamma may not: open SQL Lab (no `can_read on
+    // 4. Explore's Samples tab: the rows of the samples response the page received are
+    //    the oracle's (carol's one order; Superset alone would send all seven). (Drill
+    //    to detail is off for a table chart in raw mode, the one chart here: it is
+    //    tested through the REST API, `samples_and_drill_to_detail_…`.)
+    provider.next_login(&CAROL);
+    let report = browse(
+        &public_url,
+        json!([
+            {"do": "welcome"},
+            {"do": "samples", "slice_id": chart},
+        ]),
+    );
+    assert_only_deliberate_refusals(&report, &gateway, &public_url, &provider, CAROL.name, &[]);
+    let carol_rows = rows_of(&oracle(&CAROL), "SELECT id, tenant_id, amount FROM orders").unwrap();
+    let found = &step(&report, "samples")["samples"];
+    assert_eq!(found["status"], 200, "{found}");
+    assert_eq!(
+        shown_rows(&object_rows(
+            &found["json"]["result"]["data"],
+            &["id", "tenant_id", "amount"]
+        )),
+        shown_rows(&carol_rows),
+        "the Samples tab: {found}"
+    );
+
+    // 5. A Gamma-only user tries what Gamma may not: open SQL Lab (no `can_read on
     //    SQLLab`) and delete a dataset the way the dataset list's delete action does
     //    (no `can_write on Dataset`). datagate refuses both; gunicorn receives neither.
     provider.next_login(&GUS);

@@ -323,43 +323,63 @@ pub fn mcp_answer(reply: &Reply, id: &Value) -> Value {
 }
 
 impl Superset {
-    /// Whether any request carrying `marker` reached Superset (gunicorn's access log).
+    /// Whether any request carrying `marker` reached Superset (gunicorn's access log; of
+    /// the production-defaults server too, once started).
     ///
     /// gunicorn writes a request's line just after sending its response, so datagate's
     /// answer can reach the test first. A sentinel request sent straight to Superset
     /// afterwards, and waited for in the log, orders the check after any line the marked
     /// request would have produced.
     pub fn received(&self, marker: &str) -> bool {
-        let sentinel = self::marker();
-        let reply = send(
-            "GET",
-            &format!("http://{}/health", self.address),
-            &[("X-Test-Marker", sentinel.as_str())],
-            None,
-        );
-        assert_eq!(reply.status, 200, "Superset's /health");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.logged(&sentinel) {
-            assert!(
-                Instant::now() < deadline,
-                "the sentinel request never appeared in gunicorn's access log"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut servers = vec![(self.address, self.access_log.clone())];
+        if let Some((address, _)) = self.production.get() {
+            servers.push((*address, self.home.join(PRODUCTION_ACCESS_LOG)));
         }
-        self.logged(marker)
+        // Every server is asked, so the sentinels order the check on each of them.
+        servers
+            .iter()
+            .map(|(address, log)| received_at(*address, log, marker))
+            .fold(false, |any, received| any || received)
     }
+}
 
-    fn logged(&self, marker: &str) -> bool {
-        let Ok(file) = std::fs::File::open(&self.access_log) else {
-            return false;
-        };
-        let needle = format!("marker={marker}");
-        std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.split_whitespace().any(|field| field == needle))
+/// The access log of the server [`Superset::with_production_defaults`] starts.
+const PRODUCTION_ACCESS_LOG: &str = "access-production.log";
+
+/// Whether gunicorn at `address` logged a request carrying `marker` in `log`, after a
+/// sentinel request of its own appeared there.
+fn received_at(address: SocketAddr, log: &Path, marker: &str) -> bool {
+    let sentinel = self::marker();
+    let reply = send(
+        "GET",
+        &format!("http://{address}/health"),
+        &[("X-Test-Marker", sentinel.as_str())],
+        None,
+    );
+    assert_eq!(reply.status, 200, "Superset's /health");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logged(log, &sentinel) {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel request never appeared in gunicorn's access log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
+    logged(log, marker)
+}
 
+fn logged(log: &Path, marker: &str) -> bool {
+    let Ok(file) = std::fs::File::open(log) else {
+        return false;
+    };
+    let needle = format!("marker={marker}");
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.split_whitespace().any(|field| field == needle))
+}
+
+impl Superset {
     /// A request straight to Superset (no datagate) as `user` with `roles`: the control
     /// that shows what Superset itself would do with a request datagate refuses.
     pub fn direct(
@@ -393,7 +413,7 @@ impl Superset {
         self.production
             .get_or_init(|| {
                 let (address, process) =
-                    serve(&self.home, &self.home.join("access-production.log"), true);
+                    serve(&self.home, &self.home.join(PRODUCTION_ACCESS_LOG), true);
                 (address, Mutex::new(process))
             })
             .0

@@ -282,6 +282,22 @@ async function dashboard(page, step) {
   return { chart_data: collected(), table, view_as_table: viewAsTable, ...csv };
 }
 
+// Explore's data pane, "Samples" tab: the samples response the page received.
+async function samples(page, step) {
+  await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
+    page.goto(`${base}/explore/?slice_id=${step.slice_id}`, { timeout: TIMEOUT }),
+  ]);
+  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  const [response] = await Promise.all([
+    nextJson(page, (candidate) => candidate.url().includes('/datasource/samples')),
+    page.getByRole('tab', { name: 'Samples' }).click({ timeout: TIMEOUT }),
+  ]);
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  return { samples: response };
+}
+
 async function navigate(page, step) {
   await page.setExtraHTTPHeaders({ 'X-Test-Marker': step.marker });
   let response;
@@ -306,7 +322,7 @@ async function fetchFromPage(page, step) {
   }, step);
 }
 
-const STEPS = { welcome, sqllab, explore, dashboard, navigate, fetch: fetchFromPage };
+const STEPS = { welcome, sqllab, explore, dashboard, samples, navigate, fetch: fetchFromPage };
 
 const browser = await chromium.launch({
   executablePath: spec.chromium || '/usr/bin/chromium',
