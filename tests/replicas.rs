@@ -245,8 +245,17 @@ fn a_replica_that_cannot_confirm_its_grants_refuses_then_recovers() {
 
     // Within a few polls past max_staleness, data requests are refused with 503 and the
     // upstream sees nothing; readiness reports it.
-    let stale = Gateway::eventually(Duration::from_secs(10), || read_demo(&a, &sam) == 503);
-    assert!(stale, "a replica cut off from its store kept serving");
+    let mut seen = std::collections::BTreeMap::<u16, usize>::new();
+    let stale = Gateway::eventually(Duration::from_secs(10), || {
+        let status = read_demo(&a, &sam);
+        *seen.entry(status).or_default() += 1;
+        status == 503
+    });
+    assert!(
+        stale,
+        "a replica cut off from its store kept serving: statuses {seen:?}, /readyz {:?}",
+        call("GET", &a.admin_url("/readyz"), None, None)
+    );
     clear_recorded(upstream);
     let (status, body) = call("GET", &a.url("/api/datasources/uid/demo"), Some(&sam), None);
     assert_eq!(status, 503);
