@@ -11,7 +11,10 @@
 //! to its own row-level security filters (`get_sqla_query` in
 //! `superset/models/helpers.py`), including the series-limit subquery, time-offset
 //! queries and the row-count wrapper; for a virtual dataset that `WHERE` is on the
-//! outer query, over the dataset's SQL.
+//! outer query, over the dataset's SQL. A samples / drill-to-detail request carries no
+//! query context but the parts Superset builds one from (the dataset in the query
+//! string, one query object as the body): [`samples_context`] assembles that context,
+//! which is checked and rewritten the same way.
 //!
 //! Refused: a dataset datagate cannot map while any filter applies to the caller (fail
 //! closed); a replay of a stored query context (chart by id, cache key, legacy

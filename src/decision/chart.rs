@@ -1,6 +1,7 @@
 //! Chart data, after authorization: the query context of a Superset chart-data request
 //! is read from the request (JSON body, or the `form_data` field of the form body the
-//! UI's "Download CSV" posts), its dataset resolved through `charts.datasets`, checked
+//! UI's "Download CSV" posts; for samples, assembled from the query string and the body
+//! as Superset's `get_samples` does), its dataset resolved through `charts.datasets`, checked
 //! and rewritten by [`crate::chart_data`], and put back into the body the upstream
 //! receives. Replays of query contexts datagate cannot see are refused while filters
 //! apply to the caller. Requests that change a mapped dataset (`guard_dataset`) or could
