@@ -645,30 +645,33 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
         );
     }
 
-    // 4. Explore's Samples tab: the rows of the samples response the page received are
-    //    the oracle's (carol's one order; Superset alone would send all seven). (Drill
-    //    to detail is off for a table chart in raw mode, the one chart here: it is
-    //    tested through the REST API, `samples_and_drill_to_detail_…`.)
+    // 4. Explore's Samples tab, and "Drill to detail" on a dashboard's aggregate chart
+    //    (Superset offers it only on charts that group rows): the rows of each samples
+    //    response the page received are the oracle's (carol's one order; Superset alone
+    //    would send all seven).
     provider.next_login(&CAROL);
     let report = browse(
         &public_url,
         json!([
             {"do": "welcome"},
             {"do": "samples", "slice_id": chart},
+            {"do": "drill", "dashboard_id": superset.ids.dashboards["orders_by_tenant"]},
         ]),
     );
     assert_only_deliberate_refusals(&report, &gateway, &public_url, &provider, CAROL.name, &[]);
     let carol_rows = rows_of(&oracle(&CAROL), "SELECT id, tenant_id, amount FROM orders").unwrap();
-    let found = &step(&report, "samples")["samples"];
-    assert_eq!(found["status"], 200, "{found}");
-    assert_eq!(
-        shown_rows(&object_rows(
-            &found["json"]["result"]["data"],
-            &["id", "tenant_id", "amount"]
-        )),
-        shown_rows(&carol_rows),
-        "the Samples tab: {found}"
-    );
+    for name in ["samples", "drill"] {
+        let found = &step(&report, name)["samples"];
+        assert_eq!(found["status"], 200, "{name}: {found}");
+        assert_eq!(
+            shown_rows(&object_rows(
+                &found["json"]["result"]["data"],
+                &["id", "tenant_id", "amount"]
+            )),
+            shown_rows(&carol_rows),
+            "{name}: {found}"
+        );
+    }
 
     // 5. A Gamma-only user tries what Gamma may not: open SQL Lab (no `can_read on
     //    SQLLab`) and delete a dataset the way the dataset list's delete action does

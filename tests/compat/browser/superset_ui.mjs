@@ -298,6 +298,25 @@ async function samples(page, step) {
   return { samples: response };
 }
 
+// A dashboard chart's "..." → "Drill to detail": the samples response the modal
+// received (its query carries the chart's filters; the dashboard's id is in the URL).
+async function drill(page, step) {
+  await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
+    page.goto(`${base}/superset/dashboard/${step.dashboard_id}/`, { timeout: TIMEOUT }),
+  ]);
+  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  const menu = page.locator('[data-test="slice-header"] .ant-dropdown-trigger').first();
+  await menu.click({ timeout: TIMEOUT });
+  const [response] = await Promise.all([
+    nextJson(page, (candidate) => candidate.url().includes('/datasource/samples')),
+    page.getByText('Drill to detail', { exact: true }).first().click({ timeout: TIMEOUT }),
+  ]);
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  return { samples: response };
+}
+
 async function navigate(page, step) {
   await page.setExtraHTTPHeaders({ 'X-Test-Marker': step.marker });
   let response;
@@ -322,7 +341,7 @@ async function fetchFromPage(page, step) {
   }, step);
 }
 
-const STEPS = { welcome, sqllab, explore, dashboard, samples, navigate, fetch: fetchFromPage };
+const STEPS = { welcome, sqllab, explore, dashboard, samples, drill, navigate, fetch: fetchFromPage };
 
 const browser = await chromium.launch({
   executablePath: spec.chromium || '/usr/bin/chromium',

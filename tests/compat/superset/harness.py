@@ -210,6 +210,27 @@ def setup(home: str, data_path: str) -> dict:
         }),
     })
     charts["orders"] = chart["id"]
+    # An aggregate table (orders per tenant) on a dashboard of its own: Superset offers
+    # "Drill to detail" only on charts that group rows (not on the raw table above).
+    by_tenant = call("POST", "/api/v1/dashboard/", {
+        "dashboard_title": "Orders by tenant", "published": True})
+    dashboards["orders_by_tenant"] = by_tenant["id"]
+    params = {
+        "viz_type": "table", "query_mode": "aggregate", "groupby": ["tenant_id"],
+        "metrics": ["count"], "datasource": f"{datasets['orders']}__table",
+        "row_limit": 1000,
+    }
+    chart = call("POST", "/api/v1/chart/", {
+        "slice_name": "orders by tenant", "viz_type": "table",
+        "datasource_id": datasets["orders"], "datasource_type": "table",
+        "params": json.dumps(params), "dashboards": [by_tenant["id"]],
+        "query_context": json.dumps({
+            "datasource": {"id": datasets["orders"], "type": "table"},
+            "queries": [{"columns": ["tenant_id"], "metrics": ["count"], "row_limit": 1000}],
+            "form_data": params, "result_format": "json", "result_type": "full",
+        }),
+    })
+    charts["orders_by_tenant"] = chart["id"]
     ids = {"database_id": database_id, "datasets": datasets, "charts": charts,
            "dashboards": dashboards, "data_db": data_path}
     with open(os.path.join(home, "ids.json"), "w") as handle:
