@@ -660,6 +660,29 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
     );
     assert_only_deliberate_refusals(&report, &gateway, &public_url, &provider, CAROL.name, &[]);
     let carol_rows = rows_of(&oracle(&CAROL), "SELECT id, tenant_id, amount FROM orders").unwrap();
+    // The dashboard's native filter loaded its values (a `filter_select` chart-data
+    // query) through datagate: carol's tenant only.
+    let filter_values: Vec<&Value> = step(&report, "drill")["chart_data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|response| response["request"]["form_data"]["viz_type"] == "filter_select")
+        .collect();
+    assert!(
+        !filter_values.is_empty(),
+        "the native filter loaded no values: {}",
+        step(&report, "drill")["chart_data"]
+    );
+    for response in filter_values {
+        assert_eq!(response["status"], 200, "{response}");
+        let tenants: Vec<String> = response["json"]["result"][0]["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{response}"))
+            .iter()
+            .map(|row| shown(&row["tenant_id"]))
+            .collect();
+        assert_eq!(tenants, ["carol"], "the native filter's values: {response}");
+    }
     for name in ["samples", "drill"] {
         let found = &step(&report, name)["samples"];
         assert_eq!(found["status"], 200, "{name}: {found}");

@@ -299,8 +299,10 @@ async function samples(page, step) {
 }
 
 // A dashboard chart's "..." → "Drill to detail": the samples response the modal
-// received (its query carries the chart's filters; the dashboard's id is in the URL).
+// received (its query carries the chart's filters; the dashboard's id is in the URL),
+// and the chart data the page received (the chart's, its native filter's values).
 async function drill(page, step) {
+  const collected = collectChartData(page);
   await Promise.all([
     nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
     page.goto(`${base}/superset/dashboard/${step.dashboard_id}/`, { timeout: TIMEOUT }),
@@ -314,7 +316,7 @@ async function drill(page, step) {
     page.getByText('Drill to detail', { exact: true }).first().click({ timeout: TIMEOUT }),
   ]);
   await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
-  return { samples: response };
+  return { samples: response, chart_data: collected() };
 }
 
 async function navigate(page, step) {

@@ -212,8 +212,21 @@ def setup(home: str, data_path: str) -> dict:
     charts["orders"] = chart["id"]
     # An aggregate table (orders per tenant) on a dashboard of its own: Superset offers
     # "Drill to detail" only on charts that group rows (not on the raw table above).
+    # Its native filter (a select on tenant_id) loads its values through chart data.
+    tenant_filter = {
+        "id": "NATIVE_FILTER-tenant", "name": "Tenant", "type": "NATIVE_FILTER",
+        "filterType": "filter_select", "description": "",
+        "targets": [{"datasetId": datasets["orders"], "column": {"name": "tenant_id"}}],
+        "controlValues": {"enableEmptyFilter": False, "defaultToFirstItem": False,
+                          "multiSelect": True, "searchAllOptions": False,
+                          "inverseSelection": False},
+        "defaultDataMask": {"extraFormData": {}, "filterState": {}, "ownState": {}},
+        "cascadeParentIds": [], "scope": {"rootPath": ["ROOT_ID"], "excluded": []},
+        "chartsInScope": [], "tabsInScope": [],
+    }
     by_tenant = call("POST", "/api/v1/dashboard/", {
-        "dashboard_title": "Orders by tenant", "published": True})
+        "dashboard_title": "Orders by tenant", "published": True,
+        "json_metadata": json.dumps({"native_filter_configuration": [tenant_filter]})})
     dashboards["orders_by_tenant"] = by_tenant["id"]
     params = {
         "viz_type": "table", "query_mode": "aggregate", "groupby": ["tenant_id"],
