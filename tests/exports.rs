@@ -129,6 +129,32 @@ fn data_exports_need_the_granular_permission_with_no_csv_fallback() {
     assert!(recorded_requests(upstream).is_empty());
     assert_eq!(chart_data("json", &reader).0, 200);
 
+    // Legacy `explore_json`: `?csv=true` / `?xlsx=true` make it an export (compared
+    // case-insensitively, stricter than Superset's `== "true"`; any occurrence counts).
+    add_policy(
+        &gateway,
+        "32-explore-json.csv",
+        "p, role:Analyst, Superset, can_explore_json\n",
+    );
+    clear_recorded(upstream);
+    for query in ["csv=true", "xlsx=true", "csv=TRUE", "json=true&csv=true"] {
+        let (status, body) = call(
+            "POST",
+            &gateway.url(&format!("/superset/explore_json/?{query}")),
+            Some(&reader),
+            Some("{}"),
+        );
+        assert_eq!(
+            (status, body["message"].clone()),
+            (
+                403,
+                json!("missing permission `can_export_data on Superset`")
+            ),
+            "{query}"
+        );
+    }
+    assert!(recorded_requests(upstream).is_empty());
+
     // Image exports: screenshots and thumbnails are exports by path.
     let (status, body) = call(
         "GET",
