@@ -655,7 +655,8 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
         json!([
             {"do": "welcome"},
             {"do": "samples", "slice_id": chart},
-            {"do": "drill", "dashboard_id": superset.ids.dashboards["orders_by_tenant"]},
+            {"do": "drill", "dashboard_id": superset.ids.dashboards["orders_by_tenant"],
+             "filter_value": CAROL.name},
         ]),
     );
     assert_only_deliberate_refusals(&report, &gateway, &public_url, &provider, CAROL.name, &[]);
@@ -683,6 +684,20 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
             .collect();
         assert_eq!(tenants, ["carol"], "the native filter's values: {response}");
     }
+    // Applying the filter: the chart's query carries it, through datagate's checks,
+    // and answers carol's one order (her tenant, one row).
+    let applied = &step(&report, "drill")["filter_applied"];
+    assert_eq!(applied["status"], 200, "{applied}");
+    assert_eq!(
+        applied["json"]["result"][0]["data"]
+            .as_array()
+            .map(|rows| rows
+                .iter()
+                .map(|row| shown(&row["tenant_id"]))
+                .collect::<Vec<_>>()),
+        Some(vec!["carol".to_string()]),
+        "{applied}"
+    );
     for name in ["samples", "drill"] {
         let found = &step(&report, name)["samples"];
         assert_eq!(found["status"], 200, "{name}: {found}");

@@ -316,7 +316,39 @@ async function drill(page, step) {
     page.getByText('Drill to detail', { exact: true }).first().click({ timeout: TIMEOUT }),
   ]);
   await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
-  return { samples: response, chart_data: collected() };
+  await page.getByRole('dialog').getByRole('button', { name: 'Close', exact: true })
+    .last().click({ timeout: TIMEOUT });
+  // The native filter (the filter bar's select, the page's first combobox): choose
+  // `step.filter_value` and apply it; the chart asks for its data again with the filter
+  // in its query.
+  await page.getByRole('combobox').first().click({ timeout: TIMEOUT });
+  await page.keyboard.insertText(step.filter_value);
+  await page.locator('.ant-select-item-option').filter({ hasText: step.filter_value }).first()
+    .click({ timeout: TIMEOUT });
+  await page.keyboard.press('Escape');
+  const [filtered] = await Promise.all([
+    page.waitForResponse((candidate) => sameOrigin(candidate.url())
+      && candidate.url().includes('/api/v1/chart/data')
+      && JSON.stringify(candidate.request().postDataJSON()?.queries?.[0]?.filters ?? []).includes(step.filter_value),
+    { timeout: TIMEOUT }),
+    page.locator('[data-test="filterbar-action-buttons"]').getByText('Apply filters', { exact: true })
+      .click({ timeout: TIMEOUT }),
+  ]);
+  const filteredJson = JSON.parse(await bodyOf(filtered));
+  // The dashboard then stores the filter state (a debounced PUT/POST of filter_state);
+  // let it finish so the browser does not close on it.
+  await page.waitForResponse((candidate) => candidate.url().includes('/filter_state'), { timeout: 10000 })
+    .catch(() => {});
+  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  return {
+    samples: response,
+    chart_data: collected(),
+    filter_applied: {
+      status: filtered.status(),
+      request: filtered.request().postDataJSON(),
+      json: filteredJson,
+    },
+  };
 }
 
 async function navigate(page, step) {
