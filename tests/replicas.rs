@@ -234,14 +234,33 @@ fn a_replica_that_cannot_confirm_its_grants_refuses_then_recovers() {
     let sam = a.token("sam", &[], &[], None);
     assert_eq!(read_demo(&a, &sam), 200);
 
-    // Cut every replica off the store.
+    // Cut every replica off the store. A connection that was being opened as the ALTER
+    // committed (past the check, not yet listed in pg_stat_activity) would survive one
+    // round of terminations and keep the replica confirmed, so terminate until none is
+    // left.
     let mut postgres = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
     postgres
         .batch_execute(&format!(
-            "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}';"
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
         ))
         .unwrap();
+    let cut_off = Gateway::eventually(Duration::from_secs(10), || {
+        postgres
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+            ))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let left: i64 = postgres
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .unwrap()
+            .get(0);
+        left == 0
+    });
+    assert!(cut_off, "connections to the store survived termination");
 
     // Within a few polls past max_staleness, data requests are refused with 503 and the
     // upstream sees nothing; readiness reports it.
