@@ -617,6 +617,18 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
         //    downloaded.
         let chart_oracle = rows_of(&expected, "SELECT id, tenant_id, amount FROM orders").unwrap();
         assert_chart_step(step(&report, "explore"), who.name, &chart_oracle);
+        // "View query" shows the SQL Superset runs for the chart: with the caller's filters.
+        let view_query = &step(&report, "explore")["view_query"];
+        assert_eq!(view_query["status"], 200, "{}: {view_query}", who.name);
+        let shown_sql = view_query["json"]["result"][0]["query"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: {view_query}", who.name));
+        assert!(
+            shown_sql.contains(&format!("tenant_id = '{}'", who.name))
+                && shown_sql.contains("note <> 'internal'"),
+            "{}: View query shows {shown_sql}",
+            who.name
+        );
         let on_dashboard = step(&report, "dashboard");
         assert_chart_step(on_dashboard, who.name, &chart_oracle);
         assert!(

@@ -246,7 +246,17 @@ async function explore(page, step) {
   // `form_data=` that the browser downloads.
   await openMenu(page, ['Data Export Options', 'Export All Data'], 'Export to .CSV');
   const csv = await download(page, 'Export to .CSV');
-  return { chart_data: collected(), table, ...csv };
+  const chartData = collected();
+
+  // "..." → "View query": the SQL Superset would run (chart data, `result_type: query`).
+  await openMenu(page, [], 'View query');
+  const [viewQuery] = await Promise.all([
+    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')
+      && response.request().postDataJSON()?.result_type === 'query'),
+    page.getByRole('menuitem', { name: 'View query' }).click({ timeout: TIMEOUT }),
+  ]);
+  await page.keyboard.press('Escape');
+  return { chart_data: chartData, table, view_query: viewQuery, ...csv };
 }
 
 // A dashboard with a table chart: the chart as drawn, its "View as table" and its
