@@ -548,7 +548,7 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
             json!([
                 {"do": "welcome"},
                 {"do": "sqllab", "sql": SQL_LAB_QUERY},
-                {"do": "explore", "slice_id": chart},
+                {"do": "explore", "slice_id": chart, "save_as": format!("{}'s copy", who.name)},
                 {"do": "dashboard", "dashboard_id": dashboard},
             ]),
         );
@@ -617,6 +617,26 @@ fn in_chromium_each_user_signs_in_and_sql_lab_explore_dashboards_and_csv_show_on
         //    downloaded.
         let chart_oracle = rows_of(&expected, "SELECT id, tenant_id, amount FROM orders").unwrap();
         assert_chart_step(step(&report, "explore"), who.name, &chart_oracle);
+        // "Save as..." created the caller's own chart (a CSRF-protected write through
+        // datagate), which Superset stored under her name.
+        let saved = &step(&report, "explore")["saved"];
+        assert_eq!(saved["status"], 201, "{}: {saved}", who.name);
+        let copy = saved["json"]["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: {saved}", who.name));
+        let stored = superset.direct(
+            "GET",
+            &format!("/api/v1/chart/{copy}"),
+            "admin",
+            &["Admin"],
+            None,
+        );
+        assert_eq!(
+            stored.json()["result"]["slice_name"],
+            format!("{}'s copy", who.name),
+            "{}",
+            stored.text()
+        );
         // "View query" shows the SQL Superset runs for the chart: with the caller's filters.
         let view_query = &step(&report, "explore")["view_query"];
         assert_eq!(view_query["status"], 200, "{}: {view_query}", who.name);

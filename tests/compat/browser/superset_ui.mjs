@@ -255,8 +255,26 @@ async function explore(page, step) {
       && response.request().postDataJSON()?.result_type === 'query'),
     page.getByRole('menuitem', { name: 'View query' }).click({ timeout: TIMEOUT }),
   ]);
-  await page.keyboard.press('Escape');
-  return { chart_data: chartData, table, view_query: viewQuery, ...csv };
+  const viewQueryModal = page.locator('[data-test="View query-modal"]');
+  await viewQueryModal.locator('.ant-modal-close').click({ timeout: TIMEOUT });
+  await viewQueryModal.waitFor({ state: 'hidden', timeout: TIMEOUT });
+
+  // Save → "Save as..." a new chart: a write Superset protects with its CSRF token.
+  let saved = null;
+  if (step.save_as) {
+    await page.locator('[data-test="query-save-button"]').click({ timeout: TIMEOUT });
+    await page.locator('[data-test="saveas-radio"]').click({ timeout: TIMEOUT });
+    await page.locator('[data-test="new-chart-name"]').fill(step.save_as, { timeout: TIMEOUT });
+    const [created] = await Promise.all([
+      page.waitForResponse((response) => sameOrigin(response.url())
+        && new URL(response.url()).pathname === '/api/v1/chart/'
+        && response.request().method() === 'POST', { timeout: TIMEOUT }),
+      page.locator('[data-test="btn-modal-save"]').click({ timeout: TIMEOUT }),
+    ]);
+    saved = { status: created.status(), json: JSON.parse(await bodyOf(created)) };
+    await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  }
+  return { chart_data: chartData, table, view_query: viewQuery, saved, ...csv };
 }
 
 // A dashboard with a table chart: the chart as drawn, its "View as table" and its
