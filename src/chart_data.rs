@@ -220,13 +220,8 @@ impl ChartDataError {
 /// in the shapes it sends them: `form_data={"slice_id":<id>}` (logging and the `metric`
 /// macro's dataset lookup), `dashboard_id=<id>` and `force=true|false`.
 pub fn check_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataError> {
-    let shown = String::from_utf8_lossy(name);
-    let refused = |reason: &str| ChartDataError::RefusedField {
-        location: format!("?{shown}"),
-        reason: reason.to_string(),
-    };
-    let is_id =
-        |text: &[u8]| !text.is_empty() && text.len() <= 19 && text.iter().all(u8::is_ascii_digit);
+    let refused = |reason: &str| refused_parameter(name, reason);
+    let is_id = |text: &[u8]| is_ascii_number(text, 19);
     match name {
         b"form_data" => {
             let parsed = crate::json_guard::parse_strict(value)
@@ -254,18 +249,26 @@ pub fn check_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataE
     }
 }
 
+/// A refused query parameter, named as the client sent it.
+fn refused_parameter(name: &[u8], reason: &str) -> ChartDataError {
+    ChartDataError::RefusedField {
+        location: format!("?{}", String::from_utf8_lossy(name)),
+        reason: reason.to_string(),
+    }
+}
+
+/// One to `max_digits` ASCII digits (Superset reads other digits as numbers too).
+fn is_ascii_number(text: &[u8], max_digits: usize) -> bool {
+    !text.is_empty() && text.len() <= max_digits && text.iter().all(u8::is_ascii_digit)
+}
+
 /// One query parameter of a filtered caller's samples request: the ones Superset's
 /// `SamplesRequestSchema` reads, in the shapes the 6.1 UI sends (ids and page numbers as
 /// ASCII digits, `force=true|false`, `datasource_type=table`); any other is refused, as
 /// for chart data ([`check_query_parameter`]), because `url_param()` reads it into SQL.
 pub fn check_samples_query_parameter(name: &[u8], value: &[u8]) -> Result<(), ChartDataError> {
-    let shown = String::from_utf8_lossy(name);
-    let refused = |reason: &str| ChartDataError::RefusedField {
-        location: format!("?{shown}"),
-        reason: reason.to_string(),
-    };
-    let is_number =
-        |text: &[u8]| !text.is_empty() && text.len() <= 9 && text.iter().all(u8::is_ascii_digit);
+    let refused = |reason: &str| refused_parameter(name, reason);
+    let is_number = |text: &[u8]| is_ascii_number(text, 9);
     match name {
         b"datasource_id" | b"dashboard_id" if is_number(value) => Ok(()),
         b"page" | b"per_page" if is_number(value) => Ok(()),

@@ -1029,7 +1029,7 @@ fn reads_datagate_cannot_filter_serve_only_unfiltered_callers() {
 
 /// Explore's Samples tab and drill to detail (`POST /datasource/samples`, one query
 /// object on the dataset the query string names): the caller's filters are injected into
-/// the query Superset builds, so alice and bob get exactly the oracle's rows — all of
+/// the query Superset builds, so carol and O'Brien get exactly the oracle's rows — all of
 /// them, and those a drill-to-detail filter selects — while the same request straight to
 /// Superset returns every tenant's. Fragments are checked as in chart data, and the query
 /// string is limited to what the UI sends.
@@ -1045,28 +1045,26 @@ fn samples_and_drill_to_detail_return_only_the_callers_rows() {
     let orders = superset.ids.datasets["orders"];
     let path = format!("/datasource/samples?datasource_id={orders}&datasource_type=table");
     let columns = ["id", "tenant_id", "customer_id", "amount", "note", "region"];
-    let rows = |reply: &superset::Reply| -> Vec<String> {
-        let data = reply.json()["result"]["data"].clone();
-        let rows: Vec<Vec<Value>> = data
-            .as_array()
-            .unwrap_or_else(|| panic!("no rows in {}", reply.text()))
-            .iter()
-            .map(|row| columns.iter().map(|name| row[*name].clone()).collect())
-            .collect();
+    // Compared as text: Superset's frame and SQLite type the same values differently.
+    let as_sorted_text = |rows: Vec<Vec<Value>>| -> Vec<String> {
         sorted(
             rows.iter()
                 .map(|row| row.iter().map(|value| json!(as_text(value))).collect())
                 .collect(),
         )
     };
-    let oracle_rows = |who: &demo_rls::Caller, sql: &str| -> Vec<String> {
-        let found = rows_of(&oracle(who), sql).unwrap();
-        sorted(
-            found
+    let rows = |reply: &superset::Reply| -> Vec<String> {
+        let data = reply.json()["result"]["data"].clone();
+        as_sorted_text(
+            data.as_array()
+                .unwrap_or_else(|| panic!("no rows in {}", reply.text()))
                 .iter()
-                .map(|row| row.iter().map(|value| json!(as_text(value))).collect())
+                .map(|row| columns.iter().map(|name| row[*name].clone()).collect())
                 .collect(),
         )
+    };
+    let oracle_rows = |who: &demo_rls::Caller, sql: &str| -> Vec<String> {
+        as_sorted_text(rows_of(&oracle(who), sql).unwrap())
     };
     let drill = json!({"filters": [{"col": "amount", "op": ">=", "val": 55}]});
     const CAROL: demo_rls::Caller = demo_rls::Caller {

@@ -232,14 +232,20 @@ async function download(page, item) {
   };
 }
 
-async function explore(page, step) {
-  const collected = collectChartData(page);
+// Opens `path` (Explore or a dashboard) and waits until its table chart has drawn rows
+// from its first chart-data response and the page is idle.
+async function openChartPage(page, path) {
   await Promise.all([
     nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
-    page.goto(`${base}/explore/?slice_id=${step.slice_id}`, { timeout: TIMEOUT }),
+    page.goto(base + path, { timeout: TIMEOUT }),
   ]);
   await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
   await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+}
+
+async function explore(page, step) {
+  const collected = collectChartData(page);
+  await openChartPage(page, `/explore/?slice_id=${step.slice_id}`);
   const table = await readChartTable(page);
 
   // "..." → Data Export Options → Export All Data → Export to .CSV: a form post of
@@ -281,12 +287,7 @@ async function explore(page, step) {
 // "Download → Export to .CSV" from the chart's menu.
 async function dashboard(page, step) {
   const collected = collectChartData(page);
-  await Promise.all([
-    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
-    page.goto(`${base}/superset/dashboard/${step.dashboard_id}/`, { timeout: TIMEOUT }),
-  ]);
-  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
-  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  await openChartPage(page, `/superset/dashboard/${step.dashboard_id}/`);
   const table = await readChartTable(page);
   const menu = page.locator('[data-test="slice-header"] .ant-dropdown-trigger').first();
   await menu.click({ timeout: TIMEOUT });
@@ -312,12 +313,7 @@ async function dashboard(page, step) {
 
 // Explore's data pane, "Samples" tab: the samples response the page received.
 async function samples(page, step) {
-  await Promise.all([
-    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
-    page.goto(`${base}/explore/?slice_id=${step.slice_id}`, { timeout: TIMEOUT }),
-  ]);
-  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
-  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  await openChartPage(page, `/explore/?slice_id=${step.slice_id}`);
   const [response] = await Promise.all([
     nextJson(page, (candidate) => candidate.url().includes('/datasource/samples')),
     page.getByRole('tab', { name: 'Samples' }).click({ timeout: TIMEOUT }),
@@ -331,12 +327,7 @@ async function samples(page, step) {
 // and the chart data the page received (the chart's, its native filter's values).
 async function drill(page, step) {
   const collected = collectChartData(page);
-  await Promise.all([
-    nextJson(page, (response) => response.url().includes('/api/v1/chart/data')),
-    page.goto(`${base}/superset/dashboard/${step.dashboard_id}/`, { timeout: TIMEOUT }),
-  ]);
-  await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
-  await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
+  await openChartPage(page, `/superset/dashboard/${step.dashboard_id}/`);
   const menu = page.locator('[data-test="slice-header"] .ant-dropdown-trigger').first();
   await menu.click({ timeout: TIMEOUT });
   const [response] = await Promise.all([
