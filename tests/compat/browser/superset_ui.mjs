@@ -271,13 +271,19 @@ async function explore(page, step) {
     await page.locator('[data-test="query-save-button"]').click({ timeout: TIMEOUT });
     await page.locator('[data-test="saveas-radio"]').click({ timeout: TIMEOUT });
     await page.locator('[data-test="new-chart-name"]').fill(step.save_as, { timeout: TIMEOUT });
+    // Saving opens the new chart in Explore: wait for that page to load too, or the next
+    // step's navigation aborts its requests.
     const [created] = await Promise.all([
       page.waitForResponse((response) => sameOrigin(response.url())
         && new URL(response.url()).pathname === '/api/v1/chart/'
         && response.request().method() === 'POST', { timeout: TIMEOUT }),
+      page.waitForResponse((response) => sameOrigin(response.url())
+        && new URL(response.url()).pathname === '/api/v1/explore/'
+        && response.request().method() === 'GET', { timeout: TIMEOUT }),
       page.locator('[data-test="btn-modal-save"]').click({ timeout: TIMEOUT }),
     ]);
     saved = { status: created.status(), json: JSON.parse(await bodyOf(created)) };
+    await page.locator('.superset-chart-table tbody tr').first().waitFor({ timeout: TIMEOUT });
     await page.waitForLoadState('networkidle', { timeout: TIMEOUT });
   }
   return { chart_data: chartData, table, view_query: viewQuery, saved, ...csv };
