@@ -53,6 +53,8 @@ pub struct PolicySnapshot {
     pub build: BuildKind,
     /// Export rules (from the config file; fixed for the process's life).
     pub exports: crate::export::ExportConfig,
+    /// Callers enriched against this revision, for the next request of the same caller.
+    pub callers: crate::decision::callers::CallerMemo,
 }
 
 /// How a snapshot was built.

@@ -216,6 +216,7 @@ impl AppState {
             files: content.files,
             build: content.build,
             exports: config.exports.clone(),
+            callers: Default::default(),
         };
         metrics.store_revision.set(store_revision);
         let sql_pool = crate::sql_pool::SqlPool::start(
@@ -497,6 +498,7 @@ impl AppState {
             files: content.files,
             build: content.build,
             exports: self.config.exports.clone(),
+            callers: Default::default(),
         }));
         self.metrics.policy_revision.set(revision as i64);
         self.count_reload(trigger, "swapped");

@@ -13,12 +13,15 @@
 //! `Authenticator`, so a config reload (key removed, issuer changed) drops it entirely.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::principal::Principal;
 
 struct Entry {
-    principal: Principal,
+    /// Shared, not copied, with every request that presents the token: the decision
+    /// layer recognises the same caller by this allocation (see
+    /// `decision::callers`).
+    principal: Arc<Principal>,
     /// Unix seconds after which the entry must not be used (`exp` + leeway).
     usable_until: u64,
     /// The key set generation that verified the token (see `jwt::LOCAL_GENERATION`);
@@ -43,7 +46,7 @@ impl VerifiedTokenCache {
         self.capacity > 0
     }
 
-    pub(crate) fn get(&self, token: &str, now: u64) -> Option<(Principal, u64)> {
+    pub(crate) fn get(&self, token: &str, now: u64) -> Option<(Arc<Principal>, u64)> {
         // A poisoned lock only means another thread panicked mid-insert; treating it as
         // a miss falls back to full verification, which is always correct.
         let entries = self.entries.lock().ok()?;
@@ -54,7 +57,7 @@ impl VerifiedTokenCache {
     pub(crate) fn insert(
         &self,
         token: &str,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         usable_until: u64,
         now: u64,
         generation: u64,
@@ -88,7 +91,7 @@ mod tests {
     #[test]
     fn entries_expire_and_capacity_is_bounded() {
         let cache = VerifiedTokenCache::new(2);
-        let principal = Principal::anonymous(vec![]);
+        let principal = Arc::new(Principal::anonymous(vec![]));
         cache.insert("one", &principal, 100, 50, 0);
         assert!(cache.get("one", 100).is_some());
         assert!(cache.get("one", 101).is_none());

@@ -147,10 +147,10 @@ impl JwtVerifier {
         self.remote.as_ref()
     }
 
-    pub(crate) fn verify(&self, token: &str) -> Result<Principal, AuthnError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthnError> {
         if !self.cache.is_enabled() {
             let (claims, _) = self.verified_claims(token)?;
-            return principal_from_claims(claims, &self.claims);
+            return principal_from_claims(claims, &self.claims).map(Arc::new);
         }
         let now = get_current_timestamp();
         if let Some((principal, generation)) = self.cache.get(token, now)
@@ -160,7 +160,7 @@ impl JwtVerifier {
         }
         let (claims, generation) = self.verified_claims(token)?;
         let expires_at = numeric_date(claims.get("exp"));
-        let principal = principal_from_claims(claims, &self.claims)?;
+        let principal = Arc::new(principal_from_claims(claims, &self.claims)?);
         if let Some(expires_at) = expires_at {
             let usable_until = expires_at.saturating_add(self.leeway_seconds);
             self.cache

@@ -41,6 +41,7 @@ mod session;
 mod sources;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use api_key::api_key_digest;
 pub use claims::service_account;
@@ -80,7 +81,9 @@ pub type ServiceAccountTokens<'a> = &'a dyn Fn(&str) -> Result<Principal, AuthnE
 
 /// Built once per config (re)load; immutable and shared across request threads.
 pub struct Authenticator {
-    anonymous_roles: Option<Vec<String>>,
+    /// The anonymous caller, built once and shared by every request without credentials
+    /// (the decision layer recognises a shared caller and reuses its enrichment).
+    anonymous: Option<Arc<Principal>>,
     jwt: Option<JwtVerifier>,
     api_keys: ApiKeyTable,
     api_key_header: String,
@@ -95,7 +98,7 @@ impl std::fmt::Debug for Authenticator {
         // Key material stays out of logs; only the shape is shown.
         formatter
             .debug_struct("Authenticator")
-            .field("anonymous_roles", &self.anonymous_roles)
+            .field("anonymous", &self.anonymous)
             .field("jwt", &self.jwt.is_some())
             .field("api_key_header", &self.api_key_header)
             .finish_non_exhaustive()
@@ -155,10 +158,10 @@ impl Authenticator {
             browser,
             issuer: config.jwt.as_ref().and_then(|jwt| jwt.issuer.clone()),
             sources,
-            anonymous_roles: config
+            anonymous: config
                 .anonymous
                 .enabled
-                .then(|| config.anonymous.roles.clone()),
+                .then(|| Arc::new(Principal::anonymous(config.anonymous.roles.clone()))),
             jwt,
             api_keys: ApiKeyTable::new(config.api_keys.as_ref())?,
             api_key_header: config.api_key_header().to_string(),
@@ -173,6 +176,7 @@ impl Authenticator {
         api_key: Option<&str>,
     ) -> Result<Principal, AuthnError> {
         self.authenticate_with_tokens(authorization, api_key, &|_| Err(AuthnError::UnknownApiKey))
+            .map(Arc::unwrap_or_clone)
     }
 
     /// [`Authenticator::authenticate`], where a credential that starts with
@@ -183,24 +187,20 @@ impl Authenticator {
         authorization: Option<&str>,
         api_key: Option<&str>,
         tokens: ServiceAccountTokens<'_>,
-    ) -> Result<Principal, AuthnError> {
+    ) -> Result<Arc<Principal>, AuthnError> {
         if let Some(sealed) = authorization.and_then(|value| value.strip_prefix(SESSION_SCHEME)) {
-            return self.session_principal(sealed);
+            return self.session_principal(sealed).map(Arc::new);
         }
         match presented(authorization, api_key)? {
             Presented::ApiKey(token) | Presented::Bearer(token)
                 if token.starts_with(SERVICE_ACCOUNT_TOKEN_PREFIX) =>
             {
-                tokens(token)
+                tokens(token).map(Arc::new)
             }
-            Presented::Nothing => self
-                .anonymous_roles
-                .as_ref()
-                .map(|roles| Principal::anonymous(roles.clone()))
-                .ok_or(AuthnError::MissingCredentials),
-            Presented::ApiKey(key) => self.api_keys.authenticate(key),
+            Presented::Nothing => self.anonymous.clone().ok_or(AuthnError::MissingCredentials),
+            Presented::ApiKey(key) => self.api_keys.authenticate(key).map(Arc::new),
             Presented::Bearer(value) if !looks_like_jwt(value) && !self.api_keys.is_empty() => {
-                self.api_keys.authenticate(value)
+                self.api_keys.authenticate(value).map(Arc::new)
             }
             Presented::Bearer(token) => match &self.jwt {
                 Some(verifier) => verifier.verify(token),

@@ -152,8 +152,8 @@ pub fn identify<'t>(
         Ok(match head.headers.asserted_caller() {
             Some(caller) => {
                 let principal = asserted_principal(state, snapshot, caller)?;
-                let subjects = principal.subjects();
-                (principal, subjects)
+                let subjects: Arc<[String]> = principal.subjects().into();
+                (Arc::new(principal), subjects)
             }
             None => authenticate_with_subjects(
                 state,
@@ -179,8 +179,8 @@ pub fn identify<'t>(
         Resolution::Unmatched(policy) => (None, policy),
     };
     Ok(Identified {
-        principal: Arc::new(principal),
-        subjects: subjects.into(),
+        principal,
+        subjects,
         canonical_path,
         route,
         unmatched_policy,
@@ -197,16 +197,18 @@ pub fn authenticate(
     api_key: Option<&str>,
 ) -> Result<Principal, AuthnError> {
     authenticate_with_subjects(state, snapshot, authorization, api_key)
-        .map(|(principal, _)| principal)
+        .map(|(principal, _)| Arc::unwrap_or_clone(principal))
 }
 
-/// [`authenticate`], and the principal's [`Principal::subjects`] (computed once).
+/// [`authenticate`], and the principal's [`Principal::subjects`]; both remembered by the
+/// snapshot for a caller who comes back with the same verified token
+/// ([`super::callers`]).
 fn authenticate_with_subjects(
     state: &AppState,
     snapshot: &PolicySnapshot,
     authorization: Option<&str>,
     api_key: Option<&str>,
-) -> Result<(Principal, Vec<String>), AuthnError> {
+) -> Result<super::callers::EnrichedCaller, AuthnError> {
     let tokens = |token: &str| {
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let (login, expires_at_ms) = snapshot
@@ -219,11 +221,13 @@ fn authenticate_with_subjects(
         }
         Ok(crate::authn::service_account(login, &[], &[], None))
     };
-    let principal =
-        state
-            .authenticator
-            .authenticate_with_tokens(authorization, api_key, &tokens)?;
-    Ok(enrich_with_subjects(snapshot, principal))
+    let verified = state
+        .authenticator
+        .authenticate_with_tokens(authorization, api_key, &tokens)?;
+    Ok(snapshot.callers.enriched(&verified, || {
+        let (principal, subjects) = enrich_with_subjects(snapshot, Principal::clone(&verified));
+        (Arc::new(principal), subjects.into())
+    }))
 }
 
 /// The principal of a caller a policy test states ([`super::AssertedCaller`]): claims

@@ -22,6 +22,7 @@
 //! Every refusal is a [`Refusal`], rendered to HTTP in one place ([`crate::http_error`]).
 
 mod authorize;
+pub mod callers;
 mod chart;
 mod creds;
 mod mcp;

@@ -29,6 +29,7 @@ pub use crate::sql_location::CompiledSql;
 mod canonical;
 mod config;
 mod extract;
+mod index;
 mod packs;
 mod pointer;
 pub mod rison;
@@ -417,6 +418,8 @@ pub enum Resolution<'t> {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// The routes by leading literal segments: resolution tries only those that can match.
+    index: index::RouteIndex,
     unmatched: UnmatchedPolicy,
     max_body_bytes: usize,
 }
@@ -480,8 +483,13 @@ impl RouteTable {
             }
             routes.push(route);
         }
+        let mut index = index::RouteIndex::default();
+        for (position, route) in routes.iter().enumerate() {
+            index.insert(position, route.template.leading_literals());
+        }
         Ok(RouteTable {
             routes,
+            index,
             unmatched: config.unmatched,
             max_body_bytes: config.max_body_bytes,
         })
@@ -490,6 +498,43 @@ impl RouteTable {
     /// The most specific route for `method` and `canonical_path` (see the module docs for
     /// the precedence rule). `canonical_path` must come from [`canonicalize_path`].
     pub fn resolve<'t>(&'t self, method: &str, canonical_path: &str) -> Resolution<'t> {
+        let path = SplitPath::new(canonical_path);
+        let mut candidates = Vec::with_capacity(16);
+        self.index
+            .candidates(path.decoded_segments(), &mut candidates);
+        let mut best: Option<(usize, &Route, PathParams, Vec<u8>)> = None;
+        for position in candidates {
+            let Some(route) = self.routes.get(position) else {
+                continue;
+            };
+            let Some(method_rank) = route.method_rank(method) else {
+                continue;
+            };
+            let Some(found) = route.template.matches(&path) else {
+                continue;
+            };
+            let mut rank = found.specificity;
+            rank.push(method_rank);
+            // Candidates come in no particular order: on a tie the earlier route wins.
+            let better = best
+                .as_ref()
+                .is_none_or(|(best_position, _, _, best_rank)| {
+                    rank > *best_rank || (rank == *best_rank && position < *best_position)
+                });
+            if better {
+                best = Some((position, route, found.params, rank));
+            }
+        }
+        match best {
+            Some((_, route, params, _)) => Resolution::Matched { route, params },
+            None => Resolution::Unmatched(self.unmatched),
+        }
+    }
+
+    /// [`Self::resolve`] by trying every route in table order: the oracle the index is
+    /// tested against.
+    #[cfg(test)]
+    fn resolve_by_scan<'t>(&'t self, method: &str, canonical_path: &str) -> Resolution<'t> {
         let path = SplitPath::new(canonical_path);
         let mut best: Option<(&Route, PathParams, Vec<u8>)> = None;
         for route in &self.routes {
@@ -501,7 +546,6 @@ impl RouteTable {
             };
             let mut rank = found.specificity;
             rank.push(method_rank);
-            // Strictly greater: on a tie the earlier route stays.
             if best
                 .as_ref()
                 .is_none_or(|(_, _, best_rank)| rank > *best_rank)

@@ -116,6 +116,11 @@ pub(super) struct SplitPath<'p> {
 }
 
 impl<'p> SplitPath<'p> {
+    /// The path's segments, percent-decoded (what literals are compared with).
+    pub(super) fn decoded_segments(&self) -> &[Cow<'p, [u8]>] {
+        &self.decoded
+    }
+
     pub(super) fn new(canonical_path: &'p str) -> SplitPath<'p> {
         let inner = canonical_path.strip_prefix('/').unwrap_or(canonical_path);
         let trailing_slash = canonical_path.ends_with('/');
@@ -248,6 +253,15 @@ impl Template {
             segments,
             rest,
             trailing_slash,
+        })
+    }
+
+    /// The literal segments before the first parameter (all of them when there is none):
+    /// any path this template matches starts with exactly these decoded segments.
+    pub(super) fn leading_literals(&self) -> impl Iterator<Item = &[u8]> {
+        self.segments.iter().map_while(|segment| match segment {
+            Segment::Literal(literal) => Some(literal.as_bytes()),
+            Segment::Param { .. } => None,
         })
     }
 

@@ -874,3 +874,117 @@ proptest! {
         }
     }
 }
+
+/// Paths built from `template`: parameters filled with plain, encoded and empty-ish
+/// values, rests of several lengths, the trailing slash toggled, a literal percent-encoded,
+/// a segment dropped or added.
+fn paths_from_template(template: &str) -> Vec<String> {
+    let fill = |value: &str, rest: &str| -> String {
+        let pieces: Vec<String> = template
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|piece| !piece.is_empty())
+            .map(|piece| match (piece.find('{'), piece.find('}')) {
+                (Some(open), Some(_)) if piece[open + 1..].starts_with('*') => rest.to_string(),
+                (Some(open), Some(close)) => {
+                    format!("{}{value}{}", &piece[..open], &piece[close + 1..])
+                }
+                _ => piece.to_string(),
+            })
+            .collect();
+        let mut path = format!("/{}", pieces.join("/"));
+        if template.ends_with('/') && template.len() > 1 {
+            path.push('/');
+        }
+        path
+    };
+    let mut paths = Vec::new();
+    for (value, rest) in [
+        ("1", ""),
+        ("x-y", "a"),
+        ("%61bc", "a/b/c"),
+        ("7", "assets/app.js/"),
+    ] {
+        let path = fill(value, rest);
+        let toggled = match path.strip_suffix('/') {
+            Some(without) if !without.is_empty() => without.to_string(),
+            _ => format!("{path}/"),
+        };
+        let encoded_first = match path.char_indices().nth(1) {
+            Some((at, character)) if character.is_ascii_alphabetic() => format!(
+                "/%{:02X}{}",
+                character as u32,
+                &path[at + character.len_utf8()..]
+            ),
+            _ => path.clone(),
+        };
+        let shorter = match path.trim_end_matches('/').rsplit_once('/') {
+            Some((head, _)) if !head.is_empty() => head.to_string(),
+            _ => "/".to_string(),
+        };
+        paths.extend([
+            format!("{path}/extra"),
+            path,
+            toggled,
+            encoded_first,
+            shorter,
+        ]);
+    }
+    paths
+}
+
+#[test]
+fn the_route_index_resolves_exactly_as_trying_every_route_in_order() {
+    let mut tables: Vec<(String, RouteTable)> = vec![("example".into(), example_table())];
+    for pack in ["superset", "grafana", "datasette"] {
+        let config = RoutesConfig {
+            packs: vec![pack.into()],
+            ..RoutesConfig::default()
+        };
+        match RouteTable::from_config(&config) {
+            Ok(table) => tables.push((pack.into(), table)),
+            Err(error) => panic!("pack {pack}: {error}"),
+        }
+    }
+    let templates: Vec<String> = tables
+        .iter()
+        .flat_map(|(_, table)| {
+            table
+                .routes()
+                .map(|route| route.path_template().to_string())
+        })
+        .chain(["/".into(), "/nothing/here".into(), "/api".into()])
+        .collect();
+    let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let mut compared = 0usize;
+    let mut matched = 0usize;
+    for (label, table) in &tables {
+        for template in &templates {
+            for raw_path in paths_from_template(template) {
+                let Ok(path) = canonicalize_path(&raw_path) else {
+                    continue;
+                };
+                for method in methods {
+                    let by_index = table.resolve(method, &path);
+                    let by_scan = table.resolve_by_scan(method, &path);
+                    let outcome = |resolution: &Resolution<'_>| match resolution {
+                        Resolution::Matched { route, params } => {
+                            Some((route.name().to_string(), params.clone()))
+                        }
+                        Resolution::Unmatched(_) => None,
+                    };
+                    assert_eq!(
+                        outcome(&by_index),
+                        outcome(&by_scan),
+                        "{label}: {method} {raw_path} (canonical {path})"
+                    );
+                    compared += 1;
+                    matched += usize::from(outcome(&by_index).is_some());
+                }
+            }
+        }
+    }
+    // Both outcomes must be well represented, or the comparison proves little.
+    assert!(compared > 50_000, "{compared} requests compared");
+    assert!(matched > 10_000, "{matched} of {compared} requests matched");
+}
