@@ -502,50 +502,40 @@ impl RouteTable {
         let mut candidates = Vec::with_capacity(16);
         self.index
             .candidates(path.decoded_segments(), &mut candidates);
-        let mut best: Option<(usize, &Route, PathParams, Vec<u8>)> = None;
-        for position in candidates {
-            let Some(route) = self.routes.get(position) else {
-                continue;
-            };
-            let Some(method_rank) = route.method_rank(method) else {
-                continue;
-            };
-            let Some(found) = route.template.matches(&path) else {
-                continue;
-            };
-            let mut rank = found.specificity;
-            rank.push(method_rank);
-            // Candidates come in no particular order: on a tie the earlier route wins.
-            let better = best
-                .as_ref()
-                .is_none_or(|(best_position, _, _, best_rank)| {
-                    rank > *best_rank || (rank == *best_rank && position < *best_position)
-                });
-            if better {
-                best = Some((position, route, found.params, rank));
-            }
-        }
-        match best {
-            Some((_, route, params, _)) => Resolution::Matched { route, params },
-            None => Resolution::Unmatched(self.unmatched),
-        }
+        // In table order, so that a tie goes to the earlier route as it always has.
+        candidates.sort_unstable();
+        let routes = candidates
+            .into_iter()
+            .filter_map(|position| self.routes.get(position));
+        self.most_specific(routes, method, &path)
     }
 
-    /// [`Self::resolve`] by trying every route in table order: the oracle the index is
-    /// tested against.
+    /// [`Self::resolve`] by trying every route: the oracle the index is tested against.
     #[cfg(test)]
     fn resolve_by_scan<'t>(&'t self, method: &str, canonical_path: &str) -> Resolution<'t> {
         let path = SplitPath::new(canonical_path);
+        self.most_specific(self.routes.iter(), method, &path)
+    }
+
+    /// The most specific of `routes` (given in table order) that matches; on a tie the
+    /// earlier one.
+    fn most_specific<'t>(
+        &'t self,
+        routes: impl Iterator<Item = &'t Route>,
+        method: &str,
+        path: &SplitPath<'_>,
+    ) -> Resolution<'t> {
         let mut best: Option<(&Route, PathParams, Vec<u8>)> = None;
-        for route in &self.routes {
+        for route in routes {
             let Some(method_rank) = route.method_rank(method) else {
                 continue;
             };
-            let Some(found) = route.template.matches(&path) else {
+            let Some(found) = route.template.matches(path) else {
                 continue;
             };
             let mut rank = found.specificity;
             rank.push(method_rank);
+            // Strictly greater: on a tie the earlier route stays.
             if best
                 .as_ref()
                 .is_none_or(|(_, _, best_rank)| rank > *best_rank)
