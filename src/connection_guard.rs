@@ -183,6 +183,14 @@ enum HeadScan {
 
 const HEAD_END: &[u8; 4] = b"\r\n\r\n";
 
+/// A searcher for [`HEAD_END`], built once: `memmem::find` builds one per call, which
+/// cost more than the search itself on every read of a request head.
+fn head_end_finder() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(HEAD_END));
+    &FINDER
+}
+
 /// Scans `bytes` for the end of a request head, `matched` bytes of the terminator having
 /// ended the previous read.
 fn scan_head(matched: u8, bytes: &[u8]) -> HeadScan {
@@ -209,7 +217,7 @@ fn scan_head(matched: u8, bytes: &[u8]) -> HeadScan {
         };
     }
     let rest = &bytes[consumed..];
-    if memchr::memmem::find(rest, HEAD_END).is_some() {
+    if head_end_finder().find(rest).is_some() {
         return HeadScan::Complete;
     }
     let matched = (1..HEAD_END.len())

@@ -97,7 +97,12 @@ fn grafana_permissions_api_grants_and_revokes_with_immediate_effect() {
             (200, &json!({"message": "Permission updated"})),
             "{backend}"
         );
+        clear_recorded(upstream);
         assert_eq!(read_datasource(&gateway, &bob, "demo"), 200, "{backend}");
+        let forwarded = recorded_requests(upstream);
+        assert_eq!(forwarded.len(), 1, "{backend}");
+        assert_eq!(forwarded[0].header_values("x-datagate-user"), vec!["bob"]);
+        assert_eq!(forwarded[0].header_values("x-datagate-teams"), vec![""]);
 
         let (status, listing) = call(
             "GET",
@@ -184,10 +189,20 @@ fn grafana_permissions_api_grants_and_revokes_with_immediate_effect() {
             Some(&json!({"user_id": bob_id}).to_string()),
         );
         assert_eq!(status, 200);
+        clear_recorded(upstream);
         assert_eq!(
             read_datasource(&gateway, &bob, "demo"),
             200,
             "{backend}: store membership"
+        );
+        // The same token as before: what the upstream is told about bob (remembered per
+        // caller and snapshot) follows the store write too.
+        let forwarded = recorded_requests(upstream);
+        assert_eq!(forwarded.len(), 1, "{backend}");
+        assert_eq!(
+            forwarded[0].header_values("x-datagate-teams"),
+            vec!["analysts"],
+            "{backend}"
         );
         let (status, _) = call(
             "DELETE",

@@ -31,14 +31,16 @@ struct Entry {
 
 pub(crate) struct VerifiedTokenCache {
     capacity: usize,
-    entries: Mutex<HashMap<Box<str>, Entry>>,
+    /// foldhash, not SipHash: only verified tokens are inserted, so a client cannot fill
+    /// the map with keys chosen to collide, and the full token is compared on every hit.
+    entries: Mutex<HashMap<Box<str>, Entry, foldhash::fast::RandomState>>,
 }
 
 impl VerifiedTokenCache {
     pub(crate) fn new(capacity: usize) -> Self {
         VerifiedTokenCache {
             capacity,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
         }
     }
 

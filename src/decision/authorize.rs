@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::Digest;
 
+use super::callers::Caller;
 use super::request::ParsedRequest;
 use super::{Refusal, RequestHead};
 use crate::authn::AuthnError;
@@ -27,9 +28,7 @@ use crate::state::{AppState, PolicySnapshot};
 /// Who is calling and which route the request is. The body has not been read yet.
 pub struct Identified<'t> {
     /// Shared with the permit, the decision and the SQL pool's job: one caller, no copies.
-    pub principal: Arc<Principal>,
-    /// `principal.subjects()`, computed once per request.
-    pub subjects: Arc<[String]>,
+    pub caller: Arc<Caller>,
     /// The path the route was matched on; it is also what the upstream receives.
     pub canonical_path: String,
     pub route: Option<(&'t Route, PathParams)>,
@@ -63,8 +62,7 @@ impl Identified<'_> {
 /// private to this module).
 #[derive(Debug, Clone)]
 pub struct Permit {
-    principal: Arc<Principal>,
-    subjects: Arc<[String]>,
+    caller: Arc<Caller>,
     route: String,
     canonical_path: String,
     datasource_uids: Vec<String>,
@@ -73,15 +71,19 @@ pub struct Permit {
 
 impl Permit {
     pub fn principal(&self) -> &Principal {
-        &self.principal
+        &self.caller.principal
     }
     /// The caller as shared with later stages (the SQL pool's job).
     pub fn shared_principal(&self) -> &Arc<Principal> {
-        &self.principal
+        &self.caller.principal
     }
     /// The policy subjects the caller acts as ([`Principal::subjects`]).
     pub fn subjects(&self) -> &[String] {
-        &self.subjects
+        &self.caller.subjects
+    }
+    /// What the upstream is told about the caller ([`crate::proxy::headers`]).
+    pub fn upstream_identity(&self) -> &crate::proxy::headers::IdentityHeaderValues {
+        self.caller.upstream_identity()
     }
     pub fn route(&self) -> &str {
         &self.route
@@ -152,8 +154,8 @@ pub fn identify<'t>(
         Ok(match head.headers.asserted_caller() {
             Some(caller) => {
                 let principal = asserted_principal(state, snapshot, caller)?;
-                let subjects: Arc<[String]> = principal.subjects().into();
-                (Arc::new(principal), subjects)
+                let subjects = principal.subjects();
+                Caller::new(Arc::new(principal), subjects)
             }
             None => authenticate_with_subjects(
                 state,
@@ -164,7 +166,7 @@ pub fn identify<'t>(
         })
     })();
     clock.stop(super::Stage::Authenticate, started, &principal);
-    let (principal, subjects) = principal?;
+    let caller = principal?;
     let started = clock.start();
     let routed = canonicalize_path(head.raw_path)
         .map_err(Refusal::BadPath)
@@ -179,8 +181,7 @@ pub fn identify<'t>(
         Resolution::Unmatched(policy) => (None, policy),
     };
     Ok(Identified {
-        principal,
-        subjects,
+        caller,
         canonical_path,
         route,
         unmatched_policy,
@@ -197,7 +198,7 @@ pub fn authenticate(
     api_key: Option<&str>,
 ) -> Result<Principal, AuthnError> {
     authenticate_with_subjects(state, snapshot, authorization, api_key)
-        .map(|(principal, _)| Arc::unwrap_or_clone(principal))
+        .map(|caller| Principal::clone(&caller.principal))
 }
 
 /// [`authenticate`], and the principal's [`Principal::subjects`]; both remembered by the
@@ -226,7 +227,7 @@ fn authenticate_with_subjects(
         .authenticate_with_tokens(authorization, api_key, &tokens)?;
     Ok(snapshot.callers.enriched(&verified, || {
         let (principal, subjects) = enrich_with_subjects(snapshot, Principal::clone(&verified));
-        (Arc::new(principal), subjects.into())
+        Caller::new(Arc::new(principal), subjects)
     }))
 }
 
@@ -314,7 +315,7 @@ pub fn authorize(
     request: &ParsedRequest,
     mut trace: Option<&mut Vec<CheckOutcome>>,
 ) -> Result<Permit, Refusal> {
-    let principal = &identified.principal;
+    let principal = &identified.caller.principal;
     let anonymous = principal.kind == PrincipalKind::Anonymous;
     // Outcomes (and their text) are built only when a caller asked for them: a proxied
     // request does not.
@@ -363,7 +364,7 @@ pub fn authorize(
         }
     }
 
-    let subjects = &identified.subjects[..];
+    let subjects = &identified.caller.subjects[..];
     let denied = |permission: String| {
         if anonymous {
             Refusal::AuthenticationRequired {
@@ -535,8 +536,7 @@ pub(super) fn permit(
     datasource_uids: Vec<String>,
 ) -> Permit {
     Permit {
-        principal: identified.principal.clone(),
-        subjects: identified.subjects.clone(),
+        caller: identified.caller.clone(),
         route: identified.route_name().to_string(),
         canonical_path: identified.canonical_path.clone(),
         datasource_uids,

@@ -16,16 +16,46 @@
 //! that address, and a lookup confirms [`Arc::ptr_eq`] before using the entry.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::principal::Principal;
+use crate::proxy::headers::IdentityHeaderValues;
 
 /// Entries per snapshot before the memo starts over (as the verified-token cache does: a
 /// burst of new callers costs one enrichment each, never a wrong answer).
 const CAPACITY: usize = 10_000;
 
-/// A caller as the snapshot sees them, and their policy subjects.
-pub type EnrichedCaller = (Arc<Principal>, Arc<[String]>);
+/// A caller as the snapshot sees them: the enriched principal, its policy subjects and,
+/// once a request for them is forwarded, the identity header values the upstream gets.
+/// Nothing in it changes after it is built, so what is derived from it once stays true
+/// for as long as the caller is remembered.
+#[derive(Debug)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    /// `principal.subjects()`, computed once.
+    pub subjects: Box<[String]>,
+    upstream_identity: OnceLock<IdentityHeaderValues>,
+}
+
+impl Caller {
+    pub fn new(principal: Arc<Principal>, subjects: Vec<String>) -> Arc<Caller> {
+        Arc::new(Caller {
+            principal,
+            subjects: subjects.into_boxed_slice(),
+            upstream_identity: OnceLock::new(),
+        })
+    }
+
+    /// The principal's identity header values, encoded by the first request forwarded
+    /// for this caller and reused by every later one.
+    pub fn upstream_identity(&self) -> &IdentityHeaderValues {
+        self.upstream_identity
+            .get_or_init(|| IdentityHeaderValues::of(&self.principal))
+    }
+}
+
+/// A caller as the snapshot sees them, shared by every request they make.
+pub type EnrichedCaller = Arc<Caller>;
 
 struct Entry {
     /// Keeps the verified principal's allocation alive, which makes its address a key no
@@ -70,7 +100,7 @@ impl CallerMemo {
             && let Some(entry) = entries.get(&key)
             && Arc::ptr_eq(&entry.verified, verified)
         {
-            return (entry.enriched.0.clone(), entry.enriched.1.clone());
+            return entry.enriched.clone();
         }
         let enriched = enrich();
         if let Ok(mut entries) = self.entries.lock() {
@@ -81,7 +111,7 @@ impl CallerMemo {
                 key,
                 Entry {
                     verified: verified.clone(),
-                    enriched: (enriched.0.clone(), enriched.1.clone()),
+                    enriched: enriched.clone(),
                 },
             );
         }
@@ -96,8 +126,8 @@ mod tests {
     fn enriched_as(name: &str) -> EnrichedCaller {
         let mut principal = Principal::anonymous(vec!["Public".into()]);
         principal.username = name.into();
-        let subjects: Arc<[String]> = principal.subjects().into();
-        (Arc::new(principal), subjects)
+        let subjects = principal.subjects();
+        Caller::new(Arc::new(principal), subjects)
     }
 
     #[test]
@@ -107,11 +137,11 @@ mod tests {
         let _held_by_the_token_cache = shared.clone();
         let mut built = 0;
         for _ in 0..3 {
-            let (principal, _) = memo.enriched(&shared, || {
+            let caller = memo.enriched(&shared, || {
                 built += 1;
                 enriched_as("first")
             });
-            assert_eq!(principal.username, "first");
+            assert_eq!(caller.principal.username, "first");
         }
         assert_eq!(built, 1);
 
@@ -127,6 +157,29 @@ mod tests {
     }
 
     #[test]
+    fn identity_header_values_are_kept_per_caller_and_snapshot() {
+        let shared = Arc::new(Principal::anonymous(vec!["Public".into()]));
+        let _held_by_the_token_cache = shared.clone();
+        let memo = CallerMemo::default();
+        let first = memo.enriched(&shared, || enriched_as("first"));
+        let again = memo.enriched(&shared, || enriched_as("not used"));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(std::ptr::eq(
+            first.upstream_identity(),
+            again.upstream_identity()
+        ));
+        // A new snapshot (a store write) starts a new memo: the same token's next request
+        // is enriched, and encoded, afresh.
+        let next_snapshot = CallerMemo::default();
+        let after_write = next_snapshot.enriched(&shared, || enriched_as("second"));
+        assert_eq!(after_write.principal.username, "second");
+        assert!(!std::ptr::eq(
+            first.upstream_identity(),
+            after_write.upstream_identity()
+        ));
+    }
+
+    #[test]
     fn another_principal_never_gets_a_remembered_enrichment() {
         let memo = CallerMemo::default();
         let alice = Arc::new(Principal::anonymous(vec!["Public".into()]));
@@ -134,9 +187,9 @@ mod tests {
         memo.enriched(&alice, || enriched_as("alice"));
         let bob = Arc::new(Principal::anonymous(vec!["Public".into()]));
         let _bob_cached = bob.clone();
-        let (principal, _) = memo.enriched(&bob, || enriched_as("bob"));
-        assert_eq!(principal.username, "bob");
-        let (principal, _) = memo.enriched(&alice, || enriched_as("not used"));
-        assert_eq!(principal.username, "alice");
+        let caller = memo.enriched(&bob, || enriched_as("bob"));
+        assert_eq!(caller.principal.username, "bob");
+        let caller = memo.enriched(&alice, || enriched_as("not used"));
+        assert_eq!(caller.principal.username, "alice");
     }
 }

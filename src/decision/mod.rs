@@ -401,13 +401,13 @@ pub async fn admit(
         }
     };
     decision.route = identified.route_name().to_string();
-    decision.principal = Some(identified.principal.clone());
+    decision.principal = Some(identified.caller.principal.clone());
     decision.canonical_path = Some(identified.canonical_path.clone());
     if is_permissions_request(head, &identified) {
         decision.route = PERMISSIONS_ROUTE.to_string();
         decision.verdict = Verdict::Answer(Answer::Permissions(Box::new(caller_permissions(
             snapshot,
-            &identified.principal,
+            &identified.caller.principal,
         ))));
         decision.stages = clock.timings;
         return decision;

@@ -29,9 +29,9 @@ const DEEPEST_ALLOWED_LINK: usize = CASBIN_MAX_HIERARCHY_LEVEL - 1;
 
 pub(super) type NameId = u32;
 
-/// Hashes the index's own `u32` ids with one multiplication. SipHash (the std default,
-/// kept for request-supplied strings) costs more than the rest of a lookup; ids are
-/// assigned by the index, so there is nothing for a caller to collide on.
+/// Hashes the index's own `u32` ids with one multiplication. SipHash (the std default)
+/// costs more than the rest of a lookup; ids are assigned by the index, so there is
+/// nothing for a caller to collide on.
 #[derive(Default, Clone, Copy)]
 struct IdHasher(u64);
 
@@ -89,7 +89,10 @@ impl CheckedSubjects {
 /// Names to dense ids, so the index stores `u32`s instead of repeated strings.
 #[derive(Default)]
 struct Interner {
-    ids: HashMap<Arc<str>, NameId>,
+    /// Request-supplied names (subjects, objects, actions) are hashed with seeded foldhash
+    /// rather than SipHash: they are only looked up, the policy alone inserts, so no
+    /// client can grow a bucket, and a lookup compares the whole name.
+    ids: HashMap<Arc<str>, NameId, foldhash::fast::RandomState>,
     names: Vec<Arc<str>>,
 }
 

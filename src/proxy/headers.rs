@@ -20,6 +20,8 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
 
@@ -323,8 +325,13 @@ const IDENTITY_KEYS: [&str; 6] = ["user", "roles", "teams", "basic_role", "email
 #[derive(Debug, Clone)]
 pub struct HeaderPlan {
     identity: IdentityHeaderNames,
+    /// `identity`'s names as pingora takes them; cloning one is a reference count, where
+    /// a `String` would be copied for every header of every request.
+    identity_wire: IdentityWireNames,
+    /// `forwarding.x_forwarded_proto` as a header value, built once.
+    forwarded_proto: HeaderValue,
     /// Normalized names ([`normalized_name`]) no client copy of which reaches the upstream.
-    protected: HashSet<String>,
+    protected: HashSet<String, foldhash::fast::RandomState>,
     /// Normalized prefixes likewise (`x-datagate-`, and `Name-*` entries of the lists).
     protected_prefixes: Vec<String>,
     forwarding: ForwardingConfig,
@@ -411,7 +418,7 @@ impl HeaderPlan {
                 }
             }
         }
-        let mut protected = HashSet::new();
+        let mut protected = HashSet::default();
         let mut protected_prefixes = vec!["x-datagate-".to_string(), "x-webauth-".to_string()];
         let presets = [
             IdentityPreset::Custom,
@@ -455,6 +462,8 @@ impl HeaderPlan {
             }
         }
         HeaderPlan {
+            identity_wire: IdentityWireNames::of(&identity),
+            forwarded_proto: HeaderValue::from_static(config.forwarding.x_forwarded_proto.as_str()),
             identity,
             protected,
             protected_prefixes,
@@ -505,6 +514,19 @@ impl HeaderPlan {
         db_credentials: Option<&crate::creds::DbCredentials>,
         peer: Option<IpAddr>,
     ) -> Result<()> {
+        let identity = IdentityHeaderValues::of(principal);
+        self.prepare_upstream_request_for(request, &identity, db_credentials, peer)
+    }
+
+    /// [`Self::prepare_upstream_request`] with the caller's identity values already
+    /// encoded (the proxy's remembered callers keep theirs, [`IdentityHeaderValues`]).
+    pub fn prepare_upstream_request_for(
+        &self,
+        request: &mut RequestHeader,
+        identity: &IdentityHeaderValues,
+        db_credentials: Option<&crate::creds::DbCredentials>,
+        peer: Option<IpAddr>,
+    ) -> Result<()> {
         // Read before the client's copies are stripped, and only when they are used.
         let client_forwarded_for: Vec<String> =
             if self.forwarding.x_forwarded_for == ForwardedForMode::Append {
@@ -524,7 +546,7 @@ impl HeaderPlan {
         };
         // The database-credential names are protected: stripping removed every client copy.
         self.strip_client_headers(request);
-        self.write_identity(request, principal)?;
+        self.write_identity(request, identity)?;
         write_db_credential_headers(request, &self.db_headers, db_credentials)?;
         let forwarded_for = forwarded_for(
             self.forwarding.x_forwarded_for,
@@ -538,10 +560,7 @@ impl HeaderPlan {
                 .map_err(|_| internal("x-forwarded-for"))?;
         }
         request
-            .insert_header(
-                "X-Forwarded-Proto",
-                self.forwarding.x_forwarded_proto.as_str(),
-            )
+            .insert_header("X-Forwarded-Proto", self.forwarded_proto.clone())
             .map_err(|_| internal("x-forwarded-proto"))?;
         if self.forwarding.x_forwarded_host
             && let Some(host) = host
@@ -553,49 +572,119 @@ impl HeaderPlan {
         Ok(())
     }
 
-    fn write_identity(&self, request: &mut RequestHeader, principal: &Principal) -> Result<()> {
-        let names = &self.identity;
-        if principal.kind == PrincipalKind::Anonymous && !names.for_anonymous {
+    fn write_identity(
+        &self,
+        request: &mut RequestHeader,
+        identity: &IdentityHeaderValues,
+    ) -> Result<()> {
+        let names = &self.identity_wire;
+        if identity.anonymous && !self.identity.for_anonymous {
             return Ok(());
         }
+        let basic_role = match &identity.basic_role {
+            Some(value) => Some(value.clone()),
+            None => self.identity.no_basic_role.map(HeaderValue::from_static),
+        };
+        let values = [
+            (&names.user, Some(identity.user.as_ref())),
+            (&names.roles, Some(identity.roles.as_ref())),
+            (&names.teams, Some(identity.teams.as_ref())),
+            (&names.basic_role, basic_role.as_ref().map(Ok)),
+            (
+                &names.email,
+                identity.email.as_ref().map(|email| email.as_ref()),
+            ),
+            (
+                &names.name,
+                identity.name.as_ref().map(|name| name.as_ref()),
+            ),
+        ];
+        for (name, value) in values {
+            if let (Some(name), Some(value)) = (name, value) {
+                let value = value.map_err(|_| internal("identity header"))?;
+                request
+                    .insert_header(name.clone(), value.clone())
+                    .map_err(|_| internal("identity header"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`IdentityHeaderNames`] as pingora's header names.
+#[derive(Debug, Clone)]
+struct IdentityWireNames {
+    user: Option<Bytes>,
+    roles: Option<Bytes>,
+    teams: Option<Bytes>,
+    basic_role: Option<Bytes>,
+    email: Option<Bytes>,
+    name: Option<Bytes>,
+}
+
+impl IdentityWireNames {
+    fn of(names: &IdentityHeaderNames) -> IdentityWireNames {
+        let wire = |name: &Option<String>| name.as_ref().map(|name| Bytes::from(name.clone()));
+        IdentityWireNames {
+            user: wire(&names.user),
+            roles: wire(&names.roles),
+            teams: wire(&names.teams),
+            basic_role: wire(&names.basic_role),
+            email: wire(&names.email),
+            name: wire(&names.name),
+        }
+    }
+}
+
+/// An identity header value, or why it cannot be one (never expected: the encoding
+/// escapes every byte a header value may not hold, and the request is refused if it did).
+type EncodedValue = std::result::Result<HeaderValue, http::header::InvalidHeaderValue>;
+
+/// What the upstream is told about one caller, encoded ([`encode_identity_value`]) into
+/// header values once: a remembered caller ([`crate::decision::callers::Caller`]) keeps
+/// them, so a request clones reference counts instead of encoding, joining and copying
+/// every value again. Which of them are sent is the [`HeaderPlan`]'s choice.
+#[derive(Debug)]
+pub struct IdentityHeaderValues {
+    anonymous: bool,
+    user: EncodedValue,
+    /// Comma-separated, each encoded.
+    roles: EncodedValue,
+    teams: EncodedValue,
+    basic_role: Option<HeaderValue>,
+    email: Option<EncodedValue>,
+    /// The token's `name` claim, when it is a non-empty string.
+    name: Option<EncodedValue>,
+}
+
+impl IdentityHeaderValues {
+    pub fn of(principal: &Principal) -> IdentityHeaderValues {
+        let encoded = |value: &str| HeaderValue::try_from(encode_identity_value(value));
         let list = |values: &[String]| {
-            values
-                .iter()
-                .map(|value| encode_identity_value(value))
-                .collect::<Vec<_>>()
-                .join(",")
+            HeaderValue::try_from(
+                values
+                    .iter()
+                    .map(|value| encode_identity_value(value))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
         };
         let display_name = principal
             .claims
             .get("name")
             .and_then(serde_json::Value::as_str)
             .filter(|name| !name.is_empty());
-        let basic_role = principal
-            .basic_role
-            .map(|role| role.as_str())
-            .or(names.no_basic_role);
-        let values = [
-            (
-                &names.user,
-                Some(encode_identity_value(&principal.username)),
-            ),
-            (&names.roles, Some(list(&principal.roles))),
-            (&names.teams, Some(list(&principal.teams))),
-            (&names.basic_role, basic_role.map(str::to_string)),
-            (
-                &names.email,
-                principal.email.as_deref().map(encode_identity_value),
-            ),
-            (&names.name, display_name.map(encode_identity_value)),
-        ];
-        for (name, value) in values {
-            if let (Some(name), Some(value)) = (name, value) {
-                request
-                    .insert_header(name.clone(), value)
-                    .map_err(|_| internal("identity header"))?;
-            }
+        IdentityHeaderValues {
+            anonymous: principal.kind == PrincipalKind::Anonymous,
+            user: encoded(&principal.username),
+            roles: list(&principal.roles),
+            teams: list(&principal.teams),
+            basic_role: principal
+                .basic_role
+                .map(|role| HeaderValue::from_static(role.as_str())),
+            email: principal.email.as_deref().map(encoded),
+            name: display_name.map(encoded),
         }
-        Ok(())
     }
 }
 

@@ -381,9 +381,9 @@ impl ProxyHttp for DatagateProxy {
             .client_addr()
             .and_then(|address| address.as_inet())
             .map(|address| address.ip());
-        self.headers.prepare_upstream_request(
+        self.headers.prepare_upstream_request_for(
             upstream_request,
-            permit.principal(),
+            permit.upstream_identity(),
             ctx.db_credentials.as_ref(),
             peer,
         )?;
