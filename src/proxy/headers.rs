@@ -330,6 +330,8 @@ pub struct HeaderPlan {
     identity_wire: IdentityWireNames,
     /// `forwarding.x_forwarded_proto` as a header value, built once.
     forwarded_proto: HeaderValue,
+    /// `identity.no_basic_role` as a header value, built once.
+    no_basic_role: Option<HeaderValue>,
     /// Normalized names ([`normalized_name`]) no client copy of which reaches the upstream.
     protected: HashSet<String, foldhash::fast::RandomState>,
     /// Normalized prefixes likewise (`x-datagate-`, and `Name-*` entries of the lists).
@@ -463,6 +465,7 @@ impl HeaderPlan {
         }
         HeaderPlan {
             identity_wire: IdentityWireNames::of(&identity),
+            no_basic_role: identity.no_basic_role.map(HeaderValue::from_static),
             forwarded_proto: HeaderValue::from_static(config.forwarding.x_forwarded_proto.as_str()),
             identity,
             protected,
@@ -581,15 +584,12 @@ impl HeaderPlan {
         if identity.anonymous && !self.identity.for_anonymous {
             return Ok(());
         }
-        let basic_role = match &identity.basic_role {
-            Some(value) => Some(value.clone()),
-            None => self.identity.no_basic_role.map(HeaderValue::from_static),
-        };
+        let basic_role = identity.basic_role.as_ref().or(self.no_basic_role.as_ref());
         let values = [
             (&names.user, Some(identity.user.as_ref())),
             (&names.roles, Some(identity.roles.as_ref())),
             (&names.teams, Some(identity.teams.as_ref())),
-            (&names.basic_role, basic_role.as_ref().map(Ok)),
+            (&names.basic_role, basic_role.map(Ok)),
             (
                 &names.email,
                 identity.email.as_ref().map(|email| email.as_ref()),
