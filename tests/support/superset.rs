@@ -8,8 +8,9 @@
 //! harness with `--exit-with-stdin`: when this process exits, however it dies, its stdin
 //! pipe closes and the harness stops gunicorn and removes Superset's home directory.
 //!
-//! Every request a test sends carries an `X-Test-Marker` header, which gunicorn's access
-//! log records: [`Superset::received`] is how a deny test proves Superset got nothing.
+//! Every request a test sends carries an `X-Test-Marker` header, which a gunicorn hook
+//! records before Superset handles the request: [`Superset::received`] is how a deny test
+//! proves Superset got nothing, and an allow test that it got the request.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -172,6 +173,14 @@ fn serve(home: &Path, access_log: &Path, production_defaults: bool) -> (SocketAd
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The arrivals hook (gunicorn_hooks.py) is what makes `received` exact; a server
+    // without it would leave allow tests racing gunicorn's own log line again.
+    let arrivals = std::fs::read_to_string(access_log).unwrap_or_default();
+    assert!(
+        arrivals.lines().any(|line| line.starts_with("arrived GET /health ")),
+        "gunicorn_hooks.py did not record the /health probe in {}",
+        access_log.display()
+    );
     (address, serve)
 }
 
@@ -323,51 +332,24 @@ pub fn mcp_answer(reply: &Reply, id: &Value) -> Value {
 }
 
 impl Superset {
-    /// Whether any request carrying `marker` reached Superset (gunicorn's access log; of
-    /// the production-defaults server too, once started).
+    /// Whether any request carrying `marker` reached Superset (of the production-defaults
+    /// server too, once started).
     ///
-    /// gunicorn writes a request's line just after sending its response, so datagate's
-    /// answer can reach the test first. A sentinel request sent straight to Superset
-    /// afterwards, and waited for in the log, orders the check after any line the marked
-    /// request would have produced.
+    /// gunicorn_hooks.py records a request's marker before Superset handles it, so once
+    /// datagate has answered with Superset's response the record is already in the log;
+    /// a refused request has none. (gunicorn's own access-log line comes only after the
+    /// response is sent, by any of its workers: reading that raced the reply.)
     pub fn received(&self, marker: &str) -> bool {
-        let mut servers = vec![(self.address, self.access_log.clone())];
-        if let Some((address, _)) = self.production.get() {
-            servers.push((*address, self.home.join(PRODUCTION_ACCESS_LOG)));
+        let mut logs = vec![self.access_log.clone()];
+        if self.production.get().is_some() {
+            logs.push(self.home.join(PRODUCTION_ACCESS_LOG));
         }
-        // Every server is asked (no short cut), so a sentinel orders the check on each.
-        let received: Vec<bool> = servers
-            .iter()
-            .map(|(address, log)| received_at(*address, log, marker))
-            .collect();
-        received.contains(&true)
+        logs.iter().any(|log| logged(log, marker))
     }
 }
 
 /// The access log of the server [`Superset::with_production_defaults`] starts.
 const PRODUCTION_ACCESS_LOG: &str = "access-production.log";
-
-/// Whether gunicorn at `address` logged a request carrying `marker` in `log`, after a
-/// sentinel request of its own appeared there.
-fn received_at(address: SocketAddr, log: &Path, marker: &str) -> bool {
-    let sentinel = self::marker();
-    let reply = send(
-        "GET",
-        &format!("http://{address}/health"),
-        &[("X-Test-Marker", sentinel.as_str())],
-        None,
-    );
-    assert_eq!(reply.status, 200, "Superset's /health");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !logged(log, &sentinel) {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinel request never appeared in gunicorn's access log"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    logged(log, marker)
-}
 
 fn logged(log: &Path, marker: &str) -> bool {
     let Ok(file) = std::fs::File::open(log) else {

@@ -277,8 +277,12 @@ def serve(home: str, port: int, workers: int, access_log: str | None,
     ]
     if access_log:
         # The test marks each request with X-Test-Marker and reads this log to prove
-        # that a refused request never reached Superset.
-        argv += ["--access-logfile", access_log,
+        # that a refused request never reached Superset, and that a forwarded one did:
+        # gunicorn_hooks.py writes each request's marker before Superset handles it
+        # (gunicorn's own line, after the response, stays for the status code).
+        env["DATAGATE_TEST_ARRIVALS_LOG"] = access_log
+        argv += ["--config", os.path.join(HERE, "gunicorn_hooks.py"),
+                 "--access-logfile", access_log,
                  "--access-logformat", '%(m)s %(U)s %(s)s marker=%({x-test-marker}i)s']
     argv.append("superset.app:create_app()")
     if not with_stdin:
