@@ -158,7 +158,7 @@ pub fn read_headers(state: &AppState, method: &str, headers: &http::HeaderMap) -
         problem: None,
         asserted_caller: None,
     };
-    let mut credential_headers = vec![
+    let mut credential_headers: smallvec::SmallVec<[&str; 4]> = smallvec::smallvec![
         http::header::AUTHORIZATION.as_str(),
         authenticator.api_key_header(),
     ];

@@ -109,11 +109,20 @@ pub fn check_client_headers(
     headers: &http::HeaderMap,
     credential_headers: &[&str],
 ) -> std::result::Result<(), HeaderError> {
-    for credential in credential_headers {
-        let wanted = folded(credential);
-        let mut count = 0usize;
-        for (name, value) in headers.iter() {
-            if folded(name.as_str()) != wanted {
+    // One pass over the headers, each name folded once (this runs on every request).
+    // `HeaderMap::iter` yields a repeated header once per value, so a name seen a second
+    // time is a repeat.
+    let folded_credentials: smallvec::SmallVec<[std::borrow::Cow<'_, str>; 4]> = credential_headers
+        .iter()
+        .map(|credential| folded(credential))
+        .collect();
+    let mut previous: Option<&http::HeaderName> = None;
+    for (name, value) in headers.iter() {
+        let repeated = previous == Some(name);
+        previous = Some(name);
+        let name_folded = folded(name.as_str());
+        for (credential, folded_credential) in credential_headers.iter().zip(&folded_credentials) {
+            if *folded_credential != name_folded {
                 continue;
             }
             // Header names arrive lowercased: only the credential's own spelling (any
@@ -124,8 +133,7 @@ pub fn check_client_headers(
                     header: credential.to_string(),
                 });
             }
-            count += 1;
-            if count > 1 {
+            if repeated {
                 return Err(HeaderError::DuplicateCredential {
                     header: credential.to_string(),
                 });
@@ -497,7 +505,8 @@ impl HeaderPlan {
 
     /// Removes every client header whose name is protected.
     pub fn strip_client_headers(&self, request: &mut RequestHeader) {
-        let doomed: Vec<http::HeaderName> = request
+        // A request usually carries one or two (its credential): kept inline.
+        let doomed: smallvec::SmallVec<[http::HeaderName; 4]> = request
             .headers
             .keys()
             .filter(|name| self.is_protected(name.as_str()))

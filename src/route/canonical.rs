@@ -86,6 +86,39 @@ fn invalid(reason: &'static str) -> RouteError {
 
 /// Canonicalises the path of a request target (`raw_path` excludes the query string).
 pub fn canonicalize_path(raw_path: &str) -> Result<String, RouteError> {
+    if is_plainly_canonical(raw_path) {
+        return Ok(raw_path.to_owned());
+    }
+    canonicalize_in_full(raw_path)
+}
+
+/// Whether `raw_path` is already its own canonical form by a check that needs no
+/// decoding: only unreserved characters and `/`, no empty segment but a trailing one, no
+/// `.` or `..` segment. Most API paths are (`/api/v1/chart/1`), and they skip the
+/// byte-by-byte rewrite; a proptest holds this to [`canonicalize_in_full`].
+fn is_plainly_canonical(raw_path: &str) -> bool {
+    let Some(inner) = raw_path.strip_prefix('/') else {
+        return false;
+    };
+    if raw_path.len() > MAX_PATH_BYTES
+        || !inner
+            .bytes()
+            .all(|byte| byte == b'/' || is_unreserved(byte))
+    {
+        return false;
+    }
+    let segments = inner.strip_suffix('/').unwrap_or(inner);
+    // `/` alone: `inner` is empty; `//`: `segments` is empty but `inner` is not.
+    if segments.is_empty() {
+        return inner.is_empty();
+    }
+    segments
+        .split('/')
+        .all(|segment| !matches!(segment, "" | "." | ".."))
+}
+
+/// The full canonicalisation: decode once, resolve dot segments, re-escape.
+fn canonicalize_in_full(raw_path: &str) -> Result<String, RouteError> {
     if raw_path.len() > MAX_PATH_BYTES {
         return Err(invalid("path is longer than 8 KiB"));
     }
@@ -387,7 +420,8 @@ mod tests {
         ) {
             let raw = format!("/{}", pieces.concat());
             if let Ok(first) = canonicalize_path(&raw) {
-                let second = canonicalize_path(&first);
+                // The full rewrite, not the shortcut a canonical path would take.
+                let second = canonicalize_in_full(&first);
                 prop_assert_eq!(second.as_ref(), Ok(&first), "raw `{}`", raw);
                 prop_assert!(first.is_ascii());
                 prop_assert!(!first.contains("//"));
@@ -397,6 +431,21 @@ mod tests {
                 for segment in first.split('/') {
                     let decoded = decode_segment(segment);
                     prop_assert!(decoded.as_ref() != b"." && decoded.as_ref() != b"..");
+                }
+            }
+        }
+
+        /// The shortcut never accepts a path the full rewrite would change or refuse.
+        #[test]
+        fn the_plain_path_shortcut_agrees_with_the_full_rewrite(
+            pieces in proptest::collection::vec(path_piece(), 0..12),
+            plain in "[a-z0-9._~/-]{0,24}",
+        ) {
+            for raw in [format!("/{}", pieces.concat()), format!("/{plain}"), plain.clone()] {
+                let full = canonicalize_in_full(&raw);
+                prop_assert_eq!(canonicalize_path(&raw), full.clone(), "raw `{}`", raw);
+                if is_plainly_canonical(&raw) {
+                    prop_assert_eq!(full, Ok(raw.clone()));
                 }
             }
         }

@@ -45,15 +45,19 @@ impl RouteIndex {
 
     /// The routes that could match a path with these decoded segments, in no particular
     /// order, appended to `candidates`.
-    pub(super) fn candidates<S: AsRef<[u8]>>(&self, segments: &[S], candidates: &mut Vec<usize>) {
+    pub(super) fn candidates<S: AsRef<[u8]>>(
+        &self,
+        segments: &[S],
+        candidates: &mut impl Extend<usize>,
+    ) {
         let mut node = &self.root;
-        candidates.extend_from_slice(&node.routes);
+        candidates.extend(node.routes.iter().copied());
         for segment in segments.iter().take(DEPTH) {
             let Some(child) = node.children.get(segment.as_ref()) else {
                 return;
             };
             node = child;
-            candidates.extend_from_slice(&node.routes);
+            candidates.extend(node.routes.iter().copied());
         }
     }
 }

@@ -499,7 +499,7 @@ impl RouteTable {
     /// the precedence rule). `canonical_path` must come from [`canonicalize_path`].
     pub fn resolve<'t>(&'t self, method: &str, canonical_path: &str) -> Resolution<'t> {
         let path = SplitPath::new(canonical_path);
-        let mut candidates = Vec::with_capacity(16);
+        let mut candidates: smallvec::SmallVec<[usize; 16]> = smallvec::SmallVec::new();
         self.index
             .candidates(path.decoded_segments(), &mut candidates);
         // In table order, so that a tie goes to the earlier route as it always has.
@@ -525,7 +525,7 @@ impl RouteTable {
         method: &str,
         path: &SplitPath<'_>,
     ) -> Resolution<'t> {
-        let mut best: Option<(&Route, PathParams, Vec<u8>)> = None;
+        let mut best: Option<(&Route, PathParams, template::Specificity)> = None;
         for route in routes {
             let Some(method_rank) = route.method_rank(method) else {
                 continue;

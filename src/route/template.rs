@@ -8,6 +8,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use super::canonical::decode_segment;
 
@@ -29,7 +32,8 @@ pub(super) enum Segment {
     Literal(String),
     /// `{name}` with optional literal text around it in the same segment (`{db}.json`).
     Param {
-        name: String,
+        /// Shared with every match's [`PathParams`], so a match copies no name.
+        name: Arc<str>,
         prefix: String,
         suffix: String,
     },
@@ -39,23 +43,24 @@ pub(super) enum Segment {
 pub(super) struct Template {
     segments: Vec<Segment>,
     /// `{*name}` at the end: any remainder, including none.
-    rest: Option<String>,
+    rest: Option<Arc<str>>,
     trailing_slash: bool,
 }
 
-/// One decoded path parameter. `value` is `None` when the decoded bytes are not UTF-8;
-/// the route still matches (falling through to `unmatched` would let a malformed uid
-/// dodge the route's checks) and extraction refuses the parameter.
+/// One decoded path parameter: the decoded text, or — when the decoded bytes are not
+/// UTF-8 — the canonical (escaped) spelling, for the refusal to show; the route still
+/// matches (falling through to `unmatched` would let a malformed uid dodge the route's
+/// checks) and extraction refuses the parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PathParam {
-    name: String,
-    canonical: String,
-    value: Option<String>,
+    name: Arc<str>,
+    value: Result<String, String>,
 }
 
-/// The parameters of a matched template, percent-decoded once.
+/// The parameters of a matched template, percent-decoded once. Routes have one or two;
+/// they are kept inline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PathParams(Vec<PathParam>);
+pub struct PathParams(SmallVec<[PathParam; 2]>);
 
 /// What a parameter lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,12 +84,10 @@ impl PathParams {
     pub fn lookup(&self, name: &str) -> Option<ParamValue<'_>> {
         self.0
             .iter()
-            .find(|param| param.name == name)
+            .find(|param| &*param.name == name)
             .map(|param| match &param.value {
-                Some(text) => ParamValue::Text(text),
-                None => ParamValue::NotUtf8 {
-                    canonical: &param.canonical,
-                },
+                Ok(text) => ParamValue::Text(text),
+                Err(canonical) => ParamValue::NotUtf8 { canonical },
             })
     }
 
@@ -92,26 +95,25 @@ impl PathParams {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0
             .iter()
-            .filter_map(|param| Some((param.name.as_str(), param.value.as_deref()?)))
+            .filter_map(|param| Some((&*param.name, param.value.as_deref().ok()?)))
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    fn push(&mut self, name: &str, canonical: String, decoded: Vec<u8>) {
+    fn push(&mut self, name: &Arc<str>, canonical: &str, decoded: Vec<u8>) {
         self.0.push(PathParam {
-            name: name.to_string(),
-            canonical,
-            value: String::from_utf8(decoded).ok(),
+            name: Arc::clone(name),
+            value: String::from_utf8(decoded).map_err(|_| canonical.to_owned()),
         });
     }
 }
 
 /// A canonical path split for matching: segments in canonical and decoded form.
 pub(super) struct SplitPath<'p> {
-    canonical: Vec<&'p str>,
-    decoded: Vec<Cow<'p, [u8]>>,
+    canonical: SmallVec<[&'p str; 8]>,
+    decoded: SmallVec<[Cow<'p, [u8]>; 8]>,
     trailing_slash: bool,
 }
 
@@ -124,7 +126,8 @@ impl<'p> SplitPath<'p> {
     pub(super) fn new(canonical_path: &'p str) -> SplitPath<'p> {
         let inner = canonical_path.strip_prefix('/').unwrap_or(canonical_path);
         let trailing_slash = canonical_path.ends_with('/');
-        let canonical: Vec<&str> = inner.split('/').filter(|part| !part.is_empty()).collect();
+        let canonical: SmallVec<[&str; 8]> =
+            inner.split('/').filter(|part| !part.is_empty()).collect();
         let decoded = canonical.iter().map(|part| decode_segment(part)).collect();
         SplitPath {
             canonical,
@@ -134,11 +137,14 @@ impl<'p> SplitPath<'p> {
     }
 }
 
+/// How specific a match was, compared lexicographically: one entry per path segment
+/// (`MATCHED_*`), then the end (`END_*`), then the route's method rank.
+pub(super) type Specificity = SmallVec<[u8; 16]>;
+
 /// A successful match and how specific it was.
 pub(super) struct TemplateMatch {
     pub params: PathParams,
-    /// One entry per path segment (`MATCHED_*`), then the end (`END_*`).
-    pub specificity: Vec<u8>,
+    pub specificity: Specificity,
 }
 
 fn is_literal_character(character: char) -> bool {
@@ -240,10 +246,10 @@ impl Template {
                 if !prefix.is_empty() || !suffix.is_empty() {
                     return Err(format!("`{{*{name}}}` must be a whole segment"));
                 }
-                rest = Some(name.to_string());
+                rest = Some(Arc::from(name));
             } else {
                 segments.push(Segment::Param {
-                    name: name.to_string(),
+                    name: Arc::from(name),
                     prefix: prefix.to_string(),
                     suffix: suffix.to_string(),
                 });
@@ -270,7 +276,7 @@ impl Template {
             || self
                 .segments
                 .iter()
-                .any(|segment| matches!(segment, Segment::Param { name, .. } if name == wanted))
+                .any(|segment| matches!(segment, Segment::Param { name, .. } if &**name == wanted))
     }
 
     /// Same paths match both (parameter names aside).
@@ -298,7 +304,7 @@ impl Template {
             return None;
         }
         let mut params = PathParams::default();
-        let mut specificity = Vec::with_capacity(segment_count + 1);
+        let mut specificity = Specificity::new();
         for ((template, decoded), canonical) in
             self.segments.iter().zip(&path.decoded).zip(&path.canonical)
         {
@@ -320,7 +326,7 @@ impl Template {
                     if value.is_empty() {
                         return None;
                     }
-                    params.push(name, (*canonical).to_string(), value.to_vec());
+                    params.push(name, canonical, value.to_vec());
                     specificity.push(if prefix.is_empty() && suffix.is_empty() {
                         MATCHED_PARAM
                     } else {
@@ -340,7 +346,7 @@ impl Template {
                     canonical.push('/');
                 }
                 let decoded = super::canonical::percent_decode_lenient(canonical.as_bytes());
-                params.push(name, canonical, decoded);
+                params.push(name, &canonical, decoded);
                 specificity.extend(std::iter::repeat_n(MATCHED_REST, remainder.len()));
                 specificity.push(END_REST);
             }
@@ -481,11 +487,11 @@ mod tests {
         let exact = template("/a/b").matches(&SplitPath::new("/a/b"));
         let differs = template("/a/b").matches(&SplitPath::new("/a/b/"));
         assert_eq!(
-            exact.map(|found| found.specificity),
+            exact.map(|found| found.specificity.to_vec()),
             Some(vec![3, 3, END_EXACT])
         );
         assert_eq!(
-            differs.map(|found| found.specificity),
+            differs.map(|found| found.specificity.to_vec()),
             Some(vec![3, 3, END_SLASH_DIFFERS])
         );
         assert!(template("/").matches(&SplitPath::new("/")).is_some());

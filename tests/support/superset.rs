@@ -177,7 +177,9 @@ fn serve(home: &Path, access_log: &Path, production_defaults: bool) -> (SocketAd
     // without it would leave allow tests racing gunicorn's own log line again.
     let arrivals = std::fs::read_to_string(access_log).unwrap_or_default();
     assert!(
-        arrivals.lines().any(|line| line.starts_with("arrived GET /health ")),
+        arrivals
+            .lines()
+            .any(|line| line.starts_with("arrived GET /health ")),
         "gunicorn_hooks.py did not record the /health probe in {}",
         access_log.display()
     );
