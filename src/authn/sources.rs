@@ -16,7 +16,7 @@
 //!   with different values is refused;
 //! - a value that is not UTF-8 is refused, never treated as absent.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 
 use super::error::{AuthnError, Malformed};
@@ -78,9 +78,9 @@ pub struct PresentedCredential {
 
 /// Header removals and the rewritten `Cookie` header for the upstream request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UpstreamCredentialEdits {
-    /// Headers to remove entirely (lowercase names).
-    pub remove_headers: Vec<String>,
+pub struct UpstreamCredentialEdits<'s> {
+    /// Headers to remove entirely.
+    pub remove_headers: &'s [HeaderName],
     /// `Some(None)`: remove `Cookie`; `Some(Some(value))`: replace every `Cookie` header
     /// with this one; `None`: leave cookies alone.
     pub cookie: Option<Option<String>>,
@@ -92,8 +92,11 @@ pub struct TokenSources {
     sources: Vec<TokenSourceConfig>,
     /// Cookies datagate itself owns (the session and login cookies): always removed.
     own_cookies: Vec<String>,
-    /// Headers datagate consumed besides the sources (the API-key header).
-    consumed_headers: Vec<String>,
+    /// What the upstream never receives, in this order: the API-key header datagate
+    /// consumed, `Authorization` unless a source forwards it, every header source that
+    /// is not forwarded. Parsed once here, not per request.
+    removed_headers: Vec<HeaderName>,
+    api_key_header: HeaderName,
 }
 
 impl TokenSources {
@@ -152,11 +155,44 @@ impl TokenSources {
             }
             seen.push(identity);
         }
+        let header_name = |name: &str, key: String| {
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                AuthnError::config(key, format!("`{name}` is not a valid header name"))
+            })
+        };
+        let api_key_header = header_name(api_key_header, "auth.api_keys.header".into())?;
+        let mut removed_headers = vec![api_key_header.clone()];
+        // `Authorization` goes unless a source forwards it — also when it is not a
+        // source at all: an upstream could still read it as a credential of its own.
+        let forwards_authorization = sources
+            .iter()
+            .any(|source| matches!(source, TokenSourceConfig::Authorization { forward: true }));
+        if !forwards_authorization {
+            removed_headers.push(http::header::AUTHORIZATION);
+        }
+        for (index, source) in sources.iter().enumerate() {
+            if let TokenSourceConfig::Header {
+                name,
+                forward: false,
+            } = source
+            {
+                removed_headers.push(header_name(
+                    name,
+                    format!("auth.token_sources[{index}].name"),
+                )?);
+            }
+        }
         Ok(TokenSources {
             sources: sources.to_vec(),
             own_cookies: Vec::new(),
-            consumed_headers: vec![api_key_header.to_ascii_lowercase()],
+            removed_headers,
+            api_key_header,
         })
+    }
+
+    /// The API-key header, parsed once.
+    pub fn api_key_header_name(&self) -> &HeaderName {
+        &self.api_key_header
     }
 
     /// Cookies datagate sets itself; never forwarded.
@@ -180,7 +216,7 @@ impl TokenSources {
         for source in &self.sources {
             let found = match source {
                 TokenSourceConfig::Authorization { .. } => {
-                    single_header(headers, http::header::AUTHORIZATION.as_str())?
+                    single_header(headers, &http::header::AUTHORIZATION)?
                         .map(|value| (value.clone(), bearer_token(&value).to_string()))
                 }
                 TokenSourceConfig::Header { name, .. } => {
@@ -220,35 +256,20 @@ impl TokenSources {
     }
 
     /// What to take out of the request before it goes upstream.
-    pub fn upstream_edits(&self, headers: &HeaderMap) -> UpstreamCredentialEdits {
+    pub fn upstream_edits(&self, headers: &HeaderMap) -> UpstreamCredentialEdits<'_> {
         let mut edits = UpstreamCredentialEdits {
-            remove_headers: self.consumed_headers.clone(),
+            remove_headers: &self.removed_headers,
             cookie: None,
         };
         let mut cookies_to_remove: Vec<&str> =
             self.own_cookies.iter().map(String::as_str).collect();
-        // `Authorization` goes unless a source forwards it — also when it is not a
-        // source at all: an upstream could still read it as a credential of its own.
-        let forwards_authorization = self
-            .sources
-            .iter()
-            .any(|source| matches!(source, TokenSourceConfig::Authorization { forward: true }));
-        if !forwards_authorization {
-            edits
-                .remove_headers
-                .push(http::header::AUTHORIZATION.as_str().to_string());
-        }
         for source in &self.sources {
-            match source {
-                TokenSourceConfig::Header {
-                    name,
-                    forward: false,
-                } => edits.remove_headers.push(name.to_ascii_lowercase()),
-                TokenSourceConfig::Cookie {
-                    name,
-                    forward: false,
-                } => cookies_to_remove.push(name.as_str()),
-                _ => {}
+            if let TokenSourceConfig::Cookie {
+                name,
+                forward: false,
+            } = source
+            {
+                cookies_to_remove.push(name.as_str());
             }
         }
         if !cookies_to_remove.is_empty() && headers.contains_key(http::header::COOKIE) {
@@ -293,7 +314,10 @@ fn bearer_token(value: &str) -> &str {
 
 /// The header's value when it appears once (or repeats one value); refused when it
 /// repeats different values or is not UTF-8.
-fn single_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, AuthnError> {
+fn single_header(
+    headers: &HeaderMap,
+    name: impl http::header::AsHeaderName,
+) -> Result<Option<String>, AuthnError> {
     let mut found: Option<String> = None;
     for value in headers.get_all(name) {
         let text = value
@@ -447,17 +471,25 @@ mod tests {
             ("authorization", "Bearer a.b.c"),
             ("cookie", "theme=dark; CF_Authorization=a.b.c; lang=en"),
         ]);
-        let edits = sources(ALL).upstream_edits(&request);
+        let all = sources(ALL);
+        let edits = all.upstream_edits(&request);
+        let names = |edits: &UpstreamCredentialEdits<'_>| -> Vec<String> {
+            edits
+                .remove_headers
+                .iter()
+                .map(|name| name.as_str().to_string())
+                .collect()
+        };
         assert_eq!(
-            edits.remove_headers,
+            names(&edits),
             vec!["x-api-key", "authorization", "cf-access-jwt-assertion"]
         );
         assert_eq!(edits.cookie, Some(Some("theme=dark; lang=en".to_string())));
-        let forwarded = sources(
+        let forwarding = sources(
             "- source: authorization\n  forward: true\n- source: cookie\n  name: CF_Authorization\n  forward: true\n",
-        )
-        .upstream_edits(&request);
-        assert_eq!(forwarded.remove_headers, vec!["x-api-key"]);
+        );
+        let forwarded = forwarding.upstream_edits(&request);
+        assert_eq!(names(&forwarded), vec!["x-api-key"]);
         assert_eq!(forwarded.cookie, None);
         let only_token = headers(&[("cookie", "CF_Authorization=a.b.c")]);
         assert_eq!(sources(ALL).upstream_edits(&only_token).cookie, Some(None));

@@ -144,16 +144,15 @@ impl PresentedHeaders {
 /// `-` alike); then the configured token sources, in order, find the credential.
 pub fn read_headers(state: &AppState, method: &str, headers: &http::HeaderMap) -> PresentedHeaders {
     let authenticator = &state.authenticator;
-    let text = |name: &str| {
-        headers
-            .get(name)
+    let text = |value: Option<&http::HeaderValue>| {
+        value
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     };
     let mut presented = PresentedHeaders {
         authorization: None,
-        api_key: text(authenticator.api_key_header()),
-        content_type: text(http::header::CONTENT_TYPE.as_str()),
+        api_key: text(headers.get(authenticator.token_sources().api_key_header_name())),
+        content_type: text(headers.get(http::header::CONTENT_TYPE)),
         upgrade: headers.contains_key(http::header::UPGRADE),
         problem: None,
         asserted_caller: None,

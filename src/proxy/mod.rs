@@ -691,10 +691,10 @@ fn record_decision(trace: &crate::telemetry::RequestTrace, decision: &decision::
 
 fn remove_consumed_credentials(
     upstream_request: &mut RequestHeader,
-    edits: crate::authn::UpstreamCredentialEdits,
+    edits: crate::authn::UpstreamCredentialEdits<'_>,
 ) -> Result<()> {
-    for name in &edits.remove_headers {
-        while upstream_request.remove_header(name.as_str()).is_some() {}
+    for name in edits.remove_headers {
+        while upstream_request.remove_header(name).is_some() {}
     }
     if let Some(cookie) = edits.cookie {
         while upstream_request

@@ -20,7 +20,7 @@ pub use fragment::FilteredWhere;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -365,8 +365,12 @@ impl DatasourceRules {
 /// Compiled filters and datasources for one policy snapshot. Its cache lives and dies
 /// with the snapshot, so a cached rewrite can never outlive the policy it came from.
 pub struct RlsPolicy {
-    datasources: HashMap<String, DatasourceRules>,
-    cache: moka::sync::Cache<u64, Arc<CachedRewrite>>,
+    datasources: HashMap<String, DatasourceRules, foldhash::fast::RandomState>,
+    /// Keyed by [`cache_key`], itself a hash: moka's default SipHash would hash it again.
+    cache: moka::sync::Cache<u64, Arc<CachedRewrite>, foldhash::fast::RandomState>,
+    /// Seeds [`cache_key`] per snapshot, so a client cannot aim statements at one key
+    /// (entries are compared in full on a hit: a collision costs a rewrite, never rows).
+    key_hasher: foldhash::fast::RandomState,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -398,8 +402,11 @@ fn wrapper_prototype(dialect: Dialect) -> Result<Query, RlsError> {
 impl RlsPolicy {
     pub fn empty() -> RlsPolicy {
         RlsPolicy {
-            datasources: HashMap::new(),
-            cache: moka::sync::Cache::new(CACHE_ENTRIES),
+            datasources: HashMap::default(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            key_hasher: foldhash::fast::RandomState::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -539,7 +546,7 @@ impl RlsPolicy {
     pub fn rewrite(&self, request: &RewriteRequest<'_>) -> Result<Rewritten, RlsError> {
         let rules = self.rules_for(request)?;
         let (applicable, bindings) = rules.for_caller(request.principal);
-        let key = cache_key(request, &bindings);
+        let key = cache_key(&self.key_hasher, request, &bindings);
         if let Some(hit) = self.cache_hit(key, request, &bindings) {
             return Ok(hit);
         }
@@ -568,7 +575,11 @@ impl RlsPolicy {
     pub fn cached(&self, request: &RewriteRequest<'_>) -> Option<Rewritten> {
         let (_, bindings) = self.rules_for(request).ok()?.for_caller(request.principal);
         // A miss is counted once, by the rewrite that follows.
-        self.cache_hit(cache_key(request, &bindings), request, &bindings)
+        self.cache_hit(
+            cache_key(&self.key_hasher, request, &bindings),
+            request,
+            &bindings,
+        )
     }
 
     fn cache_hit(
@@ -595,10 +606,11 @@ impl RlsPolicy {
 /// The rewrite cache's key: the statement, where it goes and the caller's bindings (what
 /// the rewrite depends on); the entry is compared in full on a hit.
 fn cache_key(
+    key_hasher: &foldhash::fast::RandomState,
     request: &RewriteRequest<'_>,
     bindings: &[(String, Result<Vec<BoundValue>, RlsError>)],
 ) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = key_hasher.build_hasher();
     request.datasource_uid.hash(&mut hasher);
     request.sql.hash(&mut hasher);
     request.allow_writes.hash(&mut hasher);
