@@ -7,9 +7,11 @@
 //! memory and file descriptors. All names are prefixed `datagate_` except the standard
 //! `process_*` ones. A private registry keeps tests and embedders independent.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::sql_pool::SqlPoolMetrics;
@@ -81,7 +83,45 @@ pub struct Metrics {
     /// Reads of mapped datasets from the upstream (`charts.verify`), by result: `verified`,
     /// `mismatch` (refused until the next read), `failed` (not read; the request refused).
     pub dataset_verifications: IntCounterVec,
+    /// The series every request touches, resolved once ([`HotSeries`]).
+    hot: HotSeries,
 }
+
+/// Children of the per-request metric families whose label values are known in
+/// advance, resolved on first use: a request then bumps a counter instead of formatting
+/// its labels, hashing them and taking the family's lock. Resolved lazily, so the
+/// exposition lists exactly the series that were used, as before.
+struct HotSeries {
+    /// `datagate_upstream_responses_total` by status, 100..=999 at `status − 100`.
+    upstream_by_status: Box<[OnceLock<IntCounter>]>,
+    upstream_error: OnceLock<IntCounter>,
+    /// `datagate_upstream_duration_seconds` by class: `1xx`..`9xx` at 1..=9, `error` at 0.
+    upstream_seconds_by_class: [OnceLock<Histogram>; 10],
+    decision_allow: OnceLock<Histogram>,
+    sql_rewritten: OnceLock<IntCounter>,
+    sql_unchanged: OnceLock<IntCounter>,
+    sql_cache_hit: OnceLock<IntCounter>,
+    sql_cache_miss: OnceLock<IntCounter>,
+}
+
+impl HotSeries {
+    fn new() -> HotSeries {
+        HotSeries {
+            upstream_by_status: (100..=999).map(|_| OnceLock::new()).collect(),
+            upstream_error: OnceLock::new(),
+            upstream_seconds_by_class: Default::default(),
+            decision_allow: OnceLock::new(),
+            sql_rewritten: OnceLock::new(),
+            sql_unchanged: OnceLock::new(),
+            sql_cache_hit: OnceLock::new(),
+            sql_cache_miss: OnceLock::new(),
+        }
+    }
+}
+
+const STATUS_CLASSES: [&str; 10] = [
+    "error", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+];
 
 /// Counts a request in flight until dropped (kept in the request's context, so every
 /// way a request ends, errors and disconnects included, ends its count).
@@ -424,6 +464,7 @@ impl Metrics {
             connections_open,
             trace_spans,
             dataset_verifications,
+            hot: HotSeries::new(),
             jwks_fetches,
             jwks_fetch_failures,
             jwks_kid_misses,
@@ -442,14 +483,70 @@ impl Metrics {
     /// Records one upstream exchange: its status (`None` when no response came) and the
     /// time to the response head.
     pub fn observe_upstream(&self, status: Option<u16>, elapsed: std::time::Duration) {
-        let (status, class) = match status {
-            Some(status) => (status.to_string(), format!("{}xx", status / 100)),
-            None => ("error".to_string(), "error".to_string()),
+        let hot = &self.hot;
+        let class = match status {
+            Some(status) => {
+                let slot = usize::from(status)
+                    .checked_sub(100)
+                    .and_then(|index| hot.upstream_by_status.get(index));
+                let resolve = || {
+                    self.upstream_responses
+                        .with_label_values(&[&status.to_string()])
+                };
+                match slot {
+                    Some(slot) => slot.get_or_init(resolve).inc(),
+                    // Outside HTTP's three digits (never from pingora): not pre-resolved.
+                    None => resolve().inc(),
+                }
+                usize::from(status / 100)
+            }
+            None => {
+                hot.upstream_error
+                    .get_or_init(|| self.upstream_responses.with_label_values(&["error"]))
+                    .inc();
+                0
+            }
         };
-        self.upstream_responses.with_label_values(&[&status]).inc();
-        self.upstream_seconds
-            .with_label_values(&[&class])
+        match (
+            hot.upstream_seconds_by_class.get(class),
+            STATUS_CLASSES.get(class),
+        ) {
+            (Some(slot), Some(label)) => slot
+                .get_or_init(|| self.upstream_seconds.with_label_values(&[label]))
+                .observe(elapsed.as_secs_f64()),
+            _ => self
+                .upstream_seconds
+                .with_label_values(&[&format!("{class}xx")])
+                .observe(elapsed.as_secs_f64()),
+        }
+    }
+
+    /// Times one allowed request's admission decision.
+    pub fn observe_allowed_decision(&self, elapsed: std::time::Duration) {
+        self.hot
+            .decision_allow
+            .get_or_init(|| self.decision_seconds.with_label_values(&["allow"]))
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one statement row-level security passed: rewritten or unchanged, and
+    /// whether it came from the rewrite cache.
+    pub fn count_sql_statement(&self, changed: bool, cache_hit: bool) {
+        let hot = &self.hot;
+        let (slot, outcome) = if changed {
+            (&hot.sql_rewritten, "rewritten")
+        } else {
+            (&hot.sql_unchanged, "unchanged")
+        };
+        slot.get_or_init(|| self.sql_rewrites.with_label_values(&[outcome, "none"]))
+            .inc();
+        let (slot, cache) = if cache_hit {
+            (&hot.sql_cache_hit, "hit")
+        } else {
+            (&hot.sql_cache_miss, "miss")
+        };
+        slot.get_or_init(|| self.sql_rewrite_cache.with_label_values(&[cache]))
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -459,5 +556,86 @@ impl Metrics {
             tracing::error!(%error, "metrics encoding failed");
         }
         String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition_lines(metrics: &Metrics, family: &str) -> Vec<String> {
+        metrics
+            .render()
+            .lines()
+            .filter(|line| line.starts_with(family))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn pre_resolved_series_are_the_labelled_series_and_only_those_used() {
+        let metrics = Metrics::new().unwrap();
+        let elapsed = std::time::Duration::from_millis(3);
+        for status in [Some(200), Some(200), Some(503), None] {
+            metrics.observe_upstream(status, elapsed);
+        }
+        assert_eq!(
+            exposition_lines(&metrics, "datagate_upstream_responses_total{"),
+            [
+                "datagate_upstream_responses_total{status=\"200\"} 2",
+                "datagate_upstream_responses_total{status=\"503\"} 1",
+                "datagate_upstream_responses_total{status=\"error\"} 1",
+            ]
+        );
+        assert_eq!(
+            exposition_lines(&metrics, "datagate_upstream_duration_seconds_count{"),
+            [
+                "datagate_upstream_duration_seconds_count{class=\"2xx\"} 2",
+                "datagate_upstream_duration_seconds_count{class=\"5xx\"} 1",
+                "datagate_upstream_duration_seconds_count{class=\"error\"} 1",
+            ]
+        );
+        // The family's own lookup reaches the same series the request path counts in.
+        metrics.upstream_responses.with_label_values(&["200"]).inc();
+        assert!(
+            exposition_lines(&metrics, "datagate_upstream_responses_total{")
+                .contains(&"datagate_upstream_responses_total{status=\"200\"} 3".to_string())
+        );
+
+        assert!(exposition_lines(&metrics, "datagate_decision_duration_seconds_count").is_empty());
+        metrics.observe_allowed_decision(elapsed);
+        metrics.observe_allowed_decision(elapsed);
+        assert_eq!(
+            exposition_lines(&metrics, "datagate_decision_duration_seconds_count"),
+            ["datagate_decision_duration_seconds_count{decision=\"allow\"} 2"]
+        );
+
+        metrics.count_sql_statement(true, true);
+        metrics.count_sql_statement(true, false);
+        metrics.count_sql_statement(false, true);
+        let rewrites = exposition_lines(&metrics, "datagate_sql_rewrites_total{");
+        assert_eq!(rewrites.len(), 2, "{rewrites:?}");
+        assert!(
+            rewrites
+                .iter()
+                .any(|line| line.contains("\"rewritten\"") && line.ends_with(" 2"))
+        );
+        assert!(
+            rewrites
+                .iter()
+                .any(|line| line.contains("\"unchanged\"") && line.ends_with(" 1"))
+        );
+        let cache = exposition_lines(&metrics, "datagate_sql_rewrite_cache_total{");
+        assert_eq!(cache.len(), 2, "{cache:?}");
+        assert!(
+            cache
+                .iter()
+                .any(|line| line.contains("\"hit\"") && line.ends_with(" 2"))
+        );
+        assert!(
+            cache
+                .iter()
+                .any(|line| line.contains("\"miss\"") && line.ends_with(" 1"))
+        );
     }
 }

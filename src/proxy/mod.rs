@@ -253,9 +253,7 @@ impl ProxyHttp for DatagateProxy {
                 let permit = forward.permit;
                 self.state
                     .metrics
-                    .decision_seconds
-                    .with_label_values(&["allow"])
-                    .observe(ctx.started.elapsed().as_secs_f64());
+                    .observe_allowed_decision(ctx.started.elapsed());
                 self.state
                     .metrics
                     .requests
@@ -741,21 +739,7 @@ impl DatagateProxy {
             metrics.sql_rewrite_seconds.observe(elapsed.as_secs_f64());
         }
         for statement in &decision.statements {
-            let outcome = if statement.rewritten.changed {
-                "rewritten"
-            } else {
-                "unchanged"
-            };
-            metrics
-                .sql_rewrites
-                .with_label_values(&[outcome, "none"])
-                .inc();
-            let cache = if statement.rewritten.cache_hit {
-                "hit"
-            } else {
-                "miss"
-            };
-            metrics.sql_rewrite_cache.with_label_values(&[cache]).inc();
+            metrics.count_sql_statement(statement.rewritten.changed, statement.rewritten.cache_hit);
         }
         match decision.refusal() {
             Some(Refusal::Sql { error, .. }) => {
