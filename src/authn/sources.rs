@@ -16,6 +16,8 @@
 //!   with different values is refused;
 //! - a value that is not UTF-8 is refused, never treated as absent.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 
@@ -212,22 +214,23 @@ impl TokenSources {
 
     /// The one credential the request presents, from the first source that holds one.
     pub fn presented(&self, headers: &HeaderMap) -> Result<PresentedCredential, AuthnError> {
-        let mut chosen: Option<(String, bool, String)> = None;
+        // The token is borrowed from the request where it can be: one copy per request
+        // (the `Authorization` value handed on), not three.
+        let mut chosen: Option<(String, bool, Cow<'_, str>)> = None;
         for source in &self.sources {
             let found = match source {
                 TokenSourceConfig::Authorization { .. } => {
                     single_header(headers, &http::header::AUTHORIZATION)?
-                        .map(|value| (value.clone(), bearer_token(&value).to_string()))
+                        .map(|value| (value.to_string(), Cow::Borrowed(bearer_token(value))))
                 }
                 TokenSourceConfig::Header { name, .. } => {
                     single_header(headers, name)?.map(|value| {
-                        let value = value.trim().to_string();
-                        (format!("Bearer {value}"), value)
+                        let value = value.trim();
+                        (format!("Bearer {value}"), Cow::Borrowed(value))
                     })
                 }
-                TokenSourceConfig::Cookie { name, .. } => {
-                    single_cookie(headers, name)?.map(|value| (format!("Bearer {value}"), value))
-                }
+                TokenSourceConfig::Cookie { name, .. } => single_cookie(headers, name)?
+                    .map(|value| (format!("Bearer {value}"), Cow::Owned(value))),
             };
             let Some((authorization, token)) = found else {
                 continue;
@@ -317,14 +320,14 @@ fn bearer_token(value: &str) -> &str {
 fn single_header(
     headers: &HeaderMap,
     name: impl http::header::AsHeaderName,
-) -> Result<Option<String>, AuthnError> {
-    let mut found: Option<String> = None;
+) -> Result<Option<&str>, AuthnError> {
+    let mut found: Option<&str> = None;
     for value in headers.get_all(name) {
         let text = value
             .to_str()
             .map_err(|_| AuthnError::Malformed(Malformed::BearerSyntax))?;
-        match &found {
-            None => found = Some(text.to_string()),
+        match found {
+            None => found = Some(text),
             Some(first) if first == text => {}
             Some(_) => return Err(AuthnError::Malformed(Malformed::ConflictingCredentials)),
         }
