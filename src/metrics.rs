@@ -498,7 +498,11 @@ impl Metrics {
                     // Outside HTTP's three digits (never from pingora): not pre-resolved.
                     None => resolve().inc(),
                 }
-                usize::from(status / 100)
+                // Slot 0 is `error`: a (never seen) status under 100 takes the slow path.
+                match status / 100 {
+                    0 => usize::MAX,
+                    hundreds => usize::from(hundreds),
+                }
             }
             None => {
                 hot.upstream_error
@@ -516,7 +520,7 @@ impl Metrics {
                 .observe(elapsed.as_secs_f64()),
             _ => self
                 .upstream_seconds
-                .with_label_values(&[&format!("{class}xx")])
+                .with_label_values(&[&format!("{}xx", status.unwrap_or_default() / 100)])
                 .observe(elapsed.as_secs_f64()),
         }
     }
@@ -600,6 +604,13 @@ mod tests {
         assert!(
             exposition_lines(&metrics, "datagate_upstream_responses_total{")
                 .contains(&"datagate_upstream_responses_total{status=\"200\"} 3".to_string())
+        );
+
+        // Not a status pingora hands over, but labelled as before, not as `error`.
+        metrics.observe_upstream(Some(42), elapsed);
+        assert!(
+            exposition_lines(&metrics, "datagate_upstream_duration_seconds_count{")
+                .contains(&"datagate_upstream_duration_seconds_count{class=\"0xx\"} 1".to_string())
         );
 
         assert!(exposition_lines(&metrics, "datagate_decision_duration_seconds_count").is_empty());
