@@ -7,6 +7,7 @@
 //! memory and file descriptors. All names are prefixed `datagate_` except the standard
 //! `process_*` ones. A private registry keeps tests and embedders independent.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -119,9 +120,14 @@ impl HotSeries {
     }
 }
 
-const STATUS_CLASSES: [&str; 10] = [
-    "error", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
-];
+/// The series pre-resolved in `slot`, resolving it on first use; without a slot, looked
+/// up on every call.
+fn resolved<T: Clone>(slot: Option<&OnceLock<T>>, lookup: impl FnOnce() -> T) -> Cow<'_, T> {
+    match slot {
+        Some(slot) => Cow::Borrowed(slot.get_or_init(lookup)),
+        None => Cow::Owned(lookup()),
+    }
+}
 
 /// Counts a request in flight until dropped (kept in the request's context, so every
 /// way a request ends, errors and disconnects included, ends its count).
@@ -484,53 +490,41 @@ impl Metrics {
     /// time to the response head.
     pub fn observe_upstream(&self, status: Option<u16>, elapsed: std::time::Duration) {
         let hot = &self.hot;
-        let class = match status {
-            Some(status) => {
-                let slot = usize::from(status)
-                    .checked_sub(100)
-                    .and_then(|index| hot.upstream_by_status.get(index));
-                let resolve = || {
-                    self.upstream_responses
-                        .with_label_values(&[&status.to_string()])
-                };
-                match slot {
-                    Some(slot) => slot.get_or_init(resolve).inc(),
-                    // Outside HTTP's three digits (never from pingora): not pre-resolved.
-                    None => resolve().inc(),
-                }
-                // Slot 0 is `error`: a (never seen) status under 100 takes the slow path.
-                match status / 100 {
-                    0 => usize::MAX,
-                    hundreds => usize::from(hundreds),
-                }
-            }
-            None => {
-                hot.upstream_error
-                    .get_or_init(|| self.upstream_responses.with_label_values(&["error"]))
-                    .inc();
-                0
-            }
+        // HTTP's three-digit statuses (all pingora hands over) and `error` are
+        // pre-resolved; anything else is looked up by its label, as before.
+        let three_digits = status.filter(|status| (100..=999).contains(status));
+        let (status_slot, class_slot) = match (status, three_digits) {
+            (None, _) => (
+                Some(&hot.upstream_error),
+                hot.upstream_seconds_by_class.first(),
+            ),
+            (Some(_), Some(status)) => (
+                hot.upstream_by_status.get(usize::from(status - 100)),
+                hot.upstream_seconds_by_class.get(usize::from(status / 100)),
+            ),
+            (Some(_), None) => (None, None),
         };
-        match (
-            hot.upstream_seconds_by_class.get(class),
-            STATUS_CLASSES.get(class),
-        ) {
-            (Some(slot), Some(label)) => slot
-                .get_or_init(|| self.upstream_seconds.with_label_values(&[label]))
-                .observe(elapsed.as_secs_f64()),
-            _ => self
-                .upstream_seconds
-                .with_label_values(&[&format!("{}xx", status.unwrap_or_default() / 100)])
-                .observe(elapsed.as_secs_f64()),
-        }
+        resolved(status_slot, || {
+            let label = status.map_or_else(|| "error".to_string(), |status| status.to_string());
+            self.upstream_responses.with_label_values(&[&label])
+        })
+        .inc();
+        resolved(class_slot, || {
+            let label = status.map_or_else(
+                || "error".to_string(),
+                |status| format!("{}xx", status / 100),
+            );
+            self.upstream_seconds.with_label_values(&[&label])
+        })
+        .observe(elapsed.as_secs_f64());
     }
 
     /// Times one allowed request's admission decision.
     pub fn observe_allowed_decision(&self, elapsed: std::time::Duration) {
-        self.hot
-            .decision_allow
-            .get_or_init(|| self.decision_seconds.with_label_values(&["allow"]))
-            .observe(elapsed.as_secs_f64());
+        resolved(Some(&self.hot.decision_allow), || {
+            self.decision_seconds.with_label_values(&["allow"])
+        })
+        .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one statement row-level security passed: rewritten or unchanged, and
@@ -542,15 +536,19 @@ impl Metrics {
         } else {
             (&hot.sql_unchanged, "unchanged")
         };
-        slot.get_or_init(|| self.sql_rewrites.with_label_values(&[outcome, "none"]))
-            .inc();
+        resolved(Some(slot), || {
+            self.sql_rewrites.with_label_values(&[outcome, "none"])
+        })
+        .inc();
         let (slot, cache) = if cache_hit {
             (&hot.sql_cache_hit, "hit")
         } else {
             (&hot.sql_cache_miss, "miss")
         };
-        slot.get_or_init(|| self.sql_rewrite_cache.with_label_values(&[cache]))
-            .inc();
+        resolved(Some(slot), || {
+            self.sql_rewrite_cache.with_label_values(&[cache])
+        })
+        .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -624,29 +622,19 @@ mod tests {
         metrics.count_sql_statement(true, true);
         metrics.count_sql_statement(true, false);
         metrics.count_sql_statement(false, true);
-        let rewrites = exposition_lines(&metrics, "datagate_sql_rewrites_total{");
-        assert_eq!(rewrites.len(), 2, "{rewrites:?}");
-        assert!(
-            rewrites
-                .iter()
-                .any(|line| line.contains("\"rewritten\"") && line.ends_with(" 2"))
+        assert_eq!(
+            exposition_lines(&metrics, "datagate_sql_rewrites_total{"),
+            [
+                "datagate_sql_rewrites_total{kind=\"none\",outcome=\"rewritten\"} 2",
+                "datagate_sql_rewrites_total{kind=\"none\",outcome=\"unchanged\"} 1",
+            ]
         );
-        assert!(
-            rewrites
-                .iter()
-                .any(|line| line.contains("\"unchanged\"") && line.ends_with(" 1"))
-        );
-        let cache = exposition_lines(&metrics, "datagate_sql_rewrite_cache_total{");
-        assert_eq!(cache.len(), 2, "{cache:?}");
-        assert!(
-            cache
-                .iter()
-                .any(|line| line.contains("\"hit\"") && line.ends_with(" 2"))
-        );
-        assert!(
-            cache
-                .iter()
-                .any(|line| line.contains("\"miss\"") && line.ends_with(" 1"))
+        assert_eq!(
+            exposition_lines(&metrics, "datagate_sql_rewrite_cache_total{"),
+            [
+                "datagate_sql_rewrite_cache_total{result=\"hit\"} 2",
+                "datagate_sql_rewrite_cache_total{result=\"miss\"} 1",
+            ]
         );
     }
 }
