@@ -92,8 +92,10 @@ pub struct UpstreamCredentialEdits<'s> {
 #[derive(Debug, Clone)]
 pub struct TokenSources {
     sources: Vec<TokenSourceConfig>,
-    /// Cookies datagate itself owns (the session and login cookies): always removed.
-    own_cookies: Vec<String>,
+    /// Cookies the upstream never receives: datagate's own (the session and login
+    /// cookies), then every cookie source that is not forwarded. Listed once here, not
+    /// per request.
+    removed_cookies: Vec<String>,
     /// What the upstream never receives, in this order: the API-key header datagate
     /// consumed, `Authorization` unless a source forwards it, every header source that
     /// is not forwarded. Parsed once here, not per request.
@@ -186,7 +188,7 @@ impl TokenSources {
         }
         Ok(TokenSources {
             sources: sources.to_vec(),
-            own_cookies: Vec::new(),
+            removed_cookies: unforwarded_cookies(sources),
             removed_headers,
             api_key_header,
         })
@@ -199,7 +201,9 @@ impl TokenSources {
 
     /// Cookies datagate sets itself; never forwarded.
     pub(crate) fn with_own_cookies(mut self, names: Vec<String>) -> TokenSources {
-        self.own_cookies = names;
+        self.removed_cookies = names;
+        self.removed_cookies
+            .extend(unforwarded_cookies(&self.sources));
         self
     }
 
@@ -264,20 +268,10 @@ impl TokenSources {
             remove_headers: &self.removed_headers,
             cookie: None,
         };
-        let mut cookies_to_remove: Vec<&str> =
-            self.own_cookies.iter().map(String::as_str).collect();
-        for source in &self.sources {
-            if let TokenSourceConfig::Cookie {
-                name,
-                forward: false,
-            } = source
-            {
-                cookies_to_remove.push(name.as_str());
-            }
-        }
+        let cookies_to_remove = &self.removed_cookies;
         if !cookies_to_remove.is_empty() && headers.contains_key(http::header::COOKIE) {
             let kept = cookie_pairs(headers)
-                .filter(|(name, _)| !cookies_to_remove.contains(name))
+                .filter(|(name, _)| !cookies_to_remove.iter().any(|removed| removed == name))
                 .map(|(name, value)| format!("{name}={value}"))
                 .collect::<Vec<_>>();
             let original = cookie_pairs(headers).count();
@@ -287,6 +281,20 @@ impl TokenSources {
         }
         edits
     }
+}
+
+/// The cookie sources that are not forwarded, in configuration order.
+fn unforwarded_cookies(sources: &[TokenSourceConfig]) -> Vec<String> {
+    sources
+        .iter()
+        .filter_map(|source| match source {
+            TokenSourceConfig::Cookie {
+                name,
+                forward: false,
+            } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn normalised(source: &TokenSourceConfig) -> String {

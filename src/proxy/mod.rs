@@ -350,56 +350,56 @@ impl ProxyHttp for DatagateProxy {
             permit.canonical_path(),
             ctx.rewritten_query.as_deref(),
         )?;
-        if ctx.body_read {
-            // Already answered to the client; the upstream gets the body without waiting.
-            while upstream_request
-                .remove_header(&http::header::EXPECT)
-                .is_some()
-            {}
-        }
         // A new attempt (pingora retries a stale pooled connection): the rewritten body
         // goes out again in place of the replayed original.
         ctx.body_replaced = false;
-        if let Some(body) = &ctx.rewritten_body {
-            // The rewritten body replaces the original in `request_body_filter`.
-            while upstream_request
-                .remove_header(&http::header::TRANSFER_ENCODING)
-                .is_some()
-            {}
-            upstream_request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        }
-        // The caller's own credentials stay here unless a token source forwards them.
-        let edits = self
-            .state
-            .authenticator
-            .token_sources()
-            .upstream_edits(&upstream_request.headers);
-        remove_consumed_credentials(upstream_request, edits)?;
         let peer = session
             .client_addr()
             .and_then(|address| address.as_inet())
             .map(|address| address.ip());
-        self.headers.prepare_upstream_request_for(
-            upstream_request,
-            permit.upstream_identity(),
-            ctx.db_credentials.as_ref(),
-            peer,
-        )?;
-        if ctx.response_binding.is_some() {
-            // datagate reads this response's ids; a compressed one could not be read.
-            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        }
-        if let Some(trace) = ctx.trace.as_mut() {
-            // The upstream continues datagate's trace, never a client's header: exactly
-            // one `traceparent`, naming the upstream span.
-            for name in [crate::telemetry::TRACEPARENT, crate::telemetry::TRACESTATE] {
-                while upstream_request.remove_header(name).is_some() {}
+        let credential_edits = self.state.authenticator.token_sources();
+        headers::edit_upstream_headers(upstream_request, |upstream_headers| {
+            if ctx.body_read {
+                // Already answered to the client; the upstream gets the body without waiting.
+                upstream_headers.remove(http::header::EXPECT);
             }
-            for (name, value) in trace.start_upstream() {
-                upstream_request.append_header(name, value)?;
+            if let Some(body) = &ctx.rewritten_body {
+                // The rewritten body replaces the original in `request_body_filter`.
+                upstream_headers.remove(http::header::TRANSFER_ENCODING);
+                upstream_headers.insert(http::header::CONTENT_LENGTH, body.len().into());
             }
-        }
-        Ok(())
+            // The caller's own credentials stay here unless a token source forwards them.
+            let edits = credential_edits.upstream_edits(upstream_headers);
+            remove_consumed_credentials(upstream_headers, edits)?;
+            self.headers.prepare_upstream_headers(
+                upstream_headers,
+                permit.upstream_identity(),
+                ctx.db_credentials.as_ref(),
+                peer,
+            )?;
+            if ctx.response_binding.is_some() {
+                // datagate reads this response's ids; a compressed one could not be read.
+                upstream_headers.insert(
+                    http::header::ACCEPT_ENCODING,
+                    http::HeaderValue::from_static("identity"),
+                );
+            }
+            if let Some(trace) = ctx.trace.as_mut() {
+                // The upstream continues datagate's trace, never a client's header: exactly
+                // one `traceparent`, naming the upstream span.
+                for name in [crate::telemetry::TRACEPARENT, crate::telemetry::TRACESTATE] {
+                    upstream_headers.remove(name);
+                }
+                for (name, value) in trace.start_upstream() {
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| Error::explain(ErrorType::InternalError, "trace header"))?;
+                    let value = http::HeaderValue::try_from(value)
+                        .map_err(|_| Error::explain(ErrorType::InternalError, "trace header"))?;
+                    upstream_headers.append(name, value);
+                }
+            }
+            Ok(())
+        })
     }
 
     async fn request_body_filter(
@@ -688,19 +688,18 @@ fn record_decision(trace: &crate::telemetry::RequestTrace, decision: &decision::
 }
 
 fn remove_consumed_credentials(
-    upstream_request: &mut RequestHeader,
+    upstream_headers: &mut http::HeaderMap,
     edits: crate::authn::UpstreamCredentialEdits<'_>,
 ) -> Result<()> {
     for name in edits.remove_headers {
-        while upstream_request.remove_header(name).is_some() {}
+        upstream_headers.remove(name);
     }
     if let Some(cookie) = edits.cookie {
-        while upstream_request
-            .remove_header(&http::header::COOKIE)
-            .is_some()
-        {}
+        upstream_headers.remove(http::header::COOKIE);
         if let Some(cookie) = cookie {
-            upstream_request.insert_header(http::header::COOKIE, cookie)?;
+            let cookie = http::HeaderValue::try_from(cookie)
+                .map_err(|_| Error::explain(ErrorType::InternalError, "cookie header"))?;
+            upstream_headers.insert(http::header::COOKIE, cookie);
         }
     }
     Ok(())
