@@ -147,17 +147,19 @@ pub fn response_export_kind(
     content_type: Option<&str>,
     content_disposition: Option<&str>,
 ) -> Option<ExportKind> {
+    // Compared without case instead of lowercased into a copy: every proxied response
+    // passes here.
     let media_type = content_type
         .unwrap_or_default()
         .split(';')
         .next()
         .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if media_type == "text/csv"
-        || media_type == "application/csv"
-        || media_type == "text/tab-separated-values"
-        || SPREADSHEET_TYPES.contains(&media_type.as_str())
+        .trim();
+    let is = |known: &str| media_type.eq_ignore_ascii_case(known);
+    if is("text/csv")
+        || is("application/csv")
+        || is("text/tab-separated-values")
+        || SPREADSHEET_TYPES.iter().any(|known| is(known))
     {
         return Some(ExportKind::Data);
     }
@@ -172,7 +174,10 @@ pub fn response_export_kind(
     }
     // Any other download is an export too: images and PDFs of charts, everything else
     // (JSON, ZIP bundles, unknown types) as data.
-    if media_type.starts_with("image/") || media_type == "application/pdf" {
+    let is_image = media_type
+        .get(..6)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("image/"));
+    if is_image || is("application/pdf") {
         Some(ExportKind::Image)
     } else {
         Some(ExportKind::Data)
@@ -264,5 +269,26 @@ mod tests {
             Some(ExportKind::Data)
         );
         assert_eq!(response_export_kind(None, None), None);
+        // Media types are case-insensitive (RFC 9110 §8.3.1): any spelling is the type.
+        for spelling in ["Text/CSV", " TEXT/csv ;q=1", "Application/X-Parquet"] {
+            assert_eq!(
+                response_export_kind(Some(spelling), None),
+                Some(ExportKind::Data),
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            response_export_kind(Some("IMAGE/PNG"), Some("attachment")),
+            Some(ExportKind::Image)
+        );
+        assert_eq!(
+            response_export_kind(Some("Application/PDF"), Some("attachment")),
+            Some(ExportKind::Image)
+        );
+        // Shorter than the `image/` prefix: no slice past its end.
+        assert_eq!(
+            response_export_kind(Some("ima"), Some("attachment")),
+            Some(ExportKind::Data)
+        );
     }
 }

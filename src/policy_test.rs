@@ -1057,7 +1057,7 @@ fn compare(
             .collect();
         let mut got: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for statement in statements {
-            for applied in &statement.rewritten.applied {
+            for applied in statement.rewritten.applied.iter() {
                 got.entry(applied.table.clone())
                     .or_default()
                     .extend(applied.filters.iter().cloned());

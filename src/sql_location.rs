@@ -536,17 +536,17 @@ fn check_forbidden_fields(
 pub fn apply(
     request: &ParsedRequest,
     items: &[SqlItem],
-    rewrites: &[Option<String>],
+    rewrites: &[Option<&str>],
 ) -> Result<(Option<String>, Option<Vec<u8>>), SqlLocationError> {
-    let mut json = request.json().cloned();
+    let mut json_edits: Vec<(Vec<String>, &str)> = Vec::new();
     let mut query_edits = Vec::new();
     let mut form_edits = Vec::new();
     for (item, rewrite) in items.iter().zip(rewrites) {
-        let Some(rewrite) = rewrite else { continue };
+        let Some(rewrite) = *rewrite else { continue };
         match &item.place {
             Place::Json(pointer) => {
-                if let Some(slot) = json.as_mut().and_then(|root| root.pointer_mut(pointer)) {
-                    *slot = Value::String(rewrite.clone());
+                if let Some(tokens) = pointer_tokens(pointer) {
+                    json_edits.push((tokens, rewrite));
                 }
             }
             Place::Query(span) => query_edits.push((span.clone(), encode_form(rewrite))),
@@ -556,18 +556,102 @@ pub fn apply(
     let query = (!query_edits.is_empty()).then(|| {
         String::from_utf8_lossy(&apply_edits(request.query.text(), query_edits)).into_owned()
     });
-    let body = match (&request.body, json) {
+    let body = match (&request.body, request.json()) {
         // A failure refuses the request: the original body still holds unrewritten SQL.
-        (ParsedBody::Json(_), Some(json)) => Some(
-            serde_json::to_vec(&json)
+        (ParsedBody::Json(_), Some(json)) => {
+            let pending = json_edits
+                .iter()
+                .map(|(tokens, text)| (tokens.as_slice(), *text))
+                .collect();
+            Some(
+                serde_json::to_vec(&WithRewrites {
+                    value: json,
+                    pending,
+                })
                 .map_err(|error| SqlLocationError::Reserialise(error.to_string()))?,
-        ),
+            )
+        }
         (ParsedBody::Form(form), _) if !form_edits.is_empty() => {
             Some(apply_edits(form.text(), form_edits))
         }
         _ => None,
     };
     Ok((query, body))
+}
+
+/// A concrete JSON pointer's reference tokens, unescaped as `serde_json`'s `pointer_mut`
+/// reads them (`None`: not a pointer, which reaches nothing).
+fn pointer_tokens(pointer: &str) -> Option<Vec<String>> {
+    if pointer.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/')?;
+    Some(
+        rest.split('/')
+            .map(|token| token.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
+}
+
+/// An array index token as `serde_json`'s `pointer_mut` reads it.
+fn pointer_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// The checked document serialised with the rewritten statements in their places —
+/// exactly what setting each place on a copy of the document and serialising the copy
+/// writes (a later rewrite of the same place wins; a place the document lacks is left
+/// alone), without copying the document.
+struct WithRewrites<'a> {
+    value: &'a Value,
+    /// Each rewrite whose pointer passes through this value: its tokens still to walk
+    /// below it, and the text that goes there.
+    pending: smallvec::SmallVec<[(&'a [String], &'a str); 2]>,
+}
+
+impl<'a> serde::Serialize for WithRewrites<'a> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        if self.pending.is_empty() {
+            return self.value.serialize(serializer);
+        }
+        if let Some((_, text)) = self.pending.iter().rev().find(|(rest, _)| rest.is_empty()) {
+            return serializer.serialize_str(text);
+        }
+        let below = |value: &'a Value, reaches: &dyn Fn(&str) -> bool| WithRewrites {
+            value,
+            pending: self
+                .pending
+                .iter()
+                .filter_map(|(tokens, text)| {
+                    let (first, rest) = tokens.split_first()?;
+                    reaches(first).then_some((rest, *text))
+                })
+                .collect(),
+        };
+        match self.value {
+            Value::Object(members) => {
+                let mut map = serializer.serialize_map(Some(members.len()))?;
+                for (key, member) in members {
+                    map.serialize_entry(key, &below(member, &|token| token == key))?;
+                }
+                map.end()
+            }
+            Value::Array(items) => {
+                let mut sequence = serializer.serialize_seq(Some(items.len()))?;
+                for (index, item) in items.iter().enumerate() {
+                    sequence.serialize_element(&below(item, &|token| {
+                        pointer_index(token) == Some(index)
+                    }))?;
+                }
+                sequence.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
 }
 
 fn encode_form(text: &str) -> String {
@@ -672,13 +756,75 @@ mod tests {
         assert_eq!(items[1].datasource_uid, "b");
     }
 
+    /// The old reading, kept as the oracle: copy the document, set every place, serialise.
+    fn edited_copy(document: &Value, edits: &[(&str, &str)]) -> Vec<u8> {
+        let mut copy = document.clone();
+        for (pointer, text) in edits {
+            if let Some(slot) = copy.pointer_mut(pointer) {
+                *slot = Value::String(text.to_string());
+            }
+        }
+        serde_json::to_vec(&copy).unwrap()
+    }
+
+    fn with_rewrites(document: &Value, edits: &[(&str, &str)]) -> Vec<u8> {
+        let tokens: Vec<(Vec<String>, &str)> = edits
+            .iter()
+            .filter_map(|(pointer, text)| Some((pointer_tokens(pointer)?, *text)))
+            .collect();
+        serde_json::to_vec(&WithRewrites {
+            value: document,
+            pending: tokens
+                .iter()
+                .map(|(tokens, text)| (tokens.as_slice(), *text))
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rewrites_are_serialised_as_an_edited_copy_would_be() {
+        let document = serde_json::json!({
+            "sql": "SELECT 1",
+            "a/b": {"~": "x", "n": [1, 2.5, null, true, {"q": "s"}]},
+            "queries": [{"rawSql": "SELECT 2"}, {"rawSql": "SELECT 3", "x": {}}],
+            "empty": [],
+            "text": "é\"\n"
+        });
+        let cases: &[&[(&str, &str)]] = &[
+            &[("/sql", "SELECT 'r'")],
+            &[("/queries/1/rawSql", "B"), ("/queries/0/rawSql", "A")],
+            &[("/a~1b/~0", "tilde"), ("/a~1b/n/4/q", "deep")],
+            // Absent places, leading zeros, `+`, past the end, through a scalar: untouched.
+            &[
+                ("/missing", "no"),
+                ("/queries/01/rawSql", "no"),
+                ("/queries/+1/rawSql", "no"),
+            ],
+            &[("/queries/9/rawSql", "no"), ("/sql/x", "no"), ("sql", "no")],
+            // The same place twice: the later one wins; a parent set after its child too.
+            &[("/sql", "first"), ("/sql", "second")],
+            &[("/a~1b/n/0", "child"), ("/a~1b", "parent")],
+            &[("/a~1b", "parent"), ("/a~1b/n/0", "child")],
+            &[("", "the whole document")],
+            &[],
+        ];
+        for edits in cases {
+            assert_eq!(
+                String::from_utf8(with_rewrites(&document, edits)).unwrap(),
+                String::from_utf8(edited_copy(&document, edits)).unwrap(),
+                "{edits:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_json_body_is_re_serialised_from_the_checked_value() {
         let request = json(
             r#"{ "queries" : [ {"datasource":{"uid":"a"},"rawSql":"SELECT 1", "maxDataPoints": 1000 } ], "x":"\u00e9" }"#,
         );
         let items = find_sql(&grafana(), &[], &request).unwrap();
-        let (query, body) = apply(&request, &items, &[Some("SELECT 'é' \"q\"".into())]).unwrap();
+        let (query, body) = apply(&request, &items, &[Some("SELECT 'é' \"q\"")]).unwrap();
         assert_eq!(query, None);
         // serde_json's map keeps keys sorted; object member order carries no meaning.
         let expected = r#"{"queries":[{"datasource":{"uid":"a"},"maxDataPoints":1000,"rawSql":"SELECT 'é' \"q\""}],"x":"é"}"#;
@@ -742,7 +888,7 @@ mod tests {
         let items = find_sql(&sql, &["demo".into()], &request).unwrap();
         assert_eq!(items[0].sql, "select * from orders;");
         assert_eq!(items[0].datasource_uid, "demo");
-        let (new_query, body) = apply(&request, &items, &[Some("SELECT a&b=1".into())]).unwrap();
+        let (new_query, body) = apply(&request, &items, &[Some("SELECT a&b=1")]).unwrap();
         assert_eq!(body, None);
         assert_eq!(
             new_query.unwrap(),
@@ -791,7 +937,7 @@ mod tests {
         .unwrap();
         let items = find_sql(&sql, &[], &request).unwrap();
         assert_eq!(items[0].sql, "SELECT 1");
-        let (_, body) = apply(&request, &items, &[Some("SELECT 2".into())]).unwrap();
+        let (_, body) = apply(&request, &items, &[Some("SELECT 2")]).unwrap();
         assert_eq!(body.unwrap(), b"csrf=x&sql=SELECT+2");
     }
 

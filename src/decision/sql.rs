@@ -214,7 +214,6 @@ pub fn finish_sql(
     if results.len() != plan.items.len() && results.iter().all(Result::is_ok) {
         return Err(Refusal::SqlPool(crate::sql_pool::SqlPoolError::WorkerLost));
     }
-    let mut rewrites = Vec::with_capacity(plan.items.len());
     let mut statements = Vec::with_capacity(plan.items.len());
     for (item, result) in plan.items.iter().zip(results) {
         let rewritten = result.map_err(|error| Refusal::Sql {
@@ -227,7 +226,6 @@ pub fn finish_sql(
                 true,
             ));
         }
-        rewrites.push(rewritten.changed.then(|| rewritten.sql.clone()));
         statements.push(StatementRewrite {
             location: item.location.clone(),
             datasource: item.datasource_uid.clone(),
@@ -235,6 +233,13 @@ pub fn finish_sql(
             rewritten,
         });
     }
+    let rewrites: Vec<Option<&str>> = statements
+        .iter()
+        .map(|statement| {
+            let rewritten = &statement.rewritten;
+            rewritten.changed.then_some(rewritten.sql.as_str())
+        })
+        .collect();
     let (query, body) = crate::sql_location::apply(request, &plan.items, &rewrites)?;
     Ok(SqlRewrite {
         query,

@@ -269,7 +269,9 @@ pub struct Rewritten {
     /// What goes upstream (the original text when nothing applied).
     pub sql: String,
     pub changed: bool,
-    pub applied: Vec<AppliedFilter>,
+    /// Shared, so a rewrite-cache hit hands it out without copying every table, filter
+    /// name and predicate text.
+    pub applied: Arc<[AppliedFilter]>,
     pub cache_hit: bool,
 }
 
@@ -905,7 +907,7 @@ fn rewrite_uncached(
         return Ok(Rewritten {
             sql: request.sql.to_string(),
             changed: false,
-            applied: Vec::new(),
+            applied: Arc::from([]),
             cache_hit: false,
         });
     }
@@ -954,7 +956,7 @@ fn rewrite_uncached(
     Ok(Rewritten {
         sql: printed,
         changed: true,
-        applied,
+        applied: applied.into(),
         cache_hit: false,
     })
 }
