@@ -464,13 +464,11 @@ pub fn check_templating(
     request: &ParsedRequest,
 ) -> Result<(), SqlLocationError> {
     for item in items {
-        for syntax in ["{{", "{%", "{#"] {
-            if item.sql.contains(syntax) {
-                return Err(SqlLocationError::TemplateSyntax {
-                    location: item.location.clone(),
-                    syntax,
-                });
-            }
+        if let Some(syntax) = crate::rls::template_syntax(&item.sql) {
+            return Err(SqlLocationError::TemplateSyntax {
+                location: item.location.clone(),
+                syntax,
+            });
         }
     }
     if let (Some(pointer), Some(root)) = (&sql.template_params, request.json()) {

@@ -90,7 +90,24 @@ impl std::fmt::Debug for MemoryOwners {
 /// of the same name are different owners.
 fn owner_of(permit: &Permit) -> String {
     let principal = permit.principal();
-    format!("{:?}:{}", principal.kind, principal.username)
+    owner_name(principal.kind, &principal.username)
+}
+
+/// `Kind:name`, the kind as its `Debug` name (`User`, `ServiceAccount`, `Anonymous`):
+/// that spelling is what stored bindings hold. Built directly, not through `format!`,
+/// because every request on a binding route makes one.
+fn owner_name(kind: crate::principal::PrincipalKind, username: &str) -> String {
+    use crate::principal::PrincipalKind;
+    let kind = match kind {
+        PrincipalKind::User => "User",
+        PrincipalKind::ServiceAccount => "ServiceAccount",
+        PrincipalKind::Anonymous => "Anonymous",
+    };
+    let mut owner = String::with_capacity(kind.len() + 1 + username.len());
+    owner.push_str(kind);
+    owner.push(':');
+    owner.push_str(username);
+    owner
 }
 
 /// What a forwarded request's response binds: to whom, and where the ids are.
@@ -387,6 +404,20 @@ async fn lookup_in_store(store: &Store, id: &str) -> Result<Option<String>, Refu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Owners already stored were written as `{kind:?}:{name}`: the direct spelling must
+    /// stay that, or a stored binding would stop matching its own caller.
+    #[test]
+    fn owner_names_are_spelt_as_stored_bindings_hold_them() {
+        use crate::principal::PrincipalKind;
+        for kind in [
+            PrincipalKind::User,
+            PrincipalKind::ServiceAccount,
+            PrincipalKind::Anonymous,
+        ] {
+            assert_eq!(owner_name(kind, "alice@x"), format!("{kind:?}:alice@x"));
+        }
+    }
 
     /// Claims made at the same time are written in shared transactions and each still
     /// gets the answer one transaction per claim would give: the first owner of an id

@@ -17,6 +17,7 @@ mod rewrite;
 mod template;
 
 pub use fragment::FilteredWhere;
+pub(crate) use fragment::template_syntax;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
