@@ -14,6 +14,8 @@
 //! text SQL is read from, template syntax where templating is refused, and body fields
 //! the route forbids (options that make the upstream write).
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -536,7 +538,7 @@ pub fn apply(
     items: &[SqlItem],
     rewrites: &[Option<&str>],
 ) -> Result<(Option<String>, Option<Vec<u8>>), SqlLocationError> {
-    let mut json_edits: Vec<(Vec<String>, &str)> = Vec::new();
+    let mut json_edits: Vec<(Vec<Cow<'_, str>>, &str)> = Vec::new();
     let mut query_edits = Vec::new();
     let mut form_edits = Vec::new();
     for (item, rewrite) in items.iter().zip(rewrites) {
@@ -579,14 +581,20 @@ pub fn apply(
 
 /// A concrete JSON pointer's reference tokens, unescaped as `serde_json`'s `pointer_mut`
 /// reads them (`None`: not a pointer, which reaches nothing).
-fn pointer_tokens(pointer: &str) -> Option<Vec<String>> {
+fn pointer_tokens(pointer: &str) -> Option<Vec<Cow<'_, str>>> {
     if pointer.is_empty() {
         return Some(Vec::new());
     }
     let rest = pointer.strip_prefix('/')?;
     Some(
         rest.split('/')
-            .map(|token| token.replace("~1", "/").replace("~0", "~"))
+            .map(|token| {
+                if token.contains('~') {
+                    Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+                } else {
+                    Cow::Borrowed(token)
+                }
+            })
             .collect(),
     )
 }
@@ -607,7 +615,7 @@ struct WithRewrites<'a> {
     value: &'a Value,
     /// Each rewrite whose pointer passes through this value: its tokens still to walk
     /// below it, and the text that goes there.
-    pending: smallvec::SmallVec<[(&'a [String], &'a str); 2]>,
+    pending: smallvec::SmallVec<[(&'a [Cow<'a, str>], &'a str); 2]>,
 }
 
 impl<'a> serde::Serialize for WithRewrites<'a> {
@@ -766,7 +774,7 @@ mod tests {
     }
 
     fn with_rewrites(document: &Value, edits: &[(&str, &str)]) -> Vec<u8> {
-        let tokens: Vec<(Vec<String>, &str)> = edits
+        let tokens: Vec<(Vec<Cow<'_, str>>, &str)> = edits
             .iter()
             .filter_map(|(pointer, text)| Some((pointer_tokens(pointer)?, *text)))
             .collect();

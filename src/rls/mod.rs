@@ -352,17 +352,34 @@ impl DatasourceRules {
             .iter()
             .filter(|filter| filter.applies_to(principal))
             .collect();
-        let bindings = applicable
-            .iter()
-            .map(|filter| {
-                (
-                    filter.name.clone(),
-                    filter.clause.values_for(principal, &filter.name, dialect),
-                )
-            })
-            .collect();
+        let bindings = bound(applicable.iter().copied(), principal, dialect);
         (applicable, bindings)
     }
+
+    /// [`Self::for_caller`]'s bindings alone (a cache lookup needs no filter list).
+    fn bindings_for(&self, principal: &Principal) -> Bindings {
+        let applicable = self
+            .filters
+            .iter()
+            .filter(|filter| filter.applies_to(principal));
+        bound(applicable, principal, self.config.dialect)
+    }
+}
+
+/// Each applicable filter's name with its values bound for `principal`.
+fn bound<'f>(
+    applicable: impl Iterator<Item = &'f CompiledFilter>,
+    principal: &Principal,
+    dialect: Dialect,
+) -> Bindings {
+    applicable
+        .map(|filter| {
+            (
+                filter.name.clone(),
+                filter.clause.values_for(principal, &filter.name, dialect),
+            )
+        })
+        .collect()
 }
 
 /// Compiled filters and datasources for one policy snapshot. Its cache lives and dies
@@ -576,7 +593,10 @@ impl RlsPolicy {
     /// waits for, or counts against, the SQL pool; `None` means "rewrite it", and errors
     /// are left to [`Self::rewrite`].
     pub fn cached(&self, request: &RewriteRequest<'_>) -> Option<Rewritten> {
-        let (_, bindings) = self.rules_for(request).ok()?.for_caller(request.principal);
+        let bindings = self
+            .rules_for(request)
+            .ok()?
+            .bindings_for(request.principal);
         // A miss is counted once, by the rewrite that follows.
         self.cache_hit(
             cache_key(&self.key_hasher, request, &bindings),

@@ -256,16 +256,16 @@ impl CompiledClause {
                         _ => return Err(missing()),
                     },
                 };
-                let texts: Vec<&String> = match &value {
-                    BoundValue::Text(text) | BoundValue::Number(text) => vec![text],
-                    BoundValue::List(items) => items.iter().collect(),
-                };
                 // NUL ends a string in several databases' C APIs, and the generic dialect
                 // cannot know whether the backend treats a backslash as an escape.
-                let unsafe_text = |text: &&String| {
+                let unsafe_text = |text: &String| {
                     text.contains('\0') || (dialect == Dialect::Generic && text.contains('\\'))
                 };
-                if texts.iter().any(unsafe_text) {
+                let any_unsafe = match &value {
+                    BoundValue::Text(text) | BoundValue::Number(text) => unsafe_text(text),
+                    BoundValue::List(items) => items.iter().any(unsafe_text),
+                };
+                if any_unsafe {
                     return Err(RlsError::InvalidTemplateValue {
                         filter: filter.to_string(),
                         template: template.describe(),
