@@ -615,8 +615,11 @@ struct WithRewrites<'a> {
     value: &'a Value,
     /// Each rewrite whose pointer passes through this value: its tokens still to walk
     /// below it, and the text that goes there.
-    pending: smallvec::SmallVec<[(&'a [Cow<'a, str>], &'a str); 2]>,
+    pending: smallvec::SmallVec<[PendingRewrite<'a>; 2]>,
 }
+
+/// A rewrite's pointer tokens still to walk, and its text.
+type PendingRewrite<'a> = (&'a [Cow<'a, str>], &'a str);
 
 impl<'a> serde::Serialize for WithRewrites<'a> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
