@@ -627,12 +627,7 @@ pub fn edit_upstream_headers<T>(
     let send_end_stream = request.send_end_stream();
     // The target is rebuilt from the URI; one the URI does not reproduce (absolute-form)
     // is kept verbatim and restored (the proxy has already set an origin-form one).
-    let verbatim_target = (request
-        .uri
-        .path_and_query()
-        .map(|target| target.as_str().as_bytes())
-        != Some(request.raw_path()))
-    .then(|| request.raw_path().to_vec());
+    let verbatim_target = (!target_is_uri(request)).then(|| request.raw_path().to_vec());
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(request, placeholder).into();
     // Room for what datagate adds (identity, forwarding, a content length): the map
@@ -648,6 +643,15 @@ pub fn edit_upstream_headers<T>(
     }
     *request = rebuilt;
     edited
+}
+
+/// Whether the request's target goes on the wire as its URI says (origin-form); an
+/// absolute-form target is kept apart, verbatim, and the URI holds only its path.
+fn target_is_uri(request: &RequestHeader) -> bool {
+    request
+        .uri
+        .path_and_query()
+        .is_some_and(|target| target.as_str().as_bytes() == request.raw_path())
 }
 
 /// The headers datagate usually adds to a forwarded request: six identity headers,
@@ -888,11 +892,7 @@ pub fn set_canonical_path(
     // Usually the client sent the canonical path already: the URI is kept, not rebuilt.
     // Kept only if it is what goes on the wire (a target the URI does not reproduce,
     // absolute-form, is replaced by this origin-form one).
-    let target_is_uri = request
-        .uri
-        .path_and_query()
-        .is_some_and(|target| target.as_str().as_bytes() == request.raw_path());
-    if rewritten_query.is_none() && target_is_uri && request.uri.path() == canonical_path {
+    if rewritten_query.is_none() && target_is_uri(request) && request.uri.path() == canonical_path {
         return Ok(());
     }
     let path_and_query = match query {

@@ -357,7 +357,7 @@ impl ProxyHttp for DatagateProxy {
             .client_addr()
             .and_then(|address| address.as_inet())
             .map(|address| address.ip());
-        let credential_edits = self.state.authenticator.token_sources();
+        let token_sources = self.state.authenticator.token_sources();
         headers::edit_upstream_headers(upstream_request, |upstream_headers| {
             if ctx.body_read {
                 // Already answered to the client; the upstream gets the body without waiting.
@@ -369,7 +369,7 @@ impl ProxyHttp for DatagateProxy {
                 upstream_headers.insert(http::header::CONTENT_LENGTH, body.len().into());
             }
             // The caller's own credentials stay here unless a token source forwards them.
-            let edits = credential_edits.upstream_edits(upstream_headers);
+            let edits = token_sources.upstream_edits(upstream_headers);
             remove_consumed_credentials(upstream_headers, edits)?;
             self.headers.prepare_upstream_headers(
                 upstream_headers,
