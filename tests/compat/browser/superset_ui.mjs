@@ -407,19 +407,51 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
 });
 let failed = false;
+// Set once the browser is being closed: what is still loading then is cancelled by it.
+let closing = false;
 try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
   context.on('response', (response) => {
     recordResponse(response).catch(() => {});
   });
-  context.on('requestfailed', (request) => {
-    report.failed.push({ method: request.method(), url: request.url(), error: request.failure()?.errorText });
+  // Chromium aborts (net::ERR_ABORTED) whatever a document still loads when the tab
+  // moves to another document, and whatever is in flight when the browser closes. Each
+  // failure says whether that happened while it was in flight, so the test can tell the
+  // browser's own cancellations from a load that failed on its own.
+  let page = null;
+  let documents = 0;
+  let currentStep = -1;
+  const started = new WeakMap();
+  // A navigation request of a window not yet created (a download's popup) has no frame
+  // yet, and `frame()` throws there: it is not the tab's.
+  const ofTheTab = (request) => {
+    try {
+      return request.frame() === page.mainFrame();
+    } catch {
+      return false;
+    }
+  };
+  context.on('request', (request) => {
+    if (page && request.isNavigationRequest() && ofTheTab(request)) documents += 1;
+    started.set(request, { document: documents, step: currentStep });
   });
-  const page = await context.newPage();
+  context.on('requestfailed', (request) => {
+    const start = started.get(request);
+    report.failed.push({
+      method: request.method(),
+      url: request.url(),
+      error: request.failure()?.errorText,
+      step: start?.step ?? currentStep,
+      navigated_away: start !== undefined && documents > start.document,
+      in_flight_at_close: closing,
+    });
+  });
+  page = await context.newPage();
   page.on('console', (message) => {
     if (message.type() === 'error') report.console_errors.push(message.text().slice(0, 500));
   });
-  for (const step of spec.steps) {
+  for (const [index, step] of spec.steps.entries()) {
+    currentStep = index;
     const run = STEPS[step.do];
     if (!run) throw new Error(`unknown step ${step.do}`);
     try {
@@ -435,6 +467,7 @@ try {
   failed = true;
   report.error = String(error.message || error);
 } finally {
+  closing = true;
   await browser.close();
 }
 if (spec.report) {
