@@ -322,7 +322,7 @@ pub async fn explain_request(state: &Arc<AppState>, args: &ExplainArgs) -> serde
         "status": status,
         "reason": reason,
         "kind": admitted.refusal().and_then(|refusal| HttpError::from(refusal).kind),
-        "route": admitted.route,
+        "route": admitted.route.name(),
         "canonical_path": admitted.canonical_path,
         "principal": admitted.principal,
         "checks": admitted.checks,

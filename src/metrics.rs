@@ -8,7 +8,8 @@
 //! `process_*` ones. A private registry keeps tests and embedders independent.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -86,6 +87,42 @@ pub struct Metrics {
     pub dataset_verifications: IntCounterVec,
     /// The series every request touches, resolved once ([`HotSeries`]).
     hot: HotSeries,
+    /// Tells this registry's series from another's in a [`RouteLabel`] (tests and
+    /// embedders build several).
+    id: u64,
+}
+
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A route's name as a metric label, with its `datagate_requests_total{decision="allow"}`
+/// series resolved on the route's first allowed request. Compiled with the route and
+/// shared by its permits, so counting an allowed request neither copies the name nor
+/// looks the series up by its labels.
+#[derive(Debug)]
+pub struct RouteLabel {
+    name: String,
+    /// The id of the [`Metrics`] the series belongs to, and the series.
+    allowed: OnceLock<(u64, IntCounter)>,
+}
+
+impl RouteLabel {
+    pub fn new(name: impl Into<String>) -> RouteLabel {
+        RouteLabel {
+            name: name.into(),
+            allowed: OnceLock::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The label of requests no route matched (or refused before one did).
+    pub fn unmatched() -> Arc<RouteLabel> {
+        static UNMATCHED: LazyLock<Arc<RouteLabel>> =
+            LazyLock::new(|| Arc::new(RouteLabel::new("unmatched")));
+        UNMATCHED.clone()
+    }
 }
 
 /// Children of the per-request metric families whose label values are known in
@@ -471,6 +508,7 @@ impl Metrics {
             trace_spans,
             dataset_verifications,
             hot: HotSeries::new(),
+            id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
             jwks_fetches,
             jwks_fetch_failures,
             jwks_kid_misses,
@@ -517,6 +555,15 @@ impl Metrics {
             self.upstream_seconds.with_label_values(&[&label])
         })
         .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one allowed request of `route`.
+    pub fn count_allowed(&self, route: &RouteLabel) {
+        let lookup = || self.requests.with_label_values(&[route.name(), "allow"]);
+        match route.allowed.get_or_init(|| (self.id, lookup())) {
+            (owner, series) if *owner == self.id => series.inc(),
+            _ => lookup().inc(),
+        }
     }
 
     /// Times one allowed request's admission decision.
@@ -635,6 +682,28 @@ mod tests {
                 "datagate_sql_rewrite_cache_total{result=\"hit\"} 2",
                 "datagate_sql_rewrite_cache_total{result=\"miss\"} 1",
             ]
+        );
+    }
+
+    #[test]
+    fn a_route_label_counts_in_the_registry_that_counts_it() {
+        let first = Metrics::new().unwrap();
+        let second = Metrics::new().unwrap();
+        let chart = RouteLabel::new("chart");
+        assert!(exposition_lines(&first, "datagate_requests_total{").is_empty());
+        first.count_allowed(&chart);
+        first.count_allowed(&chart);
+        // A route compiled once and counted by two registries (tests build several)
+        // counts in each, not in whichever resolved the label first.
+        second.count_allowed(&chart);
+        first.requests.with_label_values(&["chart", "allow"]).inc();
+        assert_eq!(
+            exposition_lines(&first, "datagate_requests_total{"),
+            ["datagate_requests_total{decision=\"allow\",route=\"chart\"} 3"]
+        );
+        assert_eq!(
+            exposition_lines(&second, "datagate_requests_total{"),
+            ["datagate_requests_total{decision=\"allow\",route=\"chart\"} 1"]
         );
     }
 }

@@ -925,13 +925,13 @@ fn actual_of(decided: Decision) -> Actual {
         Verdict::Refuse(refusal) => refused(
             refusal,
             decided.mcp.as_ref(),
-            decided.route.clone(),
+            decided.route.name().to_string(),
             &decided.checks,
         ),
         Verdict::Forward(_) => Actual {
             decision: DecisionName::Forward,
             status: None,
-            route: decided.route.clone(),
+            route: decided.route.name().to_string(),
             reason: "forwarded".to_string(),
             kind: None,
             permissions: decided
@@ -946,7 +946,7 @@ fn actual_of(decided: Decision) -> Actual {
         Verdict::Answer(_) => Actual {
             decision: DecisionName::Answer,
             status: Some(200),
-            route: decided.route.clone(),
+            route: decided.route.name().to_string(),
             reason: "answered by datagate".to_string(),
             kind: None,
             permissions: Vec::new(),

@@ -18,10 +18,11 @@ use super::callers::Caller;
 use super::request::ParsedRequest;
 use super::{Refusal, RequestHead};
 use crate::authn::AuthnError;
+use crate::metrics::RouteLabel;
 use crate::principal::{Principal, PrincipalKind};
 use crate::route::PathParams;
 use crate::route::{
-    Resolution, Route, UnmatchedPolicy, canonicalize_path, extract_datasource_uids,
+    Resolution, Route, UnmatchedPolicy, canonicalize_path_shared, extract_datasource_uids,
 };
 use crate::state::{AppState, PolicySnapshot};
 
@@ -30,7 +31,7 @@ pub struct Identified<'t> {
     /// Shared with the permit, the decision and the SQL pool's job: one caller, no copies.
     pub caller: Arc<Caller>,
     /// The path the route was matched on; it is also what the upstream receives.
-    pub canonical_path: String,
+    pub canonical_path: Arc<str>,
     pub route: Option<(&'t Route, PathParams)>,
     pub(super) unmatched_policy: UnmatchedPolicy,
 }
@@ -41,6 +42,13 @@ impl Identified<'_> {
             .as_ref()
             .map(|(route, _)| route.name())
             .unwrap_or("unmatched")
+    }
+
+    /// The route's name as permits and metrics carry it.
+    pub fn route_label(&self) -> Arc<RouteLabel> {
+        self.route
+            .as_ref()
+            .map_or_else(RouteLabel::unmatched, |(route, _)| route.label().clone())
     }
 
     /// Whether authorization needs the request body (the route extracts from it).
@@ -63,8 +71,8 @@ impl Identified<'_> {
 #[derive(Debug, Clone)]
 pub struct Permit {
     caller: Arc<Caller>,
-    route: String,
-    canonical_path: String,
+    route: Arc<RouteLabel>,
+    canonical_path: Arc<str>,
     datasource_uids: Vec<String>,
     policy_revision: u64,
 }
@@ -86,6 +94,10 @@ impl Permit {
         self.caller.upstream_identity()
     }
     pub fn route(&self) -> &str {
+        self.route.name()
+    }
+    /// The route's name with its request series ([`crate::metrics::Metrics::count_allowed`]).
+    pub fn route_label(&self) -> &RouteLabel {
         &self.route
     }
     pub fn canonical_path(&self) -> &str {
@@ -168,7 +180,7 @@ pub fn identify<'t>(
     clock.stop(super::Stage::Authenticate, started, &principal);
     let caller = principal?;
     let started = clock.start();
-    let routed = canonicalize_path(head.raw_path)
+    let routed = canonicalize_path_shared(head.raw_path)
         .map_err(Refusal::BadPath)
         .map(|canonical_path| {
             let resolution = state.routes.resolve(head.method, &canonical_path);
@@ -349,7 +361,7 @@ pub fn authorize(
                 record(&|| CheckOutcome::new("unmatched route: `routes.unmatched: deny`", false));
                 Err(Refusal::UnmatchedRoute {
                     method: head.method.to_string(),
-                    path: identified.canonical_path.clone(),
+                    path: identified.canonical_path.to_string(),
                 })
             }
         };
@@ -537,7 +549,7 @@ pub(super) fn permit(
 ) -> Permit {
     Permit {
         caller: identified.caller.clone(),
-        route: identified.route_name().to_string(),
+        route: identified.route_label(),
         canonical_path: identified.canonical_path.clone(),
         datasource_uids,
         policy_revision: snapshot.revision,

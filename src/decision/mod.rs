@@ -47,6 +47,7 @@ pub use mcp::{McpCall, select_mcp_tool};
 pub use permissions::{
     CallerPermissions, DatasourceAccess, ExportPermissions, GrantedPermission, PERMISSIONS_PATH,
     PERMISSIONS_ROUTE, caller_permissions, export_refusal, is_permissions_request,
+    permissions_route_label,
 };
 pub use refusal::Refusal;
 pub use sql::{
@@ -54,6 +55,7 @@ pub use sql::{
 };
 
 use crate::chart_data::ChartDataError;
+use crate::metrics::RouteLabel;
 use crate::principal::Principal;
 use crate::state::{AppState, PolicySnapshot};
 use request::{ParsedBody, ParsedRequest};
@@ -315,9 +317,9 @@ pub enum Answer {
 pub struct Decision {
     pub verdict: Verdict,
     /// The route's name (`unmatched` when none matched or identification failed).
-    pub route: String,
+    pub route: Arc<RouteLabel>,
     pub principal: Option<Arc<Principal>>,
-    pub canonical_path: Option<String>,
+    pub canonical_path: Option<Arc<str>>,
     /// Set on MCP routes: refusals are answered as JSON-RPC errors with this id.
     pub mcp: Option<McpCall>,
     /// Every check with its outcome, when traced.
@@ -360,7 +362,7 @@ pub async fn admit(
 ) -> Decision {
     let mut decision = Decision {
         verdict: Verdict::Refuse(Refusal::BodyUnreadable),
-        route: "unmatched".to_string(),
+        route: RouteLabel::unmatched(),
         principal: None,
         canonical_path: None,
         mcp: None,
@@ -399,11 +401,11 @@ pub async fn admit(
             return decision;
         }
     };
-    decision.route = identified.route_name().to_string();
+    decision.route = identified.route_label();
     decision.principal = Some(identified.caller.principal.clone());
     decision.canonical_path = Some(identified.canonical_path.clone());
     if is_permissions_request(head, &identified) {
-        decision.route = PERMISSIONS_ROUTE.to_string();
+        decision.route = permissions_route_label();
         decision.verdict = Verdict::Answer(Answer::Permissions(Box::new(caller_permissions(
             snapshot,
             &identified.caller.principal,
@@ -427,7 +429,7 @@ pub async fn admit(
         Err(refusal) => Verdict::Refuse(refusal),
     };
     // The tool's own route decides an MCP call, and is what metrics and audit name.
-    decision.route = identified.route_name().to_string();
+    decision.route = identified.route_label();
     decision.allows_upgrade = identified
         .route
         .as_ref()
@@ -440,7 +442,7 @@ pub async fn admit(
     {
         decision.verdict = Verdict::Refuse(Refusal::from(
             crate::proxy::headers::HeaderError::UpgradeNotAllowed {
-                route: decision.route.clone(),
+                route: decision.route.name().to_string(),
             },
         ));
     }

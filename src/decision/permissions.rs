@@ -1,10 +1,13 @@
 //! `GET /api/me/permissions`: the caller's effective permissions, answered by datagate
 //! itself from the same snapshot and identity as every proxied request, never forwarded.
 
+use std::sync::{Arc, LazyLock};
+
 use serde::Serialize;
 
 use super::authorize::Identified;
 use super::{Refusal, RequestHead};
+use crate::metrics::RouteLabel;
 use crate::principal::{Principal, PrincipalKind};
 use crate::state::PolicySnapshot;
 
@@ -13,9 +16,17 @@ pub const PERMISSIONS_PATH: &str = "/api/me/permissions";
 /// Its name in metrics and audit events.
 pub const PERMISSIONS_ROUTE: &str = "datagate-me-permissions";
 
+/// The label [`PERMISSIONS_ROUTE`]'s requests are counted and audited under.
+pub fn permissions_route_label() -> Arc<RouteLabel> {
+    static LABEL: LazyLock<Arc<RouteLabel>> =
+        LazyLock::new(|| Arc::new(RouteLabel::new(PERMISSIONS_ROUTE)));
+    LABEL.clone()
+}
+
 /// `GET /api/me/permissions` (the canonical path, exactly; it is never forwarded).
 pub fn is_permissions_request(head: &RequestHead<'_>, identified: &Identified<'_>) -> bool {
-    (head.method == "GET" || head.method == "HEAD") && identified.canonical_path == PERMISSIONS_PATH
+    (head.method == "GET" || head.method == "HEAD")
+        && *identified.canonical_path == *PERMISSIONS_PATH
 }
 
 /// What the caller may do, so a frontend can disable a button instead of meeting a 403.

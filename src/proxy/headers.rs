@@ -79,6 +79,23 @@ fn folded(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Whether two header names are one name to a server that folds case and reads `_` as
+/// `-` ([`normalized_name`]), compared without folding either into a copy.
+fn same_folded_name(first: &str, second: &str) -> bool {
+    let fold = |byte: u8| {
+        if byte == b'_' {
+            b'-'
+        } else {
+            byte.to_ascii_lowercase()
+        }
+    };
+    first.len() == second.len()
+        && first
+            .bytes()
+            .zip(second.bytes())
+            .all(|(first, second)| fold(first) == fold(second))
+}
+
 /// Header names echoed in refusals are the client's own, bounded so a refusal stays small.
 fn shown(name: &str) -> String {
     name.chars().take(64).collect()
@@ -109,20 +126,15 @@ pub fn check_client_headers(
     headers: &http::HeaderMap,
     credential_headers: &[&str],
 ) -> std::result::Result<(), HeaderError> {
-    // One pass over the headers, each name folded once (this runs on every request).
+    // One pass over the headers, nothing copied (this runs on every request).
     // `HeaderMap::iter` yields a repeated header once per value, so a name seen a second
     // time is a repeat.
-    let folded_credentials: smallvec::SmallVec<[std::borrow::Cow<'_, str>; 4]> = credential_headers
-        .iter()
-        .map(|credential| folded(credential))
-        .collect();
     let mut previous: Option<&http::HeaderName> = None;
     for (name, value) in headers.iter() {
         let repeated = previous == Some(name);
         previous = Some(name);
-        let name_folded = folded(name.as_str());
-        for (credential, folded_credential) in credential_headers.iter().zip(&folded_credentials) {
-            if *folded_credential != name_folded {
+        for credential in credential_headers {
+            if !same_folded_name(name.as_str(), credential) {
                 continue;
             }
             // Header names arrive lowercased: only the credential's own spelling (any
@@ -168,7 +180,7 @@ pub fn check_client_headers(
                 || nominated.starts_with("x-datagate-")
                 || credential_headers
                     .iter()
-                    .any(|credential| folded(credential) == nominated.as_str());
+                    .any(|credential| same_folded_name(credential, &nominated));
             if protected {
                 return Err(HeaderError::ConnectionNominatesProtected {
                     header: shown(token),

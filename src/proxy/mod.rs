@@ -254,11 +254,7 @@ impl ProxyHttp for DatagateProxy {
                 self.state
                     .metrics
                     .observe_allowed_decision(ctx.started.elapsed());
-                self.state
-                    .metrics
-                    .requests
-                    .with_label_values(&[permit.route(), "allow"])
-                    .inc();
+                self.state.metrics.count_allowed(permit.route_label());
                 ctx.outcome = Some(Outcome {
                     refused: None,
                     status: 0,
@@ -286,11 +282,7 @@ impl ProxyHttp for DatagateProxy {
                 Ok(false)
             }
             Verdict::Answer(decision::Answer::Permissions(permissions)) => {
-                self.state
-                    .metrics
-                    .requests
-                    .with_label_values(&[decision::PERMISSIONS_ROUTE, "allow"])
-                    .inc();
+                self.state.metrics.count_allowed(&decision.route);
                 let body = serde_json::to_vec(&permissions).unwrap_or_default();
                 write_json(session, &HttpError::new(200, ""), Some(body)).await?;
                 Ok(true)
@@ -299,7 +291,7 @@ impl ProxyHttp for DatagateProxy {
                 let outcome = refused_outcome(
                     &head,
                     &refusal,
-                    &decision.route,
+                    decision.route.name(),
                     decision.principal.as_deref(),
                     decision.policy_revision,
                 );
@@ -669,7 +661,7 @@ fn record_decision(trace: &crate::telemetry::RequestTrace, decision: &decision::
         .map(|refusal| HttpError::from(refusal).kind.unwrap_or("none"));
     trace.record_stages(&decision.stages, refusal_kind);
     trace.record_decision(&crate::telemetry::DecisionSummary {
-        route: &decision.route,
+        route: decision.route.name(),
         canonical_path: decision.canonical_path.as_deref(),
         allowed: !matches!(decision.verdict, Verdict::Refuse(_)),
         refusal_kind,

@@ -28,6 +28,7 @@
 //! proptest), which is what makes forwarding it safe.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::RouteError;
 
@@ -90,6 +91,15 @@ pub fn canonicalize_path(raw_path: &str) -> Result<String, RouteError> {
         return Ok(raw_path.to_owned());
     }
     canonicalize_in_full(raw_path)
+}
+
+/// [`canonicalize_path`], as the one shared copy the decision, the permit and the
+/// upstream request all read (a path that is already canonical is copied once).
+pub fn canonicalize_path_shared(raw_path: &str) -> Result<Arc<str>, RouteError> {
+    if is_plainly_canonical(raw_path) {
+        return Ok(Arc::from(raw_path));
+    }
+    canonicalize_in_full(raw_path).map(Arc::from)
 }
 
 /// Whether `raw_path` is already its own canonical form by a check that needs no
@@ -444,6 +454,12 @@ mod tests {
             for raw in [format!("/{}", pieces.concat()), format!("/{plain}"), plain.clone()] {
                 let full = canonicalize_in_full(&raw);
                 prop_assert_eq!(canonicalize_path(&raw), full.clone(), "raw `{}`", raw);
+                prop_assert_eq!(
+                    canonicalize_path_shared(&raw).map(|shared| shared.to_string()),
+                    full.clone(),
+                    "raw `{}`",
+                    raw
+                );
                 if is_plainly_canonical(&raw) {
                     prop_assert_eq!(full, Ok(raw.clone()));
                 }

@@ -40,9 +40,10 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 pub(crate) use canonical::percent_decode_lenient;
-pub use canonical::{MAX_PATH_BYTES, canonicalize_path};
+pub use canonical::{MAX_PATH_BYTES, canonicalize_path, canonicalize_path_shared};
 pub use config::{
     DEFAULT_INSPECTED_BODY_BYTES, DatasourceConfig, ExportMarkerConfig, ExportRouteConfig,
     MAX_INSPECTED_BODY_BYTES, McpConfig, McpToolConfig, PermissionsConfig, RisonSourceConfig,
@@ -53,6 +54,8 @@ pub use pointer::{JsonPointer, parse_along};
 pub use template::{ParamValue, PathParams};
 
 use template::{SplitPath, Template};
+
+use crate::metrics::RouteLabel;
 
 /// Everything that can go wrong in routing. `Config` is for operators at load time; the
 /// other variants can reach HTTP clients and never echo the path or body.
@@ -189,7 +192,8 @@ const KNOWN_METHODS: [&str; 9] = [
 /// One compiled row of the route table.
 #[derive(Debug, Clone)]
 pub struct Route {
-    name: String,
+    /// The name, and the series its allowed requests count in.
+    label: Arc<RouteLabel>,
     path: String,
     methods: Vec<MethodMatcher>,
     template: Template,
@@ -291,7 +295,12 @@ impl McpTools {
 
 impl Route {
     pub fn name(&self) -> &str {
-        &self.name
+        self.label.name()
+    }
+
+    /// The name as the permit and the request metrics carry it.
+    pub fn label(&self) -> &Arc<RouteLabel> {
+        &self.label
     }
 
     /// The template as written in the config.
@@ -458,10 +467,10 @@ impl RouteTable {
         for (key, route_config) in &entries {
             let key = key.as_str();
             let route = compile_route(route_config, key)?;
-            if !names.insert(route.name.clone()) {
+            if !names.insert(route.name().to_string()) {
                 return Err(config_error(
                     format!("{key}.name"),
-                    format!("`{}` is already the name of another route", route.name),
+                    format!("`{}` is already the name of another route", route.name()),
                 ));
             }
             if let Some((earlier_index, earlier)) =
@@ -477,7 +486,9 @@ impl RouteTable {
                     format!("{key}.path"),
                     format!(
                         "route `{}` can never match: `{}` ({}) has the same path shape and methods and comes first",
-                        route.name, earlier.name, entries[earlier_index].0
+                        route.name(),
+                        earlier.name(),
+                        entries[earlier_index].0
                     ),
                 ));
             }
@@ -785,7 +796,7 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
     Ok(Route {
         chart_data,
         results,
-        name: config.name.clone(),
+        label: Arc::new(RouteLabel::new(config.name.as_str())),
         path: config.path.clone(),
         methods,
         template,
