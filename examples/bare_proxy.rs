@@ -5,7 +5,10 @@
 //! For experiments the environment can override the server settings:
 //! `BARE_WORK_STEALING=0|1`, `BARE_LISTENER_TASKS=<accept tasks per listening socket>`,
 //! `BARE_POOL=<upstream keepalive pool size>`, `BARE_IDLE_TIMEOUT_SECONDS=<n>` (an idle
-//! timeout on pooled upstream connections).
+//! timeout on pooled upstream connections), `BARE_UPSTREAM_TIMEOUT_SECONDS=<n>` (connect,
+//! read and write timeouts on the upstream, as datagate always sets them: pingora wraps
+//! each upstream read and write in a timer then, which is part of what datagate costs
+//! over this baseline and none of its own work).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct PassThrough {
     upstream: SocketAddr,
     idle_timeout: Option<Duration>,
+    upstream_timeout: Option<Duration>,
 }
 
 #[async_trait]
@@ -36,6 +40,9 @@ impl ProxyHttp for PassThrough {
     ) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         peer.options.idle_timeout = self.idle_timeout;
+        peer.options.connection_timeout = self.upstream_timeout;
+        peer.options.read_timeout = self.upstream_timeout;
+        peer.options.write_timeout = self.upstream_timeout;
         Ok(Box::new(peer))
     }
 }
@@ -61,6 +68,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let idle_timeout = env("BARE_IDLE_TIMEOUT_SECONDS")
         .map(|value| value.parse().map(Duration::from_secs))
         .transpose()?;
+    let upstream_timeout = env("BARE_UPSTREAM_TIMEOUT_SECONDS")
+        .map(|value| value.parse().map(Duration::from_secs))
+        .transpose()?;
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
     let mut service = pingora::proxy::http_proxy_service(
@@ -68,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PassThrough {
             upstream,
             idle_timeout,
+            upstream_timeout,
         },
     );
     service.add_tcp(&listen);

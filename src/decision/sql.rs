@@ -214,7 +214,7 @@ pub fn finish_sql(
     if results.len() != plan.items.len() && results.iter().all(Result::is_ok) {
         return Err(Refusal::SqlPool(crate::sql_pool::SqlPoolError::WorkerLost));
     }
-    let mut statements = Vec::with_capacity(plan.items.len());
+    let mut rewritten_statements = Vec::with_capacity(plan.items.len());
     for (item, result) in plan.items.iter().zip(results) {
         let rewritten = result.map_err(|error| Refusal::Sql {
             location: item.location.clone(),
@@ -226,21 +226,25 @@ pub fn finish_sql(
                 true,
             ));
         }
-        statements.push(StatementRewrite {
-            location: item.location.clone(),
-            datasource: item.datasource_uid.clone(),
-            original_sql: item.sql.clone(),
-            rewritten,
-        });
+        rewritten_statements.push(rewritten);
     }
-    let rewrites: Vec<Option<&str>> = statements
+    let rewrites: Vec<Option<&str>> = rewritten_statements
         .iter()
-        .map(|statement| {
-            let rewritten = &statement.rewritten;
-            rewritten.changed.then_some(rewritten.sql.as_str())
-        })
+        .map(|rewritten| rewritten.changed.then_some(rewritten.sql.as_str()))
         .collect();
     let (query, body) = crate::sql_location::apply(request, &plan.items, &rewrites)?;
+    // The request is rewritten: each item's texts move into its statement, uncopied.
+    let statements = plan
+        .items
+        .into_iter()
+        .zip(rewritten_statements)
+        .map(|(item, rewritten)| StatementRewrite {
+            location: item.location,
+            datasource: item.datasource_uid,
+            original_sql: item.sql,
+            rewritten,
+        })
+        .collect();
     Ok(SqlRewrite {
         query,
         body,
