@@ -347,6 +347,26 @@ pub struct SqlItem {
     place: Place,
 }
 
+/// A configured SQL location the request does not fill, named only if no location is
+/// filled (then the refusal lists them all), so a request that is fine formats nothing.
+enum MissingLocation<'a> {
+    Pointer(&'a JsonPointer),
+    Concrete(String),
+    QueryParameter(&'a str),
+    FormField(&'a str),
+}
+
+impl std::fmt::Display for MissingLocation<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MissingLocation::Pointer(pointer) => write!(formatter, "`{pointer}`"),
+            MissingLocation::Concrete(location) => write!(formatter, "`{location}`"),
+            MissingLocation::QueryParameter(name) => write!(formatter, "query parameter `{name}`"),
+            MissingLocation::FormField(name) => write!(formatter, "form field `{name}`"),
+        }
+    }
+}
+
 /// Finds every configured SQL string and runs the route's body checks (forbidden
 /// fields). `route_datasources` are the uids the route's datasource check extracted (for
 /// `from_route`).
@@ -357,14 +377,14 @@ pub fn find_sql(
 ) -> Result<Vec<SqlItem>, SqlLocationError> {
     check_forbidden_fields(sql, request)?;
     let mut items = Vec::new();
-    let mut missing = Vec::new();
+    let mut missing: Vec<MissingLocation<'_>> = Vec::new();
     for location in &sql.locations {
         match &location.source {
             SqlSource::JsonPointer(pointer) => {
                 let root = match &request.body {
                     ParsedBody::Json(root) => root,
                     ParsedBody::Absent => {
-                        missing.push(format!("`{pointer}`"));
+                        missing.push(MissingLocation::Pointer(pointer));
                         continue;
                     }
                     ParsedBody::Form(_) | ParsedBody::Unreadable { .. } => {
@@ -383,12 +403,12 @@ pub fn find_sql(
                     let sql_text = match reached.value {
                         Some(Value::String(text)) => text.clone(),
                         None => {
-                            missing.push(format!("`{concrete}`"));
                             // Every element of a list must carry its SQL: a hole could be
                             // filled by another key the upstream reads.
                             if reached.under_wildcard && !sql.optional {
                                 return Err(SqlLocationError::Missing(format!("`{concrete}`")));
                             }
+                            missing.push(MissingLocation::Concrete(concrete));
                             continue;
                         }
                         Some(other) => {
@@ -419,13 +439,13 @@ pub fn find_sql(
                     datasource_uid: plain_datasource(&location.datasource, route_datasources)?,
                     place: Place::Query(pair.value_span.clone()),
                 }),
-                None => missing.push(format!("query parameter `{name}`")),
+                None => missing.push(MissingLocation::QueryParameter(name)),
             },
             SqlSource::FormField(name) => {
                 let form = match &request.body {
                     ParsedBody::Form(form) => form,
                     ParsedBody::Absent => {
-                        missing.push(format!("form field `{name}`"));
+                        missing.push(MissingLocation::FormField(name));
                         continue;
                     }
                     ParsedBody::Json(_) | ParsedBody::Unreadable { .. } => {
@@ -442,7 +462,7 @@ pub fn find_sql(
                         datasource_uid: plain_datasource(&location.datasource, route_datasources)?,
                         place: Place::Form(pair.value_span.clone()),
                     }),
-                    None => missing.push(format!("form field `{name}`")),
+                    None => missing.push(MissingLocation::FormField(name)),
                 }
             }
         }
@@ -451,7 +471,11 @@ pub fn find_sql(
         return Err(SqlLocationError::Missing(if missing.is_empty() {
             "any configured location".to_string()
         } else {
-            missing.join(" or ")
+            missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
         }));
     }
     Ok(items)
@@ -844,6 +868,33 @@ mod tests {
             String::from_utf8(body.unwrap())
                 .unwrap()
                 .starts_with(r#"{"queries":[{"#)
+        );
+    }
+
+    #[test]
+    fn a_request_filling_no_location_is_told_every_one() {
+        let sql = compile(
+            "locations:\n  - {json_pointer: /sql, datasource: {fixed: d}}\n  - {json_pointer: /queries/0/sql, datasource: {fixed: d}}\n  - {query_param: sql, datasource: {fixed: d}}\n",
+        );
+        let refused = |request: &ParsedRequest| match find_sql(&sql, &[], request) {
+            Err(SqlLocationError::Missing(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(&json(r#"{"queries":[{}]}"#)),
+            "`/sql` or `/queries/0/sql` or query parameter `sql`"
+        );
+        assert_eq!(
+            refused(&ParsedRequest::parse(None, None, None).unwrap()),
+            "`/sql` or `/queries/0/sql` or query parameter `sql`"
+        );
+        let sql = compile("locations:\n  - {form_field: sql, datasource: {fixed: d}}\n");
+        assert_eq!(
+            match find_sql(&sql, &[], &ParsedRequest::parse(None, None, None).unwrap()) {
+                Err(SqlLocationError::Missing(message)) => message,
+                other => panic!("{other:?}"),
+            },
+            "form field `sql`"
         );
     }
 
