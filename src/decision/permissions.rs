@@ -26,7 +26,7 @@ pub fn permissions_route_label() -> Arc<RouteLabel> {
 /// `GET /api/me/permissions` (the canonical path, exactly; it is never forwarded).
 pub fn is_permissions_request(head: &RequestHead<'_>, identified: &Identified<'_>) -> bool {
     (head.method == "GET" || head.method == "HEAD")
-        && *identified.canonical_path == *PERMISSIONS_PATH
+        && &*identified.canonical_path == PERMISSIONS_PATH
 }
 
 /// What the caller may do, so a frontend can disable a button instead of meeting a 403.
