@@ -17,8 +17,10 @@
 //                                          the request a UI button sends, from the page
 //
 // Writes one JSON object to SPEC's `report` path (stdout when unset): every response the
-// browser saw (`responses`), failed requests, console errors, and each step's findings
-// (`steps`), in order. Exits 1 (with `error` in the JSON) when a step cannot complete.
+// browser saw (`responses`), failed requests (`failed`, each with its step and whether the
+// tab navigated or the browser was closing while it was in flight), console errors, and
+// each step's findings (`steps`), in order. Exits 1 (with `error` in the JSON) when a
+// step cannot complete.
 // A file, not stdout: Node writes to a pipe asynchronously, and `process.exit` right after
 // a write larger than the pipe's 64 KiB buffer cut the report off there.
 
