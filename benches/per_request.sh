@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Per-request cost that does not depend on how loaded the machine is: instructions per
-# request (valgrind's callgrind counts instructions, not time) and system calls per
-# request (strace -c), for the bare pingora pass-through, nginx and datagate in front of
-# the demo upstream, on the auth route (`GET /api/v1/chart/1` with a JWT).
+# Per-request cost that does not depend on how loaded the machine is: instructions and
+# allocations per request (valgrind's callgrind counts instructions and calls, not time)
+# and system calls per request (strace -c), for the bare pingora pass-through, nginx and
+# datagate in front of the demo upstream, on the auth route (`GET /api/v1/chart/1` with a
+# JWT).
 #
 #   benches/per_request.sh [instructions|syscalls|both] [CANDIDATES…]
 #   SKIP_BUILD=1 …            use the release binaries already built (CARGO_TARGET_DIR)
@@ -100,6 +101,28 @@ wait_port 28088
 # still hold its port when the next run starts.
 stop() { kill "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -KILL "$1" 2>/dev/null || true; }
 
+# Calls into Rust's global allocator (alloc, alloc_zeroed, realloc) in a callgrind dump:
+# every `calls=` line under a call to one of them. nginx allocates from its own pools, so
+# it has no comparable count.
+allocations_of() { # dump
+  python3 - "$1" <<'PY'
+import re, sys
+allocator = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
+names, total, pending = {}, 0, False
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith(("fn=", "cfn=")):
+        match = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+        if match:
+            if match.group(2):
+                names[match.group(1)] = match.group(2)
+            pending = line.startswith("cfn=") and names.get(match.group(1), "") in allocator
+    elif line.startswith("calls=") and pending:
+        total += int(line[6:].split()[0])
+        pending = False
+print(total)
+PY
+}
+
 instructions() { # candidate
   read -r pid port < <(start "$1" valgrind --tool=callgrind --callgrind-out-file="$work/$1.callgrind" --instr-atstart=yes)
   pids+=("$pid")
@@ -115,7 +138,11 @@ instructions() { # candidate
   requests=$(requests_of "$work/$1.wrk")
   total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
   grep -q 'Non-2xx' "$work/$1.wrk" && echo "$1: non-2xx answers during the run" >&2
-  printf '%-9s %12s instructions per request (%s requests, dump %s)\n' "$1" "$((total / requests))" "$requests" "$(basename "$dump")"
+  local allocations=-
+  if [ "$1" != nginx ]; then
+    allocations=$(awk -v a="$(allocations_of "$dump")" -v r="$requests" 'BEGIN {printf "%.1f", a / r}')
+  fi
+  printf '%-9s %12s instructions, %s allocations per request (%s requests, dump %s)\n' "$1" "$((total / requests))" "$allocations" "$requests" "$(basename "$dump")"
   stop "$pid"
 }
 
