@@ -94,6 +94,9 @@ pub struct Metrics {
 
 static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
 
+/// The route name of requests no route matched (or refused before one did).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// A route's name as a metric label, with its `datagate_requests_total{decision="allow"}`
 /// series resolved on the route's first allowed request. Compiled with the route and
 /// shared by its permits, so counting an allowed request neither copies the name nor
@@ -117,10 +120,10 @@ impl RouteLabel {
         &self.name
     }
 
-    /// The label of requests no route matched (or refused before one did).
+    /// The label of [`UNMATCHED_ROUTE`].
     pub fn unmatched() -> Arc<RouteLabel> {
         static UNMATCHED: LazyLock<Arc<RouteLabel>> =
-            LazyLock::new(|| Arc::new(RouteLabel::new("unmatched")));
+            LazyLock::new(|| Arc::new(RouteLabel::new(UNMATCHED_ROUTE)));
         UNMATCHED.clone()
     }
 }

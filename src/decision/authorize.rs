@@ -41,7 +41,7 @@ impl Identified<'_> {
         self.route
             .as_ref()
             .map(|(route, _)| route.name())
-            .unwrap_or("unmatched")
+            .unwrap_or(crate::metrics::UNMATCHED_ROUTE)
     }
 
     /// The route's name as permits and metrics carry it.

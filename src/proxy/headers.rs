@@ -69,31 +69,38 @@ pub fn normalized_name(name: &str) -> String {
 /// [`normalized_name`] without an allocation for the usual, already-normal name (pingora
 /// hands header names over lowercased).
 fn folded(name: &str) -> std::borrow::Cow<'_, str> {
-    if name
-        .bytes()
-        .any(|byte| byte == b'_' || byte.is_ascii_uppercase())
-    {
-        std::borrow::Cow::Owned(name.to_ascii_lowercase().replace('_', "-"))
-    } else {
+    if name.bytes().all(|byte| fold_name_byte(byte) == byte) {
         std::borrow::Cow::Borrowed(name)
+    } else {
+        // Only ASCII bytes change, so the result is still UTF-8.
+        std::borrow::Cow::Owned(
+            name.chars()
+                .map(|character| match character {
+                    '_' => '-',
+                    other => other.to_ascii_lowercase(),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One byte of a header name as [`normalized_name`] folds it.
+fn fold_name_byte(byte: u8) -> u8 {
+    if byte == b'_' {
+        b'-'
+    } else {
+        byte.to_ascii_lowercase()
     }
 }
 
 /// Whether two header names are one name to a server that folds case and reads `_` as
 /// `-` ([`normalized_name`]), compared without folding either into a copy.
 fn same_folded_name(first: &str, second: &str) -> bool {
-    let fold = |byte: u8| {
-        if byte == b'_' {
-            b'-'
-        } else {
-            byte.to_ascii_lowercase()
-        }
-    };
     first.len() == second.len()
         && first
             .bytes()
             .zip(second.bytes())
-            .all(|(first, second)| fold(first) == fold(second))
+            .all(|(first, second)| fold_name_byte(first) == fold_name_byte(second))
 }
 
 /// Header names echoed in refusals are the client's own, bounded so a refusal stays small.

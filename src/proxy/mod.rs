@@ -831,7 +831,9 @@ impl DatagateProxy {
                 outcome
                     .refused
                     .as_ref()
-                    .map_or("unmatched", |refused| refused.route.as_str()),
+                    .map_or(crate::metrics::UNMATCHED_ROUTE, |refused| {
+                        refused.route.as_str()
+                    }),
                 "deny",
             ])
             .inc();
