@@ -498,8 +498,12 @@ pub fn check_templating(
         }
     }
     if let (Some(pointer), Some(root)) = (&sql.template_params, request.json()) {
-        for reached in pointer.reach(root).map_err(SqlLocationError::Body)? {
-            let empty = match reached.value {
+        let mut values = Vec::new();
+        pointer
+            .reach_values(root, &mut values)
+            .map_err(SqlLocationError::Body)?;
+        for value in values {
+            let empty = match value {
                 None => true,
                 Some(Value::String(text)) => {
                     let text = text.trim();
@@ -536,11 +540,16 @@ fn check_forbidden_fields(
     let Some(root) = request.json() else {
         return Ok(());
     };
+    // One list for every field's values: most fields are absent, and none needs its location.
+    let mut values = Vec::new();
     for field in &sql.forbidden_fields {
-        for reached in field.pointer.reach(root).map_err(SqlLocationError::Body)? {
-            if let Some(value) = reached.value
-                && !field.allowed.contains(value)
-            {
+        values.clear();
+        field
+            .pointer
+            .reach_values(root, &mut values)
+            .map_err(SqlLocationError::Body)?;
+        for value in values.iter().copied().flatten() {
+            if !field.allowed.contains(value) {
                 let mut found = value.to_string();
                 if found.len() > 64 {
                     found = format!("{}…", found.chars().take(64).collect::<String>());
@@ -587,13 +596,23 @@ pub fn apply(
                 .iter()
                 .map(|(tokens, text)| (tokens.as_slice(), *text))
                 .collect();
-            Some(
-                serde_json::to_vec(&WithRewrites {
+            // Sized for the rewritten SQL (most of such a body) with room for its
+            // escapes and the other members, so the buffer is not regrown as it fills.
+            let estimate = 256
+                + json_edits
+                    .iter()
+                    .map(|(_, text)| text.len() + text.len() / 8)
+                    .sum::<usize>();
+            let mut serialised = Vec::with_capacity(estimate);
+            serde_json::to_writer(
+                &mut serialised,
+                &WithRewrites {
                     value: json,
                     pending,
-                })
-                .map_err(|error| SqlLocationError::Reserialise(error.to_string()))?,
+                },
             )
+            .map_err(|error| SqlLocationError::Reserialise(error.to_string()))?;
+            Some(serialised)
         }
         (ParsedBody::Form(form), _) if !form_edits.is_empty() => {
             Some(apply_edits(form.text(), form_edits))

@@ -151,12 +151,14 @@ impl ResponseBinding {
         let document = crate::route::parse_along(&self.pointers, body)
             .map_err(|error| ResponseBindingError::NotJson(error.to_string()))?;
         let mut ids = Vec::new();
+        let mut values = Vec::new();
         for pointer in &self.pointers {
-            for reached in pointer
-                .reach(&document)
-                .map_err(ResponseBindingError::Shape)?
-            {
-                if let Some(serde_json::Value::String(id)) = reached.value
+            values.clear();
+            pointer
+                .reach_values(&document, &mut values)
+                .map_err(ResponseBindingError::Shape)?;
+            for value in values.iter().copied().flatten() {
+                if let serde_json::Value::String(id) = value
                     && !id.is_empty()
                     && !ids.contains(id)
                 {

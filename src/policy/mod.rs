@@ -74,9 +74,14 @@ pub enum PolicyError {
     TooLarge,
 }
 
-/// The object naming one datasource in grants and requests.
+/// The object naming one datasource in grants and requests. Built without `format!`:
+/// every datasource check of every request builds one.
 pub fn datasource_object(uid: &str) -> String {
-    format!("datasources:uid:{uid}")
+    const PREFIX: &str = "datasources:uid:";
+    let mut object = String::with_capacity(PREFIX.len() + uid.len());
+    object.push_str(PREFIX);
+    object.push_str(uid);
+    object
 }
 
 /// A validated, compiled policy revision. Immutable; shared by reference across requests.

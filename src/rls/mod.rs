@@ -31,7 +31,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::principal::Principal;
-use template::{BoundValue, CompiledClause, LiteralMode};
+use template::{BoundValue, BoundView, CompiledClause, LiteralMode};
 
 /// SQL dialect of a datasource; decides parsing, identifier quoting and case folding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
@@ -347,22 +347,50 @@ impl DatasourceRules {
     /// missing: that only refuses if the filter's table is actually queried).
     fn for_caller(&self, principal: &Principal) -> (Vec<&CompiledFilter>, Bindings) {
         let dialect = self.config.dialect;
-        let applicable: Vec<&CompiledFilter> = self
-            .filters
-            .iter()
-            .filter(|filter| filter.applies_to(principal))
-            .collect();
+        let applicable: Vec<&CompiledFilter> = self.applicable(principal).collect();
         let bindings = bound(applicable.iter().copied(), principal, dialect);
         (applicable, bindings)
     }
 
-    /// [`Self::for_caller`]'s bindings alone (a cache lookup needs no filter list).
-    fn bindings_for(&self, principal: &Principal) -> Bindings {
-        let applicable = self
-            .filters
+    /// The filters that apply to `principal`, in policy order.
+    fn applicable<'r, 'p>(
+        &'r self,
+        principal: &'p Principal,
+    ) -> impl Iterator<Item = &'r CompiledFilter> + use<'r, 'p> {
+        self.filters
             .iter()
-            .filter(|filter| filter.applies_to(principal));
-        bound(applicable, principal, self.config.dialect)
+            .filter(move |filter| filter.applies_to(principal))
+    }
+
+    /// Whether [`Self::for_caller`] would bind `cached` for `principal`, without building
+    /// the bindings: values are compared where the principal holds them.
+    fn binds_the_same(&self, principal: &Principal, cached: &Bindings) -> bool {
+        let dialect = self.config.dialect;
+        let mut applicable = self.applicable(principal);
+        for (name, values) in cached {
+            let Some(filter) = applicable.next() else {
+                return false;
+            };
+            if filter.name != *name {
+                return false;
+            }
+            let same = match values {
+                Ok(values) => {
+                    filter.clause.template_count() == values.len()
+                        && filter
+                            .clause
+                            .views_for(principal, dialect)
+                            .zip(values)
+                            .all(|(view, value)| view.is_ok_and(|view| view == value.view()))
+                }
+                // Rare (a rewrite that bound an error and did not need it): built in full.
+                Err(_) => filter.clause.values_for(principal, &filter.name, dialect) == *values,
+            };
+            if !same {
+                return false;
+            }
+        }
+        applicable.next().is_none()
     }
 }
 
@@ -399,7 +427,7 @@ pub struct RlsPolicy {
 struct CachedRewrite {
     datasource: String,
     sql: String,
-    bindings: Vec<(String, Result<Vec<BoundValue>, RlsError>)>,
+    bindings: Bindings,
     allow_writes: bool,
     result: Rewritten,
 }
@@ -567,7 +595,7 @@ impl RlsPolicy {
         let rules = self.rules_for(request)?;
         let (applicable, bindings) = rules.for_caller(request.principal);
         let key = cache_key(&self.key_hasher, request, &bindings);
-        if let Some(hit) = self.cache_hit(key, request, &bindings) {
+        if let Some(hit) = self.cache_hit(key, request, |cached| *cached == bindings) {
             return Ok(hit);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -593,29 +621,44 @@ impl RlsPolicy {
     /// waits for, or counts against, the SQL pool; `None` means "rewrite it", and errors
     /// are left to [`Self::rewrite`].
     pub fn cached(&self, request: &RewriteRequest<'_>) -> Option<Rewritten> {
-        let bindings = self
-            .rules_for(request)
-            .ok()?
-            .bindings_for(request.principal);
+        let rules = self.rules_for(request).ok()?;
+        // The caller's bindings are hashed and compared where the principal holds them,
+        // not built: a hit copies nothing but the result.
+        let mut hasher = self.key_hasher.build_hasher();
+        hash_request(&mut hasher, request);
+        let dialect = rules.config.dialect;
+        for filter in rules.applicable(request.principal) {
+            let failure = filter
+                .clause
+                .views_for(request.principal, dialect)
+                .find_map(Result::err);
+            let views = filter
+                .clause
+                .views_for(request.principal, dialect)
+                .map_while(Result::ok);
+            let values = match failure {
+                None => Ok((filter.clause.template_count(), views)),
+                Some(kind) => Err(kind),
+            };
+            hash_binding(&mut hasher, &filter.name, values);
+        }
         // A miss is counted once, by the rewrite that follows.
-        self.cache_hit(
-            cache_key(&self.key_hasher, request, &bindings),
-            request,
-            &bindings,
-        )
+        self.cache_hit(hasher.finish(), request, |cached| {
+            rules.binds_the_same(request.principal, cached)
+        })
     }
 
     fn cache_hit(
         &self,
         key: u64,
         request: &RewriteRequest<'_>,
-        bindings: &[(String, Result<Vec<BoundValue>, RlsError>)],
+        same_bindings: impl FnOnce(&Bindings) -> bool,
     ) -> Option<Rewritten> {
         let entry = self.cache.get(&key)?;
         let same = entry.datasource == request.datasource_uid
             && entry.sql == request.sql
             && entry.allow_writes == request.allow_writes
-            && entry.bindings == bindings;
+            && same_bindings(&entry.bindings);
         if !same {
             return None;
         }
@@ -627,24 +670,47 @@ impl RlsPolicy {
 }
 
 /// The rewrite cache's key: the statement, where it goes and the caller's bindings (what
-/// the rewrite depends on); the entry is compared in full on a hit.
+/// the rewrite depends on); the entry is compared in full on a hit. [`RlsPolicy::cached`]
+/// hashes the same values borrowed from the principal, through the same two functions.
 fn cache_key(
     key_hasher: &foldhash::fast::RandomState,
     request: &RewriteRequest<'_>,
-    bindings: &[(String, Result<Vec<BoundValue>, RlsError>)],
+    bindings: &Bindings,
 ) -> u64 {
     let mut hasher = key_hasher.build_hasher();
-    request.datasource_uid.hash(&mut hasher);
-    request.sql.hash(&mut hasher);
-    request.allow_writes.hash(&mut hasher);
+    hash_request(&mut hasher, request);
     for (name, values) in bindings {
-        name.hash(&mut hasher);
-        match values {
-            Ok(values) => values.hash(&mut hasher),
-            Err(error) => error.kind().hash(&mut hasher),
-        }
+        let values = match values {
+            Ok(values) => Ok((values.len(), values.iter().map(BoundValue::view))),
+            Err(error) => Err(error.kind()),
+        };
+        hash_binding(&mut hasher, name, values);
     }
     hasher.finish()
+}
+
+fn hash_request(hasher: &mut impl Hasher, request: &RewriteRequest<'_>) {
+    request.datasource_uid.hash(hasher);
+    request.sql.hash(hasher);
+    request.allow_writes.hash(hasher);
+}
+
+/// One filter's binding: its name, then its values (count first) or why it has none.
+fn hash_binding<'v>(
+    hasher: &mut impl Hasher,
+    name: &str,
+    values: Result<(usize, impl Iterator<Item = BoundView<'v>>), &'static str>,
+) {
+    name.hash(hasher);
+    match values {
+        Ok((count, views)) => {
+            hasher.write_usize(count);
+            for view in views {
+                view.hash(hasher);
+            }
+        }
+        Err(kind) => kind.hash(hasher),
+    }
 }
 
 /// A datasource's rules seen through one caller's applicable filters.

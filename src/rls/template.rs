@@ -5,6 +5,7 @@
 //! replaces each placeholder in the parsed expression with a literal node — a value is
 //! never spliced into SQL text — so `x' OR '1'='1` stays one string literal.
 
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{Expr, Ident, SetExpr, Statement, Value, VisitMut, VisitorMut};
@@ -70,6 +71,104 @@ pub enum BoundValue {
     Text(String),
     Number(String),
     List(Vec<String>),
+}
+
+/// A [`BoundValue`] borrowed from where it comes from (the principal, or a cached
+/// binding): the rewrite cache hashes and compares these, so a lookup copies nothing.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub enum BoundView<'v> {
+    Text(Cow<'v, str>),
+    Number(Cow<'v, str>),
+    List(&'v [String]),
+}
+
+impl BoundValue {
+    pub fn view(&self) -> BoundView<'_> {
+        match self {
+            BoundValue::Text(text) => BoundView::Text(Cow::Borrowed(text)),
+            BoundValue::Number(text) => BoundView::Number(Cow::Borrowed(text)),
+            BoundValue::List(items) => BoundView::List(items),
+        }
+    }
+}
+
+impl BoundView<'_> {
+    fn into_owned(self) -> BoundValue {
+        match self {
+            BoundView::Text(text) => BoundValue::Text(text.into_owned()),
+            BoundView::Number(text) => BoundValue::Number(text.into_owned()),
+            BoundView::List(items) => BoundValue::List(items.to_vec()),
+        }
+    }
+}
+
+/// Why a template has no value for a caller.
+#[derive(Debug, Clone, Copy)]
+enum TemplateFailure {
+    Missing,
+    /// NUL ends a string in several databases' C APIs, and the generic dialect cannot
+    /// know whether the backend treats a backslash as an escape.
+    Unsafe,
+}
+
+impl TemplateFailure {
+    fn error(self, filter: &str, template: &Template) -> RlsError {
+        match self {
+            TemplateFailure::Missing => RlsError::MissingTemplateValue {
+                filter: filter.to_string(),
+                template: template.describe(),
+            },
+            TemplateFailure::Unsafe => RlsError::InvalidTemplateValue {
+                filter: filter.to_string(),
+                template: template.describe(),
+            },
+        }
+    }
+
+    /// The [`RlsError::kind`] of [`Self::error`].
+    fn kind(self) -> &'static str {
+        match self {
+            TemplateFailure::Missing => "missing_template_value",
+            TemplateFailure::Unsafe => "invalid_template_value",
+        }
+    }
+}
+
+/// `template`'s value for `principal`, borrowed where the principal holds it as text.
+fn view_of<'p>(
+    template: &Template,
+    principal: &'p Principal,
+    dialect: Dialect,
+) -> Result<BoundView<'p>, TemplateFailure> {
+    let borrowed = |text: &'p Option<String>| {
+        text.as_deref()
+            .map(|text| BoundView::Text(Cow::Borrowed(text)))
+            .ok_or(TemplateFailure::Missing)
+    };
+    let view = match template {
+        Template::Username => BoundView::Text(Cow::Borrowed(&principal.username)),
+        Template::UserId => borrowed(&principal.user_id)?,
+        Template::Email => borrowed(&principal.email)?,
+        Template::Roles => BoundView::List(&principal.roles),
+        Template::Claim(name) => match principal.claims.get(name) {
+            Some(serde_json::Value::String(text)) => BoundView::Text(Cow::Borrowed(text)),
+            Some(serde_json::Value::Number(number)) => {
+                BoundView::Number(Cow::Owned(number.to_string()))
+            }
+            Some(serde_json::Value::Bool(flag)) => BoundView::Text(Cow::Owned(flag.to_string())),
+            _ => return Err(TemplateFailure::Missing),
+        },
+    };
+    let unsafe_text =
+        |text: &str| text.contains('\0') || (dialect == Dialect::Generic && text.contains('\\'));
+    let any_unsafe = match &view {
+        BoundView::Text(text) | BoundView::Number(text) => unsafe_text(text),
+        BoundView::List(items) => items.iter().any(|item| unsafe_text(item)),
+    };
+    if any_unsafe {
+        return Err(TemplateFailure::Unsafe);
+    }
+    Ok(view)
 }
 
 /// A clause ready to bind: its parsed expression and the templates it uses, by index.
@@ -233,47 +332,29 @@ impl CompiledClause {
     ) -> Result<Vec<BoundValue>, RlsError> {
         self.templates
             .iter()
-            .map(|template| {
-                let missing = || RlsError::MissingTemplateValue {
-                    filter: filter.to_string(),
-                    template: template.describe(),
-                };
-                let value = match template {
-                    Template::Username => BoundValue::Text(principal.username.clone()),
-                    Template::UserId => {
-                        BoundValue::Text(principal.user_id.clone().ok_or_else(missing)?)
-                    }
-                    Template::Email => {
-                        BoundValue::Text(principal.email.clone().ok_or_else(missing)?)
-                    }
-                    Template::Roles => BoundValue::List(principal.roles.clone()),
-                    Template::Claim(name) => match principal.claims.get(name) {
-                        Some(serde_json::Value::String(text)) => BoundValue::Text(text.clone()),
-                        Some(serde_json::Value::Number(number)) => {
-                            BoundValue::Number(number.to_string())
-                        }
-                        Some(serde_json::Value::Bool(flag)) => BoundValue::Text(flag.to_string()),
-                        _ => return Err(missing()),
-                    },
-                };
-                // NUL ends a string in several databases' C APIs, and the generic dialect
-                // cannot know whether the backend treats a backslash as an escape.
-                let unsafe_text = |text: &String| {
-                    text.contains('\0') || (dialect == Dialect::Generic && text.contains('\\'))
-                };
-                let any_unsafe = match &value {
-                    BoundValue::Text(text) | BoundValue::Number(text) => unsafe_text(text),
-                    BoundValue::List(items) => items.iter().any(unsafe_text),
-                };
-                if any_unsafe {
-                    return Err(RlsError::InvalidTemplateValue {
-                        filter: filter.to_string(),
-                        template: template.describe(),
-                    });
-                }
-                Ok(value)
+            .map(|template| match view_of(template, principal, dialect) {
+                Ok(view) => Ok(view.into_owned()),
+                Err(failure) => Err(failure.error(filter, template)),
             })
             .collect()
+    }
+
+    /// [`Self::values_for`] borrowed from `principal` rather than copied, for the rewrite
+    /// cache's lookup, which only hashes and compares them. `Err` carries the
+    /// [`RlsError::kind`] `values_for` would fail with (the first failing template's).
+    pub fn views_for<'p>(
+        &'p self,
+        principal: &'p Principal,
+        dialect: Dialect,
+    ) -> impl Iterator<Item = Result<BoundView<'p>, &'static str>> + 'p {
+        self.templates.iter().map(move |template| {
+            view_of(template, principal, dialect).map_err(TemplateFailure::kind)
+        })
+    }
+
+    /// How many values the clause binds.
+    pub fn template_count(&self) -> usize {
+        self.templates.len()
     }
 
     /// The clause with every placeholder replaced by a literal node. `Print` literals are

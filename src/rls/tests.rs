@@ -205,6 +205,121 @@ fn the_cache_never_crosses_callers() {
     assert_eq!(again.sql, first.sql);
 }
 
+/// The lookup the proxy thread makes compares the caller's values where the principal
+/// holds them: it must find exactly what [`RlsPolicy::rewrite`] would (same bindings, even
+/// from another caller, is a hit; any bound value that differs, or a filter that newly
+/// applies, is a miss; a binding that failed must fail the same way).
+#[test]
+fn the_copy_free_cache_lookup_finds_what_the_rewrite_would() {
+    let policy = RlsPolicy::compile(
+        &[DatasourceConfig {
+            uid: "d".into(),
+            dialect: Dialect::Sqlite,
+            tables: vec![],
+            deny_unlisted_tables: false,
+            denied_functions: None,
+            aws_iam: None,
+            templating: None,
+        }],
+        vec![
+            FilterDefinition {
+                name: "own".into(),
+                filter_type: FilterType::Regular,
+                datasource: "d".into(),
+                tables: vec!["orders".into()],
+                roles: vec!["Gamma".into()],
+                group_key: None,
+                clause: "tenant_id = '{{ current_username() }}' AND region = {{ claim('region') }}"
+                    .into(),
+                description: None,
+            },
+            FilterDefinition {
+                name: "mail".into(),
+                filter_type: FilterType::Regular,
+                datasource: "d".into(),
+                tables: vec!["customers".into()],
+                roles: vec!["Gamma".into()],
+                group_key: None,
+                clause: "email = '{{ current_user_email() }}'".into(),
+                description: None,
+            },
+            FilterDefinition {
+                name: "auditors".into(),
+                filter_type: FilterType::Regular,
+                datasource: "d".into(),
+                tables: vec!["orders".into()],
+                roles: vec!["Auditor".into()],
+                group_key: None,
+                clause: "audited IN ({{ current_user_roles() }})".into(),
+                description: None,
+            },
+        ],
+    )
+    .unwrap();
+    let with_region = |username: &str, region: serde_json::Value| {
+        let mut principal = alice();
+        principal.username = username.into();
+        principal.claims = Arc::new(serde_json::Map::from_iter([("region".to_string(), region)]));
+        principal
+    };
+    fn request(principal: &Principal) -> RewriteRequest<'_> {
+        RewriteRequest {
+            datasource_uid: "d",
+            sql: "SELECT * FROM orders",
+            principal,
+            allow_writes: false,
+            limits: RewriteLimits::default(),
+        }
+    }
+    // `alice` has no email: the `mail` binding fails, which this query does not need.
+    let alice = with_region("alice", serde_json::json!(7));
+    assert!(policy.cached(&request(&alice)).is_none());
+    let first = policy.rewrite(&request(&alice)).unwrap();
+    assert!(
+        first.sql.contains("'alice'") && first.sql.contains("7"),
+        "{}",
+        first.sql
+    );
+    let hit = policy
+        .cached(&request(&alice))
+        .expect("the same caller hits");
+    assert!(hit.cache_hit);
+    assert_eq!(hit.sql, first.sql);
+    // Another caller whose bindings are the same shares the entry.
+    let mut twin = alice.clone();
+    twin.teams = vec!["elsewhere".into()];
+    assert_eq!(
+        policy.cached(&request(&twin)).map(|hit| hit.sql),
+        Some(first.sql.clone())
+    );
+    // Any bound value that differs misses, and so does the same digits as text.
+    for other in [
+        with_region("bob", serde_json::json!(7)),
+        with_region("alice", serde_json::json!(8)),
+        with_region("alice", serde_json::json!("7")),
+    ] {
+        assert!(policy.cached(&request(&other)).is_none(), "{other:?}");
+    }
+    // The failed binding now succeeds: a different binding, a miss.
+    let mut with_email = alice.clone();
+    with_email.email = Some("alice@example.com".into());
+    assert!(policy.cached(&request(&with_email)).is_none());
+    // A filter that newly applies (another role) misses.
+    let mut auditor = alice.clone();
+    auditor.roles.push("Auditor".into());
+    assert!(policy.cached(&request(&auditor)).is_none());
+    let audited = policy.rewrite(&request(&auditor)).unwrap();
+    assert!(
+        !audited.cache_hit && audited.sql.contains("'Auditor'"),
+        "{}",
+        audited.sql
+    );
+    assert!(policy.cached(&request(&auditor)).is_some());
+    // A value the rewrite refuses to bind (NUL) never matches a cached one.
+    let unsafe_region = with_region("alice", serde_json::json!("a\u{0}b"));
+    assert!(policy.cached(&request(&unsafe_region)).is_none());
+}
+
 /// The demo policy's two filters on `orders` (a regular and a base filter), as a Gamma
 /// caller holds them.
 fn two_filter_policy() -> RlsPolicy {

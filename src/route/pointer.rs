@@ -109,6 +109,24 @@ impl JsonPointer {
         Ok(found)
     }
 
+    /// The values [`Self::reach`] reaches (`None` where it reaches nothing), appended to
+    /// `values`, without their locations: a check that only looks at values builds no
+    /// location text. Errors are `reach`'s own: on any failure it redoes the walk.
+    pub fn reach_values<'v>(
+        &self,
+        document: &'v Value,
+        values: &mut Vec<Option<&'v Value>>,
+    ) -> Result<(), RouteError> {
+        let start = values.len();
+        if walk_values(document, &self.steps, values).is_ok() {
+            return Ok(());
+        }
+        values.truncate(start);
+        let found = self.reach(document)?;
+        values.extend(found.into_iter().map(|reached| reached.value));
+        Ok(())
+    }
+
     /// Every uid the pointer names in `document`, with the concrete location of each.
     pub(super) fn uids(&self, document: &Value) -> Result<Vec<(String, String)>, RouteError> {
         let mut uids = Vec::new();
@@ -224,12 +242,14 @@ impl<'de> Visitor<'de> for Along<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut members = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
+        // Keys are borrowed from the body (copied only when it escapes them) and become
+        // `String`s only for the members kept: most of a response is off every path.
+        while let Some(MemberName(key)) = map.next_key::<MemberName<'de>>()? {
             let rests: Vec<&[Step]> = self
                 .paths
                 .iter()
                 .filter_map(|path| match path.split_first() {
-                    Some((Step::Key(name), rest)) if *name == key => Some(rest),
+                    Some((Step::Key(name), rest)) if **name == *key => Some(rest),
                     _ => None,
                 })
                 .collect();
@@ -237,10 +257,36 @@ impl<'de> Visitor<'de> for Along<'_> {
                 map.next_value::<IgnoredAny>()?;
             } else {
                 let value = map.next_value_seed(Along { paths: &rests })?;
-                members.insert(key, value);
+                members.insert(key.into_owned(), value);
             }
         }
         Ok(Value::Object(members))
+    }
+}
+
+/// An object member's name as [`Along`] reads it: borrowed from the body when the body
+/// spells it without escapes.
+struct MemberName<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = MemberName<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an object member name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Borrowed(name)))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(name.to_string())))
+            }
+            fn visit_string<E>(self, name: String) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(name)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
     }
 }
 
@@ -398,6 +444,46 @@ fn walk<'v>(
     result
 }
 
+/// [`walk`] for values alone. `Err` means "`walk` fails here": it says no more, because
+/// [`JsonPointer::reach_values`] then asks `walk` for the error.
+fn walk_values<'v>(
+    value: &'v Value,
+    steps: &[Step],
+    values: &mut Vec<Option<&'v Value>>,
+) -> Result<(), ()> {
+    let Some((step, rest)) = steps.split_first() else {
+        values.push(Some(value).filter(|value| !value.is_null()));
+        return Ok(());
+    };
+    match (step, value) {
+        (_, Value::Null) => values.push(None),
+        (Step::EveryElement, Value::Array(items)) => {
+            for item in items {
+                walk_values(item, rest, values)?;
+            }
+        }
+        (Step::Key(key), Value::Object(members)) => match members.get(key) {
+            Some(child) => return walk_values(child, rest, values),
+            None if members
+                .keys()
+                .any(|other| crate::json_guard::keys_fold_equal(other, key)) =>
+            {
+                return Err(());
+            }
+            None => values.push(None),
+        },
+        (Step::Key(key), Value::Array(items)) => {
+            let index = array_index(key).ok_or(())?;
+            match items.get(index) {
+                Some(child) => return walk_values(child, rest, values),
+                None => values.push(None),
+            }
+        }
+        (Step::EveryElement, _) | (Step::Key(_), _) => return Err(()),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,8 +532,55 @@ mod tests {
         // Off-path members are not built.
         assert_eq!(pruned["query"].as_object().unwrap().len(), 1);
         assert!(pruned["data"][1].is_null());
+        // A member name the body spells with escapes is the same member.
+        let escaped = parse_along(
+            &pointers,
+            br#"{"q\u0075ery": {"results\u004bey": "abc"}, "query2": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(escaped, json!({"query": {"resultsKey": "abc"}}));
         assert!(parse_along(&pointers, b"{\"query\": ").is_err());
         assert!(parse_along(&pointers, b"{} trailing").is_err());
+    }
+
+    /// `reach_values` is `reach` without locations: the same values in the same order,
+    /// and the same error wherever `reach` fails.
+    #[test]
+    fn reaching_values_alone_is_reaching_without_locations() {
+        let documents = [
+            json!({"query": {"resultsKey": "abc", "Select_As_Cta": true}, "list": [1, null, {"a": 2}]}),
+            json!({"query": null, "list": [{"a": 1}, {"b": 2}, {"A": 3}]}),
+            json!({"query": "text", "list": {"0": 1}}),
+            json!([{"query": 1}, 2]),
+            json!(null),
+        ];
+        let pointers = [
+            "/",
+            "/query",
+            "/query/resultsKey",
+            "/query/select_as_cta",
+            "/list/*",
+            "/list/*/a",
+            "/list/1",
+            "/list/01",
+            "/list/0/a",
+            "/0/query",
+            "/*/query",
+            "/absent/deeper",
+        ]
+        .map(pointer);
+        for document in &documents {
+            for pointer in &pointers {
+                let mut values = vec![None];
+                let fast = pointer.reach_values(document, &mut values).map(|()| values);
+                let slow = pointer.reach(document).map(|found| {
+                    std::iter::once(None)
+                        .chain(found.into_iter().map(|reached| reached.value))
+                        .collect::<Vec<_>>()
+                });
+                assert_eq!(fast, slow, "{pointer} in {document}");
+            }
+        }
     }
 
     #[test]
