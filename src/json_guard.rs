@@ -80,6 +80,9 @@ fn folded_characters(key: &str) -> impl Iterator<Item = char> + '_ {
         .flat_map(char::to_lowercase)
 }
 
+/// Up to this many members, an object's keys are fold-compared pairwise (see `visit_map`).
+const LINEAR_FOLD_CHECK: usize = 16;
+
 // serde's error type carries only a message; the marker keeps the kind and the keys apart
 // from serde_json's own text (which appends a position).
 const MARKER: char = '\u{1}';
@@ -148,14 +151,30 @@ impl<'de> Visitor<'de> for StrictValue {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut members = Map::new();
-        let mut folded: HashSet<String> = HashSet::new();
+        // A small object (nearly every request body) is checked by comparing the new key
+        // with each earlier one, which builds nothing; past `LINEAR_FOLD_CHECK` members
+        // the folded keys go into a set, so a body of many keys stays linear.
+        let mut folded: Option<HashSet<String, foldhash::fast::RandomState>> = None;
         while let Some(key) = map.next_key::<String>()? {
             if members.contains_key(&key) {
                 return Err(de::Error::custom(format!(
                     "{MARKER}duplicate{MARKER}{key}{MARKER}"
                 )));
             }
-            if !folded.insert(fold_key(&key))
+            let collides = match &mut folded {
+                Some(folded) => !folded.insert(fold_key(&key)),
+                None if members.len() < LINEAR_FOLD_CHECK => {
+                    members.keys().any(|other| keys_fold_equal(other, &key))
+                }
+                None => {
+                    let mut set: HashSet<String, _> =
+                        members.keys().map(|other| fold_key(other)).collect();
+                    let collides = !set.insert(fold_key(&key));
+                    folded = Some(set);
+                    collides
+                }
+            };
+            if collides
                 && let Some(other) = members.keys().find(|other| keys_fold_equal(other, &key))
             {
                 return Err(de::Error::custom(format!(
@@ -211,6 +230,40 @@ mod tests {
                 ),
                 "{body}"
             );
+        }
+    }
+
+    /// Small objects are checked pairwise, larger ones through a set: a folded pair is
+    /// refused wherever it falls, before, at and after the switch.
+    #[test]
+    fn folded_keys_are_refused_in_objects_of_any_size() {
+        for members in [
+            1,
+            LINEAR_FOLD_CHECK - 1,
+            LINEAR_FOLD_CHECK,
+            LINEAR_FOLD_CHECK + 1,
+            200,
+        ] {
+            let others: Vec<String> = (0..members)
+                .map(|index| format!("\"k{index}\":{index}"))
+                .collect();
+            let distinct = format!("{{{},\"Last\":0}}", others.join(","));
+            assert!(
+                reject_duplicate_keys(distinct.as_bytes()).is_ok(),
+                "{members}"
+            );
+            for position in [0, members / 2, members] {
+                let mut keys = others.clone();
+                keys.insert(position, "\"K0\":\"again\"".to_string());
+                let body = format!("{{{}}}", keys.join(","));
+                let refused = reject_duplicate_keys(body.as_bytes());
+                assert!(
+                    matches!(&refused, Err(JsonGuardError::CaseFoldedKeys(first, second))
+                        if [first.as_str(), second.as_str()].contains(&"K0")
+                        && [first.as_str(), second.as_str()].contains(&"k0")),
+                    "{members} members, `K0` at {position}: {refused:?}"
+                );
+            }
         }
     }
 

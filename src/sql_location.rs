@@ -498,7 +498,7 @@ pub fn check_templating(
         }
     }
     if let (Some(pointer), Some(root)) = (&sql.template_params, request.json()) {
-        let mut values = Vec::new();
+        let mut values = crate::route::ReachedValues::new();
         pointer
             .reach_values(root, &mut values)
             .map_err(SqlLocationError::Body)?;
@@ -541,7 +541,7 @@ fn check_forbidden_fields(
         return Ok(());
     };
     // One list for every field's values: most fields are absent, and none needs its location.
-    let mut values = Vec::new();
+    let mut values = crate::route::ReachedValues::new();
     for field in &sql.forbidden_fields {
         values.clear();
         field

@@ -151,7 +151,7 @@ impl ResponseBinding {
         let document = crate::route::parse_along(&self.pointers, body)
             .map_err(|error| ResponseBindingError::NotJson(error.to_string()))?;
         let mut ids = Vec::new();
-        let mut values = Vec::new();
+        let mut values = crate::route::ReachedValues::new();
         for pointer in &self.pointers {
             values.clear();
             pointer

@@ -317,7 +317,9 @@ struct CompiledFilter {
     name: String,
     filter_type: FilterType,
     tables: Vec<TablePattern>,
-    roles: HashSet<String>,
+    /// Asked for every role of every caller of the datasource on each request: hashed
+    /// with foldhash, not SipHash (the names come from the policy, not from clients).
+    roles: HashSet<String, foldhash::fast::RandomState>,
     group_key: Option<String>,
     clause: CompiledClause,
 }
@@ -362,11 +364,17 @@ impl DatasourceRules {
             .filter(move |filter| filter.applies_to(principal))
     }
 
-    /// Whether [`Self::for_caller`] would bind `cached` for `principal`, without building
-    /// the bindings: values are compared where the principal holds them.
-    fn binds_the_same(&self, principal: &Principal, cached: &Bindings) -> bool {
+    /// Whether [`Self::for_caller`] would bind `cached` for `principal`, whose
+    /// [`Self::applicable`] filters are `applicable`, without building the bindings:
+    /// values are compared where the principal holds them.
+    fn binds_the_same(
+        &self,
+        applicable: &[&CompiledFilter],
+        principal: &Principal,
+        cached: &Bindings,
+    ) -> bool {
         let dialect = self.config.dialect;
-        let mut applicable = self.applicable(principal);
+        let mut applicable = applicable.iter();
         for (name, values) in cached {
             let Some(filter) = applicable.next() else {
                 return false;
@@ -627,7 +635,9 @@ impl RlsPolicy {
         let mut hasher = self.key_hasher.build_hasher();
         hash_request(&mut hasher, request);
         let dialect = rules.config.dialect;
-        for filter in rules.applicable(request.principal) {
+        let applicable: smallvec::SmallVec<[&CompiledFilter; 4]> =
+            rules.applicable(request.principal).collect();
+        for filter in &applicable {
             let failure = filter
                 .clause
                 .views_for(request.principal, dialect)
@@ -644,7 +654,7 @@ impl RlsPolicy {
         }
         // A miss is counted once, by the rewrite that follows.
         self.cache_hit(hasher.finish(), request, |cached| {
-            rules.binds_the_same(request.principal, cached)
+            rules.binds_the_same(&applicable, request.principal, cached)
         })
     }
 

@@ -50,7 +50,7 @@ pub use config::{
     RouteConfig, RoutesConfig, TablePageConfig, UidSourceConfig, UnmatchedPolicy,
 };
 pub use extract::extract_datasource_uids;
-pub use pointer::{JsonPointer, parse_along};
+pub use pointer::{JsonPointer, ReachedValues, parse_along};
 pub use template::{ParamValue, PathParams};
 
 use template::{SplitPath, Template};

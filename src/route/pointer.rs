@@ -25,6 +25,10 @@ enum Step {
     EveryElement,
 }
 
+/// What [`JsonPointer::reach_values`] appends to, inline up to four values: a pointer
+/// without `*` (nearly every one) reaches one, so a check allocates nothing.
+pub type ReachedValues<'v> = smallvec::SmallVec<[Option<&'v Value>; 4]>;
+
 /// A compiled pointer; displays as written in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPointer {
@@ -115,7 +119,7 @@ impl JsonPointer {
     pub fn reach_values<'v>(
         &self,
         document: &'v Value,
-        values: &mut Vec<Option<&'v Value>>,
+        values: &mut ReachedValues<'v>,
     ) -> Result<(), RouteError> {
         let start = values.len();
         if walk_values(document, &self.steps, values).is_ok() {
@@ -449,7 +453,7 @@ fn walk<'v>(
 fn walk_values<'v>(
     value: &'v Value,
     steps: &[Step],
-    values: &mut Vec<Option<&'v Value>>,
+    values: &mut ReachedValues<'v>,
 ) -> Result<(), ()> {
     let Some((step, rest)) = steps.split_first() else {
         values.push(Some(value).filter(|value| !value.is_null()));
@@ -571,8 +575,10 @@ mod tests {
         .map(pointer);
         for document in &documents {
             for pointer in &pointers {
-                let mut values = vec![None];
-                let fast = pointer.reach_values(document, &mut values).map(|()| values);
+                let mut values = ReachedValues::from_elem(None, 1);
+                let fast = pointer
+                    .reach_values(document, &mut values)
+                    .map(|()| values.into_vec());
                 let slow = pointer.reach(document).map(|found| {
                     std::iter::once(None)
                         .chain(found.into_iter().map(|reached| reached.value))
