@@ -133,6 +133,26 @@ impl JsonPointer {
 
     /// Every uid the pointer names in `document`, with the concrete location of each.
     pub(super) fn uids(&self, document: &Value) -> Result<Vec<(String, String)>, RouteError> {
+        // A pointer without `*` reaches one place, whose location is the pointer's own
+        // text (segments are written back as parsed; an index only as canonical digits):
+        // the common answers (absent, or a string) are found without building locations.
+        if !self.steps.contains(&Step::EveryElement) {
+            let mut values = ReachedValues::new();
+            if walk_values(document, &self.steps, &mut values).is_ok() {
+                match values.as_slice() {
+                    [] | [None] => return Ok(Vec::new()),
+                    [Some(Value::String(uid))] => {
+                        return Ok(vec![(self.text.clone(), uid.clone())]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.uids_by_walk(document)
+    }
+
+    /// [`Self::uids`] with every location built as the walk goes.
+    fn uids_by_walk(&self, document: &Value) -> Result<Vec<(String, String)>, RouteError> {
         let mut uids = Vec::new();
         for reached in self.reach(document)? {
             let location = location_text(&reached.location);
@@ -545,6 +565,32 @@ mod tests {
         assert_eq!(escaped, json!({"query": {"resultsKey": "abc"}}));
         assert!(parse_along(&pointers, b"{\"query\": ").is_err());
         assert!(parse_along(&pointers, b"{} trailing").is_err());
+    }
+
+    /// The shortcut for pointers without `*` gives what the full walk gives, locations
+    /// included.
+    #[test]
+    fn uids_without_a_wildcard_are_the_full_walks_uids() {
+        let documents = [
+            json!({"a/b": "x", "c~d": {"e": "y"}, "list": ["zero", "one"], "n": 7, "": "root"}),
+            json!({"a/b": null, "list": [], "n": 1.5, "c~d": "flat"}),
+            json!({"A/B": "folded", "LIST": 1}),
+            json!(["first", {"uid": "second"}]),
+        ];
+        let pointers = [
+            "/a~1b", "/c~0d/e", "/list/1", "/list/01", "/n", "/", "/0", "/1/uid", "/absent",
+            "/list",
+        ]
+        .map(pointer);
+        for document in &documents {
+            for pointer in &pointers {
+                assert_eq!(
+                    pointer.uids(document),
+                    pointer.uids_by_walk(document),
+                    "{pointer} in {document}"
+                );
+            }
+        }
     }
 
     /// `reach_values` is `reach` without locations: the same values in the same order,
