@@ -153,8 +153,9 @@ impl<'de> Visitor<'de> for StrictValue {
         let mut members = Map::new();
         // A small object (nearly every request body) is checked by comparing the new key
         // with each earlier one, which builds nothing; past `LINEAR_FOLD_CHECK` members
-        // the folded keys go into a set, so a body of many keys stays linear.
-        let mut folded: Option<HashSet<String, foldhash::fast::RandomState>> = None;
+        // the folded keys go into a set, so a body of many keys stays linear. The set
+        // keeps std's SipHash: its keys are the client's, chosen to collide if they can.
+        let mut folded: Option<HashSet<String>> = None;
         while let Some(key) = map.next_key::<String>()? {
             if members.contains_key(&key) {
                 return Err(de::Error::custom(format!(
