@@ -638,18 +638,12 @@ impl RlsPolicy {
         let applicable: smallvec::SmallVec<[&CompiledFilter; 4]> =
             rules.applicable(request.principal).collect();
         for filter in &applicable {
-            let failure = filter
+            // Inline: a clause rarely binds more than a value or two.
+            let views: Result<smallvec::SmallVec<[BoundView<'_>; 4]>, &'static str> = filter
                 .clause
                 .views_for(request.principal, dialect)
-                .find_map(Result::err);
-            let views = filter
-                .clause
-                .views_for(request.principal, dialect)
-                .map_while(Result::ok);
-            let values = match failure {
-                None => Ok((filter.clause.template_count(), views)),
-                Some(kind) => Err(kind),
-            };
+                .collect();
+            let values = views.map(|views| (views.len(), views.into_iter()));
             hash_binding(&mut hasher, &filter.name, values);
         }
         // A miss is counted once, by the rewrite that follows.

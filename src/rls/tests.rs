@@ -3,27 +3,49 @@ use crate::principal::PrincipalKind;
 
 pub(super) fn policy(dialect: Dialect) -> RlsPolicy {
     RlsPolicy::compile(
-        &[DatasourceConfig {
-            uid: "d".into(),
-            dialect,
-            tables: vec![],
-            deny_unlisted_tables: false,
-            denied_functions: None,
-            aws_iam: None,
-            templating: None,
-        }],
-        vec![FilterDefinition {
-            name: "own".into(),
-            filter_type: FilterType::Regular,
-            datasource: "d".into(),
-            tables: vec!["orders".into()],
-            roles: vec!["Gamma".into()],
-            group_key: None,
-            clause: "tenant_id = '{{ current_username() }}'".into(),
-            description: None,
-        }],
+        &[datasource_d(dialect)],
+        vec![filter_on_d(
+            "own",
+            FilterType::Regular,
+            "orders",
+            "Gamma",
+            "tenant_id = '{{ current_username() }}'",
+        )],
     )
     .unwrap()
+}
+
+/// Datasource `d`, nothing configured but its dialect.
+fn datasource_d(dialect: Dialect) -> DatasourceConfig {
+    DatasourceConfig {
+        uid: "d".into(),
+        dialect,
+        tables: vec![],
+        deny_unlisted_tables: false,
+        denied_functions: None,
+        aws_iam: None,
+        templating: None,
+    }
+}
+
+/// A filter on datasource `d`: one table, one role.
+fn filter_on_d(
+    name: &str,
+    filter_type: FilterType,
+    table: &str,
+    role: &str,
+    clause: &str,
+) -> FilterDefinition {
+    FilterDefinition {
+        name: name.into(),
+        filter_type,
+        datasource: "d".into(),
+        tables: vec![table.into()],
+        roles: vec![role.into()],
+        group_key: None,
+        clause: clause.into(),
+        description: None,
+    }
 }
 
 fn alice() -> Principal {
@@ -212,47 +234,29 @@ fn the_cache_never_crosses_callers() {
 #[test]
 fn the_copy_free_cache_lookup_finds_what_the_rewrite_would() {
     let policy = RlsPolicy::compile(
-        &[DatasourceConfig {
-            uid: "d".into(),
-            dialect: Dialect::Sqlite,
-            tables: vec![],
-            deny_unlisted_tables: false,
-            denied_functions: None,
-            aws_iam: None,
-            templating: None,
-        }],
+        &[datasource_d(Dialect::Sqlite)],
         vec![
-            FilterDefinition {
-                name: "own".into(),
-                filter_type: FilterType::Regular,
-                datasource: "d".into(),
-                tables: vec!["orders".into()],
-                roles: vec!["Gamma".into()],
-                group_key: None,
-                clause: "tenant_id = '{{ current_username() }}' AND region = {{ claim('region') }}"
-                    .into(),
-                description: None,
-            },
-            FilterDefinition {
-                name: "mail".into(),
-                filter_type: FilterType::Regular,
-                datasource: "d".into(),
-                tables: vec!["customers".into()],
-                roles: vec!["Gamma".into()],
-                group_key: None,
-                clause: "email = '{{ current_user_email() }}'".into(),
-                description: None,
-            },
-            FilterDefinition {
-                name: "auditors".into(),
-                filter_type: FilterType::Regular,
-                datasource: "d".into(),
-                tables: vec!["orders".into()],
-                roles: vec!["Auditor".into()],
-                group_key: None,
-                clause: "audited IN ({{ current_user_roles() }})".into(),
-                description: None,
-            },
+            filter_on_d(
+                "own",
+                FilterType::Regular,
+                "orders",
+                "Gamma",
+                "tenant_id = '{{ current_username() }}' AND region = {{ claim('region') }}",
+            ),
+            filter_on_d(
+                "mail",
+                FilterType::Regular,
+                "customers",
+                "Gamma",
+                "email = '{{ current_user_email() }}'",
+            ),
+            filter_on_d(
+                "auditors",
+                FilterType::Regular,
+                "orders",
+                "Auditor",
+                "audited IN ({{ current_user_roles() }})",
+            ),
         ],
     )
     .unwrap();
@@ -323,42 +327,23 @@ fn the_copy_free_cache_lookup_finds_what_the_rewrite_would() {
 /// The demo policy's two filters on `orders` (a regular and a base filter), as a Gamma
 /// caller holds them.
 fn two_filter_policy() -> RlsPolicy {
-    let mut filters = vec![FilterDefinition {
-        name: "hide_internal".into(),
-        filter_type: FilterType::Base,
-        datasource: "d".into(),
-        tables: vec!["orders".into()],
-        roles: vec!["Admin".into()],
-        group_key: None,
-        clause: "note <> 'internal'".into(),
-        description: None,
-    }];
-    filters.insert(
-        0,
-        FilterDefinition {
-            name: "own".into(),
-            filter_type: FilterType::Regular,
-            datasource: "d".into(),
-            tables: vec!["orders".into()],
-            roles: vec!["Gamma".into()],
-            group_key: None,
-            clause: "tenant_id = '{{ current_username() }}'".into(),
-            description: None,
-        },
-    );
-    RlsPolicy::compile(
-        &[DatasourceConfig {
-            uid: "d".into(),
-            dialect: Dialect::Sqlite,
-            tables: vec![],
-            deny_unlisted_tables: false,
-            denied_functions: None,
-            aws_iam: None,
-            templating: None,
-        }],
-        filters,
-    )
-    .unwrap()
+    let filters = vec![
+        filter_on_d(
+            "own",
+            FilterType::Regular,
+            "orders",
+            "Gamma",
+            "tenant_id = '{{ current_username() }}'",
+        ),
+        filter_on_d(
+            "hide_internal",
+            FilterType::Base,
+            "orders",
+            "Admin",
+            "note <> 'internal'",
+        ),
+    ];
+    RlsPolicy::compile(&[datasource_d(Dialect::Sqlite)], filters).unwrap()
 }
 
 #[test]
