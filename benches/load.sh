@@ -10,6 +10,13 @@
 # is measured apart with one connection (`-c1`, no queueing): p50/p99 of the candidate
 # minus p50/p99 of the upstream directly.
 #
+# Each throughput run also reads the candidate's own CPU time (user + system, from
+# /proc/PID/stat, every thread; nginx's workers summed) and divides it by the requests it
+# served: CPU µs per request, kernel work on its sockets included. On a 2-core machine
+# that wrk, the upstream and the proxy share, req/s moves ±10 % between runs of one build;
+# CPU per request is what the proxy itself spends, and the ratio of two candidates' CPU
+# per request is the throughput ratio they would have if the proxy alone were the limit.
+#
 #   benches/load.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS]
 #   SKIP_BUILD=1 benches/load.sh …     use the release binaries already built
 #   SCENARIOS="auth sql" …             a subset of: auth sql grafana export
@@ -59,10 +66,13 @@ trap cleanup EXIT
 upstream=127.0.0.1:18088
 declare -A port=([direct]=18088 [bare]=18081 [nginx]=18082 [datagate]=18080)
 
+declare -A pid=()
 "$bin/datagate-demo-upstream" --listen $upstream --no-record >"$work/upstream.log" 2>&1 &
 pids+=($!)
+pid[direct]=$!
 "$bin/examples/bare_proxy" 127.0.0.1:${port[bare]} $upstream 2 >"$work/bare.log" 2>&1 &
 pids+=($!)
+pid[bare]=$!
 
 # nginx as a user would deploy it in front of one service: 2 workers (one per core here),
 # HTTP/1.1 to the upstream with a keepalive pool, no access log (datagate logs nothing per
@@ -104,6 +114,7 @@ sed -e 's/127.0.0.1:8080/127.0.0.1:18080/' -e 's/127.0.0.1:9180/127.0.0.1:19180/
     deploy/datagate.example.yaml >"$work/datagate.yaml"
 DATAGATE_LOG=error "$bin/datagate" run --config "$work/datagate.yaml" >"$work/datagate.log" 2>&1 &
 pids+=($!)
+pid[datagate]=$!
 for _ in $(seq 1 200); do
   curl -fsS http://127.0.0.1:19180/readyz >/dev/null 2>&1 && break
   sleep 0.1
@@ -167,10 +178,32 @@ done
 to_us() { # wrk latency (12.3us / 1.2ms / 1.01s) → microseconds
   awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } else print v }'
 }
+clock_ticks=$(getconf CLK_TCK)
+candidate_pids() { # candidate → its processes (nginx: master and workers)
+  if [ "$1" = nginx ]; then
+    cat "$work/nginx.pid"
+    pgrep -P "$(cat "$work/nginx.pid")"
+  else
+    echo "${pid[$1]}"
+  fi
+}
+cpu_ticks() { # candidate → user + system clock ticks of its processes, all threads
+  local total=0 process fields
+  for process in $(candidate_pids "$1"); do
+    # After `PID (comm) `, field 14 (utime) is the 12th and field 15 (stime) the 13th.
+    read -r -a fields < <(sed 's/^.*) //' "/proc/$process/stat")
+    total=$((total + fields[11] + fields[12]))
+  done
+  echo "$total"
+}
 measure() { # round scenario candidate
-  local out=$work/r$1-$2-$3
+  local out=$work/r$1-$2-$3 before after
+  before=$(cpu_ticks "$3")
   wrk -t1 -c"$connections" -d"${duration}s" -s "$work/$2.lua" "http://127.0.0.1:${port[$3]}${path[$2]}" >"$out.txt"
+  after=$(cpu_ticks "$3")
   awk '/Requests\/sec/ {print $2}' "$out.txt" >>"$work/$2-$3.rps"
+  awk -v ticks=$((after - before)) -v hz="$clock_ticks" '/requests in/ { if ($1 > 0) printf "%.2f\n", ticks * 1000000 / hz / $1 }' \
+    "$out.txt" >>"$work/$2-$3.cpu"
   awk '/Non-2xx/ {print $5}' "$out.txt" >>"$work/$2-$3.non2xx"
   wrk -t1 -c1 -d"${latency_duration}s" --latency -s "$work/$2.lua" "http://127.0.0.1:${port[$3]}${path[$2]}" >"$out.lat"
   awk '$1=="50%" {print $2}' "$out.lat" | to_us >>"$work/$2-$3.p50"
@@ -193,24 +226,32 @@ done
 for scenario in "${scenarios[@]}"; do
   echo
   echo "== $scenario: ${describe[$scenario]}"
-  printf '%-9s %10s %19s %9s %9s %12s %12s %8s\n' candidate 'req/s' 'range' 'p50 µs' 'p99 µs' '+p50 µs' '+p99 µs' non-2xx
+  printf '%-9s %10s %19s %11s %9s %9s %12s %12s %8s\n' candidate 'req/s' 'range' 'CPU µs/req' 'p50 µs' 'p99 µs' '+p50 µs' '+p99 µs' non-2xx
   direct_p50=$(median "$work/$scenario-direct.p50" 2>/dev/null || echo 0)
   direct_p99=$(median "$work/$scenario-direct.p99" 2>/dev/null || echo 0)
   for candidate in "${candidates[@]}"; do
     rps=$(median "$work/$scenario-$candidate.rps")
     echo "$rps" >"$work/$scenario-$candidate.median"
+    cpu=$(median "$work/$scenario-$candidate.cpu")
+    echo "$cpu" >"$work/$scenario-$candidate.cpu-median"
     p50=$(median "$work/$scenario-$candidate.p50")
     p99=$(median "$work/$scenario-$candidate.p99")
     non2xx=$(awk '{ s += $1 } END { print s + 0 }' "$work/$scenario-$candidate.non2xx")
     added50=$(awk -v a="$p50" -v b="$direct_p50" 'BEGIN { printf "%.0f", a - b }')
     added99=$(awk -v a="$p99" -v b="$direct_p99" 'BEGIN { printf "%.0f", a - b }')
     [ "$candidate" = direct ] && added50=- && added99=-
-    printf '%-9s %10.0f %19s %9.0f %9.0f %12s %12s %8s\n' "$candidate" "$rps" "$(range "$work/$scenario-$candidate.rps")" "$p50" "$p99" "$added50" "$added99" "$non2xx"
+    printf '%-9s %10.0f %19s %11.1f %9.0f %9.0f %12s %12s %8s\n' "$candidate" "$rps" "$(range "$work/$scenario-$candidate.rps")" "$cpu" "$p50" "$p99" "$added50" "$added99" "$non2xx"
   done
   ratio() { # a b
     [ -f "$work/$scenario-$1.median" ] && [ -f "$work/$scenario-$2.median" ] &&
       awk -v a="$(cat "$work/$scenario-$1.median")" -v b="$(cat "$work/$scenario-$2.median")" -v n="$1/$2" \
         'BEGIN { if (b > 0) printf "  %s %.2f", n, a / b }'
   }
+  cpu_ratio() { # a b → b's CPU per request over a's (a's throughput relative to b's, CPU-bound)
+    [ -f "$work/$scenario-$1.cpu-median" ] && [ -f "$work/$scenario-$2.cpu-median" ] &&
+      awk -v a="$(cat "$work/$scenario-$1.cpu-median")" -v b="$(cat "$work/$scenario-$2.cpu-median")" -v n="$1/$2" \
+        'BEGIN { if (a > 0) printf "  %s %.2f", n, b / a }'
+  }
   echo "ratios:$(ratio datagate bare)$(ratio datagate nginx)$(ratio bare nginx)$(ratio nginx direct)"
+  echo "by CPU per request:$(cpu_ratio datagate bare)$(cpu_ratio datagate nginx)$(cpu_ratio bare nginx)"
 done
