@@ -673,3 +673,75 @@ fn store_datasources_take_aws_iam_as_a_write_only_secret() {
         "arn:aws:iam::123456789012:role/datagate-lake"
     );
 }
+
+#[test]
+fn one_request_naming_two_iam_datasources_is_refused_and_one_named_twice_is_not() {
+    let moto = Moto::start();
+    let datasources = format!(
+        "{DATASOURCES}{}",
+        r#"- uid: warehouse
+  dialect: postgres
+  aws_iam:
+    role_arn: arn:aws:iam::123456789012:role/datagate-warehouse
+    region: us-east-1
+    db_user: warehouse_reader
+    engine: aurora-postgresql
+    host: warehouse.cluster-w.us-east-1.rds.amazonaws.com
+    port: 5432
+"#
+    );
+    let setup = start(&aws_yaml(&moto.url(), ""), &datasources);
+    // Gamma may query the IAM datasources, a Viewer the demo one.
+    let token = setup.gateway.token(
+        "gus",
+        &["Gamma"],
+        &[],
+        Some(datagate::principal::BasicRole::Viewer),
+    );
+    let query = |uids: &[&str]| {
+        let queries: Vec<Value> = uids
+            .iter()
+            .enumerate()
+            .map(|(index, uid)| {
+                serde_json::json!({"refId": index.to_string(), "datasource": {"uid": uid}, "rawSql": "SELECT 1"})
+            })
+            .collect();
+        serde_json::json!({ "queries": queries }).to_string()
+    };
+
+    clear_recorded(setup.upstream);
+    let (status, body) = call(
+        "POST",
+        &setup.gateway.url("/api/ds/query"),
+        Some(&token),
+        Some(&query(&["warehouse", "demo", "aurora", "warehouse"])),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["kind"], "several_iam_datasources", "{body}");
+    // Named once each, in order, whatever order the queries had.
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("(aurora, warehouse)"),
+        "{body}"
+    );
+    assert!(recorded_requests(setup.upstream).is_empty());
+    assert!(moto.assume_role_calls().is_empty());
+
+    // The same IAM datasource in two queries is one datasource: one credential.
+    let (status, body) = call(
+        "POST",
+        &setup.gateway.url("/api/ds/query"),
+        Some(&token),
+        Some(&query(&["aurora", "demo", "aurora"])),
+    );
+    assert_eq!(status, 200, "{body}");
+    let forwarded = recorded_requests(setup.upstream);
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(
+        forwarded[0].header_values("X-Datagate-Db-User"),
+        vec!["app_reader"]
+    );
+    assert_eq!(moto.assume_role_calls().len(), 1);
+}

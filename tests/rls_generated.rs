@@ -544,7 +544,7 @@ fn run_generated(corpus: &Corpus, fixture: &Fixture, dialect: Dialect, cases: u3
                 tally.failing_queries += 1;
                 if tally.failures.len() < 40 {
                     let rewritten = match fixture.engine.rewrite(user, &sql) {
-                        Ok(rewritten) => rewritten.sql,
+                        Ok(rewritten) => rewritten.sql.to_string(),
                         Err(error) => format!("<error {}: {error}>", error.kind()),
                     };
                     tally.failures.push(format!(

@@ -10,34 +10,36 @@ use crate::state::{AppState, PolicySnapshot};
 /// Refuses (before any upstream connection) when the feature flag is off, when the
 /// token would travel over plain HTTP, when several IAM datasources are named, or when
 /// no valid credential can be had.
-pub async fn database_credentials(
+pub async fn database_credentials<'n>(
     state: &AppState,
     snapshot: &PolicySnapshot,
-    permit: &Permit,
-    sql_datasources: &[String],
+    permit: &'n Permit,
+    sql_datasources: impl Iterator<Item = &'n str>,
 ) -> Result<Option<crate::creds::DbCredentials>, Refusal> {
-    let mut uids: Vec<&str> = permit
+    // Every request passes here and almost none names an IAM datasource: the datasources
+    // are looked up where they are, and only IAM ones are kept (inline, no allocation).
+    let mut iam: smallvec::SmallVec<[(&str, &crate::creds::AwsIamConfig); 2]> =
+        smallvec::SmallVec::new();
+    for uid in permit
         .datasource_uids()
         .iter()
-        .chain(sql_datasources)
         .map(String::as_str)
-        .collect();
-    uids.sort_unstable();
-    uids.dedup();
-    let iam: Vec<(&str, &crate::creds::AwsIamConfig)> = uids
-        .into_iter()
-        .filter_map(|uid| {
-            snapshot
-                .rls
-                .datasource(uid)
-                .and_then(|datasource| datasource.aws_iam.as_ref())
-                .map(|iam| (uid, iam))
-        })
-        .collect();
-    let (uid, iam) = match iam.as_slice() {
+        .chain(sql_datasources)
+    {
+        if let Some(config) = snapshot
+            .rls
+            .datasource(uid)
+            .and_then(|datasource| datasource.aws_iam.as_ref())
+            && !iam.iter().any(|(seen, _)| *seen == uid)
+        {
+            iam.push((uid, config));
+        }
+    }
+    let (uid, iam) = match iam.as_mut_slice() {
         [] => return Ok(None),
         [one] => *one,
         several => {
+            several.sort_unstable_by_key(|(uid, _)| *uid);
             let names: Vec<&str> = several.iter().map(|(uid, _)| *uid).collect();
             return Err(Refusal::Credentials(
                 crate::creds::CredsError::SeveralDatasources(names.join(", ")),

@@ -530,7 +530,6 @@ async fn decide(
     let Rewrites {
         query,
         mut forwarded_body,
-        sql_datasources,
         statements,
         chart_data,
     } = rewritten?;
@@ -564,7 +563,11 @@ async fn decide(
     }
     let response_binding = results::response_binding(identified, &permit);
     let started = clock.start();
-    let db_credentials = database_credentials(state, snapshot, &permit, &sql_datasources).await;
+    let sql_datasources = decision
+        .statements
+        .iter()
+        .map(|statement| statement.datasource.as_str());
+    let db_credentials = database_credentials(state, snapshot, &permit, sql_datasources).await;
     // Only a request whose datasource uses IAM authentication has this stage.
     if !matches!(db_credentials, Ok(None)) {
         clock.stop(Stage::Credentials, started, &db_credentials);
@@ -584,7 +587,6 @@ async fn decide(
 struct Rewrites {
     query: Option<String>,
     forwarded_body: Option<Bytes>,
-    sql_datasources: Vec<String>,
     statements: Vec<StatementRewrite>,
     chart_data: Option<crate::chart_data::ChartRewrite>,
 }
@@ -607,7 +609,6 @@ async fn rewrite_sql(
 
     let mut query = None;
     let mut forwarded_body = None;
-    let mut sql_datasources = Vec::new();
     let plan = if identified.carries_sql() {
         plan_sql(snapshot, identified, permit, request, trace.as_deref_mut())?
     } else {
@@ -618,10 +619,10 @@ async fn rewrite_sql(
         // a full queue refuses at once with `sql_busy`. Cached rewrites are read here.
         let started = Instant::now();
         let limits = state.config.sql.rewrite_limits();
-        let job = plan.job(snapshot, permit.shared_principal(), limits);
-        let results = match job.cached() {
+        let results = match plan.cached(snapshot, permit.principal(), limits) {
             Some(results) => Ok(results),
             None => {
+                let job = plan.job(snapshot, permit.shared_principal(), limits);
                 let caller = pool_caller(permit.principal(), head.client_address);
                 state
                     .sql_pool
@@ -636,11 +637,6 @@ async fn rewrite_sql(
             request,
             trace.as_deref_mut(),
         )?;
-        sql_datasources = rewrite
-            .statements
-            .iter()
-            .map(|statement| statement.datasource.clone())
-            .collect();
         query = rewrite.query;
         forwarded_body = rewrite.body.map(Bytes::from);
         statements = rewrite.statements;
@@ -700,7 +696,6 @@ async fn rewrite_sql(
     Ok(Rewrites {
         query,
         forwarded_body,
-        sql_datasources,
         statements,
         chart_data,
     })

@@ -61,19 +61,26 @@ pub fn content_kind(content_type: Option<&str>) -> ContentKind {
     let Some(content_type) = content_type else {
         return ContentKind::Json;
     };
-    let media_type = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if media_type == "application/json" || media_type.ends_with("+json") {
+    // Compared without a lower-cased copy: every body-inspecting request passes here.
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    let json_suffix = media_type
+        .len()
+        .checked_sub("+json".len())
+        .and_then(|start| media_type.get(start..))
+        .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"));
+    if media_type.eq_ignore_ascii_case("application/json") || json_suffix {
         ContentKind::Json
-    } else if media_type == "application/x-www-form-urlencoded" {
+    } else if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         ContentKind::Form
     } else {
         // Echoed back to the client; bounded so a huge header cannot bloat the refusal.
-        ContentKind::Other(media_type.chars().take(64).collect())
+        ContentKind::Other(
+            media_type
+                .chars()
+                .take(64)
+                .map(|character| character.to_ascii_lowercase())
+                .collect(),
+        )
     }
 }
 
@@ -293,6 +300,20 @@ mod tests {
         assert_eq!(
             content_kind(Some("text/plain")),
             ContentKind::Other("text/plain".into())
+        );
+        // Case never matters, in the suffix either; what is echoed is lower-cased.
+        assert_eq!(
+            content_kind(Some(" Application/Problem+JSON ;q=1")),
+            ContentKind::Json
+        );
+        assert_eq!(
+            content_kind(Some("Text/JSON-ish")),
+            ContentKind::Other("text/json-ish".into())
+        );
+        assert_eq!(content_kind(Some("+json")), ContentKind::Json);
+        assert_eq!(
+            content_kind(Some("é+jso")),
+            ContentKind::Other("é+jso".into())
         );
     }
 

@@ -114,7 +114,7 @@ fn owner_name(kind: crate::principal::PrincipalKind, username: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct ResponseBinding {
     owner: String,
-    pointers: Vec<JsonPointer>,
+    pointers: Arc<[JsonPointer]>,
 }
 
 /// Why a response's ids could not be read (nothing is bound; reading them is refused).
@@ -139,7 +139,7 @@ pub fn response_binding(identified: &Identified<'_>, permit: &Permit) -> Option<
     }
     Some(ResponseBinding {
         owner: owner_of(permit),
-        pointers: results.bind_response.clone(),
+        pointers: Arc::clone(&results.bind_response),
     })
 }
 
@@ -152,7 +152,7 @@ impl ResponseBinding {
             .map_err(|error| ResponseBindingError::NotJson(error.to_string()))?;
         let mut ids = Vec::new();
         let mut values = crate::route::ReachedValues::new();
-        for pointer in &self.pointers {
+        for pointer in self.pointers.iter() {
             values.clear();
             pointer
                 .reach_values(&document, &mut values)
@@ -221,6 +221,10 @@ pub async fn check(
     let Some(results) = route.results() else {
         return Ok(());
     };
+    if results.bind.is_none() && results.owned.is_none() {
+        // Only the response binds (SQL Lab's execute): nothing to claim or look up here.
+        return Ok(());
+    }
     let owner = owner_of(permit);
     if let Some(bind) = &results.bind {
         for id in crate::route::extract_datasource_uids(bind, params, request)

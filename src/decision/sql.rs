@@ -56,6 +56,34 @@ impl SqlPlan {
             .unwrap_or(0)
     }
 
+    /// Every statement's rewrite from the cache, when all of them are there (and small):
+    /// the request then needs no pool thread, and no owned copy of its statements.
+    pub fn cached(
+        &self,
+        snapshot: &PolicySnapshot,
+        principal: &Principal,
+        limits: RewriteLimits,
+    ) -> Option<Vec<Result<Rewritten, RlsError>>> {
+        self.items
+            .iter()
+            .map(|item| {
+                if item.sql.len() > CACHE_LOOKUP_MAX_BYTES {
+                    return None;
+                }
+                snapshot
+                    .rls
+                    .cached(&crate::rls::RewriteRequest {
+                        datasource_uid: &item.datasource_uid,
+                        sql: &item.sql,
+                        principal,
+                        allow_writes: self.allow_writes,
+                        limits,
+                    })
+                    .map(Ok)
+            })
+            .collect()
+    }
+
     /// The work for the SQL pool: owned, so it can leave this thread.
     pub fn job(
         &self,
@@ -92,29 +120,6 @@ pub struct SqlJob {
 const CACHE_LOOKUP_MAX_BYTES: usize = 16 * 1024;
 
 impl SqlJob {
-    /// Every statement's rewrite from the cache, when all of them are there (and small):
-    /// the request then needs no pool thread.
-    pub fn cached(&self) -> Option<Vec<Result<Rewritten, RlsError>>> {
-        self.statements
-            .iter()
-            .map(|(datasource_uid, sql)| {
-                if sql.len() > CACHE_LOOKUP_MAX_BYTES {
-                    return None;
-                }
-                self.snapshot
-                    .rls
-                    .cached(&crate::rls::RewriteRequest {
-                        datasource_uid,
-                        sql,
-                        principal: &self.principal,
-                        allow_writes: self.allow_writes,
-                        limits: self.limits,
-                    })
-                    .map(Ok)
-            })
-            .collect()
-    }
-
     /// Rewrites every statement; stops at the first refusal (the request is refused
     /// whole), so the results are the rewrites of a prefix of the statements.
     pub fn run(self) -> Vec<Result<Rewritten, RlsError>> {
@@ -230,7 +235,7 @@ pub fn finish_sql(
     }
     let rewrites: Vec<Option<&str>> = rewritten_statements
         .iter()
-        .map(|rewritten| rewritten.changed.then_some(rewritten.sql.as_str()))
+        .map(|rewritten| rewritten.changed.then_some(&*rewritten.sql))
         .collect();
     let (query, body) = crate::sql_location::apply(request, &plan.items, &rewrites)?;
     // The request is rewritten: each item's texts move into its statement, uncopied.

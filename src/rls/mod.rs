@@ -267,8 +267,9 @@ pub const MAX_OPERATORS: usize = 4096;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Rewritten {
-    /// What goes upstream (the original text when nothing applied).
-    pub sql: String,
+    /// What goes upstream (the original text when nothing applied). Shared, so a
+    /// rewrite-cache hit hands it out without copying the statement.
+    pub sql: Arc<str>,
     pub changed: bool,
     /// Shared, so a rewrite-cache hit hands it out without copying every table, filter
     /// name and predicate text.
@@ -996,7 +997,7 @@ fn rewrite_uncached(
     budget.check()?;
     if wrapped.is_empty() {
         return Ok(Rewritten {
-            sql: request.sql.to_string(),
+            sql: Arc::from(request.sql),
             changed: false,
             applied: Arc::from([]),
             cache_hit: false,
@@ -1045,7 +1046,7 @@ fn rewrite_uncached(
         }
     }
     Ok(Rewritten {
-        sql: printed,
+        sql: Arc::from(printed),
         changed: true,
         applied: applied.into(),
         cache_hit: false,

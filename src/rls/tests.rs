@@ -72,13 +72,15 @@ fn aliases_are_kept_or_the_table_name_is_used() {
     assert_eq!(
         rewrite(Dialect::Postgres, "SELECT o.id FROM orders AS o")
             .unwrap()
-            .sql,
+            .sql
+            .as_ref(),
         format!("SELECT o.id FROM {WRAPPED} AS o")
     );
     assert_eq!(
         rewrite(Dialect::Postgres, "SELECT orders.id FROM orders")
             .unwrap()
-            .sql,
+            .sql
+            .as_ref(),
         format!("SELECT orders.id FROM {WRAPPED} AS orders")
     );
 }
@@ -92,7 +94,7 @@ fn postgres_cte_scoping() {
     )
     .unwrap();
     assert_eq!(
-        rewritten.sql,
+        &*rewritten.sql,
         format!("WITH orders AS (SELECT * FROM {WRAPPED} AS orders) SELECT * FROM orders")
     );
     // A schema-qualified name is never the CTE.
@@ -121,7 +123,7 @@ fn postgres_cte_scoping() {
 fn unprotected_sql_passes_unchanged() {
     let rewritten = rewrite(Dialect::Sqlite, "SELECT * FROM posts -- note").unwrap();
     assert!(!rewritten.changed);
-    assert_eq!(rewritten.sql, "SELECT * FROM posts -- note");
+    assert_eq!(&*rewritten.sql, "SELECT * FROM posts -- note");
 }
 
 #[test]

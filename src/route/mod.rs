@@ -216,8 +216,9 @@ pub struct Route {
 pub struct ResultsRequirement {
     pub bind: Option<DatasourceRequirement>,
     pub owned: Option<DatasourceRequirement>,
-    /// Where a successful JSON response names ids the caller now owns.
-    pub bind_response: Vec<JsonPointer>,
+    /// Where a successful JSON response names ids the caller now owns (shared with every
+    /// request's response binding, not copied into each).
+    pub bind_response: Arc<[JsonPointer]>,
 }
 
 /// A route's export declaration: what kind of export, and when a request is one.
@@ -782,7 +783,7 @@ fn compile_route(config: &RouteConfig, key: &str) -> Result<Route, RouteError> {
             Some(ResultsRequirement {
                 bind,
                 owned,
-                bind_response,
+                bind_response: bind_response.into(),
             })
         }
     };

@@ -1137,7 +1137,7 @@ pub fn run_corpus(
                 fixture.engine.rewrite(&case.user, &sql)
             }));
             let rewritten = match attempt {
-                Ok(Ok(rewritten)) if rewritten.sql.len() <= 600 => rewritten.sql,
+                Ok(Ok(rewritten)) if rewritten.sql.len() <= 600 => rewritten.sql.to_string(),
                 Ok(Ok(rewritten)) => format!("<{} bytes>", rewritten.sql.len()),
                 Ok(Err(error)) => format!("<error {}: {error}>", error.kind()),
                 Err(_) => "<engine panicked>".to_string(),
