@@ -8,7 +8,9 @@
 //! timeout on pooled upstream connections), `BARE_UPSTREAM_TIMEOUT_SECONDS=<n>` (connect,
 //! read and write timeouts on the upstream, as datagate always sets them: pingora wraps
 //! each upstream read and write in a timer then, which is part of what datagate costs
-//! over this baseline and none of its own work).
+//! over this baseline and none of its own work), `BARE_DEFAULT_MODULES=1` (pingora's
+//! default downstream modules: its response-compression module, disabled; by default
+//! this baseline, like datagate, adds none, see `DatagateProxy::init_downstream_modules`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct PassThrough {
     upstream: SocketAddr,
+    default_modules: bool,
     idle_timeout: Option<Duration>,
     upstream_timeout: Option<Duration>,
 }
@@ -32,6 +35,14 @@ impl ProxyHttp for PassThrough {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        if self.default_modules {
+            modules.add_module(
+                pingora::modules::http::compression::ResponseCompressionBuilder::enable(0),
+            );
+        }
+    }
 
     async fn upstream_peer(
         &self,
@@ -77,6 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &server.configuration,
         PassThrough {
             upstream,
+            default_modules: env("BARE_DEFAULT_MODULES").is_some_and(|value| value == "1"),
             idle_timeout,
             upstream_timeout,
         },
