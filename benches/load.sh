@@ -12,10 +12,12 @@
 #
 # Each throughput run also reads the candidate's own CPU time (user + system, from
 # /proc/PID/stat, every thread; nginx's workers summed) and divides it by the requests it
-# served: CPU µs per request, kernel work on its sockets included. On a 2-core machine
-# that wrk, the upstream and the proxy share, req/s moves ±10 % between runs of one build;
-# CPU per request is what the proxy itself spends, and the ratio of two candidates' CPU
-# per request is the throughput ratio they would have if the proxy alone were the limit.
+# served: CPU µs per request, kernel work on its sockets included. The ratio of two
+# candidates' CPU per request is the throughput ratio they would have if the proxy alone
+# were the limit. It is no steadier than req/s on a shared 2-core machine (a busier
+# machine means fewer requests per wake-up and colder caches, so CPU per request rises):
+# compare candidates within one run, and instructions per request
+# (benches/per_request.sh) between builds.
 #
 #   benches/load.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS]
 #   SKIP_BUILD=1 benches/load.sh …     use the release binaries already built

@@ -718,7 +718,7 @@ fn one_request_naming_two_iam_datasources_is_refused_and_one_named_twice_is_not(
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["kind"], "several_iam_datasources", "{body}");
-    // Named once each, in order, whatever order the queries had.
+    // Named once each and sorted, whatever order the queries had.
     assert!(
         body["message"]
             .as_str()
