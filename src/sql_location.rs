@@ -571,7 +571,9 @@ pub fn apply(
     items: &[SqlItem],
     rewrites: &[Option<&str>],
 ) -> Result<(Option<String>, Option<Vec<u8>>), SqlLocationError> {
-    let mut json_edits: Vec<(Vec<Cow<'_, str>>, &str)> = Vec::new();
+    // A request carries one or a few statements, each pointer a few tokens: kept inline.
+    let mut json_edits: smallvec::SmallVec<[(PointerTokens<'_>, &str); 2]> =
+        smallvec::SmallVec::new();
     let mut query_edits = Vec::new();
     let mut form_edits = Vec::new();
     for (item, rewrite) in items.iter().zip(rewrites) {
@@ -622,11 +624,14 @@ pub fn apply(
     Ok((query, body))
 }
 
+/// A pointer's reference tokens (inline up to four: `/queries/0/rawSql` is three).
+type PointerTokens<'p> = smallvec::SmallVec<[Cow<'p, str>; 4]>;
+
 /// A concrete JSON pointer's reference tokens, unescaped as `serde_json`'s `pointer_mut`
 /// reads them (`None`: not a pointer, which reaches nothing).
-fn pointer_tokens(pointer: &str) -> Option<Vec<Cow<'_, str>>> {
+fn pointer_tokens(pointer: &str) -> Option<PointerTokens<'_>> {
     if pointer.is_empty() {
-        return Some(Vec::new());
+        return Some(PointerTokens::new());
     }
     let rest = pointer.strip_prefix('/')?;
     Some(
@@ -820,7 +825,7 @@ mod tests {
     }
 
     fn with_rewrites(document: &Value, edits: &[(&str, &str)]) -> Vec<u8> {
-        let tokens: Vec<(Vec<Cow<'_, str>>, &str)> = edits
+        let tokens: Vec<(PointerTokens<'_>, &str)> = edits
             .iter()
             .filter_map(|(pointer, text)| Some((pointer_tokens(pointer)?, *text)))
             .collect();

@@ -233,11 +233,14 @@ pub fn finish_sql(
         }
         rewritten_statements.push(rewritten);
     }
-    let rewrites: Vec<Option<&str>> = rewritten_statements
-        .iter()
-        .map(|rewritten| rewritten.changed.then_some(&*rewritten.sql))
-        .collect();
-    let (query, body) = crate::sql_location::apply(request, &plan.items, &rewrites)?;
+    let (query, body) = {
+        // Inline for the usual one to four statements; borrowed only while applied.
+        let rewrites: smallvec::SmallVec<[Option<&str>; 4]> = rewritten_statements
+            .iter()
+            .map(|rewritten| rewritten.changed.then_some(&*rewritten.sql))
+            .collect();
+        crate::sql_location::apply(request, &plan.items, &rewrites)?
+    };
     // The request is rewritten: each item's texts move into its statement, uncopied.
     let statements = plan
         .items

@@ -110,21 +110,34 @@ fn is_plainly_canonical(raw_path: &str) -> bool {
     let Some(inner) = raw_path.strip_prefix('/') else {
         return false;
     };
-    if raw_path.len() > MAX_PATH_BYTES
-        || !inner
-            .bytes()
-            .all(|byte| byte == b'/' || is_unreserved(byte))
-    {
+    if raw_path.len() > MAX_PATH_BYTES {
         return false;
     }
-    let segments = inner.strip_suffix('/').unwrap_or(inner);
-    // `/` alone: `inner` is empty; `//`: `segments` is empty but `inner` is not.
-    if segments.is_empty() {
-        return inner.is_empty();
+    // One pass over the bytes (this runs on every request): each segment, when its `/`
+    // arrives, must be non-empty and not `.` or `..`; the last may be empty (a trailing
+    // slash) when there is one before it, or when the path is `/` alone.
+    let mut segment_length = 0usize;
+    let mut dots = 0usize;
+    for &byte in inner.as_bytes() {
+        if byte == b'/' {
+            if segment_length == 0 || is_dot_segment(segment_length, dots) {
+                return false;
+            }
+            segment_length = 0;
+            dots = 0;
+        } else if is_unreserved(byte) {
+            segment_length += 1;
+            dots += usize::from(byte == b'.');
+        } else {
+            return false;
+        }
     }
-    segments
-        .split('/')
-        .all(|segment| !matches!(segment, "" | "." | ".."))
+    !is_dot_segment(segment_length, dots)
+}
+
+/// A segment of `length` bytes, `dots` of them `.`, is `.` or `..`.
+fn is_dot_segment(length: usize, dots: usize) -> bool {
+    dots == length && (1..=2).contains(&length)
 }
 
 /// The full canonicalisation: decode once, resolve dot segments, re-escape.
@@ -421,6 +434,51 @@ mod tests {
         ]
     }
 
+    /// The shortcut's definition, spelled with `split`: the one-pass check must accept
+    /// exactly these paths.
+    fn plainly_canonical_by_segments(raw_path: &str) -> bool {
+        let Some(inner) = raw_path.strip_prefix('/') else {
+            return false;
+        };
+        if raw_path.len() > MAX_PATH_BYTES
+            || !inner
+                .bytes()
+                .all(|byte| byte == b'/' || is_unreserved(byte))
+        {
+            return false;
+        }
+        let segments = inner.strip_suffix('/').unwrap_or(inner);
+        if segments.is_empty() {
+            return inner.is_empty();
+        }
+        segments
+            .split('/')
+            .all(|segment| !matches!(segment, "" | "." | ".."))
+    }
+
+    #[test]
+    fn plain_paths_are_recognised_in_one_pass() {
+        for (path, plain) in [
+            ("/", true),
+            ("//", false),
+            ("/api/v1/chart/1", true),
+            ("/api/v1/chart/", true),
+            ("/api//chart", false),
+            ("/api/v1/chart//", false),
+            ("/./x", false),
+            ("/x/..", false),
+            ("/x/../", false),
+            ("/x/.../y", true),
+            ("/x/.a/a./", true),
+            ("/x y", false),
+            ("x", false),
+            ("", false),
+        ] {
+            assert_eq!(is_plainly_canonical(path), plain, "`{path}`");
+            assert_eq!(plainly_canonical_by_segments(path), plain, "`{path}`");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -463,6 +521,12 @@ mod tests {
                 if is_plainly_canonical(&raw) {
                     prop_assert_eq!(full, Ok(raw.clone()));
                 }
+                prop_assert_eq!(
+                    is_plainly_canonical(&raw),
+                    plainly_canonical_by_segments(&raw),
+                    "raw `{}`",
+                    raw
+                );
             }
         }
 
