@@ -285,36 +285,20 @@ mod tests {
     #[test]
     fn content_types() {
         assert_eq!(content_kind(None), ContentKind::Json);
-        assert_eq!(
-            content_kind(Some("application/json; charset=utf-8")),
-            ContentKind::Json
-        );
-        assert_eq!(
-            content_kind(Some("application/vnd.api+json")),
-            ContentKind::Json
-        );
-        assert_eq!(
-            content_kind(Some("Application/X-WWW-Form-Urlencoded")),
-            ContentKind::Form
-        );
-        assert_eq!(
-            content_kind(Some("text/plain")),
-            ContentKind::Other("text/plain".into())
-        );
-        // Case never matters, in the suffix either; what is echoed is lower-cased.
-        assert_eq!(
-            content_kind(Some(" Application/Problem+JSON ;q=1")),
-            ContentKind::Json
-        );
-        assert_eq!(
-            content_kind(Some("Text/JSON-ish")),
-            ContentKind::Other("text/json-ish".into())
-        );
-        assert_eq!(content_kind(Some("+json")), ContentKind::Json);
-        assert_eq!(
-            content_kind(Some("é+jso")),
-            ContentKind::Other("é+jso".into())
-        );
+        let other = |text: &str| ContentKind::Other(text.into());
+        for (content_type, kind) in [
+            ("application/json; charset=utf-8", ContentKind::Json),
+            ("application/vnd.api+json", ContentKind::Json),
+            ("Application/X-WWW-Form-Urlencoded", ContentKind::Form),
+            ("text/plain", other("text/plain")),
+            // Case never matters, in the suffix either; what is echoed is lower-cased.
+            (" Application/Problem+JSON ;q=1", ContentKind::Json),
+            ("Text/JSON-ish", other("text/json-ish")),
+            ("+json", ContentKind::Json),
+            ("é+jso", other("é+jso")),
+        ] {
+            assert_eq!(content_kind(Some(content_type)), kind, "`{content_type}`");
+        }
     }
 
     #[test]

@@ -200,12 +200,15 @@ impl ResponseBinding {
     }
 }
 
-/// Whether the route binds or checks results ids at all ([`check`] does nothing otherwise).
+/// Whether the route binds or checks results ids in the request ([`check`] does nothing
+/// otherwise). A route that only binds its response (SQL Lab's execute) skips the stage;
+/// [`response_binding`] covers it.
 pub fn applies(identified: &Identified<'_>) -> bool {
-    identified
-        .route
-        .as_ref()
-        .is_some_and(|(route, _)| route.results().is_some())
+    identified.route.as_ref().is_some_and(|(route, _)| {
+        route
+            .results()
+            .is_some_and(|results| results.bind.is_some() || results.owned.is_some())
+    })
 }
 
 /// Binds or checks result ids as the route says.
@@ -221,10 +224,6 @@ pub async fn check(
     let Some(results) = route.results() else {
         return Ok(());
     };
-    if results.bind.is_none() && results.owned.is_none() {
-        // Only the response binds (SQL Lab's execute): nothing to claim or look up here.
-        return Ok(());
-    }
     let owner = owner_of(permit);
     if let Some(bind) = &results.bind {
         for id in crate::route::extract_datasource_uids(bind, params, request)

@@ -90,11 +90,17 @@ pub struct DatagateProxy {
 
 impl DatagateProxy {
     pub fn new(state: Arc<AppState>, upstream: SocketAddr) -> DatagateProxy {
-        let sni = state.config.upstream.sni.clone().unwrap_or_else(|| {
-            upstream_host_port(&state.config.upstream.address)
-                .map(|(host, _)| host)
-                .unwrap_or_default()
-        });
+        // The server name matters only to TLS: a plain-HTTP peer gets an empty one, which
+        // it clones per request without allocating.
+        let sni = if state.config.upstream.tls {
+            state.config.upstream.sni.clone().unwrap_or_else(|| {
+                upstream_host_port(&state.config.upstream.address)
+                    .map(|(host, _)| host)
+                    .unwrap_or_default()
+            })
+        } else {
+            String::new()
+        };
         let headers = HeaderPlan::new(&state.config);
         DatagateProxy {
             state,
@@ -322,13 +328,7 @@ impl ProxyHttp for DatagateProxy {
             ));
         }
         let upstream = &self.state.config.upstream;
-        // The server name matters only to TLS; a plain-HTTP peer is not given a copy.
-        let sni = if upstream.tls {
-            self.sni.clone()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(self.upstream, upstream.tls, sni);
+        let mut peer = HttpPeer::new(self.upstream, upstream.tls, self.sni.clone());
         peer.options.connection_timeout = Some(upstream.connect_timeout);
         peer.options.read_timeout = Some(upstream.read_timeout);
         peer.options.write_timeout = Some(upstream.write_timeout);
