@@ -24,6 +24,15 @@
 #   SCENARIOS="auth sql" …             a subset of: auth sql grafana export
 #   CANDIDATES="bare datagate" …       a subset of: direct nginx bare datagate
 #   KEEP_WORK=1 …                      keep the temporary directory (configs, raw wrk output)
+#   PIN=1 …                            each proxy on the last core with one worker thread
+#                                      (one nginx worker), wrk and the upstream on the others
+#
+# PIN=1 is the proxy-bound comparison. Unpinned, every process (wrk, the upstream, a
+# proxy's two threads) competes for both cores and the scheduler's migrations cost every
+# candidate more than its own work does; pinned, a proxy's core is the limit and its
+# req/s is what one core of it serves. The other core (wrk and the upstream) has its own
+# limit, the `direct` row: a candidate near it is held back by the client side, so read
+# its CPU per request, which that does not compress.
 #
 # nginx is installed from Debian's packages when missing (`apt-get install nginx-light`
 # or `nginx`); wrk likewise.
@@ -35,6 +44,18 @@ rounds=${3:-3}
 latency_duration=${LATENCY_DURATION:-3}
 scenarios=(${SCENARIOS:-auth sql grafana export})
 candidates=(${CANDIDATES:-direct nginx bare datagate})
+# Unpinned: every process may run anywhere, proxies with two worker threads (one per core
+# here). PIN=1: proxies on the last core with one worker, wrk and the upstream on the rest.
+proxy_threads=2
+on_proxy_core=()
+on_client_cores=()
+if [ -n "${PIN:-}" ]; then
+  last_core=$(($(nproc) - 1))
+  [ "$last_core" -ge 1 ] || { echo "PIN=1 needs at least 2 cores" >&2; exit 2; }
+  proxy_threads=1
+  on_proxy_core=(taskset -c "$last_core")
+  on_client_cores=(taskset -c "0-$((last_core - 1))")
+fi
 
 install_debian() { # package…
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 ||
@@ -69,10 +90,10 @@ upstream=127.0.0.1:18088
 declare -A port=([direct]=18088 [bare]=18081 [nginx]=18082 [datagate]=18080)
 
 declare -A pid=()
-"$bin/datagate-demo-upstream" --listen $upstream --no-record >"$work/upstream.log" 2>&1 &
+"${on_client_cores[@]}" "$bin/datagate-demo-upstream" --listen $upstream --no-record >"$work/upstream.log" 2>&1 &
 pids+=($!)
 pid[direct]=$!
-"$bin/examples/bare_proxy" 127.0.0.1:${port[bare]} $upstream 2 >"$work/bare.log" 2>&1 &
+"${on_proxy_core[@]}" "$bin/examples/bare_proxy" 127.0.0.1:${port[bare]} $upstream $proxy_threads >"$work/bare.log" 2>&1 &
 pids+=($!)
 pid[bare]=$!
 
@@ -81,7 +102,7 @@ pid[bare]=$!
 # allowed request either).
 mkdir -p "$work/nginx"
 cat >"$work/nginx.conf" <<NGINX
-worker_processes 2;
+worker_processes $proxy_threads;
 $( [ "$(id -u)" = 0 ] && echo "user root;" )
 pid $work/nginx.pid;
 error_log $work/nginx/error.log error;
@@ -106,15 +127,17 @@ http {
   }
 }
 NGINX
-"$nginx_bin" -c "$work/nginx.conf" -p "$work/nginx"
+"${on_proxy_core[@]}" "$nginx_bin" -c "$work/nginx.conf" -p "$work/nginx"
 
 sed -e 's/127.0.0.1:8080/127.0.0.1:18080/' -e 's/127.0.0.1:9180/127.0.0.1:19180/' \
     -e 's/127.0.0.1:8088/127.0.0.1:18088/' -e 's#output: stdout#output: stderr#' \
     -e 's#url: sqlite:data/datagate.db#url: sqlite:'"$work"'/datagate.db#' \
     -e 's#\.\./casbin_model.conf#'"$PWD"'/casbin_model.conf#' -e 's#\.\./policies#'"$PWD"'/policies#' \
     -e 's#example-secrets/#'"$PWD"'/deploy/example-secrets/#' \
+    -e 's#^  proxy: \(.*\)#  proxy: \1\n  threads: '"$proxy_threads"'#' \
     deploy/datagate.example.yaml >"$work/datagate.yaml"
-DATAGATE_LOG=error "$bin/datagate" run --config "$work/datagate.yaml" >"$work/datagate.log" 2>&1 &
+grep -q "^  threads: $proxy_threads\$" "$work/datagate.yaml" || { echo "could not set datagate's listen.threads" >&2; exit 1; }
+DATAGATE_LOG=error "${on_proxy_core[@]}" "$bin/datagate" run --config "$work/datagate.yaml" >"$work/datagate.log" 2>&1 &
 pids+=($!)
 pid[datagate]=$!
 for _ in $(seq 1 200); do
@@ -201,13 +224,13 @@ cpu_ticks() { # candidate → user + system clock ticks of its processes, all th
 measure() { # round scenario candidate
   local out=$work/r$1-$2-$3 before after
   before=$(cpu_ticks "$3")
-  wrk -t1 -c"$connections" -d"${duration}s" -s "$work/$2.lua" "http://127.0.0.1:${port[$3]}${path[$2]}" >"$out.txt"
+  "${on_client_cores[@]}" wrk -t1 -c"$connections" -d"${duration}s" -s "$work/$2.lua" "http://127.0.0.1:${port[$3]}${path[$2]}" >"$out.txt"
   after=$(cpu_ticks "$3")
   awk '/Requests\/sec/ {print $2}' "$out.txt" >>"$work/$2-$3.rps"
   awk -v ticks=$((after - before)) -v hz="$clock_ticks" '/requests in/ { if ($1 > 0) printf "%.2f\n", ticks * 1000000 / hz / $1 }' \
     "$out.txt" >>"$work/$2-$3.cpu"
   awk '/Non-2xx/ {print $5}' "$out.txt" >>"$work/$2-$3.non2xx"
-  wrk -t1 -c1 -d"${latency_duration}s" --latency -s "$work/$2.lua" "http://127.0.0.1:${port[$3]}${path[$2]}" >"$out.lat"
+  "${on_client_cores[@]}" wrk -t1 -c1 -d"${latency_duration}s" --latency -s "$work/$2.lua" "http://127.0.0.1:${port[$3]}${path[$2]}" >"$out.lat"
   awk '$1=="50%" {print $2}' "$out.lat" | to_us >>"$work/$2-$3.p50"
   awk '$1=="99%" {print $2}' "$out.lat" | to_us >>"$work/$2-$3.p99"
 }
@@ -215,6 +238,11 @@ median() { sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else i
 range() { sort -g "$1" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s–%s", lo, hi }'; }
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start (shared with other work)"
+if [ -n "${PIN:-}" ]; then
+  echo "pinned: proxies on core $last_core with one worker each; wrk and the upstream on cores 0-$((last_core - 1))"
+else
+  echo "unpinned: proxies with $proxy_threads worker threads; every process on any core"
+fi
 echo "throughput: wrk -t1 -c$connections -d${duration}s; latency: wrk -t1 -c1 -d${latency_duration}s; $rounds interleaved rounds, medians"
 for round in $(seq 1 "$rounds"); do
   for scenario in "${scenarios[@]}"; do
