@@ -28,9 +28,9 @@
 #                                      (one nginx worker), wrk and the upstream on the others
 #
 # PIN=1 is the proxy-bound comparison. Unpinned, every process (wrk, the upstream, a
-# proxy's two threads) competes for both cores and the scheduler's migrations cost every
-# candidate more than its own work does; pinned, a proxy's core is the limit and its
-# req/s is what one core of it serves. The other core (wrk and the upstream) has its own
+# proxy's two threads) competes for both cores, and where the scheduler puts them moves a
+# candidate's rounds by more than the candidates differ; pinned, a proxy's core is the
+# limit and its req/s is what one core of it serves. The other core (wrk and the upstream) has its own
 # limit, the `direct` row: a candidate near it is held back by the client side, so read
 # its CPU per request, which that does not compress.
 #
