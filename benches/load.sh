@@ -30,9 +30,9 @@
 # PIN=1 is the proxy-bound comparison. Unpinned, every process (wrk, the upstream, a
 # proxy's two threads) competes for both cores, and where the scheduler puts them moves a
 # candidate's rounds by more than the candidates differ; pinned, a proxy's core is the
-# limit and its req/s is what one core of it serves. The other core (wrk and the upstream) has its own
-# limit, the `direct` row: a candidate near it is held back by the client side, so read
-# its CPU per request, which that does not compress.
+# limit and its req/s is what one core of it serves. The other core (wrk and the
+# upstream) has its own limit, the `direct` row: a candidate near it is held back by the
+# client side, so read its CPU per request, which that does not compress.
 #
 # nginx is installed from Debian's packages when missing (`apt-get install nginx-light`
 # or `nginx`); wrk likewise.

@@ -38,6 +38,10 @@ pub struct StatementRewrite {
     pub rewritten: crate::rls::Rewritten,
 }
 
+/// Statements up to this size are looked up in the rewrite cache on the proxy's I/O
+/// thread (the lookup hashes the SQL); larger ones always go to the pool.
+const CACHE_LOOKUP_MAX_BYTES: usize = 16 * 1024;
+
 /// The statements a request carries, each already cleared for its datasource; what is
 /// left is the rewrite itself.
 pub struct SqlPlan {
@@ -114,10 +118,6 @@ pub struct SqlJob {
     /// (datasource uid, SQL) per statement.
     statements: Vec<(String, String)>,
 }
-
-/// Statements up to this size are looked up in the rewrite cache on the proxy's I/O
-/// thread (the lookup hashes the SQL); larger ones always go to the pool.
-const CACHE_LOOKUP_MAX_BYTES: usize = 16 * 1024;
 
 impl SqlJob {
     /// Rewrites every statement; stops at the first refusal (the request is refused
